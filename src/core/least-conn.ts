@@ -1,0 +1,47 @@
+// Weighted least-connections: the backend with the lowest active/weight wins.
+// Invariant: no allocation, no division; ties are broken from a start that rotates on every
+// pick, so that at low load (all counts equal) connections still spread over every backend.
+
+import type { Scheduler } from './scheduler.ts';
+import type { BackendTable } from './table.ts';
+import { isAvoided, isPickable, pickTiered } from './table.ts';
+
+export class LeastConnections implements Scheduler {
+  readonly table: BackendTable;
+  cursor = 0;
+
+  constructor(table: BackendTable) {
+    this.table = table;
+  }
+
+  pick(avoid: number): number {
+    return pickTiered(this, avoid);
+  }
+
+  pickIn(tier: number, avoid: number): number {
+    const table = this.table;
+    const n = table.size;
+    if (n === 0) return -1;
+    const start = this.cursor;
+    this.cursor = start + 1 === n ? 0 : start + 1;
+    const active = table.active;
+    const weight = table.weight;
+    let best = -1;
+    let bestActive = 0;
+    let bestWeight = 1;
+    for (let k = 0; k < n; k++) {
+      let i = start + k;
+      if (i >= n) i -= n;
+      if (!isPickable(table, i, tier) || isAvoided(avoid, i)) continue;
+      const a = Atomics.load(active, i);
+      const w = weight[i];
+      // a/w < bestActive/bestWeight, cross-multiplied: exact in doubles for any real count.
+      if (best < 0 || a * bestWeight < bestActive * w) {
+        best = i;
+        bestActive = a;
+        bestWeight = w;
+      }
+    }
+    return best;
+  }
+}

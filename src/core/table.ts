@@ -1,0 +1,111 @@
+// The backend table: one pool's backends as a struct of typed arrays over SharedArrayBuffers.
+// Invariant: sized once when built; every field is an integer read by index, so a scheduler can
+// scan it without allocating. `active` is shared by every worker (Atomics); `state` and `weight`
+// are written only by the control plane and read racily by workers, which is benign.
+
+/** Health: the backend answers (probes or passive health flip it). */
+export const UP = 1;
+/** Admin: an operator has not disabled it. */
+export const ENABLED = 2;
+/** Admin: takes no new connection; live ones run to their end. */
+export const DRAINING = 4;
+/** Used only when no normal backend can take a connection. */
+export const BACKUP = 8;
+
+/** The bits a backend must show, besides BACKUP, to be picked. */
+const PICKABLE_MASK = UP | ENABLED | DRAINING | BACKUP;
+
+/** Largest weight a backend may carry; 0 means never picked. */
+export const MAX_WEIGHT = 256;
+
+export interface BackendTable {
+  readonly size: number;
+  /** Live connections per backend, all workers together. Atomics only. */
+  readonly active: Int32Array;
+  /** Configured weight, 0..MAX_WEIGHT. */
+  readonly weight: Int32Array;
+  /** Flag bits: UP | ENABLED | DRAINING | BACKUP. */
+  readonly state: Int32Array;
+}
+
+/** The shared memory behind a table, as it is sent to a worker thread. */
+export interface SharedTable {
+  readonly size: number;
+  readonly active: SharedArrayBuffer;
+  readonly weight: SharedArrayBuffer;
+  readonly state: SharedArrayBuffer;
+}
+
+/** Allocates shared memory for `size` backends, all up and enabled with weight 1. */
+export function allocateTable(size: number): SharedTable {
+  const shared: SharedTable = {
+    size,
+    active: new SharedArrayBuffer(size * 4),
+    weight: new SharedArrayBuffer(size * 4),
+    state: new SharedArrayBuffer(size * 4),
+  };
+  const table = openTable(shared);
+  table.weight.fill(1);
+  table.state.fill(UP | ENABLED);
+  return shared;
+}
+
+/** Views shared memory as a table; the same call works on the main thread and in a worker. */
+export function openTable(shared: SharedTable): BackendTable {
+  return {
+    size: shared.size,
+    active: new Int32Array(shared.active),
+    weight: new Int32Array(shared.weight),
+    state: new Int32Array(shared.state),
+  };
+}
+
+/** A table in plain memory, for tests and benchmarks that need no threads. */
+export function createTable(weights: readonly number[], backup: readonly boolean[] = []): BackendTable {
+  const table = openTable(allocateTable(weights.length));
+  for (let i = 0; i < weights.length; i++) {
+    table.weight[i] = weights[i];
+    if (backup[i] === true) table.state[i] |= BACKUP;
+  }
+  return table;
+}
+
+/**
+ * True when backend `i` may take a new connection in the tier `tier` (0 for normal, BACKUP for
+ * backups): up, enabled, not draining, weight above zero.
+ */
+export function isPickable(table: BackendTable, i: number, tier: number): boolean {
+  return (table.state[i] & PICKABLE_MASK) === (UP | ENABLED | tier) && table.weight[i] > 0;
+}
+
+/**
+ * True when `i` is excluded by `avoid`, a bit mask of backends already tried by this connection.
+ * Only the first 32 backends can be avoided; past that a retry may land on a tried backend again.
+ */
+export function isAvoided(avoid: number, i: number): boolean {
+  return i < 32 && ((avoid >>> i) & 1) === 1;
+}
+
+/** The avoid mask with backend `i` added. */
+export function avoidBit(i: number): number {
+  return i < 32 ? 1 << i : 0;
+}
+
+/** Picks in the normal tier, then among backups: the two-tier rule every algorithm shares. */
+export function pickTiered(
+  scheduler: { pickIn(tier: number, avoid: number): number },
+  avoid: number,
+): number {
+  const i = scheduler.pickIn(0, avoid);
+  return i >= 0 ? i : scheduler.pickIn(BACKUP, avoid);
+}
+
+/** Counts a new connection on backend `i`. */
+export function acquire(table: BackendTable, i: number): void {
+  Atomics.add(table.active, i, 1);
+}
+
+/** Counts a finished connection on backend `i`; the caller guarantees one release per acquire. */
+export function release(table: BackendTable, i: number): void {
+  Atomics.sub(table.active, i, 1);
+}

@@ -1,0 +1,22 @@
+// A million picks trigger no garbage collection: the pick path allocates nothing.
+// Runs the picks in a child Node with --expose-gc so the heap starts clean and nothing else in
+// the process allocates meanwhile.
+
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+
+const probe = fileURLToPath(new URL('../fixtures/gc-probe.ts', import.meta.url));
+
+for (const algorithm of ['least-conn', 'round-robin', 'weighted-round-robin']) {
+  t.test(`${algorithm}: 1M picks, no gc`, async (t) => {
+    const run = spawnSync(process.execPath, ['--expose-gc', probe, algorithm, '1000000'], {
+      encoding: 'utf8',
+    });
+    t.equal(run.status, 0, run.stderr);
+    const result = JSON.parse(run.stdout) as { gcs: number; heapGrowth: number; picks: number };
+    t.equal(result.picks, 1_000_000);
+    t.equal(result.gcs, 0, 'no garbage collection during the picks');
+    t.ok(result.heapGrowth < 64 * 1024, `heap grew ${result.heapGrowth} bytes`);
+  });
+}
