@@ -1,1 +1,98 @@
-export {};
+// The command line: `fulcrum [run] --listen ... --backend ...`. Invariant: bad input of any kind
+// prints exactly one line to stderr, naming the flag and the problem, and exits with status 2.
+
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, Option } from 'commander';
+import type { RunFlags } from './config.ts';
+import { ConfigError, configFromFlags, DEFAULTS, resolveConfig } from './config.ts';
+import { ListenError, Supervisor } from './control/supervisor.ts';
+import { ALGORITHMS } from './core/scheduler.ts';
+import { createLogger } from './log.ts';
+
+/** Exit status for bad input (flags, config, a listener that cannot open). */
+export const EXIT_USAGE = 2;
+
+const VERSION = (
+  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  }
+).version;
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return previous === undefined ? [value] : [...previous, value];
+}
+
+function fail(message: string): never {
+  process.stderr.write(`fulcrum: ${message}\n`);
+  process.exit(EXIT_USAGE);
+}
+
+export function buildProgram(): Command {
+  const program = new Command('fulcrum')
+    .description('An L4 TCP load balancer: least-connections or weighted, zero-copy, multi-threaded.')
+    .version(VERSION, '-V, --version')
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({
+      writeErr: (text) => {
+        // commander prints "error: ..." lines here: make them ours, one line.
+        const line = text.trim().split('\n')[0].replace(/^error: /, '');
+        process.stderr.write(`fulcrum: ${line}\n`);
+      },
+    });
+
+  program
+    .command('run', { isDefault: true })
+    .description('run the balancer (the default command)')
+    .option('-l, --listen <host:port>', 'address to accept clients on; repeatable ([::]:80 for IPv6)', collect)
+    .option(
+      '-b, --backend <host:port[,weight=N][,backup]>',
+      'a backend; repeatable. weight 0..256 (default 1, 0 = never picked); backup = used only when no other is available',
+      collect,
+    )
+    .addOption(
+      new Option('-a, --algorithm <name>', 'how a backend is picked')
+        .choices(ALGORITHMS)
+        .default(DEFAULTS.algorithm),
+    )
+    .option('-w, --workers <n|auto>', 'data-plane threads (auto = available CPUs)', DEFAULTS.workers)
+    .option('--connect-timeout <duration>', 'give up connecting to a backend after', DEFAULTS.connectTimeout)
+    .option('--idle-timeout <duration>', 'close a connection with no traffic for', DEFAULTS.idleTimeout)
+    .option('--retries <n>', 'connect attempts on other backends after a refused or timed-out one', DEFAULTS.retries)
+    .option('--max-connections <n>', 'live connections over all workers; beyond it new clients are closed (0 = no limit)', DEFAULTS.maxConnections)
+    .option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, wait this long for connections to finish', DEFAULTS.drainTimeout)
+    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent', DEFAULTS.logLevel)
+    .option('--backlog <n>', 'listen backlog (the kernel caps it at net.core.somaxconn)', DEFAULTS.backlog)
+    .addHelpText(
+      'after',
+      '\nDurations: 500ms, 3s, 5m, 1h (a bare number is milliseconds).\n' +
+        'Example: fulcrum --listen 0.0.0.0:5432 --backend 10.0.0.1:5432 --backend 10.0.0.2:5432,weight=2',
+    )
+    .action(async (flags: RunFlags) => {
+      await run(flags);
+    });
+
+  return program;
+}
+
+async function run(flags: RunFlags): Promise<void> {
+  const config = await resolveConfig(configFromFlags(flags));
+  const log = createLogger(config.logLevel);
+  const supervisor = new Supervisor(config, log);
+  await supervisor.start();
+  process.on('SIGTERM', () => supervisor.stop('SIGTERM'));
+  process.on('SIGINT', () => supervisor.stop('SIGINT'));
+}
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version exit 0; everything else commander rejects is bad input.
+      process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
+    }
+    if (err instanceof ConfigError || err instanceof ListenError) fail(err.message);
+    throw err;
+  }
+}

@@ -1,0 +1,246 @@
+// Flags -> one validated Config. Every parse error is a ConfigError naming the flag and what was
+// expected, so the CLI can print one line and exit 2. The Config is plain data (it is cloned into
+// every worker thread) and is never mutated after resolveConfig() returns.
+
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { availableParallelism } from 'node:os';
+import type { Algorithm } from './core/scheduler.ts';
+import { ALGORITHMS, isAlgorithm } from './core/scheduler.ts';
+import { MAX_WEIGHT } from './core/table.ts';
+
+export class ConfigError extends Error {
+  readonly code = 'FULCRUM_BAD_CONFIG';
+  /** The flag (or config key) at fault, e.g. `--backend`. */
+  readonly where: string;
+
+  constructor(where: string, message: string) {
+    super(`${where}: ${message}`);
+    this.name = 'ConfigError';
+    this.where = where;
+  }
+}
+
+export interface Endpoint {
+  /** As the user wrote it, e.g. `[::1]:80`: used in names and messages. */
+  readonly text: string;
+  /** Host without brackets; for a backend, an IP address once resolved. */
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface BackendConfig extends Endpoint {
+  /** `host:port` as written: how the stats and logs name this backend. */
+  readonly name: string;
+  readonly weight: number;
+  readonly backup: boolean;
+}
+
+export interface FrontendConfig {
+  readonly name: string;
+  readonly listen: readonly Endpoint[];
+  readonly algorithm: Algorithm;
+  readonly backends: readonly BackendConfig[];
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  readonly retries: number;
+}
+
+export interface Config {
+  readonly workers: number;
+  /** 0 means no limit. */
+  readonly maxConnections: number;
+  readonly drainTimeoutMs: number;
+  readonly logLevel: LogLevel;
+  readonly backlog: number;
+  readonly frontends: readonly FrontendConfig[];
+}
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** The flags as commander hands them over: strings, lists of strings, or absent. */
+export interface RunFlags {
+  listen?: string[];
+  backend?: string[];
+  algorithm?: string;
+  workers?: string;
+  connectTimeout?: string;
+  idleTimeout?: string;
+  retries?: string;
+  maxConnections?: string;
+  drainTimeout?: string;
+  logLevel?: string;
+  backlog?: string;
+}
+
+export const DEFAULTS = {
+  algorithm: 'least-conn',
+  workers: 'auto',
+  connectTimeout: '3s',
+  idleTimeout: '5m',
+  retries: '2',
+  maxConnections: '0',
+  drainTimeout: '30s',
+  logLevel: 'info',
+  // Linux's default somaxconn: a longer backlog is silently cut to it anyway.
+  backlog: '511',
+} as const;
+
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `500ms`, `3s`, `5m`, `1h`; a bare number is milliseconds, as in HAProxy. */
+export function parseDuration(text: string, where: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/.exec(text.trim());
+  if (match === null) {
+    throw new ConfigError(where, `"${text}" is not a duration (expected e.g. 500ms, 3s, 5m)`);
+  }
+  const ms = Math.round(Number(match[1]) * UNIT_MS[match[2] ?? 'ms']);
+  if (ms > 2_147_483_647) throw new ConfigError(where, `"${text}" is too long (at most 24 days)`);
+  return ms;
+}
+
+/** A whole number in [min, max]. */
+export function parseInteger(text: string, where: string, min: number, max: number): number {
+  const trimmed = text.trim();
+  if (!/^-?\d+$/.test(trimmed)) {
+    throw new ConfigError(where, `"${text}" is not a whole number`);
+  }
+  const value = Number(trimmed);
+  if (value < min || value > max) {
+    throw new ConfigError(where, `${value} is out of range (${min}..${max})`);
+  }
+  return value;
+}
+
+/** `HOST:PORT`, `[IPv6]:PORT`. A port of 0 is allowed only where `allowZeroPort`. */
+export function parseEndpoint(text: string, where: string, allowZeroPort: boolean): Endpoint {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(text.trim());
+  if (match === null) {
+    throw new ConfigError(where, `"${text}" is not HOST:PORT (IPv6 as [ADDR]:PORT)`);
+  }
+  const host = match[1] ?? match[2];
+  if (match[1] !== undefined && isIP(host) !== 6) {
+    throw new ConfigError(where, `"${text}": ${host} is not an IPv6 address`);
+  }
+  const port = Number(match[3]);
+  if (port > 65535 || (port === 0 && !allowZeroPort)) {
+    throw new ConfigError(where, `"${text}": port ${port} is out of range (1..65535)`);
+  }
+  return { text: text.trim(), host, port };
+}
+
+/** `HOST:PORT[,weight=N][,backup]`. */
+export function parseBackend(text: string, where: string): BackendConfig {
+  const [address, ...options] = text.split(',');
+  const endpoint = parseEndpoint(address, where, false);
+  let weight = 1;
+  let backup = false;
+  for (const option of options) {
+    const [key, value] = option.split('=', 2);
+    if (key === 'weight' && value !== undefined) {
+      weight = parseInteger(value, `${where} ${endpoint.text} weight`, 0, MAX_WEIGHT);
+    } else if (key === 'backup' && value === undefined) {
+      backup = true;
+    } else {
+      throw new ConfigError(
+        where,
+        `"${text}": unknown option "${option}" (expected weight=N or backup)`,
+      );
+    }
+  }
+  return { ...endpoint, name: endpoint.text, weight, backup };
+}
+
+function parseWorkers(text: string): number {
+  if (text === 'auto') return availableParallelism();
+  return parseInteger(text, '--workers', 1, 256);
+}
+
+/** Checks the flags and builds a Config; hostnames are resolved later by resolveConfig(). */
+export function configFromFlags(flags: RunFlags): Config {
+  const listen = (flags.listen ?? []).map((text) => parseEndpoint(text, '--listen', true));
+  if (listen.length === 0) throw new ConfigError('--listen', 'at least one is required');
+  const backends = (flags.backend ?? []).map((text) => parseBackend(text, '--backend'));
+  if (backends.length === 0) throw new ConfigError('--backend', 'at least one is required');
+  const names = new Set<string>();
+  for (const backend of backends) {
+    if (names.has(backend.name)) {
+      throw new ConfigError('--backend', `${backend.name} is given twice`);
+    }
+    names.add(backend.name);
+  }
+  const algorithm = flags.algorithm ?? DEFAULTS.algorithm;
+  if (!isAlgorithm(algorithm)) {
+    throw new ConfigError(
+      '--algorithm',
+      `unknown algorithm "${algorithm}" (expected ${ALGORITHMS.join(', ')})`,
+    );
+  }
+  const logLevel = flags.logLevel ?? DEFAULTS.logLevel;
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new ConfigError(
+      '--log-level',
+      `unknown level "${logLevel}" (expected ${LOG_LEVELS.join(', ')})`,
+    );
+  }
+  const frontend: FrontendConfig = {
+    name: 'default',
+    listen,
+    algorithm,
+    backends,
+    connectTimeoutMs: positive(
+      parseDuration(flags.connectTimeout ?? DEFAULTS.connectTimeout, '--connect-timeout'),
+      '--connect-timeout',
+    ),
+    idleTimeoutMs: positive(
+      parseDuration(flags.idleTimeout ?? DEFAULTS.idleTimeout, '--idle-timeout'),
+      '--idle-timeout',
+    ),
+    retries: parseInteger(flags.retries ?? DEFAULTS.retries, '--retries', 0, 31),
+  };
+  return {
+    workers: parseWorkers(flags.workers ?? DEFAULTS.workers),
+    maxConnections: parseInteger(
+      flags.maxConnections ?? DEFAULTS.maxConnections,
+      '--max-connections',
+      0,
+      10_000_000,
+    ),
+    drainTimeoutMs: parseDuration(flags.drainTimeout ?? DEFAULTS.drainTimeout, '--drain-timeout'),
+    logLevel: logLevel as LogLevel,
+    backlog: parseInteger(flags.backlog ?? DEFAULTS.backlog, '--backlog', 1, 65535),
+    frontends: [frontend],
+  };
+}
+
+function positive(ms: number, where: string): number {
+  if (ms <= 0) throw new ConfigError(where, 'must be more than 0');
+  return ms;
+}
+
+/**
+ * Resolves every backend hostname to an IP address once, at start, so the data path connects by
+ * address with no DNS lookup per connection. A name that does not resolve is a ConfigError.
+ */
+export async function resolveConfig(config: Config): Promise<Config> {
+  const frontends: FrontendConfig[] = [];
+  for (const frontend of config.frontends) {
+    const backends: BackendConfig[] = [];
+    for (const backend of frontend.backends) {
+      if (isIP(backend.host) !== 0) {
+        backends.push(backend);
+        continue;
+      }
+      try {
+        const { address } = await lookup(backend.host);
+        backends.push({ ...backend, host: address });
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? 'error';
+        throw new ConfigError('--backend', `${backend.text}: cannot resolve ${backend.host} (${code})`);
+      }
+    }
+    frontends.push({ ...frontend, backends });
+  }
+  return { ...config, frontends };
+}

@@ -1,0 +1,53 @@
+// One coarse clock and timer sweep per worker thread, instead of a setTimeout per connection.
+// Invariant: `now` is at most TICK_MS stale; a connect deadline fires at most TICK_MS late and an
+// idle timeout at most IDLE_SWEEP_TICKS * TICK_MS late.
+
+/** Connect timeouts are seconds long; a tenth of a second is precise enough for them. */
+export const TICK_MS = 100;
+
+/** Idle timeouts are minutes long: walking every established connection once a second is plenty. */
+export const IDLE_SWEEP_TICKS = 10;
+
+/** Milliseconds since the worker started, updated every tick. Read it instead of Date.now(). */
+export let now = 0;
+
+const origin = performance.now();
+
+export function updateNow(): number {
+  now = Math.floor(performance.now() - origin);
+  return now;
+}
+
+/** An element of an intrusive list: a connection links itself, so no node is allocated. */
+export interface Linked<T> {
+  prev: T | null;
+  next: T | null;
+  /** The list it is in, or null. */
+  list: object | null;
+}
+
+/** Doubly linked intrusive list: O(1) add and remove, walked by the timer sweep. */
+export class LinkedList<T extends Linked<T>> {
+  head: T | null = null;
+  size = 0;
+
+  add(item: T): void {
+    item.list = this;
+    item.prev = null;
+    item.next = this.head;
+    if (this.head !== null) this.head.prev = item;
+    this.head = item;
+    this.size++;
+  }
+
+  remove(item: T): void {
+    if (item.list !== this) return;
+    if (item.prev !== null) item.prev.next = item.next;
+    else this.head = item.next;
+    if (item.next !== null) item.next.prev = item.prev;
+    item.prev = null;
+    item.next = null;
+    item.list = null;
+    this.size--;
+  }
+}

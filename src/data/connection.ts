@@ -1,0 +1,395 @@
+// One proxied connection: accept -> pick -> connect (with retries) -> pipe -> close.
+// Invariants: one pre-shaped Connection object per client; every socket handler is a module-level
+// function reading `this.conn`, so no closure is made per connection or per chunk; bytes are
+// written from the buffer they were read into and never copied; a backend slot taken with
+// acquire() is released exactly once; a buffer is read into again only after its write finished.
+
+import net from 'node:net';
+import { acquire, release } from '../core/scheduler.ts';
+import { avoidBit } from '../core/table.ts';
+import {
+  B_BYTES_IN,
+  B_BYTES_OUT,
+  B_CONNECTIONS,
+  B_FAILURES,
+  END,
+  END_BASE,
+  LIVE,
+  RETRIES,
+} from '../stats/counters.ts';
+import { giveLarge, giveSmall, LARGE_SIZE, SMALL_SIZE, takeLarge, takeSmall } from './buffers.ts';
+import type { Linked } from './clock.ts';
+import { now } from './clock.ts';
+import type { Frontend } from './frontend.ts';
+
+/** Where a connection is in its life. */
+export const CONNECTING = 1;
+export const ESTABLISHED = 2;
+export const CLOSED = 3;
+
+/** A socket that knows its connection; null once it no longer speaks for it. */
+export class ClientSocket extends net.Socket {
+  conn: Connection | null = null;
+}
+
+export class BackendSocket extends net.Socket {
+  conn: Connection | null = null;
+}
+
+export class Connection implements Linked<Connection> {
+  readonly frontend: Frontend;
+  /** Set right after construction, by the accept path. */
+  client!: ClientSocket;
+  backend: BackendSocket | null = null;
+  /** Index of the backend in the frontend's table, -1 before a pick. */
+  backendIndex = -1;
+  /** Whether this connection holds a slot in the table's active count. */
+  acquired = false;
+  /** Backends already tried, as an avoid mask for the next pick. */
+  avoid = 0;
+  attempts = 0;
+  phase = CONNECTING;
+  /** An END reason, -1 until known. The first cause wins. */
+  end = -1;
+
+  /** The buffers each socket owns for its life, and the ones it reads into now. */
+  clientSmall: Buffer;
+  backendSmall: Buffer;
+  clientBuffer: Buffer;
+  backendBuffer: Buffer;
+  /** Reading stopped because the peer's write is pending; resumed on the peer's 'drain'. */
+  clientStalled = false;
+  backendStalled = false;
+  clientClosed = false;
+  backendClosed = false;
+
+  /** Client to backend, and backend to client. */
+  bytesIn = 0;
+  bytesOut = 0;
+  readonly startedAt: number;
+  connectStartedAt = 0;
+  /** When the connect attempt times out (CONNECTING), or when data last moved (ESTABLISHED). */
+  deadline = 0;
+  lastActive: number;
+
+  prev: Connection | null = null;
+  next: Connection | null = null;
+  list: object | null = null;
+
+  constructor(frontend: Frontend) {
+    this.frontend = frontend;
+    this.clientSmall = takeSmall();
+    this.backendSmall = takeSmall();
+    this.clientBuffer = this.clientSmall;
+    this.backendBuffer = this.backendSmall;
+    this.startedAt = now;
+    this.lastActive = now;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Read buffers. Node calls readBuffer() right after every read callback (and once when a socket
+// is set up) and reads into what it returns next time; the callback leaves its choice here.
+
+let nextReadBuffer: Buffer = Buffer.alloc(0);
+
+function readBuffer(): Buffer {
+  return nextReadBuffer;
+}
+
+/** Call right before building `conn`'s client socket: it will read into the small buffer first. */
+export function prepareClientRead(conn: Connection): void {
+  nextReadBuffer = conn.clientBuffer;
+}
+
+export const CLIENT_ONREAD: net.OnReadOpts = { buffer: readBuffer, callback: onClientRead };
+const BACKEND_ONREAD: net.OnReadOpts = { buffer: readBuffer, callback: onBackendRead };
+
+/**
+ * Writes `nread` bytes of `buffer` to `peer` and chooses the buffer for the next read. While the
+ * write is pending the same buffer is kept and reading stops (returns false): memory per
+ * direction stays at one buffer whatever the peers do. A socket whose read filled its small buffer
+ * is streaming and moves to a large one; one whose read left a large buffer part empty has caught
+ * up and moves back, so an idle connection holds no large buffer.
+ */
+function relay(peer: net.Socket, buffer: Buffer, nread: number, small: Buffer): boolean {
+  peer.write(nread === buffer.length ? buffer : buffer.subarray(0, nread));
+  if (peer.writableLength !== 0) {
+    nextReadBuffer = buffer;
+    return false;
+  }
+  if (buffer === small) {
+    nextReadBuffer = nread === SMALL_SIZE ? takeLarge() : small;
+  } else if (nread < LARGE_SIZE) {
+    giveLarge(buffer);
+    nextReadBuffer = small;
+  } else {
+    nextReadBuffer = buffer;
+  }
+  return true;
+}
+
+function onClientRead(this: ClientSocket, nread: number, buffer: Buffer): boolean {
+  const conn = this.conn;
+  const backend = conn?.backend;
+  if (conn == null || backend == null || !backend.writable) {
+    nextReadBuffer = buffer;
+    return true;
+  }
+  conn.bytesIn += nread;
+  conn.lastActive = now;
+  conn.frontend.slot[conn.frontend.backendOffset[conn.backendIndex] + B_BYTES_IN] += nread;
+  const more = relay(backend, buffer, nread, conn.clientSmall);
+  conn.clientBuffer = nextReadBuffer;
+  conn.clientStalled = !more;
+  return more;
+}
+
+function onBackendRead(this: BackendSocket, nread: number, buffer: Buffer): boolean {
+  const conn = this.conn;
+  if (conn === null || !conn.client.writable) {
+    nextReadBuffer = buffer;
+    return true;
+  }
+  conn.bytesOut += nread;
+  conn.lastActive = now;
+  conn.frontend.slot[conn.frontend.backendOffset[conn.backendIndex] + B_BYTES_OUT] += nread;
+  const more = relay(conn.client, buffer, nread, conn.backendSmall);
+  conn.backendBuffer = nextReadBuffer;
+  conn.backendStalled = !more;
+  return more;
+}
+
+/** The public-API read path, used when hookAccept is unavailable: Node allocates each chunk. */
+export function onClientData(this: ClientSocket, chunk: Buffer): void {
+  const conn = this.conn;
+  const backend = conn?.backend;
+  if (conn == null || backend == null || !backend.writable) return;
+  conn.bytesIn += chunk.length;
+  conn.lastActive = now;
+  conn.frontend.slot[conn.frontend.backendOffset[conn.backendIndex] + B_BYTES_IN] += chunk.length;
+  backend.write(chunk);
+  if (backend.writableLength !== 0) {
+    conn.clientStalled = true;
+    this.pause();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client socket events.
+
+export function attachClient(client: ClientSocket): void {
+  client.on('end', onClientEnd);
+  client.on('error', onClientError);
+  client.on('close', onClientClose);
+  client.on('drain', onClientDrain);
+  client.on('finish', onClientFinish);
+}
+
+function onClientEnd(this: ClientSocket): void {
+  // Half-close: the client will send no more; tell the backend, keep the other direction open.
+  const conn = this.conn;
+  if (conn === null) return;
+  if (conn.end < 0) conn.end = END.CLIENT_CLOSED;
+  conn.backend?.end();
+}
+
+function onClientError(this: ClientSocket, err: NodeJS.ErrnoException): void {
+  const conn = this.conn;
+  if (conn === null) return;
+  if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+    if (conn.end < 0) conn.end = END.CLIENT_RESET;
+    if (conn.backend !== null && conn.phase === ESTABLISHED) conn.backend.resetAndDestroy();
+  }
+}
+
+function onClientClose(this: ClientSocket): void {
+  const conn = this.conn;
+  if (conn === null) return;
+  conn.clientClosed = true;
+  const backend = conn.backend;
+  if (backend !== null && !backend.destroyed) {
+    // The client is gone for good: nothing more can be delivered to it.
+    if (conn.end < 0) conn.end = END.CLIENT_CLOSED;
+    backend.destroy();
+  }
+  if (conn.backendClosed || backend === null || conn.phase === CONNECTING) {
+    if (backend !== null && conn.phase === CONNECTING) detachBackend(conn);
+    finish(conn);
+  }
+}
+
+function onClientFinish(this: ClientSocket): void {
+  // Everything for the client is out; with the backend gone nothing more can come: close.
+  const conn = this.conn;
+  if (conn !== null && conn.backendClosed) this.destroy();
+}
+
+function onClientDrain(this: ClientSocket): void {
+  const conn = this.conn;
+  if (conn !== null && conn.backendStalled) {
+    conn.backendStalled = false;
+    conn.backend?.resume();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backend: pick, connect, retry.
+
+/** Picks a backend and connects to it; on no pick, closes the client. */
+export function connectBackend(conn: Connection): void {
+  const frontend = conn.frontend;
+  const i = frontend.scheduler.pick(conn.avoid);
+  if (i < 0) {
+    closeClient(conn, conn.attempts > 0 ? END.CONNECT_FAILED : END.NO_BACKEND);
+    return;
+  }
+  acquire(frontend.table, i);
+  conn.acquired = true;
+  conn.backendIndex = i;
+  conn.attempts++;
+  conn.phase = CONNECTING;
+  conn.connectStartedAt = now;
+  conn.deadline = now + frontend.config.connectTimeoutMs;
+  frontend.connecting.add(conn);
+
+  const backend = new BackendSocket({ allowHalfOpen: true, noDelay: true, onread: BACKEND_ONREAD });
+  backend.conn = conn;
+  conn.backend = backend;
+  backend.on('connect', onBackendConnect);
+  backend.on('end', onBackendEnd);
+  backend.on('error', onBackendError);
+  backend.on('close', onBackendClose);
+  backend.on('drain', onBackendDrain);
+  nextReadBuffer = conn.backendSmall;
+  const address = frontend.config.backends[i];
+  backend.connect({ host: address.host, port: address.port });
+}
+
+function onBackendConnect(this: BackendSocket): void {
+  const conn = this.conn;
+  if (conn === null) return;
+  const frontend = conn.frontend;
+  conn.phase = ESTABLISHED;
+  frontend.connecting.remove(conn);
+  frontend.established.add(conn);
+  conn.lastActive = now;
+  frontend.slot[frontend.backendOffset[conn.backendIndex] + B_CONNECTIONS]++;
+  conn.client.resume();
+}
+
+/** The connect attempt failed (refused, unreachable, timed out): retry elsewhere or give up. */
+export function failConnect(conn: Connection, timedOut: boolean): void {
+  const frontend = conn.frontend;
+  frontend.slot[frontend.backendOffset[conn.backendIndex] + B_FAILURES]++;
+  frontend.connecting.remove(conn);
+  conn.avoid |= avoidBit(conn.backendIndex);
+  detachBackend(conn);
+  if (conn.clientClosed) {
+    finish(conn);
+  } else if (conn.attempts <= frontend.config.retries) {
+    frontend.slot[RETRIES]++;
+    connectBackend(conn);
+  } else {
+    closeClient(conn, timedOut ? END.TIMEOUT : END.CONNECT_FAILED);
+  }
+}
+
+/** Lets go of the current backend socket and its slot; its late events are ignored. */
+function detachBackend(conn: Connection): void {
+  const backend = conn.backend;
+  if (backend !== null) {
+    backend.conn = null;
+    backend.destroy();
+    conn.backend = null;
+  }
+  if (conn.acquired) {
+    release(conn.frontend.table, conn.backendIndex);
+    conn.acquired = false;
+  }
+}
+
+function onBackendEnd(this: BackendSocket): void {
+  const conn = this.conn;
+  if (conn === null) return;
+  if (conn.end < 0) conn.end = END.BACKEND_CLOSED;
+  conn.client.end();
+}
+
+function onBackendError(this: BackendSocket, err: NodeJS.ErrnoException): void {
+  const conn = this.conn;
+  if (conn === null) return;
+  if (conn.phase === CONNECTING) {
+    failConnect(conn, false);
+    return;
+  }
+  if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+    if (conn.end < 0) conn.end = END.BACKEND_RESET;
+    if (!conn.client.destroyed) conn.client.resetAndDestroy();
+  }
+}
+
+function onBackendClose(this: BackendSocket): void {
+  const conn = this.conn;
+  if (conn === null) return;
+  if (conn.phase === CONNECTING) {
+    // Closed before connecting without an error event: treat as a failed connect.
+    failConnect(conn, false);
+    return;
+  }
+  conn.backendClosed = true;
+  if (!conn.client.destroyed) {
+    if (conn.end < 0) conn.end = END.BACKEND_CLOSED;
+    // Let what is queued for the client go out, then close (onClientFinish): not destroy().
+    if (conn.client.writableFinished) conn.client.destroy();
+    else conn.client.end();
+  }
+  if (conn.clientClosed) finish(conn);
+}
+
+function onBackendDrain(this: BackendSocket): void {
+  const conn = this.conn;
+  if (conn !== null && conn.clientStalled) {
+    conn.clientStalled = false;
+    conn.client.resume();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ending.
+
+/** Closes the client for `reason` before any byte flowed (limit, no backend, connect failed). */
+export function closeClient(conn: Connection, reason: number): void {
+  if (conn.end < 0) conn.end = reason;
+  conn.client.destroy();
+}
+
+/** Cuts the connection now (idle timeout, drain deadline). */
+export function cut(conn: Connection, reason: number): void {
+  if (conn.end < 0) conn.end = reason;
+  conn.backend?.destroy();
+  conn.client.destroy();
+}
+
+/** Both sockets are closed: give everything back exactly once. */
+function finish(conn: Connection): void {
+  if (conn.phase === CLOSED) return;
+  conn.phase = CLOSED;
+  const frontend = conn.frontend;
+  frontend.connecting.remove(conn);
+  frontend.established.remove(conn);
+  if (conn.acquired) {
+    release(frontend.table, conn.backendIndex);
+    conn.acquired = false;
+  }
+  if (conn.clientBuffer !== conn.clientSmall) giveLarge(conn.clientBuffer);
+  if (conn.backendBuffer !== conn.backendSmall) giveLarge(conn.backendBuffer);
+  giveSmall(conn.clientSmall);
+  giveSmall(conn.backendSmall);
+  conn.client.conn = null;
+  if (conn.backend !== null) conn.backend.conn = null;
+  const slot = frontend.slot;
+  slot[END_BASE + (conn.end < 0 ? END.CLIENT_CLOSED : conn.end)]++;
+  slot[LIVE]--;
+  frontend.onFinish(conn);
+}

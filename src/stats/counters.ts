@@ -1,0 +1,96 @@
+// Counters shared between the data plane and the control plane. Each worker owns one slot (a
+// Float64Array over a SharedArrayBuffer) and is its only writer; the main thread sums the slots
+// when asked. Invariant: no Atomics and no allocation on update, just `slot[i] += n`.
+
+/** How a connection ended; one counter per reason. The names are what stats and logs print. */
+export const END = {
+  CLIENT_CLOSED: 0,
+  BACKEND_CLOSED: 1,
+  CONNECT_FAILED: 2,
+  NO_BACKEND: 3,
+  TIMEOUT: 4,
+  CLIENT_RESET: 5,
+  BACKEND_RESET: 6,
+  REFUSED_LIMIT: 7,
+  DRAIN_CUT: 8,
+} as const;
+
+export const END_NAMES = [
+  'client-closed',
+  'backend-closed',
+  'connect-failed',
+  'no-backend',
+  'timeout',
+  'client-reset',
+  'backend-reset',
+  'refused-limit',
+  'drain-cut',
+] as const;
+
+/** Per-worker fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */
+export const ACCEPTED = 0;
+export const LIVE = 1;
+export const RETRIES = 2;
+export const END_BASE = 3;
+const WORKER_FIELDS = END_BASE + END_NAMES.length;
+
+export const B_CONNECTIONS = 0;
+export const B_FAILURES = 1;
+export const B_BYTES_IN = 2;
+export const B_BYTES_OUT = 3;
+export const BACKEND_STRIDE = 4;
+
+export interface SharedCounters {
+  readonly workers: number;
+  readonly backends: number;
+  readonly buffer: SharedArrayBuffer;
+  /** Live connections over every worker, for the global --max-connections (Atomics). */
+  readonly live: SharedArrayBuffer;
+}
+
+export function slotLength(backends: number): number {
+  return WORKER_FIELDS + backends * BACKEND_STRIDE;
+}
+
+/** Offset of backend `b` (global index over every frontend) in a slot. */
+export function backendOffset(b: number): number {
+  return WORKER_FIELDS + b * BACKEND_STRIDE;
+}
+
+export function allocateCounters(workers: number, backends: number): SharedCounters {
+  return {
+    workers,
+    backends,
+    buffer: new SharedArrayBuffer(workers * slotLength(backends) * 8),
+    live: new SharedArrayBuffer(4),
+  };
+}
+
+/** Worker `w`'s slot: the only view a worker writes through. */
+export function openSlot(counters: SharedCounters, w: number): Float64Array {
+  const length = slotLength(counters.backends);
+  return new Float64Array(counters.buffer, w * length * 8, length);
+}
+
+/** Every slot added up: a snapshot for the control plane (allocates; never on the data path). */
+export function sumSlots(counters: SharedCounters): Float64Array {
+  const length = slotLength(counters.backends);
+  const all = new Float64Array(counters.buffer);
+  const total = new Float64Array(length);
+  for (let w = 0; w < counters.workers; w++) {
+    for (let i = 0; i < length; i++) total[i] += all[w * length + i];
+  }
+  return total;
+}
+
+/** A readable summary of a sum, for the log line written at exit. */
+export function summarize(total: Float64Array): Record<string, number> {
+  const summary: Record<string, number> = {
+    accepted: total[ACCEPTED],
+    retries: total[RETRIES],
+  };
+  for (let r = 0; r < END_NAMES.length; r++) {
+    if (total[END_BASE + r] > 0) summary[END_NAMES[r]] = total[END_BASE + r];
+  }
+  return summary;
+}
