@@ -29,14 +29,19 @@ function fail(message: string): never {
 
 export function buildProgram(): Command {
   const program = new Command('fulcrum')
-    .description('An L4 TCP load balancer: least-connections or weighted, zero-copy, multi-threaded.')
+    .description(
+      'An L4 TCP load balancer: least-connections or weighted, zero-copy, multi-threaded.',
+    )
     .version(VERSION, '-V, --version')
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({
       writeErr: (text) => {
         // commander prints "error: ..." lines here: make them ours, one line.
-        const line = text.trim().split('\n')[0].replace(/^error: /, '');
+        const line = text
+          .trim()
+          .split('\n')[0]
+          .replace(/^error: /, '');
         process.stderr.write(`fulcrum: ${line}\n`);
       },
     });
@@ -44,7 +49,11 @@ export function buildProgram(): Command {
   program
     .command('run', { isDefault: true })
     .description('run the balancer (the default command)')
-    .option('-l, --listen <host:port>', 'address to accept clients on; repeatable ([::]:80 for IPv6)', collect)
+    .option(
+      '-l, --listen <host:port>',
+      'address to accept clients on; repeatable ([::]:80 for IPv6)',
+      collect,
+    )
     .option(
       '-b, --backend <host:port[,weight=N][,backup]>',
       'a backend; repeatable. weight 0..256 (default 1, 0 = never picked); backup = used only when no other is available',
@@ -55,14 +64,46 @@ export function buildProgram(): Command {
         .choices(ALGORITHMS)
         .default(DEFAULTS.algorithm),
     )
-    .option('-w, --workers <n|auto>', 'data-plane threads (auto = available CPUs)', DEFAULTS.workers)
-    .option('--connect-timeout <duration>', 'give up connecting to a backend after', DEFAULTS.connectTimeout)
-    .option('--idle-timeout <duration>', 'close a connection with no traffic for', DEFAULTS.idleTimeout)
-    .option('--retries <n>', 'connect attempts on other backends after a refused or timed-out one', DEFAULTS.retries)
-    .option('--max-connections <n>', 'live connections over all workers; beyond it new clients are closed (0 = no limit)', DEFAULTS.maxConnections)
-    .option('--drain-timeout <duration>', 'on SIGTERM/SIGINT, wait this long for connections to finish', DEFAULTS.drainTimeout)
-    .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent', DEFAULTS.logLevel)
-    .option('--backlog <n>', 'listen backlog (the kernel caps it at net.core.somaxconn)', DEFAULTS.backlog)
+    .option(
+      '-w, --workers <n|auto>',
+      'data-plane threads (auto = available CPUs)',
+      DEFAULTS.workers,
+    )
+    .option(
+      '--connect-timeout <duration>',
+      'give up connecting to a backend after',
+      DEFAULTS.connectTimeout,
+    )
+    .option(
+      '--idle-timeout <duration>',
+      'close a connection with no traffic for',
+      DEFAULTS.idleTimeout,
+    )
+    .option(
+      '--retries <n>',
+      'connect attempts on other backends after a refused or timed-out one',
+      DEFAULTS.retries,
+    )
+    .option(
+      '--max-connections <n>',
+      'live connections over all workers; beyond it new clients are closed (0 = no limit)',
+      DEFAULTS.maxConnections,
+    )
+    .option(
+      '--drain-timeout <duration>',
+      'on SIGTERM/SIGINT, wait this long for connections to finish',
+      DEFAULTS.drainTimeout,
+    )
+    .option(
+      '--log-level <level>',
+      'fatal, error, warn, info, debug, trace or silent',
+      DEFAULTS.logLevel,
+    )
+    .option(
+      '--backlog <n>',
+      'listen backlog (the kernel caps it at net.core.somaxconn)',
+      DEFAULTS.backlog,
+    )
     .addHelpText(
       'after',
       '\nDurations: 500ms, 3s, 5m, 1h (a bare number is milliseconds).\n' +

@@ -237,7 +237,10 @@ export async function resolveConfig(config: Config): Promise<Config> {
         backends.push({ ...backend, host: address });
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? 'error';
-        throw new ConfigError('--backend', `${backend.text}: cannot resolve ${backend.host} (${code})`);
+        throw new ConfigError(
+          '--backend',
+          `${backend.text}: cannot resolve ${backend.host} (${code})`,
+        );
       }
     }
     frontends.push({ ...frontend, backends });

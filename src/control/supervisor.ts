@@ -13,7 +13,7 @@ import type { FrontendShared } from '../data/frontend.ts';
 import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.ts';
 import type { Logger } from '../log.ts';
 import type { SharedCounters } from '../stats/counters.ts';
-import { allocateCounters, backendOffset, sumSlots, summarize } from '../stats/counters.ts';
+import { allocateCounters, backendOffset, summarize, sumSlots } from '../stats/counters.ts';
 
 /** A listener could not be opened: the CLI reports it as bad input (exit status 2). */
 export class ListenError extends Error {
@@ -99,7 +99,9 @@ export class Supervisor {
           resolve(message.hooked);
         } else if (message.type === 'listen-error') {
           cleanup();
-          reject(new ListenError(message.endpoint, LISTEN_REASONS[message.code] ?? message.message));
+          reject(
+            new ListenError(message.endpoint, LISTEN_REASONS[message.code] ?? message.message),
+          );
         }
       };
       const onError = (err: Error) => {

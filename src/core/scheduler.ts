@@ -2,9 +2,9 @@
 // Invariant: pick() allocates nothing, throws nothing and returns a backend index or -1;
 // every acquire(i) is matched by exactly one release(i), so active counts never go negative.
 
-import type { BackendTable } from './table.ts';
 import { LeastConnections } from './least-conn.ts';
 import { RoundRobin } from './round-robin.ts';
+import type { BackendTable } from './table.ts';
 import { WeightedRoundRobin } from './weighted-round-robin.ts';
 
 export interface Scheduler {

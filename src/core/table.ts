@@ -61,7 +61,10 @@ export function openTable(shared: SharedTable): BackendTable {
 }
 
 /** A table in plain memory, for tests and benchmarks that need no threads. */
-export function createTable(weights: readonly number[], backup: readonly boolean[] = []): BackendTable {
+export function createTable(
+  weights: readonly number[],
+  backup: readonly boolean[] = [],
+): BackendTable {
   const table = openTable(allocateTable(weights.length));
   for (let i = 0; i < weights.length; i++) {
     table.weight[i] = weights[i];

@@ -5,7 +5,7 @@
 // these internals, hookAccept returns false and the caller uses the public 'connection' event
 // (test/data/accept.test.ts fails loudly on such a release, so nobody runs the slow path unknowingly).
 
-import net from 'node:net';
+import type net from 'node:net';
 
 /** libuv's TCP handle as Node's TCP wrap exposes it; opaque to us but for these members. */
 export interface TcpHandle {
@@ -36,6 +36,7 @@ export function adoptHandle<S extends net.Socket>(
   SocketClass: new (options: net.SocketConstructorOpts) => S,
   handle: TcpHandle,
   onread: net.OnReadOpts,
+  writableHighWaterMark: number,
 ): S {
   const options = {
     handle,
@@ -44,6 +45,7 @@ export function adoptHandle<S extends net.Socket>(
     readable: true,
     writable: true,
     onread,
+    writableHighWaterMark,
   };
   return new SocketClass(options as unknown as net.SocketConstructorOpts);
 }

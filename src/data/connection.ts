@@ -22,6 +22,12 @@ import type { Linked } from './clock.ts';
 import { now } from './clock.ts';
 import type { Frontend } from './frontend.ts';
 
+/**
+ * Node emits 'drain' only after a write() that reached the high-water mark. A relay stops reading
+ * on *any* pending write, so the mark must be one byte: then every pending write ends in 'drain'.
+ */
+export const PEER_HIGH_WATER_MARK = 1;
+
 /** Where a connection is in its life. */
 export const CONNECTING = 1;
 export const ESTABLISHED = 2;
@@ -104,6 +110,14 @@ export function prepareClientRead(conn: Connection): void {
 
 export const CLIENT_ONREAD: net.OnReadOpts = { buffer: readBuffer, callback: onClientRead };
 const BACKEND_ONREAD: net.OnReadOpts = { buffer: readBuffer, callback: onBackendRead };
+
+/** `writableHighWaterMark` reaches the Duplex constructor; Node's types just omit it here. */
+const BACKEND_OPTIONS: net.SocketConstructorOpts = {
+  allowHalfOpen: true,
+  noDelay: true,
+  onread: BACKEND_ONREAD,
+  ...{ writableHighWaterMark: PEER_HIGH_WATER_MARK },
+};
 
 /**
  * Writes `nread` bytes of `buffer` to `peer` and chooses the buffer for the next read. While the
@@ -222,12 +236,12 @@ function onClientClose(this: ClientSocket): void {
 function onClientFinish(this: ClientSocket): void {
   // Everything for the client is out; with the backend gone nothing more can come: close.
   const conn = this.conn;
-  if (conn !== null && conn.backendClosed) this.destroy();
+  if (conn?.backendClosed) this.destroy();
 }
 
 function onClientDrain(this: ClientSocket): void {
   const conn = this.conn;
-  if (conn !== null && conn.backendStalled) {
+  if (conn?.backendStalled) {
     conn.backendStalled = false;
     conn.backend?.resume();
   }
@@ -253,7 +267,7 @@ export function connectBackend(conn: Connection): void {
   conn.deadline = now + frontend.config.connectTimeoutMs;
   frontend.connecting.add(conn);
 
-  const backend = new BackendSocket({ allowHalfOpen: true, noDelay: true, onread: BACKEND_ONREAD });
+  const backend = new BackendSocket(BACKEND_OPTIONS);
   backend.conn = conn;
   conn.backend = backend;
   backend.on('connect', onBackendConnect);
@@ -349,7 +363,7 @@ function onBackendClose(this: BackendSocket): void {
 
 function onBackendDrain(this: BackendSocket): void {
   const conn = this.conn;
-  if (conn !== null && conn.clientStalled) {
+  if (conn?.clientStalled) {
     conn.clientStalled = false;
     conn.client.resume();
   }

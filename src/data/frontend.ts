@@ -22,6 +22,7 @@ import {
   cut,
   failConnect,
   onClientData,
+  PEER_HIGH_WATER_MARK,
   prepareClientRead,
 } from './connection.ts';
 
@@ -71,14 +72,25 @@ export class Frontend {
   /** Opens every listener of this frontend; rejects with the address that failed. */
   async listen(): Promise<void> {
     for (const endpoint of this.config.listen) {
-      const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true, noDelay: true });
+      const server = net.createServer({
+        pauseOnConnect: true,
+        allowHalfOpen: true,
+        noDelay: true,
+        // Only the public fallback path uses sockets built by the server: see PEER_HIGH_WATER_MARK.
+        highWaterMark: PEER_HIGH_WATER_MARK,
+      });
       this.servers.push(server);
       await new Promise<void>((resolve, reject) => {
         server.once('error', (err: NodeJS.ErrnoException) =>
           reject(Object.assign(err, { endpoint: endpoint.text })),
         );
         server.listen(
-          { host: endpoint.host, port: endpoint.port, reusePort: true, backlog: this.limits.backlog },
+          {
+            host: endpoint.host,
+            port: endpoint.port,
+            reusePort: true,
+            backlog: this.limits.backlog,
+          },
           resolve,
         );
       });
@@ -114,7 +126,7 @@ export class Frontend {
     }
     const conn = new Connection(this);
     prepareClientRead(conn);
-    const client = adoptHandle(ClientSocket, handle, CLIENT_ONREAD);
+    const client = adoptHandle(ClientSocket, handle, CLIENT_ONREAD, PEER_HIGH_WATER_MARK);
     client.setNoDelay(true);
     this.start(conn, client);
   }

@@ -2,8 +2,8 @@
 // mask used by retries, and active counts that never go negative.
 
 import t from 'tap';
-import { acquire, createScheduler, release } from '../../src/core/scheduler.ts';
 import type { Algorithm } from '../../src/core/scheduler.ts';
+import { acquire, createScheduler, release } from '../../src/core/scheduler.ts';
 import { avoidBit, createTable, DRAINING, ENABLED, UP } from '../../src/core/table.ts';
 
 function sequence(algorithm: Algorithm, weights: number[], count: number): number[] {

@@ -1,0 +1,93 @@
+// The command line as users meet it: bad input gets one line naming the flag and exit status 2
+// (no stack trace); --help and --version exit 0.
+
+import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import net from 'node:net';
+import t from 'tap';
+import { BIN } from '../helpers.ts';
+
+function fulcrum(args: string[]) {
+  return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 20_000 });
+}
+
+const OK_BACKEND = ['--backend', '127.0.0.1:9'];
+const OK_LISTEN = ['--listen', '127.0.0.1:0'];
+
+const cases: Array<[string, string[], string]> = [
+  ['no --listen', [...OK_BACKEND], '--listen'],
+  ['no --backend', [...OK_LISTEN], '--backend'],
+  ['an unparsable listen address', ['--listen', 'localhost', ...OK_BACKEND], '--listen'],
+  ['a bad IPv6 listen address', ['--listen', '[zz::1]:80', ...OK_BACKEND], '--listen'],
+  ['a backend port out of range', [...OK_LISTEN, '--backend', '127.0.0.1:99999'], '--backend'],
+  ['a backend with port 0', [...OK_LISTEN, '--backend', '127.0.0.1:0'], '--backend'],
+  ['a weight out of range', [...OK_LISTEN, '--backend', '127.0.0.1:80,weight=300'], 'weight'],
+  ['an unknown backend option', [...OK_LISTEN, '--backend', '127.0.0.1:80,heavy'], '--backend'],
+  ['a backend given twice', [...OK_LISTEN, ...OK_BACKEND, ...OK_BACKEND], '--backend'],
+  ['an unknown algorithm', [...OK_LISTEN, ...OK_BACKEND, '--algorithm', 'random'], '--algorithm'],
+  ['negative retries', [...OK_LISTEN, ...OK_BACKEND, '--retries=-1'], '--retries'],
+  ['zero workers', [...OK_LISTEN, ...OK_BACKEND, '--workers', '0'], '--workers'],
+  ['a non-numeric worker count', [...OK_LISTEN, ...OK_BACKEND, '--workers', 'many'], '--workers'],
+  [
+    'a bad duration',
+    [...OK_LISTEN, ...OK_BACKEND, '--connect-timeout', 'soon'],
+    '--connect-timeout',
+  ],
+  ['a zero idle timeout', [...OK_LISTEN, ...OK_BACKEND, '--idle-timeout', '0s'], '--idle-timeout'],
+  ['a negative limit', [...OK_LISTEN, ...OK_BACKEND, '--max-connections=-5'], '--max-connections'],
+  ['an unknown log level', [...OK_LISTEN, ...OK_BACKEND, '--log-level', 'loud'], '--log-level'],
+  ['an unknown flag', [...OK_LISTEN, ...OK_BACKEND, '--turbo'], '--turbo'],
+];
+
+for (const [what, args, flag] of cases) {
+  t.test(`${what}: exit 2, one line naming ${flag}`, async (t) => {
+    const run = fulcrum(args);
+    t.equal(run.status, 2, `exit status (stderr: ${run.stderr})`);
+    const lines = run.stderr.trim().split('\n');
+    t.equal(lines.length, 1, 'exactly one line');
+    t.match(lines[0], /^fulcrum: /);
+    t.ok(lines[0].includes(flag), `names ${flag}: ${lines[0]}`);
+    t.notMatch(run.stderr, /\n\s+at /, 'no stack trace');
+    t.equal(run.stdout, '', 'nothing on stdout');
+  });
+}
+
+t.test('a port in use: exit 2, one line naming --listen and the address', async (t) => {
+  const blocker = net.createServer().listen(0, '127.0.0.1');
+  await once(blocker, 'listening');
+  const port = (blocker.address() as net.AddressInfo).port;
+  t.teardown(() => {
+    blocker.close();
+  });
+  const run = fulcrum(['--listen', `127.0.0.1:${port}`, ...OK_BACKEND, '--workers', '2']);
+  t.equal(run.status, 2);
+  t.equal(run.stderr, `fulcrum: --listen 127.0.0.1:${port}: address already in use\n`);
+});
+
+t.test('--help lists every flag with its default, exit 0', async (t) => {
+  const run = fulcrum(['run', '--help']);
+  t.equal(run.status, 0);
+  for (const flag of [
+    '--listen',
+    '--backend',
+    '--algorithm',
+    '--workers',
+    '--connect-timeout',
+    '--idle-timeout',
+    '--retries',
+    '--max-connections',
+    '--drain-timeout',
+    '--log-level',
+    '--backlog',
+  ]) {
+    t.ok(run.stdout.includes(flag), flag);
+  }
+  t.match(run.stdout, /default: "least-conn"/);
+  t.match(run.stdout, /default: "3s"/);
+});
+
+t.test('--version prints the version, exit 0', async (t) => {
+  const run = fulcrum(['--version']);
+  t.equal(run.status, 0);
+  t.match(run.stdout, /^\d+\.\d+\.\d+\n$/);
+});

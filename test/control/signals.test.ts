@@ -1,0 +1,83 @@
+// Stopping: SIGTERM with nothing live exits 0 at once; with live connections, fulcrum stops
+// accepting and waits for them up to --drain-timeout, then exits 0; a second signal exits at once.
+
+import { once } from 'node:events';
+import net from 'node:net';
+import t from 'tap';
+import { connect, greet, readLine, startBackend, startFulcrum } from '../helpers.ts';
+
+t.test('SIGTERM with nothing live: exit 0 at once', async (t) => {
+  const backend = await startBackend(greet);
+  const fulcrum = await startFulcrum(['--workers', '2', '--backend', backend.address]);
+  t.teardown(() => backend.close());
+  const started = Date.now();
+  t.equal(await fulcrum.stop('SIGTERM'), 0);
+  t.ok(Date.now() - started < 2000, `exited in ${Date.now() - started} ms`);
+});
+
+t.test('SIGINT drains: live connections finish, new ones are refused, then exit 0', async (t) => {
+  const backend = await startBackend(greet);
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '1',
+    '--drain-timeout',
+    '20s',
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(() => backend.close());
+  const live = await connect(fulcrum.port);
+  await readLine(live);
+  const exited = once(fulcrum.proc, 'exit');
+  const started = Date.now();
+  fulcrum.proc.kill('SIGINT');
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.equal(fulcrum.proc.exitCode, null, 'still running while a connection is live');
+  const late = net.connect(fulcrum.port, '127.0.0.1');
+  const [err] = (await once(late, 'error')) as [NodeJS.ErrnoException];
+  t.equal(err.code, 'ECONNREFUSED', 'no longer accepting');
+  live.write('still here\n');
+  live.end();
+  const [code] = (await exited) as [number];
+  t.equal(code, 0, 'exit 0 once the last connection ended');
+  t.ok(Date.now() - started < 5000, 'as soon as it ended, not at the drain deadline');
+});
+
+t.test('--drain-timeout cuts what is left, then exit 0', async (t) => {
+  const backend = await startBackend(greet);
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '1',
+    '--drain-timeout',
+    '500ms',
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(() => backend.close());
+  const live = await connect(fulcrum.port);
+  await readLine(live);
+  const started = Date.now();
+  const code = await fulcrum.stop('SIGTERM');
+  const took = Date.now() - started;
+  t.equal(code, 0);
+  t.ok(took >= 450 && took < 3000, `exited after ${took} ms`);
+  const summary = fulcrum.logs.find((l) => l.msg === 'stopped');
+  t.equal(summary?.['drain-cut'], 1, 'the cut connection is counted');
+});
+
+t.test('a second signal exits at once', async (t) => {
+  const backend = await startBackend(greet);
+  const fulcrum = await startFulcrum(['--workers', '1', '--backend', backend.address]);
+  t.teardown(() => backend.close());
+  const live = await connect(fulcrum.port);
+  await readLine(live);
+  t.teardown(() => live.destroy());
+  const exited = once(fulcrum.proc, 'exit');
+  fulcrum.proc.kill('SIGTERM');
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const started = Date.now();
+  fulcrum.proc.kill('SIGTERM');
+  const [code] = (await exited) as [number];
+  t.equal(code, 1, 'a forced stop is not a clean one');
+  t.ok(Date.now() - started < 1000);
+});

@@ -1,0 +1,222 @@
+// The pipe's edges: resets forwarded as resets, half-close from the backend side, bounded memory
+// against a client that does not read, connect timeouts retried, idle timeouts, the global limit.
+
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+import { connect, greet, readLine, startBackend, startFulcrum, waitFor } from '../helpers.ts';
+
+t.test('a backend reset reaches the client as a reset', async (t) => {
+  const backend = await startBackend((socket) => {
+    socket.write('x\n', () => setTimeout(() => socket.resetAndDestroy(), 50));
+  });
+  const fulcrum = await startFulcrum(['--workers', '1', '--backend', backend.address]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await backend.close();
+  });
+  const socket = await connect(fulcrum.port);
+  const [err] = (await once(socket, 'error')) as [NodeJS.ErrnoException];
+  t.equal(err.code, 'ECONNRESET');
+});
+
+t.test('a client reset reaches the backend as a reset', async (t) => {
+  let backendError = '';
+  const backend = await startBackend((socket) => {
+    socket.write('x\n');
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      backendError = err.code ?? '';
+    });
+  });
+  const fulcrum = await startFulcrum(['--workers', '1', '--backend', backend.address]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await backend.close();
+  });
+  const socket = await connect(fulcrum.port);
+  await readLine(socket);
+  socket.resetAndDestroy();
+  await waitFor(() => backendError !== '', 3000, 'the backend to see the reset');
+  t.equal(backendError, 'ECONNRESET');
+});
+
+t.test('half-close from the backend: the client still sends after the backend ends', async (t) => {
+  let received = '';
+  const backendDone = new Promise<void>((resolve) => {
+    startBackend((socket) => {
+      socket.end('bye\n'); // FIN to the client, but keep reading
+      socket.on('data', (chunk: Buffer) => {
+        received += chunk.toString();
+      });
+      socket.on('end', resolve);
+    }).then((backend) => {
+      backends.push(backend);
+      ready(backend.address);
+    });
+  });
+  const backends: Array<{ close(): Promise<void> }> = [];
+  let ready: (address: string) => void = () => {};
+  const address = await new Promise<string>((resolve) => {
+    ready = resolve;
+  });
+  const fulcrum = await startFulcrum(['--workers', '1', '--backend', address]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    for (const b of backends) await b.close();
+  });
+  const socket = await connect(fulcrum.port);
+  let got = '';
+  socket.on('data', (chunk: Buffer) => {
+    got += chunk.toString();
+  });
+  await once(socket, 'end');
+  t.equal(got, 'bye\n', 'the client read everything, then the FIN');
+  socket.end('late words\n');
+  await backendDone;
+  t.equal(received, 'late words\n', 'the backend got what the client sent after its FIN');
+});
+
+t.test('a client that does not read: the backend is held back, memory stays bounded', async (t) => {
+  let pushed = 0;
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  const backend = await startBackend((socket) => {
+    const pump = () => {
+      while (!socket.destroyed) {
+        pushed += chunk.length;
+        if (!socket.write(chunk)) {
+          socket.once('drain', pump);
+          return;
+        }
+      }
+    };
+    pump();
+  });
+  const fulcrum = await startFulcrum(['--workers', '1', '--backend', backend.address]);
+  t.teardown(async () => {
+    socket.destroy();
+    await fulcrum.stop();
+    await backend.close();
+  });
+  const socket = await connect(fulcrum.port);
+  socket.pause(); // never read
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  const first = pushed;
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  // What is in flight sits in kernel buffers (several MiB on loopback) plus one buffer in fulcrum.
+  t.ok(
+    first < 64 * 1024 * 1024,
+    `backend pushed ${(first / 1048576).toFixed(1)} MiB, then stopped`,
+  );
+  t.ok(
+    pushed - first <= 256 * 1024,
+    `no growth while the client reads nothing (${pushed - first} B)`,
+  );
+});
+
+t.test('a connect that times out is retried on another backend', async (t) => {
+  const stuck = spawn(
+    process.execPath,
+    [fileURLToPath(new URL('../fixtures/stuck-backend.ts', import.meta.url))],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  t.teardown(() => {
+    stuck.kill('SIGKILL');
+  });
+  const [line] = (await once(stuck.stdout!, 'data')) as [Buffer];
+  const stuckPort = Number(line.toString().trim());
+  // Fill the stuck backend's accept queue so that further SYNs are dropped.
+  const fillers = Array.from({ length: 4 }, () =>
+    net.connect(stuckPort, '127.0.0.1').on('error', () => {}),
+  );
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const good = await startBackend(greet);
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '1',
+    '--algorithm',
+    'round-robin',
+    '--connect-timeout',
+    '300ms',
+    '--backend',
+    `127.0.0.1:${stuckPort}`,
+    '--backend',
+    good.address,
+  ]);
+  t.teardown(async () => {
+    for (const f of fillers) f.destroy();
+    await fulcrum.stop();
+    await good.close();
+  });
+  // Round-robin starts at the stuck backend: the first client waits out the connect timeout.
+  const started = Date.now();
+  const socket = await connect(fulcrum.port);
+  t.equal(await readLine(socket), String(good.port), 'the client reached the good backend');
+  const waited = Date.now() - started;
+  t.ok(waited >= 250, `the connect timeout ran first (${waited} ms)`);
+  t.ok(waited < 2000, `and no longer than it should (${waited} ms)`);
+  socket.destroy();
+});
+
+t.test('an idle connection is closed after --idle-timeout', async (t) => {
+  const backend = await startBackend(greet);
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '1',
+    '--idle-timeout',
+    '300ms',
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await backend.close();
+  });
+  const socket = await connect(fulcrum.port);
+  await readLine(socket);
+  const started = Date.now();
+  socket.on('error', () => {});
+  await once(socket, 'end'); // fulcrum closed its side (the test client is half-open capable)
+  const lived = Date.now() - started;
+  t.ok(lived >= 250 && lived < 3000, `closed after ${lived} ms idle`);
+});
+
+t.test('--max-connections closes clients beyond the limit at once', async (t) => {
+  const backend = await startBackend(greet);
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '2',
+    '--max-connections',
+    '3',
+    '--backend',
+    backend.address,
+  ]);
+  const held: net.Socket[] = [];
+  t.teardown(async () => {
+    for (const s of held) s.destroy();
+    await fulcrum.stop();
+    await backend.close();
+  });
+  for (let k = 0; k < 3; k++) {
+    const socket = await connect(fulcrum.port);
+    held.push(socket);
+    await readLine(socket);
+  }
+  const refused = await connect(fulcrum.port);
+  refused.on('error', () => {});
+  let got = '';
+  refused.on('data', (chunk: Buffer) => {
+    got += chunk.toString();
+  });
+  await once(refused, 'end');
+  t.equal(got, '', 'the fourth client got nothing and was closed');
+  t.equal(backend.accepted, 3, 'no backend connection was made for it');
+  held.pop()?.destroy();
+  await waitFor(() => backend.open.size === 2, 2000, 'a slot to free up');
+  const again = await connect(fulcrum.port);
+  held.push(again);
+  t.equal(await readLine(again), String(backend.port), 'a client is let in once a slot is free');
+});

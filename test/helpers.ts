@@ -1,0 +1,170 @@
+// Shared test fixtures: real backends on loopback with ephemeral ports, and fulcrum itself run as
+// a real process through bin/fulcrum, the way users run it.
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import net from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+export const BIN = fileURLToPath(new URL('../bin/fulcrum', import.meta.url));
+
+export interface Backend {
+  readonly port: number;
+  readonly address: string;
+  /** Connections accepted so far. */
+  accepted: number;
+  /** Connections open right now. */
+  readonly open: Set<net.Socket>;
+  close(): Promise<void>;
+}
+
+/** A backend that runs `handler` for each connection; allowHalfOpen so half-close is visible. */
+export async function startBackend(handler: (socket: net.Socket) => void): Promise<Backend> {
+  const open = new Set<net.Socket>();
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    backend.accepted++;
+    open.add(socket);
+    socket.on('close', () => open.delete(socket));
+    socket.on('error', () => {});
+    handler(socket);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as net.AddressInfo).port;
+  const backend: Backend = {
+    port,
+    address: `127.0.0.1:${port}`,
+    accepted: 0,
+    open,
+    close: async () => {
+      for (const socket of open) socket.destroy();
+      server.close();
+      await once(server, 'close');
+    },
+  };
+  return backend;
+}
+
+/** Echoes every byte back, and ends its side when the client ends its own. */
+export function echo(socket: net.Socket): void {
+  socket.pipe(socket);
+}
+
+/** Says which port it is, then holds the connection open until the client ends its side. */
+export function greet(socket: net.Socket): void {
+  socket.write(`${socket.localPort}\n`);
+  socket.resume(); // discard what the client sends, so its FIN is seen
+  socket.on('end', () => socket.end());
+}
+
+/** A port nothing listens on: bound once to get it, then closed. */
+export async function closedPort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as net.AddressInfo).port;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+export interface Fulcrum {
+  readonly proc: ChildProcess;
+  readonly port: number;
+  readonly address: string;
+  /** Every JSON log line so far. */
+  readonly logs: Array<Record<string, unknown>>;
+  /** Sends SIGTERM and resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Runs fulcrum with `args` (plus `--listen 127.0.0.1:0` unless given) and waits until ready. */
+export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Fulcrum> {
+  const full = args.includes('--listen') ? args : ['--listen', '127.0.0.1:0', ...args];
+  const proc = spawn(process.execPath, [BIN, ...full], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...env },
+  });
+  const logs: Array<Record<string, unknown>> = [];
+  let stderr = '';
+  proc.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  let pending = '';
+  const ready = new Promise<string>((resolve, reject) => {
+    let listen = '';
+    proc.stdout?.on('data', (chunk: Buffer) => {
+      pending += chunk.toString();
+      let nl = pending.indexOf('\n');
+      while (nl >= 0) {
+        const line = JSON.parse(pending.slice(0, nl)) as Record<string, unknown>;
+        pending = pending.slice(nl + 1);
+        logs.push(line);
+        if (line.msg === 'listening') listen = (line.listen as string[])[0];
+        if (line.msg === 'ready') resolve(listen);
+        nl = pending.indexOf('\n');
+      }
+    });
+    proc.once('exit', (code) => reject(new Error(`fulcrum exited ${code}: ${stderr}`)));
+  });
+  const listen = await ready;
+  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
+  return {
+    proc,
+    port,
+    address: listen,
+    logs,
+    stop: async (signal = 'SIGTERM') => {
+      if (proc.exitCode !== null) return proc.exitCode;
+      proc.kill(signal);
+      const [code] = (await once(proc, 'exit')) as [number | null];
+      return code;
+    },
+  };
+}
+
+/** Connects to fulcrum; resolves once connected. */
+export async function connect(port: number): Promise<net.Socket> {
+  const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  await once(socket, 'connect');
+  return socket;
+}
+
+/** Reads one line from a socket (the greeting of `greet`), leaving the socket open. */
+export function readLine(socket: net.Socket): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString();
+      const nl = text.indexOf('\n');
+      if (nl >= 0) {
+        done();
+        resolve(text.slice(0, nl));
+      }
+    };
+    const onEnd = () => {
+      done();
+      reject(new Error(`connection ended before a line: "${text}"`));
+    };
+    const onError = (err: Error) => {
+      done();
+      reject(err);
+    };
+    const done = () => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      socket.off('error', onError);
+    };
+    socket.on('data', onData);
+    socket.on('end', onEnd);
+    socket.on('error', onError);
+  });
+}
+
+/** Resolves when `check` holds, polling; rejects after `ms`. */
+export async function waitFor(check: () => boolean, ms: number, what: string): Promise<void> {
+  const until = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
