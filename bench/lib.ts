@@ -1,0 +1,191 @@
+// Benchmark plumbing: nginx backends, HAProxy and fulcrum side by side, and the load generator.
+// Needs Debian's nginx-light (backends) and, for the comparison, haproxy; wrk if present,
+// autocannon (a devDependency) otherwise:  apt-get install -y nginx-light haproxy wrk
+
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const BIN = fileURLToPath(new URL('../bin/fulcrum', import.meta.url));
+
+export function has(command: string): boolean {
+  try {
+    execFileSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((resolve) => server.once('listening', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Resolves once something accepts on `port`. */
+export async function waitForPort(port: number, ms = 10_000): Promise<void> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1');
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > until) throw new Error(`nothing listens on ${port}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+export function workDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'fulcrum-bench-'));
+  // nginx workers run as an unprivileged user: they must be able to read the files.
+  chmodSync(dir, 0o755);
+  return dir;
+}
+
+const running: ChildProcess[] = [];
+
+export function launch(command: string, args: string[]): ChildProcess {
+  const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  running.push(child);
+  return child;
+}
+
+export function stopAll(): void {
+  for (const child of running) child.kill('SIGKILL');
+}
+process.on('exit', stopAll);
+
+/** nginx with one worker serving `files` on each of `ports`. */
+export async function startNginx(dir: string, ports: number[], files: Record<string, Buffer>) {
+  const www = join(dir, 'www');
+  execFileSync('mkdir', ['-p', www]);
+  chmodSync(www, 0o755);
+  for (const [name, body] of Object.entries(files)) {
+    writeFileSync(join(www, name), body);
+    chmodSync(join(www, name), 0o644);
+  }
+  const servers = ports
+    .map((port) => `server { listen 127.0.0.1:${port}; root ${www}; }`)
+    .join('\n  ');
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(
+    conf,
+    `worker_processes 1;
+daemon off;
+pid ${dir}/nginx.pid;
+error_log ${dir}/nginx-error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  ${servers}
+}
+`,
+  );
+  launch('nginx', ['-c', conf, '-e', `${dir}/nginx-error.log`]);
+  for (const port of ports) await waitForPort(port);
+}
+
+/** HAProxy in mode tcp, one thread, leastconn over `backends`. */
+export async function startHaproxy(dir: string, port: number, backends: number[]) {
+  const conf = join(dir, 'haproxy.cfg');
+  writeFileSync(
+    conf,
+    `global
+  nbthread 1
+  # maxconn must stay below the fd limit (ulimit -n is 20000 here) or HAProxy refuses to start.
+  maxconn 9000
+defaults
+  mode tcp
+  timeout connect 3s
+  timeout client 5m
+  timeout server 5m
+frontend fe
+  bind 127.0.0.1:${port}
+  default_backend be
+backend be
+  balance leastconn
+${backends.map((p, i) => `  server s${i} 127.0.0.1:${p}`).join('\n')}
+`,
+  );
+  const child = launch('haproxy', ['-f', conf, '-db']);
+  await waitForPort(port);
+  return child;
+}
+
+/** fulcrum as users run it, through bin/fulcrum. */
+export async function startFulcrum(port: number, backends: number[], extra: string[] = []) {
+  const args = [BIN, '--listen', `127.0.0.1:${port}`, '--log-level', 'warn', ...extra];
+  for (const b of backends) args.push('--backend', `127.0.0.1:${b}`);
+  const child = launch(process.execPath, args);
+  await waitForPort(port);
+  return child;
+}
+
+export interface Load {
+  requestsPerSec: number;
+  bytesPerSec: number;
+  p99Ms: number;
+  errors: number;
+}
+
+const UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
+
+function parseSize(text: string): number {
+  const m = /([\d.]+)([KMG]?)B/.exec(text);
+  return m === null ? 0 : Number(m[1]) * UNITS[m[2]];
+}
+
+function parseMs(text: string): number {
+  const m = /([\d.]+)(us|ms|s)/.exec(text);
+  if (m === null) return 0;
+  return Number(m[1]) * (m[2] === 'us' ? 0.001 : m[2] === 's' ? 1000 : 1);
+}
+
+/** Drives `url` with `connections` for `seconds`; `close` sends Connection: close. */
+export async function load(
+  url: string,
+  connections: number,
+  seconds: number,
+  close: boolean,
+): Promise<Load> {
+  if (has('wrk')) {
+    const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--latency', url];
+    if (close) args.push('-H', 'Connection: close');
+    const out = execFileSync('wrk', args, { encoding: 'utf8' });
+    const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+    return {
+      requestsPerSec: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
+      bytesPerSec: parseSize(/Transfer\/sec:\s+(\S+)/.exec(out)?.[1] ?? ''),
+      p99Ms: parseMs(/\s99%\s+(\S+)/.exec(out)?.[1] ?? ''),
+      errors: errors === null ? 0 : errors.slice(1).reduce((n, x) => n + Number(x), 0),
+    };
+  }
+  const { default: autocannon } = await import('autocannon');
+  const result = await autocannon({
+    url,
+    connections,
+    duration: seconds,
+    headers: close ? { connection: 'close' } : {},
+  });
+  return {
+    requestsPerSec: result.requests.average,
+    bytesPerSec: result.throughput.average,
+    p99Ms: result.latency.p99,
+    errors: result.errors + result.non2xx,
+  };
+}

@@ -1,0 +1,104 @@
+// End-to-end benchmark: the same two nginx backends reached directly, through HAProxy (nbthread 1,
+// mode tcp, balance leastconn) and through fulcrum (--workers 1, least-conn), under the same load.
+// Prints each figure as a ratio to HAProxy's: the machine is shared and noisy, absolute numbers
+// are not comparable between runs. Usage: npm run bench [-- --seconds 8]
+
+import { randomBytes } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import type { Load } from './lib.ts';
+import {
+  freePort,
+  has,
+  load,
+  startFulcrum,
+  startHaproxy,
+  startNginx,
+  stopAll,
+  workDir,
+} from './lib.ts';
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '8' },
+    workers: { type: 'string', default: '1' },
+  },
+});
+const seconds = Number(values.seconds);
+
+if (!has('nginx')) {
+  console.error('bench: nginx is needed for the backends: apt-get install -y nginx-light');
+  process.exit(2);
+}
+
+const dir = workDir();
+const backends = [await freePort(), await freePort()];
+await startNginx(dir, backends, {
+  small: Buffer.from('ok\n'.padEnd(100, '.')),
+  bulk: randomBytes(1024 * 1024),
+});
+
+const targets: Array<{ name: string; port: number }> = [{ name: 'direct', port: backends[0] }];
+if (has('haproxy')) {
+  const port = await freePort();
+  await startHaproxy(dir, port, backends);
+  targets.push({ name: 'haproxy', port });
+} else {
+  console.error('bench: haproxy not installed (apt-get install -y haproxy): no comparison');
+}
+const fulcrumPort = await freePort();
+await startFulcrum(fulcrumPort, backends, ['--workers', values.workers]);
+targets.push({ name: `fulcrum`, port: fulcrumPort });
+
+const scenarios = [
+  { name: 'bulk 1 MiB responses', path: '/bulk', connections: 8, close: false, metric: 'bytes' },
+  {
+    name: 'small keep-alive requests',
+    path: '/small',
+    connections: 50,
+    close: false,
+    metric: 'rps',
+  },
+  {
+    name: 'new connection per request',
+    path: '/small',
+    connections: 50,
+    close: true,
+    metric: 'rps',
+  },
+] as const;
+
+// Warm up every path (and fulcrum's JIT) before measuring.
+for (const target of targets) {
+  await load(`http://127.0.0.1:${target.port}/small`, 10, 2, false);
+}
+
+console.log(
+  `load: ${has('wrk') ? 'wrk' : 'autocannon'}, ${seconds}s per run, fulcrum --workers ${values.workers}\n`,
+);
+const rows: string[] = [];
+for (const scenario of scenarios) {
+  const results = new Map<string, Load>();
+  for (const target of targets) {
+    const url = `http://127.0.0.1:${target.port}${scenario.path}`;
+    results.set(target.name, await load(url, scenario.connections, seconds, scenario.close));
+  }
+  const value = (r: Load) => (scenario.metric === 'bytes' ? r.bytesPerSec : r.requestsPerSec);
+  const reference = results.get('haproxy') ?? results.get('direct')!;
+  const referenceName = results.has('haproxy') ? 'haproxy' : 'direct';
+  console.log(
+    `${scenario.name} (${scenario.metric === 'bytes' ? 'throughput' : 'requests/s'}, vs ${referenceName}):`,
+  );
+  for (const [name, r] of results) {
+    const ratio = value(r) / value(reference);
+    console.log(
+      `  ${name.padEnd(8)} ${ratio.toFixed(2)}x   p99 ${r.p99Ms.toFixed(2)} ms${r.errors ? `   errors ${r.errors}` : ''}`,
+    );
+  }
+  const f = results.get('fulcrum')!;
+  rows.push(
+    `${scenario.name}: fulcrum/${referenceName} ${(value(f) / value(reference)).toFixed(2)}x`,
+  );
+}
+console.log(`\nsummary\n  ${rows.join('\n  ')}`);
+stopAll();
+process.exit(0);
