@@ -33,7 +33,9 @@ export class LeastConnections implements Scheduler {
       let i = start + k;
       if (i >= n) i -= n;
       if (!isPickable(table, i, tier) || isAvoided(avoid, i)) continue;
-      const a = Atomics.load(active, i);
+      // A plain read: an aligned Int32 cannot tear, and a count a few nanoseconds stale only
+      // makes a near-tie go the other way, which least-connections tolerates by design.
+      const a = active[i];
       const w = weight[i];
       // a/w < bestActive/bestWeight, cross-multiplied: exact in doubles for any real count.
       if (best < 0 || a * bestWeight < bestActive * w) {
