@@ -74,7 +74,9 @@ if (has('haproxy')) {
   const haproxyPort = await freePort();
   const haproxy = await startHaproxy(dir, haproxyPort, [backendPort]);
   results.haproxy = await measure('haproxy', haproxy.pid!, haproxyPort);
-  console.log(`fulcrum/haproxy memory per connection: ${(results.fulcrum / results.haproxy).toFixed(1)}x`);
+  console.log(
+    `fulcrum/haproxy memory per connection: ${(results.fulcrum / results.haproxy).toFixed(1)}x`,
+  );
 }
 stopAll();
 process.exit(0);

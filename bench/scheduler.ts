@@ -1,7 +1,7 @@
 // Scheduler micro-benchmark: nanoseconds per pick (with the acquire/release around it that the
 // data path does) for each algorithm and table size. Usage: npm run bench:core
 
-import { acquire, ALGORITHMS, createScheduler, release } from '../src/core/scheduler.ts';
+import { ALGORITHMS, acquire, createScheduler, release } from '../src/core/scheduler.ts';
 import { createTable } from '../src/core/table.ts';
 
 const PICKS = 5_000_000;
