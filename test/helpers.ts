@@ -67,6 +67,12 @@ export async function closedPort(): Promise<number> {
   return port;
 }
 
+// A test that fails half-way must not leave a balancer running: kill them all when the test exits.
+const spawned = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of spawned) child.kill('SIGKILL');
+});
+
 export interface Fulcrum {
   readonly proc: ChildProcess;
   readonly port: number;
@@ -84,6 +90,8 @@ export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}):
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });
+  spawned.add(proc);
+  proc.once('exit', () => spawned.delete(proc));
   const logs: Array<Record<string, unknown>> = [];
   let stderr = '';
   proc.stderr?.on('data', (chunk: Buffer) => {

@@ -120,7 +120,7 @@ t.test('a connect that times out is retried on another backend', async (t) => {
     process.execPath,
     [fileURLToPath(new URL('../fixtures/stuck-backend.ts', import.meta.url))],
     {
-      stdio: ['ignore', 'pipe', 'inherit'],
+      stdio: ['ignore', 'pipe', 'ignore'],
     },
   );
   t.teardown(() => {
