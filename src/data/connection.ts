@@ -205,7 +205,7 @@ function onClientEnd(this: ClientSocket): void {
   const conn = this.conn;
   if (conn === null) return;
   if (conn.end < 0) conn.end = END.CLIENT_CLOSED;
-  conn.backend?.end();
+  if (conn.backend !== null) forwardEnd(conn.backend);
 }
 
 function onClientError(this: ClientSocket, err: NodeJS.ErrnoException): void {
@@ -327,7 +327,17 @@ function onBackendEnd(this: BackendSocket): void {
   const conn = this.conn;
   if (conn === null) return;
   if (conn.end < 0) conn.end = END.BACKEND_CLOSED;
-  conn.client.end();
+  forwardEnd(conn.client);
+}
+
+/**
+ * Forwards a FIN to `peer`. When `peer` has sent its own FIN already and nothing is queued for
+ * it, both directions are done: closing it sends the same FIN, and saves a shutdown() (with its
+ * FIN processing, inline on loopback) per connection. Otherwise end(): the half-close.
+ */
+function forwardEnd(peer: net.Socket): void {
+  if (peer.readableEnded && peer.writableLength === 0) peer.destroy();
+  else peer.end();
 }
 
 function onBackendError(this: BackendSocket, err: NodeJS.ErrnoException): void {
