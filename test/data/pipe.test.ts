@@ -128,11 +128,20 @@ t.test('a connect that times out is retried on another backend', async (t) => {
   });
   const [line] = (await once(stuck.stdout!, 'data')) as [Buffer];
   const stuckPort = Number(line.toString().trim());
-  // Fill the stuck backend's accept queue so that further SYNs are dropped.
-  const fillers = Array.from({ length: 4 }, () =>
-    net.connect(stuckPort, '127.0.0.1').on('error', () => {}),
-  );
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  // Fill the stuck backend's accept queue until a connect hangs: from then on the kernel drops
+  // SYNs to it, so fulcrum's connect can only time out.
+  const fillers: net.Socket[] = [];
+  for (let hung = false; !hung && fillers.length < 20; ) {
+    const filler = net.connect(stuckPort, '127.0.0.1').on('error', () => {});
+    fillers.push(filler);
+    hung = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(true), 300);
+      filler.once('connect', () => {
+        clearTimeout(timer);
+        resolve(false);
+      });
+    });
+  }
   const good = await startBackend(greet);
   const fulcrum = await startFulcrum([
     '--workers',
