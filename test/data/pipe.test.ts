@@ -128,14 +128,16 @@ t.test('a connect that times out is retried on another backend', async (t) => {
   });
   const [line] = (await once(stuck.stdout!, 'data')) as [Buffer];
   const stuckPort = Number(line.toString().trim());
-  // Fill the stuck backend's accept queue until a connect hangs: from then on the kernel drops
-  // SYNs to it, so fulcrum's connect can only time out.
+  // Fill the stuck backend's accept queue, one connect at a time, until a connect hangs past the
+  // first SYN retransmit (1 s): from then on the kernel drops SYNs to it, so fulcrum's connect
+  // can only time out. (A connect with room in the queue completes in the kernel at once, even
+  // on a loaded machine, so a second of silence means the queue is full.)
   const fillers: net.Socket[] = [];
   for (let hung = false; !hung && fillers.length < 20; ) {
     const filler = net.connect(stuckPort, '127.0.0.1').on('error', () => {});
     fillers.push(filler);
     hung = await new Promise<boolean>((resolve) => {
-      const timer = setTimeout(() => resolve(true), 300);
+      const timer = setTimeout(() => resolve(true), 1200);
       filler.once('connect', () => {
         clearTimeout(timer);
         resolve(false);
