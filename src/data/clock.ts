@@ -8,6 +8,12 @@ export const TICK_MS = 100;
 /** Idle timeouts are minutes long: walking every established connection once a second is plenty. */
 export const IDLE_SWEEP_TICKS = 10;
 
+/**
+ * A connection quiet this long gives back a large read buffer it still holds. Long enough that a
+ * streaming connection never pays for it, short enough that idle ones hold little.
+ */
+export const BUFFER_RELEASE_MS = 1000;
+
 /** Milliseconds since the worker started, updated every tick. Read it instead of Date.now(). */
 export let now = 0;
 

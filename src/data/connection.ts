@@ -21,6 +21,7 @@ import { giveLarge, giveSmall, LARGE_SIZE, SMALL_SIZE, takeLarge, takeSmall } fr
 import type { Linked } from './clock.ts';
 import { now } from './clock.ts';
 import type { Frontend } from './frontend.ts';
+import { repointReadBuffer } from './internals.ts';
 
 /**
  * Node emits 'drain' only after a write() that reached the high-water mark. A relay stops reading
@@ -66,6 +67,9 @@ export class Connection implements Linked<Connection> {
   /** Reading stopped because the peer's write is pending; resumed on the peer's 'drain'. */
   clientStalled = false;
   backendStalled = false;
+  /** A large buffer that only a pending write still uses; back to the pool on the peer's 'drain'. */
+  clientPinned: Buffer | null = null;
+  backendPinned: Buffer | null = null;
   clientClosed = false;
   backendClosed = false;
 
@@ -119,17 +123,27 @@ const BACKEND_OPTIONS: net.SocketConstructorOpts = {
   ...{ writableHighWaterMark: PEER_HIGH_WATER_MARK },
 };
 
+/** Set by relay(): a large buffer the socket let go of while a write from it is still pending. */
+let pinned: Buffer | null = null;
+
 /**
  * Writes `nread` bytes of `buffer` to `peer` and chooses the buffer for the next read. While the
- * write is pending the same buffer is kept and reading stops (returns false): memory per
- * direction stays at one buffer whatever the peers do. A socket whose read filled its small buffer
- * is streaming and moves to a large one; one whose read left a large buffer part empty has caught
- * up and moves back, so an idle connection holds no large buffer.
+ * write is pending Node still reads from `buffer`, so reading stops (returns false) until the
+ * peer drains: memory per direction stays at one buffer whatever the peers do. A socket whose
+ * read filled its small buffer is streaming and moves to a large one; one whose read left a large
+ * buffer part empty has caught up and moves back, so a connection that goes quiet holds no large
+ * buffer, even when its last write is still pending (the buffer is then `pinned` until 'drain').
  */
 function relay(peer: net.Socket, buffer: Buffer, nread: number, small: Buffer): boolean {
   peer.write(nread === buffer.length ? buffer : buffer.subarray(0, nread));
+  pinned = null;
   if (peer.writableLength !== 0) {
-    nextReadBuffer = buffer;
+    if (buffer !== small && nread < LARGE_SIZE) {
+      pinned = buffer;
+      nextReadBuffer = small;
+    } else {
+      nextReadBuffer = buffer;
+    }
     return false;
   }
   if (buffer === small) {
@@ -156,6 +170,7 @@ function onClientRead(this: ClientSocket, nread: number, buffer: Buffer): boolea
   const more = relay(backend, buffer, nread, conn.clientSmall);
   conn.clientBuffer = nextReadBuffer;
   conn.clientStalled = !more;
+  conn.clientPinned = pinned;
   return more;
 }
 
@@ -171,6 +186,7 @@ function onBackendRead(this: BackendSocket, nread: number, buffer: Buffer): bool
   const more = relay(conn.client, buffer, nread, conn.backendSmall);
   conn.backendBuffer = nextReadBuffer;
   conn.backendStalled = !more;
+  conn.backendPinned = pinned;
   return more;
 }
 
@@ -241,7 +257,12 @@ function onClientFinish(this: ClientSocket): void {
 
 function onClientDrain(this: ClientSocket): void {
   const conn = this.conn;
-  if (conn?.backendStalled) {
+  if (conn === null) return;
+  if (conn.backendPinned !== null) {
+    giveLarge(conn.backendPinned);
+    conn.backendPinned = null;
+  }
+  if (conn.backendStalled) {
     conn.backendStalled = false;
     conn.backend?.resume();
   }
@@ -373,9 +394,39 @@ function onBackendClose(this: BackendSocket): void {
 
 function onBackendDrain(this: BackendSocket): void {
   const conn = this.conn;
-  if (conn?.clientStalled) {
+  if (conn === null) return;
+  if (conn.clientPinned !== null) {
+    giveLarge(conn.clientPinned);
+    conn.clientPinned = null;
+  }
+  if (conn.clientStalled) {
     conn.clientStalled = false;
     conn.client.resume();
+  }
+}
+
+/**
+ * For the timer sweep, on a connection quiet for a while: a socket still holding a large buffer
+ * (its last read filled it, so it expected more, and nothing came) goes back to its small one.
+ * Only when not stalled: then no pending write uses the large buffer.
+ */
+export function releaseIdleBuffers(conn: Connection): void {
+  if (
+    conn.backendBuffer !== conn.backendSmall &&
+    !conn.backendStalled &&
+    conn.backend !== null &&
+    repointReadBuffer(conn.backend, conn.backendSmall)
+  ) {
+    giveLarge(conn.backendBuffer);
+    conn.backendBuffer = conn.backendSmall;
+  }
+  if (
+    conn.clientBuffer !== conn.clientSmall &&
+    !conn.clientStalled &&
+    repointReadBuffer(conn.client, conn.clientSmall)
+  ) {
+    giveLarge(conn.clientBuffer);
+    conn.clientBuffer = conn.clientSmall;
   }
 }
 
@@ -408,6 +459,9 @@ function finish(conn: Connection): void {
   }
   if (conn.clientBuffer !== conn.clientSmall) giveLarge(conn.clientBuffer);
   if (conn.backendBuffer !== conn.backendSmall) giveLarge(conn.backendBuffer);
+  // Both sockets are closed: their pending writes are cancelled, nothing reads these any more.
+  if (conn.clientPinned !== null) giveLarge(conn.clientPinned);
+  if (conn.backendPinned !== null) giveLarge(conn.backendPinned);
   giveSmall(conn.clientSmall);
   giveSmall(conn.backendSmall);
   conn.client.conn = null;

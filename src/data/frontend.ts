@@ -9,9 +9,7 @@ import { createScheduler } from '../core/scheduler.ts';
 import type { BackendTable, SharedTable } from '../core/table.ts';
 import { openTable } from '../core/table.ts';
 import { ACCEPTED, END, END_BASE, LIVE } from '../stats/counters.ts';
-import type { TcpHandle } from './accept.ts';
-import { adoptHandle, hookAccept } from './accept.ts';
-import { LinkedList, now } from './clock.ts';
+import { BUFFER_RELEASE_MS, LinkedList, now } from './clock.ts';
 import {
   attachClient,
   BackendSocket,
@@ -24,7 +22,10 @@ import {
   onClientData,
   PEER_HIGH_WATER_MARK,
   prepareClientRead,
+  releaseIdleBuffers,
 } from './connection.ts';
+import type { TcpHandle } from './internals.ts';
+import { adoptHandle, hookAccept } from './internals.ts';
 
 export interface FrontendShared {
   readonly table: SharedTable;
@@ -164,13 +165,15 @@ export class Frontend {
     }
   }
 
-  /** Idle timeouts: checked every IDLE_SWEEP_TICKS ticks. */
+  /** Idle timeouts and idle buffers: checked every IDLE_SWEEP_TICKS ticks. */
   sweepIdle(): void {
     const limit = this.config.idleTimeoutMs;
     let conn = this.established.head;
     while (conn !== null) {
       const next = conn.next;
-      if (now - conn.lastActive >= limit) cut(conn, END.TIMEOUT);
+      const quiet = now - conn.lastActive;
+      if (quiet >= limit) cut(conn, END.TIMEOUT);
+      else if (quiet >= BUFFER_RELEASE_MS) releaseIdleBuffers(conn);
       conn = next;
     }
   }

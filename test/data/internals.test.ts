@@ -1,11 +1,11 @@
-// The accept hook reaches into Node internals (src/data/accept.ts). This test fails loudly when a
+// The accept hook and read-buffer re-pointing reach into Node internals (src/data/internals.ts). This test fails loudly when a
 // Node release breaks it, so nobody runs the slower public fallback without knowing.
 
 import { once } from 'node:events';
 import net from 'node:net';
 import t from 'tap';
-import type { TcpHandle } from '../../src/data/accept.ts';
-import { adoptHandle, hookAccept } from '../../src/data/accept.ts';
+import type { TcpHandle } from '../../src/data/internals.ts';
+import { adoptHandle, hookAccept } from '../../src/data/internals.ts';
 
 t.test('on this Node the hook installs, and an adopted socket reads into our buffer', async (t) => {
   const server = net.createServer({ pauseOnConnect: true });
