@@ -67,9 +67,6 @@ export class Connection implements Linked<Connection> {
   /** Reading stopped because the peer's write is pending; resumed on the peer's 'drain'. */
   clientStalled = false;
   backendStalled = false;
-  /** A large buffer that only a pending write still uses; back to the pool on the peer's 'drain'. */
-  clientPinned: Buffer | null = null;
-  backendPinned: Buffer | null = null;
   clientClosed = false;
   backendClosed = false;
 
@@ -123,27 +120,18 @@ const BACKEND_OPTIONS: net.SocketConstructorOpts = {
   ...{ writableHighWaterMark: PEER_HIGH_WATER_MARK },
 };
 
-/** Set by relay(): a large buffer the socket let go of while a write from it is still pending. */
-let pinned: Buffer | null = null;
-
 /**
  * Writes `nread` bytes of `buffer` to `peer` and chooses the buffer for the next read. While the
  * write is pending Node still reads from `buffer`, so reading stops (returns false) until the
  * peer drains: memory per direction stays at one buffer whatever the peers do. A socket whose
  * read filled its small buffer is streaming and moves to a large one; one whose read left a large
- * buffer part empty has caught up and moves back, so a connection that goes quiet holds no large
- * buffer, even when its last write is still pending (the buffer is then `pinned` until 'drain').
+ * buffer part empty has caught up and moves back. (One that goes quiet right after a full read
+ * keeps its large buffer until the idle sweep's releaseIdleBuffers().)
  */
 function relay(peer: net.Socket, buffer: Buffer, nread: number, small: Buffer): boolean {
   peer.write(nread === buffer.length ? buffer : buffer.subarray(0, nread));
-  pinned = null;
   if (peer.writableLength !== 0) {
-    if (buffer !== small && nread < LARGE_SIZE) {
-      pinned = buffer;
-      nextReadBuffer = small;
-    } else {
-      nextReadBuffer = buffer;
-    }
+    nextReadBuffer = buffer;
     return false;
   }
   if (buffer === small) {
@@ -170,7 +158,6 @@ function onClientRead(this: ClientSocket, nread: number, buffer: Buffer): boolea
   const more = relay(backend, buffer, nread, conn.clientSmall);
   conn.clientBuffer = nextReadBuffer;
   conn.clientStalled = !more;
-  conn.clientPinned = pinned;
   return more;
 }
 
@@ -186,7 +173,6 @@ function onBackendRead(this: BackendSocket, nread: number, buffer: Buffer): bool
   const more = relay(conn.client, buffer, nread, conn.backendSmall);
   conn.backendBuffer = nextReadBuffer;
   conn.backendStalled = !more;
-  conn.backendPinned = pinned;
   return more;
 }
 
@@ -257,12 +243,7 @@ function onClientFinish(this: ClientSocket): void {
 
 function onClientDrain(this: ClientSocket): void {
   const conn = this.conn;
-  if (conn === null) return;
-  if (conn.backendPinned !== null) {
-    giveLarge(conn.backendPinned);
-    conn.backendPinned = null;
-  }
-  if (conn.backendStalled) {
+  if (conn?.backendStalled) {
     conn.backendStalled = false;
     conn.backend?.resume();
   }
@@ -394,12 +375,7 @@ function onBackendClose(this: BackendSocket): void {
 
 function onBackendDrain(this: BackendSocket): void {
   const conn = this.conn;
-  if (conn === null) return;
-  if (conn.clientPinned !== null) {
-    giveLarge(conn.clientPinned);
-    conn.clientPinned = null;
-  }
-  if (conn.clientStalled) {
+  if (conn?.clientStalled) {
     conn.clientStalled = false;
     conn.client.resume();
   }
@@ -459,9 +435,6 @@ function finish(conn: Connection): void {
   }
   if (conn.clientBuffer !== conn.clientSmall) giveLarge(conn.clientBuffer);
   if (conn.backendBuffer !== conn.backendSmall) giveLarge(conn.backendBuffer);
-  // Both sockets are closed: their pending writes are cancelled, nothing reads these any more.
-  if (conn.clientPinned !== null) giveLarge(conn.clientPinned);
-  if (conn.backendPinned !== null) giveLarge(conn.backendPinned);
   giveSmall(conn.clientSmall);
   giveSmall(conn.backendSmall);
   conn.client.conn = null;
