@@ -9,11 +9,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import type net from 'node:net';
 import { PerformanceObserver } from 'node:perf_hooks';
-import { parseBackend, parseEndpoint } from '../src/config.ts';
-import { allocateTable } from '../src/core/table.ts';
-import { updateNow } from '../src/data/clock.ts';
-import { Frontend } from '../src/data/frontend.ts';
-import { allocateCounters, backendOffset, openSlot } from '../src/stats/counters.ts';
+import { startLocalFrontend } from '../src/data/local.ts';
 
 const TOTAL = 1024 * 1024 * 1024;
 
@@ -55,23 +51,11 @@ async function run(hook: boolean, download: boolean): Promise<Result> {
   const [portLine] = (await once(backend.stdout, 'data')) as [Buffer];
   if (hook) delete process.env.FULCRUM_NO_ACCEPT_HOOK;
   else process.env.FULCRUM_NO_ACCEPT_HOOK = '1';
-  updateNow();
-  const counters = allocateCounters(1, 1);
-  const frontend = new Frontend(
-    {
-      name: 'default',
-      listen: [parseEndpoint('127.0.0.1:0', 'bench', true)],
-      algorithm: 'least-conn',
-      backends: [parseBackend(`127.0.0.1:${portLine.toString().trim()}`, 'bench')],
-      connectTimeoutMs: 3000,
-      idleTimeoutMs: 60_000,
-      retries: 0,
-    },
-    { table: allocateTable(1), backendOffset: [backendOffset(0)] },
-    openSlot(counters, 0),
-    { live: new Int32Array(counters.live), maxConnections: 0, backlog: 511 },
-  );
-  await frontend.listen();
+  const frontend = await startLocalFrontend({
+    listen: ['127.0.0.1:0'],
+    backend: [`127.0.0.1:${portLine.toString().trim()}`],
+    retries: '0',
+  });
   if (frontend.hooked !== hook) throw new Error('the accept path is not the one asked for');
   const port = (frontend.servers[0].address() as net.AddressInfo).port;
 

@@ -8,7 +8,7 @@ import { extname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Config, Endpoint, FrontendConfig } from '../config.ts';
 import type { SharedTable } from '../core/table.ts';
-import { allocateTable, BACKUP, openTable } from '../core/table.ts';
+import { buildTable } from '../core/table.ts';
 import type { FrontendShared } from '../data/frontend.ts';
 import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.ts';
 import type { Logger } from '../log.ts';
@@ -45,7 +45,7 @@ export class Supervisor {
   constructor(config: Config, log: Logger) {
     this.config = config;
     this.log = log;
-    this.tables = config.frontends.map(buildTable);
+    this.tables = config.frontends.map((f) => buildTable(f.backends));
     const backends = config.frontends.reduce((n, f) => n + f.backends.length, 0);
     this.counters = allocateCounters(config.workers, backends);
   }
@@ -164,16 +164,6 @@ export class Supervisor {
     this.log.info(summarize(sumSlots(this.counters)), 'stopped');
     process.exit(0);
   }
-}
-
-function buildTable(frontend: FrontendConfig): SharedTable {
-  const shared = allocateTable(frontend.backends.length);
-  const table = openTable(shared);
-  frontend.backends.forEach((backend, i) => {
-    table.weight[i] = backend.weight;
-    if (backend.backup) table.state[i] |= BACKUP;
-  });
-  return shared;
 }
 
 /**

@@ -5,12 +5,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import t from 'tap';
-import { parseBackend, parseEndpoint } from '../../src/config.ts';
-import { allocateTable } from '../../src/core/table.ts';
 import { largeBuffersInUse } from '../../src/data/buffers.ts';
 import { BUFFER_RELEASE_MS, updateNow } from '../../src/data/clock.ts';
-import { Frontend } from '../../src/data/frontend.ts';
-import { allocateCounters, backendOffset, openSlot } from '../../src/stats/counters.ts';
+import { startLocalFrontend } from '../../src/data/local.ts';
 import { connect, startBackend } from '../helpers.ts';
 
 const CONNECTIONS = 100;
@@ -47,23 +44,11 @@ t.test('quiet connections give their large buffers back; data stays exact', asyn
     socket.write(bursts[0]);
     socket.on('data', () => socket.write(bursts[1]));
   });
-  updateNow();
-  const counters = allocateCounters(1, 1);
-  const frontend = new Frontend(
-    {
-      name: 'default',
-      listen: [parseEndpoint('127.0.0.1:0', 'test', true)],
-      algorithm: 'least-conn',
-      backends: [parseBackend(backend.address, 'test')],
-      connectTimeoutMs: 3000,
-      idleTimeoutMs: 60_000,
-      retries: 0,
-    },
-    { table: allocateTable(1), backendOffset: [backendOffset(0)] },
-    openSlot(counters, 0),
-    { live: new Int32Array(counters.live), maxConnections: 0, backlog: 511 },
-  );
-  await frontend.listen();
+  const frontend = await startLocalFrontend({
+    listen: ['127.0.0.1:0'],
+    backend: [backend.address],
+    retries: '0',
+  });
   t.ok(frontend.hooked, 'the accept hook is in use, so both sides read through onread');
   const port = (frontend.servers[0].address() as net.AddressInfo).port;
   const sockets: net.Socket[] = [];
