@@ -70,13 +70,15 @@ export class Connection implements Linked<Connection> {
   clientClosed = false;
   backendClosed = false;
 
-  /** Client to backend, and backend to client. */
+  /** Client to backend, and backend to client. With the times below, what the access log and
+   *  per-connection latency will read once the connection ends. */
   bytesIn = 0;
   bytesOut = 0;
   readonly startedAt: number;
   connectStartedAt = 0;
-  /** When the connect attempt times out (CONNECTING), or when data last moved (ESTABLISHED). */
+  /** When the current connect attempt times out. */
   deadline = 0;
+  /** When a byte last moved either way: the idle timeout counts from here. */
   lastActive: number;
 
   prev: Connection | null = null;

@@ -12,7 +12,6 @@ import { ACCEPTED, END, END_BASE, LIVE } from '../stats/counters.ts';
 import { BUFFER_RELEASE_MS, LinkedList, now } from './clock.ts';
 import {
   attachClient,
-  BackendSocket,
   CLIENT_ONREAD,
   ClientSocket,
   Connection,
@@ -190,5 +189,3 @@ export class Frontend {
     }
   }
 }
-
-export { BackendSocket };
