@@ -54,6 +54,10 @@ console.log(`\n$ fulcrum ${args.join(' ')}`);
 const fulcrum = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
 let port = 0;
 let output = '';
+let markedDown: () => void = () => {};
+const backendDown = new Promise<void>((resolve) => {
+  markedDown = resolve;
+});
 await new Promise<void>((resolve, reject) => {
   fulcrum.stdout.on('data', (chunk: Buffer) => {
     output += chunk.toString();
@@ -65,6 +69,7 @@ await new Promise<void>((resolve, reject) => {
       console.log(`  log: ${JSON.stringify(line)}`);
       if (line.msg === 'listening' && line.listen) port = Number(line.listen[0].split(':').pop());
       if (line.msg === 'ready') resolve();
+      if (line.msg === 'backend down') markedDown();
     }
   });
   fulcrum.once('exit', (code) => reject(new Error(`fulcrum exited with ${code}`)));
@@ -80,8 +85,13 @@ for (let k = 0; k < 6; k++) {
 
 console.log('\n2. Ten connections held open at once (least-connections, shared by both workers):');
 const held: net.Socket[] = [];
-for (let k = 0; k < 10; k++) held.push((await ask(port)).socket);
-console.log(`   backend A holds ${a.open.size}, backend B holds ${b.open.size}`);
+const holds = { A: 0, B: 0 };
+for (let k = 0; k < 10; k++) {
+  const { socket, line } = await ask(port);
+  held.push(socket);
+  holds[line.endsWith('A') ? 'A' : 'B']++;
+}
+console.log(`   backend A holds ${holds.A}, backend B holds ${holds.B}`);
 for (const socket of held) socket.destroy();
 
 console.log('\n3. Backend B stops. Six new connections:');
@@ -101,6 +111,8 @@ for (let k = 0; k < 6; k++) {
 console.log(
   `   errors seen by clients: ${errors} (a refused connect is retried on another backend)`,
 );
+console.log('   ...and those failed connects (or the next health probe) take B out of the pool:');
+await Promise.race([backendDown, new Promise((resolve) => setTimeout(resolve, 5000))]);
 
 console.log('\n4. SIGTERM: fulcrum stops accepting, drains, and exits 0 with a summary:');
 fulcrum.kill('SIGTERM');

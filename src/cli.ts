@@ -85,6 +85,30 @@ export function buildProgram(): Command {
       DEFAULTS.retries,
     )
     .option(
+      '--health-interval <duration>',
+      'time between TCP probes of each backend',
+      DEFAULTS.healthInterval,
+    )
+    .option(
+      '--health-timeout <duration>',
+      'a probe not connected by then fails',
+      DEFAULTS.healthTimeout,
+    )
+    .option(
+      '--rise <n>',
+      'consecutive successful probes that mark a down backend up',
+      DEFAULTS.rise,
+    )
+    .option(
+      '--fall <n>',
+      'consecutive failures (probes or client connects) that mark an up backend down',
+      DEFAULTS.fall,
+    )
+    .option(
+      '--no-health-check',
+      'no probes: every backend counts as up (retries still cover failed connects)',
+    )
+    .option(
       '--max-connections <n>',
       'live connections over all workers; beyond it new clients are closed (0 = no limit)',
       DEFAULTS.maxConnections,

@@ -44,6 +44,18 @@ export interface FrontendConfig {
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
   readonly retries: number;
+  readonly health: HealthConfig;
+}
+
+export interface HealthConfig {
+  /** Active TCP probes on; passive health (failed connects) counts either way. */
+  readonly enabled: boolean;
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  /** Consecutive successes that mark a down backend up. */
+  readonly rise: number;
+  /** Consecutive failures that mark an up backend down. */
+  readonly fall: number;
 }
 
 export interface Config {
@@ -68,6 +80,12 @@ export interface RunFlags {
   connectTimeout?: string;
   idleTimeout?: string;
   retries?: string;
+  healthInterval?: string;
+  healthTimeout?: string;
+  rise?: string;
+  fall?: string;
+  /** commander turns --no-health-check into healthCheck: false. */
+  healthCheck?: boolean;
   maxConnections?: string;
   drainTimeout?: string;
   logLevel?: string;
@@ -80,6 +98,10 @@ export const DEFAULTS = {
   connectTimeout: '3s',
   idleTimeout: '5m',
   retries: '2',
+  healthInterval: '2s',
+  healthTimeout: '1s',
+  rise: '2',
+  fall: '3',
   maxConnections: '0',
   drainTimeout: '30s',
   logLevel: 'info',
@@ -198,6 +220,19 @@ export function configFromFlags(flags: RunFlags): Config {
       '--idle-timeout',
     ),
     retries: parseInteger(flags.retries ?? DEFAULTS.retries, '--retries', 0, 31),
+    health: {
+      enabled: flags.healthCheck !== false,
+      intervalMs: positive(
+        parseDuration(flags.healthInterval ?? DEFAULTS.healthInterval, '--health-interval'),
+        '--health-interval',
+      ),
+      timeoutMs: positive(
+        parseDuration(flags.healthTimeout ?? DEFAULTS.healthTimeout, '--health-timeout'),
+        '--health-timeout',
+      ),
+      rise: parseInteger(flags.rise ?? DEFAULTS.rise, '--rise', 1, 100),
+      fall: parseInteger(flags.fall ?? DEFAULTS.fall, '--fall', 1, 100),
+    },
   };
   return {
     workers: parseWorkers(flags.workers ?? DEFAULTS.workers),

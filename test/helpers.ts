@@ -18,8 +18,14 @@ export interface Backend {
   close(): Promise<void>;
 }
 
-/** A backend that runs `handler` for each connection; allowHalfOpen so half-close is visible. */
-export async function startBackend(handler: (socket: net.Socket) => void): Promise<Backend> {
+/**
+ * A backend that runs `handler` for each connection; allowHalfOpen so half-close is visible.
+ * `port` reopens a backend where one was before (0: any free port).
+ */
+export async function startBackend(
+  handler: (socket: net.Socket) => void,
+  port = 0,
+): Promise<Backend> {
   const open = new Set<net.Socket>();
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
     backend.accepted++;
@@ -28,12 +34,12 @@ export async function startBackend(handler: (socket: net.Socket) => void): Promi
     socket.on('error', () => {});
     handler(socket);
   });
-  server.listen(0, '127.0.0.1');
+  server.listen(port, '127.0.0.1');
   await once(server, 'listening');
-  const port = (server.address() as net.AddressInfo).port;
+  const bound = (server.address() as net.AddressInfo).port;
   const backend: Backend = {
-    port,
-    address: `127.0.0.1:${port}`,
+    port: bound,
+    address: `127.0.0.1:${bound}`,
     accepted: 0,
     open,
     close: async () => {
@@ -166,6 +172,17 @@ export function readLine(socket: net.Socket): Promise<string> {
     socket.on('end', onEnd);
     socket.on('error', onError);
   });
+}
+
+/** Resolves with the first log line that `match` accepts, waiting up to `ms` for it. */
+export async function waitForLog(
+  fulcrum: Fulcrum,
+  match: (line: Record<string, unknown>) => boolean,
+  ms: number,
+  what: string,
+): Promise<Record<string, unknown>> {
+  await waitFor(() => fulcrum.logs.some(match), ms, what);
+  return fulcrum.logs.find(match)!;
 }
 
 /** Resolves when `check` holds, polling; rejects after `ms`. */

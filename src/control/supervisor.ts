@@ -14,6 +14,7 @@ import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.t
 import type { Logger } from '../log.ts';
 import type { SharedCounters } from '../stats/counters.ts';
 import { allocateCounters, backendOffset, summarize, sumSlots } from '../stats/counters.ts';
+import { HealthChecker } from './health.ts';
 
 /** A listener could not be opened: the CLI reports it as bad input (exit status 2). */
 export class ListenError extends Error {
@@ -39,6 +40,7 @@ export class Supervisor {
   readonly tables: SharedTable[];
   readonly counters: SharedCounters;
   readonly workers: Worker[] = [];
+  private health: HealthChecker | null = null;
   private stopping = false;
   private drained = 0;
 
@@ -74,6 +76,14 @@ export class Supervisor {
       throw err;
     }
     for (const worker of this.workers) this.watch(worker);
+    this.health = new HealthChecker(
+      config.frontends,
+      this.tables,
+      shared.map((s) => s.backendOffset),
+      this.counters,
+      this.log,
+    );
+    this.health.start();
     if (!hooked.every(Boolean)) {
       this.log.warn('accept hook unavailable on this Node: client reads allocate per chunk');
     }
@@ -140,6 +150,7 @@ export class Supervisor {
       process.exit(1);
     }
     this.stopping = true;
+    this.health?.stop();
     this.log.info({ signal, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');
     this.broadcast({ type: 'drain' });
     const deadline = setTimeout(() => {

@@ -37,6 +37,18 @@ const cases: Array<[string, string[], string]> = [
   ['a negative limit', [...OK_LISTEN, ...OK_BACKEND, '--max-connections=-5'], '--max-connections'],
   ['an unknown log level', [...OK_LISTEN, ...OK_BACKEND, '--log-level', 'loud'], '--log-level'],
   ['an unknown flag', [...OK_LISTEN, ...OK_BACKEND, '--turbo'], '--turbo'],
+  [
+    'a bad health interval',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-interval', 'often'],
+    '--health-interval',
+  ],
+  [
+    'a zero health timeout',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-timeout', '0'],
+    '--health-timeout',
+  ],
+  ['rise 0', [...OK_LISTEN, ...OK_BACKEND, '--rise', '0'], '--rise'],
+  ['a non-numeric fall', [...OK_LISTEN, ...OK_BACKEND, '--fall', 'x'], '--fall'],
 ];
 
 for (const [what, args, flag] of cases) {

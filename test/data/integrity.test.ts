@@ -45,7 +45,16 @@ for (const path of ['accept hook', 'public fallback']) {
     const backends = [await startBackend(echo), await startBackend(echo)];
     const env = path === 'public fallback' ? { FULCRUM_NO_ACCEPT_HOOK: '1' } : {};
     const fulcrum = await startFulcrum(
-      ['--workers', '2', '--backend', backends[0].address, '--backend', backends[1].address],
+      // No probes: the backends' accept counts below are then client connections only.
+      [
+        '--workers',
+        '2',
+        '--no-health-check',
+        '--backend',
+        backends[0].address,
+        '--backend',
+        backends[1].address,
+      ],
       env,
     );
     t.teardown(async () => {
