@@ -3,15 +3,7 @@
 
 import type net from 'node:net';
 import t from 'tap';
-import {
-  closedPort,
-  connect,
-  greet,
-  readLine,
-  startBackend,
-  startFulcrum,
-  waitFor,
-} from '../helpers.ts';
+import { closedPort, connect, greet, readLine, startBackend, startFulcrum } from '../helpers.ts';
 
 t.test('least-conn across 2 workers: 10 held connections spread 5/5 (±1)', async (t) => {
   const backends = [await startBackend(greet), await startBackend(greet)];
