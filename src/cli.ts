@@ -8,6 +8,8 @@ import { ConfigError, configFromFlags, DEFAULTS, resolveConfig } from './config.
 import { ListenError, Supervisor } from './control/supervisor.ts';
 import { ALGORITHMS } from './core/scheduler.ts';
 import { createLogger } from './log.ts';
+import { ClientError, isError, query } from './stats/client.ts';
+import { StatsSocketError } from './stats/server.ts';
 
 /** Exit status for bad input (flags, config, a listener that cannot open). */
 export const EXIT_USAGE = 2;
@@ -128,6 +130,20 @@ export function buildProgram(): Command {
       'listen backlog (the kernel caps it at net.core.somaxconn)',
       DEFAULTS.backlog,
     )
+    .option(
+      '--stats-socket <path>',
+      'serve stats and admin commands on this unix socket (mode 0600)',
+    )
+    .option(
+      '--stats-socket-mode <octal>',
+      'file mode of the stats socket (0660 lets a group in)',
+      DEFAULTS.statsSocketMode,
+    )
+    .addOption(
+      new Option('--stats-level <level>', 'what the stats socket allows')
+        .choices(['read', 'admin'])
+        .default(DEFAULTS.statsLevel),
+    )
     .addHelpText(
       'after',
       '\nDurations: 500ms, 3s, 5m, 1h (a bare number is milliseconds).\n' +
@@ -137,13 +153,39 @@ export function buildProgram(): Command {
       await run(flags);
     });
 
+  program
+    .command('stats')
+    .description('show every frontend and backend (`show stat` on the stats socket)')
+    .requiredOption('-s, --socket <path>', 'the stats socket')
+    .option('--json', 'JSON instead of a table')
+    .action(async (flags: { socket: string; json?: boolean }) => {
+      const answer = await query(
+        flags.socket,
+        flags.json === true ? 'show stat json' : 'show stat',
+      );
+      process.stdout.write(`${answer}\n`);
+    });
+
+  program
+    .command('ctl')
+    .description(
+      'send one command to the stats socket and print the answer (exit 1 on an error answer)',
+    )
+    .requiredOption('-s, --socket <path>', 'the stats socket')
+    .argument('<words...>', 'the command, e.g. disable default/10.0.0.2:5432 (try: help)')
+    .action(async (words: string[], flags: { socket: string }) => {
+      const answer = await query(flags.socket, words.join(' '));
+      process.stdout.write(`${answer}\n`);
+      if (isError(answer)) process.exitCode = 1;
+    });
+
   return program;
 }
 
 async function run(flags: RunFlags): Promise<void> {
   const config = await resolveConfig(configFromFlags(flags));
   const log = createLogger(config.logLevel);
-  const supervisor = new Supervisor(config, log);
+  const supervisor = new Supervisor(config, log, VERSION);
   await supervisor.start();
   process.on('SIGTERM', () => supervisor.stop('SIGTERM'));
   process.on('SIGINT', () => supervisor.stop('SIGINT'));
@@ -157,7 +199,14 @@ export async function main(argv: string[]): Promise<void> {
       // Help and version exit 0; everything else commander rejects is bad input.
       process.exit(err.exitCode === 0 ? 0 : EXIT_USAGE);
     }
-    if (err instanceof ConfigError || err instanceof ListenError) fail(err.message);
+    if (
+      err instanceof ConfigError ||
+      err instanceof ListenError ||
+      err instanceof StatsSocketError ||
+      err instanceof ClientError
+    ) {
+      fail(err.message);
+    }
     throw err;
   }
 }

@@ -8,6 +8,8 @@ import { availableParallelism } from 'node:os';
 import type { Algorithm } from './core/scheduler.ts';
 import { ALGORITHMS, isAlgorithm } from './core/scheduler.ts';
 import { MAX_WEIGHT } from './core/table.ts';
+import type { StatsLevel } from './stats/commands.ts';
+import { STATS_LEVELS } from './stats/commands.ts';
 
 export class ConfigError extends Error {
   readonly code = 'FULCRUM_BAD_CONFIG';
@@ -65,7 +67,15 @@ export interface Config {
   readonly drainTimeoutMs: number;
   readonly logLevel: LogLevel;
   readonly backlog: number;
+  readonly stats: StatsConfig;
   readonly frontends: readonly FrontendConfig[];
+}
+
+export interface StatsConfig {
+  /** Path of the stats socket; null: no socket. */
+  readonly socket: string | null;
+  readonly mode: number;
+  readonly level: StatsLevel;
 }
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -90,6 +100,9 @@ export interface RunFlags {
   drainTimeout?: string;
   logLevel?: string;
   backlog?: string;
+  statsSocket?: string;
+  statsSocketMode?: string;
+  statsLevel?: string;
 }
 
 export const DEFAULTS = {
@@ -107,6 +120,8 @@ export const DEFAULTS = {
   logLevel: 'info',
   // Linux's default somaxconn: a longer backlog is silently cut to it anyway.
   backlog: '511',
+  statsSocketMode: '0600',
+  statsLevel: 'admin',
 } as const;
 
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
@@ -245,8 +260,34 @@ export function configFromFlags(flags: RunFlags): Config {
     drainTimeoutMs: parseDuration(flags.drainTimeout ?? DEFAULTS.drainTimeout, '--drain-timeout'),
     logLevel: logLevel as LogLevel,
     backlog: parseInteger(flags.backlog ?? DEFAULTS.backlog, '--backlog', 1, 65535),
+    stats: parseStats(flags),
     frontends: [frontend],
   };
+}
+
+function parseStats(flags: RunFlags): StatsConfig {
+  const modeText = flags.statsSocketMode ?? DEFAULTS.statsSocketMode;
+  if (!/^0?[0-7]{3}$/.test(modeText)) {
+    throw new ConfigError('--stats-socket-mode', `"${modeText}" is not an octal mode like 0600`);
+  }
+  const mode = Number.parseInt(modeText, 8);
+  if ((mode & 0o600) !== 0o600) {
+    throw new ConfigError('--stats-socket-mode', `${modeText} must let the owner read and write`);
+  }
+  if ((mode & 0o007) !== 0) {
+    throw new ConfigError(
+      '--stats-socket-mode',
+      `${modeText} would let every user in (widen to a group: 0660)`,
+    );
+  }
+  const level = flags.statsLevel ?? DEFAULTS.statsLevel;
+  if (!(STATS_LEVELS as readonly string[]).includes(level)) {
+    throw new ConfigError('--stats-level', `unknown level "${level}" (expected read or admin)`);
+  }
+  const socket = flags.statsSocket ?? null;
+  if (socket !== null && socket.trim() === '')
+    throw new ConfigError('--stats-socket', 'empty path');
+  return { socket, mode, level: level as StatsLevel };
 }
 
 function positive(ms: number, where: string): number {

@@ -139,6 +139,7 @@ export class HealthChecker {
       const newConnections = connections - b.seenConnections;
       b.seenFailures = failures;
       b.seenConnections = connections;
+      if (newFailures < 0 || newConnections < 0) continue; // counters were reset: start over
       // Connections that got through end a failure streak. Within one poll the order is not
       // known: count the failures as coming after them, the later news being the likelier.
       if (newConnections > 0) b.failures = 0;

@@ -14,6 +14,8 @@ import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.t
 import type { Logger } from '../log.ts';
 import type { SharedCounters } from '../stats/counters.ts';
 import { allocateCounters, backendOffset, summarize, sumSlots } from '../stats/counters.ts';
+import { StatsServer } from '../stats/server.ts';
+import { StatsView } from '../stats/view.ts';
 import { HealthChecker } from './health.ts';
 
 /** A listener could not be opened: the CLI reports it as bad input (exit status 2). */
@@ -41,10 +43,14 @@ export class Supervisor {
   readonly counters: SharedCounters;
   readonly workers: Worker[] = [];
   private health: HealthChecker | null = null;
+  private stats: StatsServer | null = null;
   private stopping = false;
   private drained = 0;
 
-  constructor(config: Config, log: Logger) {
+  readonly version: string;
+
+  constructor(config: Config, log: Logger, version: string) {
+    this.version = version;
     this.config = config;
     this.log = log;
     this.tables = config.frontends.map((f) => buildTable(f.backends));
@@ -61,6 +67,26 @@ export class Supervisor {
       offset += frontend.backends.length;
       return { table: this.tables[i], backendOffset: offsets };
     });
+    // The stats socket first: if it cannot open, nothing has been bound or started yet.
+    if (config.stats.socket !== null) {
+      const view = new StatsView(
+        config,
+        this.tables,
+        shared.map((s) => s.backendOffset),
+        this.counters,
+      );
+      this.stats = new StatsServer(
+        {
+          path: config.stats.socket,
+          mode: config.stats.mode,
+          level: config.stats.level,
+          version: this.version,
+        },
+        view,
+        this.log,
+      );
+      await this.stats.start();
+    }
     const ready: Promise<boolean>[] = [];
     for (let index = 0; index < config.workers; index++) {
       const init: WorkerInit = { index, config, frontends: shared, counters: this.counters };
@@ -73,6 +99,7 @@ export class Supervisor {
       hooked = await Promise.all(ready);
     } catch (err) {
       await Promise.all(this.workers.map((w) => w.terminate()));
+      this.stats?.close();
       throw err;
     }
     for (const worker of this.workers) this.watch(worker);
@@ -138,6 +165,7 @@ export class Supervisor {
     worker.on('exit', (code) => {
       if (!this.stopping) {
         this.log.fatal({ code }, 'worker thread exited; stopping');
+        this.stats?.close();
         process.exit(1);
       }
     });
@@ -147,6 +175,7 @@ export class Supervisor {
   stop(signal: string): void {
     if (this.stopping) {
       this.log.warn({ signal }, 'second signal: exiting now');
+      this.stats?.close();
       process.exit(1);
     }
     this.stopping = true;
@@ -172,6 +201,7 @@ export class Supervisor {
   }
 
   private exit(): never {
+    this.stats?.close();
     this.log.info(summarize(sumSlots(this.counters)), 'stopped');
     process.exit(0);
   }

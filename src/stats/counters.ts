@@ -83,6 +83,17 @@ export function sumSlots(counters: SharedCounters): Float64Array {
   return total;
 }
 
+/** Zeroes every cumulative counter of every worker; LIVE, a gauge, is kept. Racy by design: an
+ *  increment a worker makes at that very moment may survive or be lost, as with HAProxy's
+ *  "clear counters". */
+export function resetCounters(counters: SharedCounters): void {
+  const length = slotLength(counters.backends);
+  const all = new Float64Array(counters.buffer);
+  for (let w = 0; w < counters.workers; w++) {
+    for (let i = 0; i < length; i++) if (i !== LIVE) all[w * length + i] = 0;
+  }
+}
+
 /** A readable summary of a sum, for the log line written at exit. */
 export function summarize(total: Float64Array): Record<string, number> {
   const summary: Record<string, number> = {

@@ -49,6 +49,23 @@ const cases: Array<[string, string[], string]> = [
   ],
   ['rise 0', [...OK_LISTEN, ...OK_BACKEND, '--rise', '0'], '--rise'],
   ['a non-numeric fall', [...OK_LISTEN, ...OK_BACKEND, '--fall', 'x'], '--fall'],
+  [
+    'a socket mode open to all',
+    [...OK_LISTEN, ...OK_BACKEND, '--stats-socket-mode', '0666'],
+    '--stats-socket-mode',
+  ],
+  [
+    'a socket mode that is not octal',
+    [...OK_LISTEN, ...OK_BACKEND, '--stats-socket-mode', 'rw'],
+    '--stats-socket-mode',
+  ],
+  [
+    'an unknown stats level',
+    [...OK_LISTEN, ...OK_BACKEND, '--stats-level', 'root'],
+    '--stats-level',
+  ],
+  ['stats without --socket', ['stats'], '--socket'],
+  ['ctl without words', ['ctl', '--socket', '/tmp/x.sock'], 'words'],
 ];
 
 for (const [what, args, flag] of cases) {

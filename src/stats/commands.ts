@@ -1,0 +1,155 @@
+// The stats socket's language: one command per line in, one answer out. Invariant: an answer is
+// never empty and never contains an empty line (the server ends each with one); an error answer
+// is one line starting with "error: ", and a refused or failed command changes nothing.
+
+import type { Logger } from '../log.ts';
+import { resetCounters } from './counters.ts';
+import { MAX_WEIGHT, type StatsView } from './view.ts';
+
+export type StatsLevel = 'read' | 'admin';
+export const STATS_LEVELS: readonly StatsLevel[] = ['read', 'admin'];
+
+const HELP = [
+  'help                              this list',
+  'show info [json]                  version, pid, uptime, workers, connections, rates',
+  'show stat [json]                  one row per frontend and backend',
+  'enable FRONTEND/BACKEND           admin: take new connections again',
+  'disable FRONTEND/BACKEND          admin: no new connections; live ones stay',
+  'drain FRONTEND/BACKEND            admin: like disable, reported draining until its last connection ends',
+  'set weight FRONTEND/BACKEND N     admin: weight 0..256',
+  'reset counters                    admin: zero the cumulative counters',
+  'quit                              close this connection',
+].join('\n');
+
+/** What the server should do after answering. */
+export interface Answer {
+  text: string;
+  close: boolean;
+}
+
+function error(message: string): Answer {
+  return { text: `error: ${message}`, close: false };
+}
+
+function ok(text: string): Answer {
+  return { text, close: false };
+}
+
+export function execute(
+  line: string,
+  view: StatsView,
+  level: StatsLevel,
+  version: string,
+  log: Logger,
+): Answer {
+  const words = line.trim().split(/\s+/);
+  const [verb, second, third] = words;
+  switch (verb) {
+    case 'help':
+      return ok(HELP);
+    case 'quit':
+      return { text: 'bye', close: true };
+    case 'show':
+      if (second === 'info' && words.length <= 3 && (third === undefined || third === 'json')) {
+        const info = view.info(version);
+        return ok(
+          third === 'json'
+            ? JSON.stringify(info)
+            : Object.entries(info)
+                .map(([k, v]) => `${k}: ${v}`)
+                .join('\n'),
+        );
+      }
+      if (second === 'stat' && words.length <= 3 && (third === undefined || third === 'json')) {
+        return ok(third === 'json' ? JSON.stringify(view.stat()) : formatStat(view));
+      }
+      return error('usage: show info [json] | show stat [json]');
+    case 'enable':
+    case 'disable':
+    case 'drain':
+    case 'set':
+    case 'reset':
+      return admin(words, view, level, log);
+    default:
+      return error(`unknown command "${printable(verb ?? '')}" (try help)`);
+  }
+}
+
+function admin(words: string[], view: StatsView, level: StatsLevel, log: Logger): Answer {
+  if (level !== 'admin')
+    return error(`"${words[0]}" needs the admin level; this socket is read-only`);
+  const [verb, second, third, fourth] = words;
+  if (verb === 'reset') {
+    if (second !== 'counters' || words.length !== 2) return error('usage: reset counters');
+    resetCounters(view.counters);
+    log.info({ command: 'reset counters' }, 'admin command');
+    return ok('counters reset');
+  }
+  if (verb === 'set') {
+    if (second !== 'weight' || words.length !== 4)
+      return error('usage: set weight FRONTEND/BACKEND N');
+    const ref = view.find(third);
+    if (typeof ref === 'string') return error(ref);
+    if (!/^\d+$/.test(fourth) || Number(fourth) > MAX_WEIGHT) {
+      return error(`weight "${printable(fourth)}" is out of range (0..${MAX_WEIGHT})`);
+    }
+    view.setWeight(ref, Number(fourth));
+    log.info({ command: 'set weight', backend: ref.name, weight: Number(fourth) }, 'admin command');
+    return ok(`${ref.name} weight ${fourth}`);
+  }
+  if (words.length !== 2) return error(`usage: ${verb} FRONTEND/BACKEND`);
+  const ref = view.find(second);
+  if (typeof ref === 'string') return error(ref);
+  if (verb === 'enable') view.enable(ref);
+  else if (verb === 'disable') view.disable(ref);
+  else view.drain(ref);
+  log.info({ command: verb, backend: ref.name }, 'admin command');
+  return ok(`${ref.name} ${verb === 'drain' ? 'draining' : `${verb}d`}`);
+}
+
+/** A word as it may be echoed in an error: printable ASCII, and not too long. */
+function printable(word: string): string {
+  const clean = word.replace(/[^\x20-\x7e]/g, '?');
+  return clean.length > 40 ? `${clean.slice(0, 40)}...` : clean;
+}
+
+function formatStat(view: StatsView): string {
+  const rows: string[][] = [
+    ['NAME', 'STATE', 'WEIGHT', 'ACTIVE', 'TOTAL', 'FAILURES', 'BYTES_IN', 'BYTES_OUT'],
+  ];
+  for (const frontend of view.stat().frontends) {
+    const active = frontend.backends.reduce((n, b) => n + b.active, 0);
+    const total = frontend.backends.reduce((n, b) => n + b.total, 0);
+    rows.push([
+      `${frontend.name} (${frontend.listen.join(', ')}, ${frontend.algorithm})`,
+      '',
+      '',
+      String(active),
+      String(total),
+      '',
+      '',
+      '',
+    ]);
+    for (const b of frontend.backends) {
+      rows.push([
+        `  ${frontend.name}/${b.name}`,
+        b.state,
+        String(b.weight),
+        String(b.active),
+        String(b.total),
+        String(b.failures),
+        String(b.bytesIn),
+        String(b.bytesOut),
+      ]);
+    }
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows
+    .map((r) =>
+      r
+        .map((cell, c) => cell.padEnd(widths[c]))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
+}
