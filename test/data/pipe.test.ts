@@ -8,11 +8,21 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { connect, greet, readLine, startBackend, startFulcrum, waitFor } from '../helpers.ts';
 
+// These backends see only the connections under test: no health probes reach them (a probe's
+// own connect and close would otherwise look like a client's).
+const PIPE_ONLY = ['--no-health-check'];
+
 t.test('a backend reset reaches the client as a reset', async (t) => {
   const backend = await startBackend((socket) => {
     socket.write('x\n', () => setTimeout(() => socket.resetAndDestroy(), 50));
   });
-  const fulcrum = await startFulcrum(['--workers', '1', '--backend', backend.address]);
+  const fulcrum = await startFulcrum([
+    ...PIPE_ONLY,
+    '--workers',
+    '1',
+    '--backend',
+    backend.address,
+  ]);
   t.teardown(async () => {
     await fulcrum.stop();
     await backend.close();
@@ -30,7 +40,13 @@ t.test('a client reset reaches the backend as a reset', async (t) => {
       backendError = err.code ?? '';
     });
   });
-  const fulcrum = await startFulcrum(['--workers', '1', '--backend', backend.address]);
+  const fulcrum = await startFulcrum([
+    ...PIPE_ONLY,
+    '--workers',
+    '1',
+    '--backend',
+    backend.address,
+  ]);
   t.teardown(async () => {
     await fulcrum.stop();
     await backend.close();
@@ -61,7 +77,7 @@ t.test('half-close from the backend: the client still sends after the backend en
   const address = await new Promise<string>((resolve) => {
     ready = resolve;
   });
-  const fulcrum = await startFulcrum(['--workers', '1', '--backend', address]);
+  const fulcrum = await startFulcrum([...PIPE_ONLY, '--workers', '1', '--backend', address]);
   t.teardown(async () => {
     await fulcrum.stop();
     for (const b of backends) await b.close();
@@ -93,7 +109,13 @@ t.test('a client that does not read: the backend is held back, memory stays boun
     };
     pump();
   });
-  const fulcrum = await startFulcrum(['--workers', '1', '--backend', backend.address]);
+  const fulcrum = await startFulcrum([
+    ...PIPE_ONLY,
+    '--workers',
+    '1',
+    '--backend',
+    backend.address,
+  ]);
   t.teardown(async () => {
     socket.destroy();
     await fulcrum.stop();
@@ -146,6 +168,7 @@ t.test('a connect that times out is retried on another backend', async (t) => {
   }
   const good = await startBackend(greet);
   const fulcrum = await startFulcrum([
+    ...PIPE_ONLY,
     '--workers',
     '1',
     '--algorithm',
@@ -175,6 +198,7 @@ t.test('a connect that times out is retried on another backend', async (t) => {
 t.test('an idle connection is closed after --idle-timeout', async (t) => {
   const backend = await startBackend(greet);
   const fulcrum = await startFulcrum([
+    ...PIPE_ONLY,
     '--workers',
     '1',
     '--idle-timeout',
@@ -198,7 +222,7 @@ t.test('an idle connection is closed after --idle-timeout', async (t) => {
 t.test('--max-connections closes clients beyond the limit at once', async (t) => {
   const backend = await startBackend(greet);
   const fulcrum = await startFulcrum([
-    '--no-health-check', // probes would show in the backend's accept count
+    ...PIPE_ONLY,
 
     '--workers',
     '2',
