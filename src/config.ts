@@ -226,23 +226,20 @@ export function configFromFlags(flags: RunFlags): Config {
     listen,
     algorithm,
     backends,
-    connectTimeoutMs: positive(
-      parseDuration(flags.connectTimeout ?? DEFAULTS.connectTimeout, '--connect-timeout'),
+    connectTimeoutMs: positiveDuration(
+      flags.connectTimeout ?? DEFAULTS.connectTimeout,
       '--connect-timeout',
     ),
-    idleTimeoutMs: positive(
-      parseDuration(flags.idleTimeout ?? DEFAULTS.idleTimeout, '--idle-timeout'),
-      '--idle-timeout',
-    ),
+    idleTimeoutMs: positiveDuration(flags.idleTimeout ?? DEFAULTS.idleTimeout, '--idle-timeout'),
     retries: parseInteger(flags.retries ?? DEFAULTS.retries, '--retries', 0, 31),
     health: {
       enabled: flags.healthCheck !== false,
-      intervalMs: positive(
-        parseDuration(flags.healthInterval ?? DEFAULTS.healthInterval, '--health-interval'),
+      intervalMs: positiveDuration(
+        flags.healthInterval ?? DEFAULTS.healthInterval,
         '--health-interval',
       ),
-      timeoutMs: positive(
-        parseDuration(flags.healthTimeout ?? DEFAULTS.healthTimeout, '--health-timeout'),
+      timeoutMs: positiveDuration(
+        flags.healthTimeout ?? DEFAULTS.healthTimeout,
         '--health-timeout',
       ),
       rise: parseInteger(flags.rise ?? DEFAULTS.rise, '--rise', 1, 100),
@@ -290,7 +287,9 @@ function parseStats(flags: RunFlags): StatsConfig {
   return { socket, mode, level: level as StatsLevel };
 }
 
-function positive(ms: number, where: string): number {
+/** A duration that must be more than zero (a timeout or an interval). */
+function positiveDuration(text: string, where: string): number {
+  const ms = parseDuration(text, where);
   if (ms <= 0) throw new ConfigError(where, 'must be more than 0');
   return ms;
 }
