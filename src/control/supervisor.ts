@@ -15,6 +15,7 @@ import type { Logger } from '../log.ts';
 import type { SharedCounters } from '../stats/counters.ts';
 import { allocateCounters, backendOffset, summarize, sumSlots } from '../stats/counters.ts';
 import { StatsServer } from '../stats/server.ts';
+import type { LatencyAnswer } from '../stats/view.ts';
 import { StatsView } from '../stats/view.ts';
 import { HealthChecker } from './health.ts';
 
@@ -45,6 +46,12 @@ export class Supervisor {
   private health: HealthChecker | null = null;
   private stats: StatsServer | null = null;
   private stopping = false;
+  /** Latency requests in flight: each waits for every worker's answer. */
+  private readonly latencyRequests = new Map<
+    number,
+    { answers: LatencyAnswer[]; resolve: (answers: LatencyAnswer[]) => void }
+  >();
+  private nextLatencyId = 0;
   private drained = 0;
 
   readonly version: string;
@@ -74,6 +81,7 @@ export class Supervisor {
         this.tables,
         shared.map((s) => s.backendOffset),
         this.counters,
+        () => this.collectLatency(),
       );
       this.stats = new StatsServer(
         {
@@ -158,6 +166,7 @@ export class Supervisor {
   private watch(worker: Worker): void {
     worker.on('message', (message: WorkerMessage) => {
       if (message.type === 'drained') this.onDrained();
+      else if (message.type === 'latency') this.onLatency(message.id, message.connect);
     });
     worker.on('error', (err) => {
       this.log.fatal({ err }, 'worker thread failed');
@@ -189,6 +198,25 @@ export class Supervisor {
       setTimeout(() => this.exit(), 200).unref();
     }, this.config.drainTimeoutMs);
     deadline.unref();
+  }
+
+  /** Every worker's connect-time histograms, encoded: [worker][frontend][backend]. */
+  collectLatency(): Promise<LatencyAnswer[]> {
+    const id = this.nextLatencyId++;
+    return new Promise((resolve) => {
+      this.latencyRequests.set(id, { answers: [], resolve });
+      this.broadcast({ type: 'latency', id });
+    });
+  }
+
+  private onLatency(id: number, answer: LatencyAnswer): void {
+    const request = this.latencyRequests.get(id);
+    if (request === undefined) return;
+    request.answers.push(answer);
+    if (request.answers.length === this.workers.length) {
+      this.latencyRequests.delete(id);
+      request.resolve(request.answers);
+    }
   }
 
   private onDrained(): void {

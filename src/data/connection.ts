@@ -75,6 +75,7 @@ export class Connection implements Linked<Connection> {
   bytesIn = 0;
   bytesOut = 0;
   readonly startedAt: number;
+  /** performance.now() when the current connect attempt began: precise, unlike `now`. */
   connectStartedAt = 0;
   /** When the current connect attempt times out. */
   deadline = 0;
@@ -267,7 +268,7 @@ export function connectBackend(conn: Connection): void {
   conn.backendIndex = i;
   conn.attempts++;
   conn.phase = CONNECTING;
-  conn.connectStartedAt = now;
+  conn.connectStartedAt = performance.now();
   conn.deadline = now + frontend.config.connectTimeoutMs;
   frontend.connecting.add(conn);
 
@@ -293,6 +294,9 @@ function onBackendConnect(this: BackendSocket): void {
   frontend.established.add(conn);
   conn.lastActive = now;
   frontend.slot[frontend.backendOffset[conn.backendIndex] + B_CONNECTIONS]++;
+  frontend.connectLatency[conn.backendIndex].record(
+    (performance.now() - conn.connectStartedAt) * 1000,
+  );
   conn.client.resume();
 }
 

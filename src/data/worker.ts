@@ -6,6 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import type { Config } from '../config.ts';
 import type { SharedCounters } from '../stats/counters.ts';
 import { END, LIVE, openSlot } from '../stats/counters.ts';
+import { SLOT_MS } from '../stats/latency.ts';
 import { IDLE_SWEEP_TICKS, TICK_MS, updateNow } from './clock.ts';
 import type { FrontendShared } from './frontend.ts';
 import { Frontend } from './frontend.ts';
@@ -21,10 +22,11 @@ export interface WorkerInit {
 export type WorkerMessage =
   | { type: 'ready'; hooked: boolean }
   | { type: 'listen-error'; endpoint: string; code: string; message: string }
-  | { type: 'drained' };
+  | { type: 'drained' }
+  | { type: 'latency'; id: number; connect: Array<Array<[string, string]>> };
 
 /** Messages from the main thread to a worker. */
-export type ControlMessage = { type: 'drain' } | { type: 'cut' };
+export type ControlMessage = { type: 'drain' } | { type: 'cut' } | { type: 'latency'; id: number };
 
 const init = workerData as WorkerInit;
 const port = parentPort;
@@ -55,9 +57,11 @@ const timer = setInterval(() => {
   updateNow();
   ticks++;
   const idle = ticks % IDLE_SWEEP_TICKS === 0;
+  const rotate = ticks % (SLOT_MS / TICK_MS) === 0;
   for (const frontend of frontends) {
     frontend.sweepConnecting();
     if (idle) frontend.sweepIdle();
+    if (rotate) for (const recorder of frontend.connectLatency) recorder.rotate();
   }
 }, TICK_MS);
 timer.unref();
@@ -69,6 +73,12 @@ port.on('message', (message: ControlMessage) => {
     checkDrained();
   } else if (message.type === 'cut') {
     for (const frontend of frontends) frontend.cutAll(END.DRAIN_CUT);
+  } else if (message.type === 'latency') {
+    port.postMessage({
+      type: 'latency',
+      id: message.id,
+      connect: frontends.map((f) => f.connectLatency.map((r) => r.encode())),
+    } satisfies WorkerMessage);
   }
 });
 

@@ -4,7 +4,8 @@
 
 import type { Logger } from '../log.ts';
 import { resetCounters } from './counters.ts';
-import { MAX_WEIGHT, type StatsView } from './view.ts';
+import type { FrontendStat, LatencyStat, StatsView } from './view.ts';
+import { MAX_WEIGHT } from './view.ts';
 
 export type StatsLevel = 'read' | 'admin';
 export const STATS_LEVELS: readonly StatsLevel[] = ['read', 'admin'];
@@ -13,6 +14,7 @@ const HELP = [
   'help                              this list',
   'show info [json]                  version, pid, uptime, workers, connections, rates',
   'show stat [json]                  one row per frontend and backend',
+  'show latency [json]               connect time percentiles, whole run and last minute',
   'enable FRONTEND/BACKEND           admin: take new connections again',
   'disable FRONTEND/BACKEND          admin: no new connections; live ones stay',
   'drain FRONTEND/BACKEND            admin: like disable, reported draining until its last connection ends',
@@ -35,13 +37,13 @@ function ok(text: string): Answer {
   return { text, close: false };
 }
 
-export function execute(
+export async function execute(
   line: string,
   view: StatsView,
   level: StatsLevel,
   version: string,
   log: Logger,
-): Answer {
+): Promise<Answer> {
   const words = line.trim().split(/\s+/);
   const [verb, second, third] = words;
   switch (verb) {
@@ -61,9 +63,16 @@ export function execute(
         );
       }
       if (second === 'stat' && words.length <= 3 && (third === undefined || third === 'json')) {
-        return ok(third === 'json' ? JSON.stringify(view.stat()) : formatStat(view));
+        const stat = await view.stat();
+        return ok(third === 'json' ? JSON.stringify(stat) : formatStat(stat.frontends));
       }
-      return error('usage: show info [json] | show stat [json]');
+      if (second === 'latency' && words.length <= 3 && (third === undefined || third === 'json')) {
+        const latency = await view.latency();
+        return ok(
+          third === 'json' ? JSON.stringify({ frontends: latency }) : formatLatency(latency),
+        );
+      }
+      return error('usage: show info [json] | show stat [json] | show latency [json]');
     case 'enable':
     case 'disable':
     case 'drain':
@@ -113,11 +122,34 @@ function printable(word: string): string {
   return clean.length > 40 ? `${clean.slice(0, 40)}...` : clean;
 }
 
-function formatStat(view: StatsView): string {
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  return rows
+    .map((r) =>
+      r
+        .map((cell, c) => cell.padEnd(widths[c]))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
+}
+
+function formatStat(frontends: FrontendStat[]): string {
   const rows: string[][] = [
-    ['NAME', 'STATE', 'WEIGHT', 'ACTIVE', 'TOTAL', 'FAILURES', 'BYTES_IN', 'BYTES_OUT'],
+    [
+      'NAME',
+      'STATE',
+      'WEIGHT',
+      'ACTIVE',
+      'TOTAL',
+      'FAILURES',
+      'BYTES_IN',
+      'BYTES_OUT',
+      'CONNECT_P50',
+      'CONNECT_P99',
+    ],
   ];
-  for (const frontend of view.stat().frontends) {
+  for (const frontend of frontends) {
     const active = frontend.backends.reduce((n, b) => n + b.active, 0);
     const total = frontend.backends.reduce((n, b) => n + b.total, 0);
     rows.push([
@@ -126,6 +158,8 @@ function formatStat(view: StatsView): string {
       '',
       String(active),
       String(total),
+      '',
+      '',
       '',
       '',
       '',
@@ -140,16 +174,32 @@ function formatStat(view: StatsView): string {
         String(b.failures),
         String(b.bytesIn),
         String(b.bytesOut),
+        `${b.connectMs.p50}ms`,
+        `${b.connectMs.p99}ms`,
       ]);
     }
   }
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  return rows
-    .map((r) =>
-      r
-        .map((cell, c) => cell.padEnd(widths[c]))
-        .join('  ')
-        .trimEnd(),
-    )
-    .join('\n');
+  return table(rows);
+}
+
+function formatLatency(frontends: Array<LatencyStat & { backends: LatencyStat[] }>): string {
+  const rows: string[][] = [['NAME', 'WINDOW', 'COUNT', 'P50', 'P90', 'P99', 'P99.9', 'MAX']];
+  const add = (name: string, stat: LatencyStat) => {
+    for (const [window, p] of [
+      ['total', stat.connectMs.total],
+      ['1m', stat.connectMs.lastMinute],
+    ] as const) {
+      rows.push([
+        name,
+        window,
+        String(p.count),
+        ...[p.p50, p.p90, p.p99, p.p999, p.max].map((v) => `${v}ms`),
+      ]);
+    }
+  };
+  for (const frontend of frontends) {
+    add(frontend.name, frontend);
+    for (const b of frontend.backends) add(`  ${frontend.name}/${b.name}`, b);
+  }
+  return `connect time\n${table(rows)}`;
 }

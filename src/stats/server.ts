@@ -1,7 +1,7 @@
 // The stats socket: a unix socket on the main thread speaking commands.ts's language. Invariants:
 // the file is created with the asked mode (0600 by default) and removed on close; whatever a
 // client sends (over-long lines, binary garbage, silence, a thousand clients at once) costs at
-// most MAX_CLIENTS * MAX_LINE bytes and never disturbs the balancer or the other clients.
+// most MAX_CLIENTS * (MAX_LINE + MAX_UNREAD) bytes and never disturbs the balancer or the others.
 
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
@@ -16,6 +16,8 @@ export const MAX_LINE = 4096;
 export const MAX_CLIENTS = 64;
 /** A client that says nothing for this long is closed. */
 export const IDLE_MS = 30_000;
+/** Answers a client has not read yet, at most: one that sends but never reads is closed. */
+export const MAX_UNREAD = 256 * 1024;
 
 export class StatsSocketError extends Error {
   readonly code = 'FULCRUM_STATS_SOCKET';
@@ -55,7 +57,8 @@ export class StatsServer {
     try {
       await new Promise<void>((resolve, reject) => {
         this.server.once('error', reject);
-        this.server.listen(path, () => {
+        // A long queue, so a crowd of clients waits to be told "too many" instead of being refused.
+        this.server.listen({ path, backlog: 1024 }, () => {
           this.server.off('error', reject);
           resolve();
         });
@@ -91,6 +94,9 @@ export class StatsServer {
     socket.once('close', () => this.clients--);
     socket.setTimeout(IDLE_MS, () => socket.destroy());
     let pending = '';
+    // Answers go out in the order the lines came in: each waits for the one before.
+    let answered: Promise<void> = Promise.resolve();
+    let closing = false;
     socket.setEncoding('latin1');
     socket.on('data', (chunk: string) => {
       pending += chunk;
@@ -100,17 +106,35 @@ export class StatsServer {
         const line = pending.slice(0, nl).replace(/\r$/, '');
         pending = pending.slice(nl + 1);
         if (line.trim() === '') continue;
-        const answer = execute(line, this.view, this.options.level, this.options.version, this.log);
-        socket.write(`${answer.text}\n\n`);
-        if (answer.close) {
-          socket.end();
-          return;
-        }
+        answered = answered.then(async () => {
+          if (closing) return;
+          const answer = await execute(
+            line,
+            this.view,
+            this.options.level,
+            this.options.version,
+            this.log,
+          ).catch((err: Error) => ({ text: `error: ${err.message}`, close: false }));
+          if (socket.destroyed) return;
+          if (socket.writableLength > MAX_UNREAD) {
+            closing = true;
+            socket.destroy();
+            return;
+          }
+          socket.write(`${answer.text}\n\n`);
+          if (answer.close) {
+            closing = true;
+            socket.end();
+          }
+        });
       }
       if (pending.length > MAX_LINE) {
-        socket.end(`error: line longer than ${MAX_LINE} bytes\n\n`);
+        closing = true;
         pending = '';
         socket.pause();
+        answered = answered.then(() => {
+          socket.end(`error: line longer than ${MAX_LINE} bytes\n\n`);
+        });
       }
     });
   }

@@ -18,8 +18,18 @@ import {
   RETRIES,
   sumSlots,
 } from './counters.ts';
+import type { Percentiles } from './latency.ts';
+import { decode, newHistogram, percentiles } from './latency.ts';
 
 export type BackendState = 'up' | 'down' | 'disabled' | 'draining';
+
+/** One worker's encoded connect-time histograms: [frontend][backend] = [whole run, last minute]. */
+export type LatencyAnswer = Array<Array<[string, string]>>;
+
+export interface LatencyStat {
+  name: string;
+  connectMs: { total: Percentiles; lastMinute: Percentiles };
+}
 
 export interface BackendStat {
   name: string;
@@ -31,6 +41,8 @@ export interface BackendStat {
   failures: number;
   bytesIn: number;
   bytesOut: number;
+  /** Time to connect, over the whole run. */
+  connectMs: Omit<Percentiles, 'count'>;
 }
 
 export interface FrontendStat {
@@ -56,6 +68,7 @@ export class StatsView {
   readonly offsets: readonly (readonly number[])[];
   readonly counters: SharedCounters;
   readonly startedAt = Date.now();
+  private readonly collect: () => Promise<LatencyAnswer[]>;
   /** Accepted-connection totals, one a second, newest last: the rate is their slope. */
   private readonly samples: number[] = [];
   private readonly sampler: NodeJS.Timeout;
@@ -65,7 +78,9 @@ export class StatsView {
     tables: readonly SharedTable[],
     offsets: readonly (readonly number[])[],
     counters: SharedCounters,
+    collect: () => Promise<LatencyAnswer[]>,
   ) {
+    this.collect = collect;
     this.config = config;
     this.tables = tables.map(openTable);
     this.offsets = offsets;
@@ -88,7 +103,36 @@ export class StatsView {
     return (bits & UP) !== 0 ? 'up' : 'down';
   }
 
-  stat(): { frontends: FrontendStat[] } {
+  /** Connect times per frontend (all its backends) and per backend, merged over every worker. */
+  async latency(): Promise<Array<LatencyStat & { backends: LatencyStat[] }>> {
+    const answers = await this.collect();
+    return this.config.frontends.map((frontend, f) => {
+      const frontendTotal = newHistogram();
+      const frontendMinute = newHistogram();
+      const backends = frontend.backends.map((backend, b) => {
+        const total = newHistogram();
+        const minute = newHistogram();
+        for (const answer of answers) {
+          total.add(decode(answer[f][b][0]));
+          minute.add(decode(answer[f][b][1]));
+        }
+        frontendTotal.add(total);
+        frontendMinute.add(minute);
+        return {
+          name: backend.name,
+          connectMs: { total: percentiles(total), lastMinute: percentiles(minute) },
+        };
+      });
+      return {
+        name: frontend.name,
+        connectMs: { total: percentiles(frontendTotal), lastMinute: percentiles(frontendMinute) },
+        backends,
+      };
+    });
+  }
+
+  async stat(): Promise<{ frontends: FrontendStat[] }> {
+    const latency = await this.latency();
     const sums = sumSlots(this.counters);
     return {
       frontends: this.config.frontends.map((frontend, f) => {
@@ -109,6 +153,7 @@ export class StatsView {
               failures: sums[o + B_FAILURES],
               bytesIn: sums[o + B_BYTES_IN],
               bytesOut: sums[o + B_BYTES_OUT],
+              connectMs: withoutCount(latency[f].backends[i].connectMs.total),
             };
           }),
         };
@@ -163,6 +208,11 @@ export class StatsView {
   setWeight(b: BackendRef, weight: number): void {
     Atomics.store(b.table.weight, b.index, weight);
   }
+}
+
+function withoutCount(p: Percentiles): Omit<Percentiles, 'count'> {
+  const { count: _, ...rest } = p;
+  return rest;
 }
 
 export { MAX_WEIGHT };

@@ -1,0 +1,79 @@
+// Latency histograms: one recorder per backend per worker, merged by the main thread when asked.
+// Invariant: record() allocates nothing (a typed-array increment in hdr-histogram-js's JS build);
+// encoding, decoding and merging happen only when stats are asked for, off the data path.
+
+import type { Histogram } from 'hdr-histogram-js';
+import { build, decodeFromCompressedBase64, encodeIntoCompressedBase64 } from 'hdr-histogram-js';
+
+/** Microseconds. An hour caps it: anything slower than that is recorded as an hour. */
+const HIGHEST_US = 3_600_000_000;
+
+const OPTIONS = {
+  lowestDiscernibleValue: 1,
+  highestTrackableValue: HIGHEST_US,
+  // Two digits (1% resolution) keep a histogram near 10 KB; latency needs no finer grain.
+  numberOfSignificantValueDigits: 2,
+  bitBucketSize: 32,
+  autoResize: false,
+  useWebAssembly: false,
+} as const;
+
+/** The last minute is kept as WINDOW_SLOTS slots of SLOT_MS each, the oldest dropped on rotate(). */
+export const WINDOW_SLOTS = 6;
+export const SLOT_MS = 10_000;
+
+export function newHistogram(): Histogram {
+  return build(OPTIONS);
+}
+
+export class LatencyRecorder {
+  readonly total = newHistogram();
+  readonly window: Histogram[] = Array.from({ length: WINDOW_SLOTS }, newHistogram);
+  private slot = 0;
+
+  /** Records one value in microseconds. */
+  record(us: number): void {
+    const value = us < 1 ? 1 : us > HIGHEST_US ? HIGHEST_US : Math.round(us);
+    this.total.recordValue(value);
+    this.window[this.slot].recordValue(value);
+  }
+
+  /** Every SLOT_MS: the oldest slot becomes the current one, emptied. */
+  rotate(): void {
+    this.slot = (this.slot + 1) % WINDOW_SLOTS;
+    this.window[this.slot].reset();
+  }
+
+  /** Both views, encoded to cross a thread boundary: [whole run, last minute]. */
+  encode(): [string, string] {
+    const minute = newHistogram();
+    for (const h of this.window) minute.add(h);
+    return [encodeIntoCompressedBase64(this.total), encodeIntoCompressedBase64(minute)];
+  }
+}
+
+export function decode(encoded: string): Histogram {
+  return decodeFromCompressedBase64(encoded, 32);
+}
+
+export interface Percentiles {
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  max: number;
+  count: number;
+}
+
+/** Milliseconds, to the microsecond. */
+export function percentiles(h: Histogram): Percentiles {
+  const ms = (us: number) => Math.round(us) / 1000;
+  return {
+    p50: ms(h.getValueAtPercentile(50)),
+    p90: ms(h.getValueAtPercentile(90)),
+    p99: ms(h.getValueAtPercentile(99)),
+    p999: ms(h.getValueAtPercentile(99.9)),
+    max: ms(h.maxValue),
+    count: h.totalCount,
+  };
+}
