@@ -136,6 +136,24 @@ export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}):
   };
 }
 
+/**
+ * One backend running `handler` and fulcrum (one worker) in front of it, plus `args`; both are
+ * stopped when the test ends.
+ */
+export async function startInFront(
+  t: { teardown(fn: () => unknown): void },
+  handler: (socket: net.Socket) => void,
+  args: string[] = [],
+): Promise<{ backend: Backend; fulcrum: Fulcrum }> {
+  const backend = await startBackend(handler);
+  const fulcrum = await startFulcrum(['--workers', '1', ...args, '--backend', backend.address]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await backend.close();
+  });
+  return { backend, fulcrum };
+}
+
 /** Connects to fulcrum; resolves once connected. */
 export async function connect(port: number): Promise<net.Socket> {
   const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });

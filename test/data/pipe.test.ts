@@ -6,27 +6,28 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { connect, greet, readLine, startBackend, startFulcrum, waitFor } from '../helpers.ts';
+import {
+  connect,
+  greet,
+  readLine,
+  startBackend,
+  startFulcrum,
+  startInFront,
+  waitFor,
+} from '../helpers.ts';
 
 // These backends see only the connections under test: no health probes reach them (a probe's
 // own connect and close would otherwise look like a client's).
 const PIPE_ONLY = ['--no-health-check'];
 
 t.test('a backend reset reaches the client as a reset', async (t) => {
-  const backend = await startBackend((socket) => {
-    socket.write('x\n', () => setTimeout(() => socket.resetAndDestroy(), 50));
-  });
-  const fulcrum = await startFulcrum([
-    ...PIPE_ONLY,
-    '--workers',
-    '1',
-    '--backend',
-    backend.address,
-  ]);
-  t.teardown(async () => {
-    await fulcrum.stop();
-    await backend.close();
-  });
+  const { fulcrum } = await startInFront(
+    t,
+    (socket) => {
+      socket.write('x\n', () => setTimeout(() => socket.resetAndDestroy(), 50));
+    },
+    PIPE_ONLY,
+  );
   const socket = await connect(fulcrum.port);
   const [err] = (await once(socket, 'error')) as [NodeJS.ErrnoException];
   t.equal(err.code, 'ECONNRESET');
@@ -34,23 +35,16 @@ t.test('a backend reset reaches the client as a reset', async (t) => {
 
 t.test('a client reset reaches the backend as a reset', async (t) => {
   let backendError = '';
-  const backend = await startBackend((socket) => {
-    socket.write('x\n');
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      backendError = err.code ?? '';
-    });
-  });
-  const fulcrum = await startFulcrum([
-    ...PIPE_ONLY,
-    '--workers',
-    '1',
-    '--backend',
-    backend.address,
-  ]);
-  t.teardown(async () => {
-    await fulcrum.stop();
-    await backend.close();
-  });
+  const { fulcrum } = await startInFront(
+    t,
+    (socket) => {
+      socket.write('x\n');
+      socket.on('error', (err: NodeJS.ErrnoException) => {
+        backendError = err.code ?? '';
+      });
+    },
+    PIPE_ONLY,
+  );
   const socket = await connect(fulcrum.port);
   await readLine(socket);
   socket.resetAndDestroy();
