@@ -166,7 +166,7 @@ export class Supervisor {
   private watch(worker: Worker): void {
     worker.on('message', (message: WorkerMessage) => {
       if (message.type === 'drained') this.onDrained();
-      else if (message.type === 'latency') this.onLatency(message.id, message.connect);
+      else if (message.type === 'latency') this.onLatency(message.id, message.latency);
     });
     worker.on('error', (err) => {
       this.log.fatal({ err }, 'worker thread failed');

@@ -17,6 +17,7 @@ import {
   LIVE,
   RETRIES,
 } from '../stats/counters.ts';
+import { CONNECT, DURATION, FIRST_BYTE } from '../stats/latency.ts';
 import { giveLarge, giveSmall, LARGE_SIZE, SMALL_SIZE, takeLarge, takeSmall } from './buffers.ts';
 import type { Linked } from './clock.ts';
 import { now } from './clock.ts';
@@ -70,13 +71,15 @@ export class Connection implements Linked<Connection> {
   clientClosed = false;
   backendClosed = false;
 
-  /** Client to backend, and backend to client. With the times below, what the access log and
-   *  per-connection latency will read once the connection ends. */
+  /** Client to backend, and backend to client: for the access log. */
   bytesIn = 0;
   bytesOut = 0;
+  /** performance.now() (precise, unlike `now`) at accept, at the start of the current connect
+   *  attempt, once connected, and at the backend's first byte; 0 until it happens. */
   readonly startedAt: number;
-  /** performance.now() when the current connect attempt began: precise, unlike `now`. */
   connectStartedAt = 0;
+  connectedAt = 0;
+  firstByteAt = 0;
   /** When the current connect attempt times out. */
   deadline = 0;
   /** When a byte last moved either way: the idle timeout counts from here. */
@@ -92,7 +95,7 @@ export class Connection implements Linked<Connection> {
     this.backendSmall = takeSmall();
     this.clientBuffer = this.clientSmall;
     this.backendBuffer = this.backendSmall;
-    this.startedAt = now;
+    this.startedAt = performance.now();
     this.lastActive = now;
   }
 }
@@ -169,6 +172,12 @@ function onBackendRead(this: BackendSocket, nread: number, buffer: Buffer): bool
   if (conn === null || !conn.client.writable) {
     nextReadBuffer = buffer;
     return true;
+  }
+  if (conn.firstByteAt === 0) {
+    conn.firstByteAt = performance.now();
+    conn.frontend.latency[FIRST_BYTE][conn.backendIndex].record(
+      (conn.firstByteAt - conn.connectedAt) * 1000,
+    );
   }
   conn.bytesOut += nread;
   conn.lastActive = now;
@@ -294,8 +303,9 @@ function onBackendConnect(this: BackendSocket): void {
   frontend.established.add(conn);
   conn.lastActive = now;
   frontend.slot[frontend.backendOffset[conn.backendIndex] + B_CONNECTIONS]++;
-  frontend.connectLatency[conn.backendIndex].record(
-    (performance.now() - conn.connectStartedAt) * 1000,
+  conn.connectedAt = performance.now();
+  frontend.latency[CONNECT][conn.backendIndex].record(
+    (conn.connectedAt - conn.connectStartedAt) * 1000,
   );
   conn.client.resume();
 }
@@ -445,6 +455,11 @@ function finish(conn: Connection): void {
   giveSmall(conn.backendSmall);
   conn.client.conn = null;
   if (conn.backend !== null) conn.backend.conn = null;
+  if (conn.connectedAt !== 0) {
+    frontend.latency[DURATION][conn.backendIndex].record(
+      (performance.now() - conn.startedAt) * 1000,
+    );
+  }
   const slot = frontend.slot;
   slot[END_BASE + (conn.end < 0 ? END.CLIENT_CLOSED : conn.end)]++;
   slot[LIVE]--;

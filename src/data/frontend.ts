@@ -9,7 +9,7 @@ import { createScheduler } from '../core/scheduler.ts';
 import type { BackendTable, SharedTable } from '../core/table.ts';
 import { openTable } from '../core/table.ts';
 import { ACCEPTED, END, END_BASE, LIVE } from '../stats/counters.ts';
-import { LatencyRecorder } from '../stats/latency.ts';
+import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
 import { BUFFER_RELEASE_MS, LinkedList, now } from './clock.ts';
 import {
   attachClient,
@@ -51,8 +51,8 @@ export class Frontend {
   readonly connecting = new LinkedList<Connection>();
   readonly established = new LinkedList<Connection>();
   readonly servers: net.Server[] = [];
-  /** Time to connect to each backend, in this worker. */
-  readonly connectLatency: LatencyRecorder[];
+  /** This worker's timings: [metric (CONNECT, FIRST_BYTE, DURATION)][backend]. */
+  readonly latency: LatencyRecorder[][];
   /** Whether the accept hook is in use (false: Node's public 'connection' path). */
   hooked = false;
   /** Called after every finished connection; the worker uses it to notice it has drained. */
@@ -70,7 +70,7 @@ export class Frontend {
     this.slot = slot;
     this.backendOffset = Int32Array.from(shared.backendOffset);
     this.limits = limits;
-    this.connectLatency = config.backends.map(() => new LatencyRecorder());
+    this.latency = METRIC_NAMES.map(() => config.backends.map(() => new LatencyRecorder()));
   }
 
   /** Opens every listener of this frontend; rejects with the address that failed. */

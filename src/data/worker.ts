@@ -7,6 +7,7 @@ import type { Config } from '../config.ts';
 import type { SharedCounters } from '../stats/counters.ts';
 import { END, LIVE, openSlot } from '../stats/counters.ts';
 import { SLOT_MS } from '../stats/latency.ts';
+import type { LatencyAnswer } from '../stats/view.ts';
 import { IDLE_SWEEP_TICKS, TICK_MS, updateNow } from './clock.ts';
 import type { FrontendShared } from './frontend.ts';
 import { Frontend } from './frontend.ts';
@@ -23,7 +24,7 @@ export type WorkerMessage =
   | { type: 'ready'; hooked: boolean }
   | { type: 'listen-error'; endpoint: string; code: string; message: string }
   | { type: 'drained' }
-  | { type: 'latency'; id: number; connect: Array<Array<[string, string]>> };
+  | { type: 'latency'; id: number; latency: LatencyAnswer };
 
 /** Messages from the main thread to a worker. */
 export type ControlMessage = { type: 'drain' } | { type: 'cut' } | { type: 'latency'; id: number };
@@ -61,7 +62,7 @@ const timer = setInterval(() => {
   for (const frontend of frontends) {
     frontend.sweepConnecting();
     if (idle) frontend.sweepIdle();
-    if (rotate) for (const recorder of frontend.connectLatency) recorder.rotate();
+    if (rotate) for (const metric of frontend.latency) for (const r of metric) r.rotate();
   }
 }, TICK_MS);
 timer.unref();
@@ -77,7 +78,7 @@ port.on('message', (message: ControlMessage) => {
     port.postMessage({
       type: 'latency',
       id: message.id,
-      connect: frontends.map((f) => f.connectLatency.map((r) => r.encode())),
+      latency: frontends.map((f) => f.latency.map((metric) => metric.map((r) => r.encode()))),
     } satisfies WorkerMessage);
   }
 });

@@ -14,7 +14,7 @@ const HELP = [
   'help                              this list',
   'show info [json]                  version, pid, uptime, workers, connections, rates',
   'show stat [json]                  one row per frontend and backend',
-  'show latency [json]               connect time percentiles, whole run and last minute',
+  'show latency [json]               connect, first-byte and duration percentiles, whole run and last minute',
   'enable FRONTEND/BACKEND           admin: take new connections again',
   'disable FRONTEND/BACKEND          admin: no new connections; live ones stay',
   'drain FRONTEND/BACKEND            admin: like disable, reported draining until its last connection ends',
@@ -183,23 +183,32 @@ function formatStat(frontends: FrontendStat[]): string {
 }
 
 function formatLatency(frontends: Array<LatencyStat & { backends: LatencyStat[] }>): string {
-  const rows: string[][] = [['NAME', 'WINDOW', 'COUNT', 'P50', 'P90', 'P99', 'P99.9', 'MAX']];
-  const add = (name: string, stat: LatencyStat) => {
-    for (const [window, p] of [
-      ['total', stat.connectMs.total],
-      ['1m', stat.connectMs.lastMinute],
-    ] as const) {
-      rows.push([
-        name,
-        window,
-        String(p.count),
-        ...[p.p50, p.p90, p.p99, p.p999, p.max].map((v) => `${v}ms`),
-      ]);
+  const sections: string[] = [];
+  for (const [metric, title] of [
+    ['connectMs', 'connect time'],
+    ['firstByteMs', "time to the backend's first byte"],
+    ['durationMs', 'connection duration'],
+  ] as const) {
+    const rows: string[][] = [['NAME', 'WINDOW', 'COUNT', 'P50', 'P90', 'P99', 'P99.9', 'MAX']];
+    const add = (name: string, stat: LatencyStat) => {
+      for (const [window, p] of [
+        ['total', stat[metric].total],
+        ['1m', stat[metric].lastMinute],
+      ] as const) {
+        rows.push([
+          name,
+          window,
+          String(p.count),
+          ...[p.p50, p.p90, p.p99, p.p999, p.max].map((v) => `${v}ms`),
+        ]);
+      }
+    };
+    for (const frontend of frontends) {
+      add(frontend.name, frontend);
+      for (const b of frontend.backends) add(`  ${frontend.name}/${b.name}`, b);
     }
-  };
-  for (const frontend of frontends) {
-    add(frontend.name, frontend);
-    for (const b of frontend.backends) add(`  ${frontend.name}/${b.name}`, b);
+    sections.push(`${title}\n${table(rows)}`);
   }
-  return `connect time\n${table(rows)}`;
+  // One blank-free answer: sections are separated by a ruler, not an empty line.
+  return sections.join('\n--\n');
 }

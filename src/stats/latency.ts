@@ -18,6 +18,13 @@ const OPTIONS = {
   useWebAssembly: false,
 } as const;
 
+/** What is timed, per backend: the index into a frontend's `latency` and the name stats print. */
+export const CONNECT = 0;
+export const FIRST_BYTE = 1;
+export const DURATION = 2;
+export const METRIC_NAMES = ['connectMs', 'firstByteMs', 'durationMs'] as const;
+export type MetricName = (typeof METRIC_NAMES)[number];
+
 /** The last minute is kept as WINDOW_SLOTS slots of SLOT_MS each, the oldest dropped on rotate(). */
 export const WINDOW_SLOTS = 6;
 export const SLOT_MS = 10_000;

@@ -18,18 +18,18 @@ import {
   RETRIES,
   sumSlots,
 } from './counters.ts';
-import type { Percentiles } from './latency.ts';
-import { decode, newHistogram, percentiles } from './latency.ts';
+import type { MetricName, Percentiles } from './latency.ts';
+import { decode, METRIC_NAMES, newHistogram, percentiles } from './latency.ts';
 
 export type BackendState = 'up' | 'down' | 'disabled' | 'draining';
 
-/** One worker's encoded connect-time histograms: [frontend][backend] = [whole run, last minute]. */
-export type LatencyAnswer = Array<Array<[string, string]>>;
+/** One worker's encoded histograms: [frontend][metric][backend] = [whole run, last minute]. */
+export type LatencyAnswer = Array<Array<Array<[string, string]>>>;
 
-export interface LatencyStat {
-  name: string;
-  connectMs: { total: Percentiles; lastMinute: Percentiles };
-}
+export type LatencyStat = { name: string } & Record<
+  MetricName,
+  { total: Percentiles; lastMinute: Percentiles }
+>;
 
 export interface BackendStat {
   name: string;
@@ -103,31 +103,32 @@ export class StatsView {
     return (bits & UP) !== 0 ? 'up' : 'down';
   }
 
-  /** Connect times per frontend (all its backends) and per backend, merged over every worker. */
+  /** Every timing per frontend (all its backends) and per backend, merged over every worker. */
   async latency(): Promise<Array<LatencyStat & { backends: LatencyStat[] }>> {
     const answers = await this.collect();
     return this.config.frontends.map((frontend, f) => {
-      const frontendTotal = newHistogram();
-      const frontendMinute = newHistogram();
-      const backends = frontend.backends.map((backend, b) => {
-        const total = newHistogram();
-        const minute = newHistogram();
-        for (const answer of answers) {
-          total.add(decode(answer[f][b][0]));
-          minute.add(decode(answer[f][b][1]));
-        }
-        frontendTotal.add(total);
-        frontendMinute.add(minute);
-        return {
-          name: backend.name,
-          connectMs: { total: percentiles(total), lastMinute: percentiles(minute) },
+      const backends = frontend.backends.map((backend) => ({ name: backend.name }) as LatencyStat);
+      const whole = { name: frontend.name } as LatencyStat;
+      METRIC_NAMES.forEach((metric, m) => {
+        const frontendTotal = newHistogram();
+        const frontendMinute = newHistogram();
+        frontend.backends.forEach((_, b) => {
+          const total = newHistogram();
+          const minute = newHistogram();
+          for (const answer of answers) {
+            total.add(decode(answer[f][m][b][0]));
+            minute.add(decode(answer[f][m][b][1]));
+          }
+          frontendTotal.add(total);
+          frontendMinute.add(minute);
+          backends[b][metric] = { total: percentiles(total), lastMinute: percentiles(minute) };
+        });
+        whole[metric] = {
+          total: percentiles(frontendTotal),
+          lastMinute: percentiles(frontendMinute),
         };
       });
-      return {
-        name: frontend.name,
-        connectMs: { total: percentiles(frontendTotal), lastMinute: percentiles(frontendMinute) },
-        backends,
-      };
+      return { ...whole, backends };
     });
   }
 

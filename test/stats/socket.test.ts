@@ -107,6 +107,12 @@ t.test('mode 0600; stats --json has the documented shape and live counts', async
   const fl = latency.frontends[0];
   t.equal(fl.connectMs.total.count, 10, 'every connect was timed, over both workers');
   t.equal(fl.connectMs.lastMinute.count, 10, 'and all of them fall in the last minute');
+  t.equal(fl.firstByteMs.total.count, 10, "every backend's first byte was timed");
+  t.equal(fl.durationMs.total.count, 10, 'every finished connection was timed');
+  t.ok(
+    fl.durationMs.total.p50 >= fl.connectMs.total.p50,
+    'a connection lasts longer than its connect',
+  );
   t.equal(
     fl.backends.reduce(
       (n: number, b: { connectMs: { total: { count: number } } }) => n + b.connectMs.total.count,
@@ -114,10 +120,11 @@ t.test('mode 0600; stats --json has the documented shape and live counts', async
     ),
     10,
   );
-  t.match(
-    cli(['ctl', '--socket', path, 'show', 'latency']).stdout,
-    /connect time\nNAME\s+WINDOW\s+COUNT\s+P50/,
-  );
+  const text = cli(['ctl', '--socket', path, 'show', 'latency']).stdout;
+  t.match(text, /connect time\nNAME\s+WINDOW\s+COUNT\s+P50/);
+  t.match(text, /time to the backend's first byte\n/);
+  t.match(text, /connection duration\n/);
+  t.notMatch(text.trimEnd(), /\n\n/, 'no empty line inside the answer');
   const table = cli(['stats', '--socket', path]);
   t.match(table.stdout, /NAME\s+STATE\s+WEIGHT\s+ACTIVE/);
   t.match(table.stdout, new RegExp(`default/${backends[0].address}\\s+up`));
