@@ -4,12 +4,20 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import type { RunFlags } from './config.ts';
-import { ConfigError, configFromFlags, DEFAULTS, resolveConfig } from './config.ts';
+import {
+  ConfigError,
+  configFromFlags,
+  DEFAULTS,
+  parseDuration,
+  parseInteger,
+  resolveConfig,
+} from './config.ts';
 import { ListenError, Supervisor } from './control/supervisor.ts';
 import { ALGORITHMS } from './core/scheduler.ts';
 import { createLogger } from './log.ts';
 import { ClientError, isError, query } from './stats/client.ts';
 import { StatsSocketError } from './stats/server.ts';
+import { runTop } from './stats/top.ts';
 
 /** Exit status for bad input (flags, config, a listener that cannot open). */
 export const EXIT_USAGE = 2;
@@ -177,6 +185,24 @@ export function buildProgram(): Command {
       const answer = await query(flags.socket, words.join(' '));
       process.stdout.write(`${answer}\n`);
       if (isError(answer)) process.exitCode = 1;
+    });
+
+  program
+    .command('top')
+    .description('a live view of every frontend and backend, refreshed every second (q quits)')
+    .requiredOption('-s, --socket <path>', 'the stats socket')
+    .option('-d, --delay <duration>', 'time between refreshes', '1s')
+    .option('-n, --iterations <n>', 'frames to draw, then exit (default: until q)')
+    .action(async (flags: { socket: string; delay: string; iterations?: string }) => {
+      await runTop({
+        socket: flags.socket,
+        intervalMs: parseDuration(flags.delay, '--delay'),
+        iterations:
+          flags.iterations === undefined
+            ? Number.POSITIVE_INFINITY
+            : parseInteger(flags.iterations, '--iterations', 1, 1_000_000),
+      });
+      process.exit(0);
     });
 
   return program;

@@ -1,0 +1,178 @@
+// `fulcrum top`: a live view of every frontend and backend, refreshed every second, as htop shows
+// processes. Invariant: on a terminal the screen is restored however top ends (q, Ctrl-C, a
+// signal, the balancer going away); without a terminal it prints plain frames, no escape codes.
+
+import { query } from './client.ts';
+import type { FrontendStat, LatencyStat } from './view.ts';
+
+export interface TopOptions {
+  socket: string;
+  intervalMs: number;
+  /** Frames to draw before exiting; Infinity until q. */
+  iterations: number;
+}
+
+interface Snapshot {
+  at: number;
+  info: Record<string, number | string>;
+  frontends: FrontendStat[];
+  latency: Array<LatencyStat & { backends: LatencyStat[] }>;
+}
+
+const ENTER = '\x1b[?1049h\x1b[?25l';
+const LEAVE = '\x1b[?25h\x1b[?1049l';
+const HOME_CLEAR = '\x1b[H\x1b[2J';
+
+async function snapshot(socket: string): Promise<Snapshot> {
+  const [info, stat, latency] = await Promise.all([
+    query(socket, 'show info json'),
+    query(socket, 'show stat json'),
+    query(socket, 'show latency json'),
+  ]);
+  return {
+    at: Date.now(),
+    info: JSON.parse(info),
+    frontends: JSON.parse(stat).frontends,
+    latency: JSON.parse(latency).frontends,
+  };
+}
+
+function bytes(perSecond: number): string {
+  const units = ['B', 'KB', 'MB', 'GB'];
+  let value = perSecond;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)}${units[unit]}/s`;
+}
+
+function uptime(seconds: number): string {
+  const h = Math.floor(seconds / 3600);
+  const m = Math.floor((seconds % 3600) / 60);
+  const s = seconds % 60;
+  return `${h}:${String(m).padStart(2, '0')}:${String(s).padStart(2, '0')}`;
+}
+
+/** One frame as lines of text. Rates are the change since `previous`. */
+export function render(now: Snapshot, previous: Snapshot | null): string[] {
+  const span = previous === null ? 0 : (now.at - previous.at) / 1000;
+  const rate = (current: number, before: number | undefined) =>
+    span > 0 && before !== undefined ? Math.max(0, (current - before) / span) : 0;
+  const i = now.info;
+  const lines = [
+    `fulcrum ${i.version}  pid ${i.pid}  up ${uptime(Number(i.uptime_seconds))}  workers ${i.workers}  ` +
+      `connections ${i.connections_now} now, ${i.connections_total} total, ${i.connection_rate}/s`,
+    '',
+  ];
+  const rows: string[][] = [
+    [
+      'FRONTEND/BACKEND',
+      'STATE',
+      'WEIGHT',
+      'ACTIVE',
+      'CONN/S',
+      'TOTAL',
+      'FAIL',
+      'IN',
+      'OUT',
+      'CONNECT p50/p99',
+      'FIRST BYTE p99',
+    ],
+  ];
+  now.frontends.forEach((frontend, f) => {
+    const before = previous?.frontends[f];
+    rows.push([
+      `${frontend.name} ${frontend.listen.join(',')} ${frontend.algorithm}`,
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+    ]);
+    frontend.backends.forEach((b, k) => {
+      const old = before?.backends[k];
+      const l = now.latency[f]?.backends[k];
+      rows.push([
+        `  ${frontend.name}/${b.name}`,
+        b.state,
+        String(b.weight),
+        String(b.active),
+        rate(b.total, old?.total).toFixed(1),
+        String(b.total),
+        String(b.failures),
+        bytes(rate(b.bytesIn, old?.bytesIn)),
+        bytes(rate(b.bytesOut, old?.bytesOut)),
+        l ? `${l.connectMs.total.p50}/${l.connectMs.total.p99}ms` : '',
+        l ? `${l.firstByteMs.total.p99}ms` : '',
+      ]);
+    });
+  });
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  for (const r of rows)
+    lines.push(
+      r
+        .map((cell, c) => cell.padEnd(widths[c]))
+        .join('  ')
+        .trimEnd(),
+    );
+  return lines;
+}
+
+export async function runTop(options: TopOptions): Promise<void> {
+  const tty = process.stdout.isTTY === true;
+  let restored = !tty;
+  const restore = () => {
+    if (restored) return;
+    restored = true;
+    if (process.stdin.isTTY) process.stdin.setRawMode(false);
+    process.stdout.write(LEAVE);
+  };
+  let quit: () => void = () => {};
+  const quitting = new Promise<void>((resolve) => {
+    quit = resolve;
+  });
+  if (tty) {
+    process.stdout.write(ENTER);
+    process.on('exit', restore);
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, quit);
+    if (process.stdin.isTTY) {
+      process.stdin.setRawMode(true);
+      process.stdin.resume();
+      process.stdin.on('data', (key: Buffer) => {
+        // q, Q, Ctrl-C, Esc.
+        if ([0x71, 0x51, 0x03, 0x1b].includes(key[0])) quit();
+      });
+    }
+  }
+  let previous: Snapshot | null = null;
+  try {
+    for (let frame = 0; frame < options.iterations; frame++) {
+      const now = await snapshot(options.socket);
+      const lines = render(now, previous);
+      previous = now;
+      if (tty) {
+        const rows = process.stdout.rows ?? 24;
+        lines.push('', 'q: quit');
+        process.stdout.write(HOME_CLEAR + lines.slice(0, rows).join('\n'));
+      } else {
+        process.stdout.write(`${lines.join('\n')}\n\n`);
+      }
+      if (frame + 1 >= options.iterations) break;
+      const stop = await Promise.race([
+        quitting.then(() => true),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), options.intervalMs)),
+      ]);
+      if (stop) break;
+    }
+  } finally {
+    restore();
+    if (tty) process.stdin.pause();
+  }
+}
