@@ -3,7 +3,10 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtempSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const BIN = fileURLToPath(new URL('../bin/fulcrum', import.meta.url));
@@ -152,6 +155,39 @@ export async function startInFront(
     await backend.close();
   });
   return { backend, fulcrum };
+}
+
+/** A fresh path for a stats socket, in a directory of its own. */
+export function socketPath(): string {
+  return join(mkdtempSync(join(tmpdir(), 'fulcrum-stats-')), 'stats.sock');
+}
+
+/**
+ * Two greeting backends and fulcrum (two workers unless `extra` says otherwise) in front of them
+ * with a stats socket; everything is stopped when the test ends.
+ */
+export async function startWithStats(
+  t: { teardown(fn: () => unknown): void },
+  extra: string[] = [],
+): Promise<{ backends: Backend[]; path: string; fulcrum: Fulcrum }> {
+  const backends = [await startBackend(greet), await startBackend(greet)];
+  const path = socketPath();
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '2',
+    '--stats-socket',
+    path,
+    '--backend',
+    backends[0].address,
+    '--backend',
+    backends[1].address,
+    ...extra,
+  ]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    for (const b of backends) await b.close();
+  });
+  return { backends, path, fulcrum };
 }
 
 /** Connects to fulcrum; resolves once connected. */

@@ -9,13 +9,17 @@ import { existsSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t, { type Test } from 'tap';
-import type { Backend } from '../helpers.ts';
-import { BIN, connect, greet, readLine, startBackend, startFulcrum } from '../helpers.ts';
-
-function socketPath(): string {
-  return join(mkdtempSync(join(tmpdir(), 'fulcrum-stats-')), 'fulcrum.sock');
-}
+import t from 'tap';
+import {
+  BIN,
+  connect,
+  greet,
+  readLine,
+  socketPath,
+  startBackend,
+  startFulcrum,
+  startWithStats,
+} from '../helpers.ts';
 
 function cli(args: string[]) {
   return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 20_000 });
@@ -37,27 +41,6 @@ async function raw(path: string, data: string | Buffer, answers: number): Promis
   return text;
 }
 
-async function balancer(t: Test, extra: string[] = []) {
-  const backends: Backend[] = [await startBackend(greet), await startBackend(greet)];
-  const path = socketPath();
-  const fulcrum = await startFulcrum([
-    '--workers',
-    '2',
-    '--stats-socket',
-    path,
-    '--backend',
-    backends[0].address,
-    '--backend',
-    backends[1].address,
-    ...extra,
-  ]);
-  t.teardown(async () => {
-    await fulcrum.stop();
-    for (const b of backends) await b.close();
-  });
-  return { backends, path, fulcrum };
-}
-
 async function ask(port: number): Promise<string> {
   const socket = await connect(port);
   const line = await readLine(socket);
@@ -66,7 +49,7 @@ async function ask(port: number): Promise<string> {
 }
 
 t.test('mode 0600; stats --json has the documented shape and live counts', async (t) => {
-  const { backends, path, fulcrum } = await balancer(t);
+  const { backends, path, fulcrum } = await startWithStats(t);
   t.equal(statSync(path).mode & 0o777, 0o600, 'the socket file is mode 0600');
   for (let k = 0; k < 10; k++) await ask(fulcrum.port);
   // The last clients may still be closing: read until every connection has been counted out.
@@ -133,7 +116,7 @@ t.test('mode 0600; stats --json has the documented shape and live counts', async
 t.test(
   'ctl disable sends every new connection to the other backend; enable undoes it',
   async (t) => {
-    const { backends, path, fulcrum } = await balancer(t);
+    const { backends, path, fulcrum } = await startWithStats(t);
     const name = `default/${backends[0].address}`;
     const run = cli(['ctl', '--socket', path, 'disable', name]);
     t.equal(run.status, 0);
@@ -149,7 +132,7 @@ t.test(
 );
 
 t.test('drain: draining while a connection lives, then disabled', async (t) => {
-  const { backends, path, fulcrum } = await balancer(t, ['--algorithm', 'round-robin']);
+  const { backends, path, fulcrum } = await startWithStats(t, ['--algorithm', 'round-robin']);
   const held = await connect(fulcrum.port);
   const port = Number(await readLine(held));
   const name = `default/127.0.0.1:${port}`;
@@ -167,7 +150,7 @@ t.test('drain: draining while a connection lives, then disabled', async (t) => {
 });
 
 t.test('set weight, reset counters, and errors that change nothing', async (t) => {
-  const { backends, path, fulcrum } = await balancer(t);
+  const { backends, path, fulcrum } = await startWithStats(t);
   const name = `default/${backends[1].address}`;
   t.equal(cli(['ctl', '--socket', path, 'set', 'weight', name, '7']).stdout, `${name} weight 7\n`);
   for (const [words, pattern] of [
@@ -201,7 +184,7 @@ t.test('set weight, reset counters, and errors that change nothing', async (t) =
 });
 
 t.test('read level: control commands refused, nothing changes', async (t) => {
-  const { backends, path } = await balancer(t, ['--stats-level', 'read']);
+  const { backends, path } = await startWithStats(t, ['--stats-level', 'read']);
   const run = cli(['ctl', '--socket', path, 'disable', `default/${backends[0].address}`]);
   t.equal(run.status, 1);
   t.match(run.stdout, /^error: .*admin level/);
@@ -212,7 +195,7 @@ t.test('read level: control commands refused, nothing changes', async (t) => {
 t.test(
   'bad input: garbage, long lines, silence and a crowd leave everything working',
   async (t) => {
-    const { path, fulcrum } = await balancer(t);
+    const { path, fulcrum } = await startWithStats(t);
     const garbage = await raw(path, randomBytes(1024 * 1024), 1);
     t.match(garbage, /^error: /, 'a megabyte of random bytes gets an error line');
     const long = await raw(path, `show ${'x'.repeat(10_000)}`, 1);

@@ -3,33 +3,15 @@
 // piped, it prints plain frames.
 
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { BIN, connect, greet, readLine, startBackend, startFulcrum, waitFor } from '../helpers.ts';
+import { BIN, connect, readLine, startWithStats, waitFor } from '../helpers.ts';
 
 function tmux(...args: string[]): string {
   return execFileSync('tmux', args, { encoding: 'utf8' });
 }
 
 async function withBalancer(t: Test) {
-  const backends = [await startBackend(greet), await startBackend(greet)];
-  const path = join(mkdtempSync(join(tmpdir(), 'fulcrum-top-')), 'stats.sock');
-  const fulcrum = await startFulcrum([
-    '--workers',
-    '1',
-    '--stats-socket',
-    path,
-    '--backend',
-    backends[0].address,
-    '--backend',
-    backends[1].address,
-  ]);
-  t.teardown(async () => {
-    await fulcrum.stop();
-    for (const b of backends) await b.close();
-  });
+  const { backends, path, fulcrum } = await startWithStats(t, ['--workers', '1']);
   for (let k = 0; k < 4; k++) {
     const socket = await connect(fulcrum.port);
     await readLine(socket);
