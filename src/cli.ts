@@ -129,6 +129,10 @@ export function buildProgram(): Command {
       DEFAULTS.drainTimeout,
     )
     .option(
+      '--access-log',
+      'one JSON line per finished connection: client, backend, bytes, times, how it ended',
+    )
+    .option(
       '--log-level <level>',
       'fatal, error, warn, info, debug, trace or silent',
       DEFAULTS.logLevel,

@@ -66,6 +66,8 @@ export interface Config {
   readonly maxConnections: number;
   readonly drainTimeoutMs: number;
   readonly logLevel: LogLevel;
+  /** One log line per finished connection, written by the workers. */
+  readonly accessLog: boolean;
   readonly backlog: number;
   readonly stats: StatsConfig;
   readonly frontends: readonly FrontendConfig[];
@@ -99,6 +101,7 @@ export interface RunFlags {
   maxConnections?: string;
   drainTimeout?: string;
   logLevel?: string;
+  accessLog?: boolean;
   backlog?: string;
   statsSocket?: string;
   statsSocketMode?: string;
@@ -256,6 +259,7 @@ export function configFromFlags(flags: RunFlags): Config {
     ),
     drainTimeoutMs: parseDuration(flags.drainTimeout ?? DEFAULTS.drainTimeout, '--drain-timeout'),
     logLevel: logLevel as LogLevel,
+    accessLog: flags.accessLog === true,
     backlog: parseInteger(flags.backlog ?? DEFAULTS.backlog, '--backlog', 1, 65535),
     stats: parseStats(flags),
     frontends: [frontend],

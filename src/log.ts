@@ -10,3 +10,14 @@ export function createLogger(level: LogLevel): Logger {
   // Synchronous: lines are rare, and none is lost when the process exits right after one.
   return pino({ level, base: { pid: process.pid } }, pino.destination({ fd: 1, sync: true }));
 }
+
+/**
+ * The access log of one worker thread: synchronous writes of whole lines (each under PIPE_BUF),
+ * so lines from several threads sharing stdout never interleave.
+ */
+export function createAccessLogger(): Logger {
+  return pino(
+    { base: null, timestamp: pino.stdTimeFunctions.isoTime },
+    pino.destination({ fd: 1, sync: true }),
+  );
+}

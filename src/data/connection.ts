@@ -7,6 +7,7 @@
 import net from 'node:net';
 import { acquire, release } from '../core/scheduler.ts';
 import { avoidBit } from '../core/table.ts';
+import type { Logger } from '../log.ts';
 import {
   B_BYTES_IN,
   B_BYTES_OUT,
@@ -14,6 +15,7 @@ import {
   B_FAILURES,
   END,
   END_BASE,
+  END_NAMES,
   LIVE,
   RETRIES,
 } from '../stats/counters.ts';
@@ -71,6 +73,8 @@ export class Connection implements Linked<Connection> {
   clientClosed = false;
   backendClosed = false;
 
+  /** `address:port` of the client, taken only when the access log is on. */
+  clientAddress = '';
   /** Client to backend, and backend to client: for the access log. */
   bytesIn = 0;
   bytesOut = 0;
@@ -438,6 +442,28 @@ export function cut(conn: Connection, reason: number): void {
   conn.client.destroy();
 }
 
+/** The access log line, HAProxy's log line and termination state in JSON. */
+function logConnection(log: Logger, conn: Connection, reason: number, endedAt: number): void {
+  const connected = conn.connectedAt !== 0;
+  const backend = conn.backendIndex >= 0 ? conn.frontend.config.backends[conn.backendIndex] : null;
+  log.info(
+    {
+      client: conn.clientAddress,
+      frontend: conn.frontend.config.name,
+      backend: connected && backend !== null ? backend.name : null,
+      bytesIn: conn.bytesIn,
+      bytesOut: conn.bytesOut,
+      connectMs: connected
+        ? Math.round((conn.connectedAt - conn.connectStartedAt) * 1000) / 1000
+        : null,
+      durationMs: Math.round((endedAt - conn.startedAt) * 1000) / 1000,
+      attempts: conn.attempts,
+      end: END_NAMES[reason],
+    },
+    'connection',
+  );
+}
+
 /** Both sockets are closed: give everything back exactly once. */
 function finish(conn: Connection): void {
   if (conn.phase === CLOSED) return;
@@ -455,13 +481,14 @@ function finish(conn: Connection): void {
   giveSmall(conn.backendSmall);
   conn.client.conn = null;
   if (conn.backend !== null) conn.backend.conn = null;
+  const endedAt = performance.now();
   if (conn.connectedAt !== 0) {
-    frontend.latency[DURATION][conn.backendIndex].record(
-      (performance.now() - conn.startedAt) * 1000,
-    );
+    frontend.latency[DURATION][conn.backendIndex].record((endedAt - conn.startedAt) * 1000);
   }
+  const reason = conn.end < 0 ? END.CLIENT_CLOSED : conn.end;
   const slot = frontend.slot;
-  slot[END_BASE + (conn.end < 0 ? END.CLIENT_CLOSED : conn.end)]++;
+  slot[END_BASE + reason]++;
+  if (frontend.accessLog !== null) logConnection(frontend.accessLog, conn, reason, endedAt);
   slot[LIVE]--;
   frontend.onFinish(conn);
 }

@@ -8,6 +8,7 @@ import type { Scheduler } from '../core/scheduler.ts';
 import { createScheduler } from '../core/scheduler.ts';
 import type { BackendTable, SharedTable } from '../core/table.ts';
 import { openTable } from '../core/table.ts';
+import type { Logger } from '../log.ts';
 import { ACCEPTED, END, END_BASE, LIVE } from '../stats/counters.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
 import { BUFFER_RELEASE_MS, LinkedList, now } from './clock.ts';
@@ -55,6 +56,8 @@ export class Frontend {
   readonly latency: LatencyRecorder[][];
   /** Whether the accept hook is in use (false: Node's public 'connection' path). */
   hooked = false;
+  /** One line per finished connection when --access-log is on; null (no cost) otherwise. */
+  accessLog: Logger | null = null;
   /** Called after every finished connection; the worker uses it to notice it has drained. */
   onIdle: () => void = () => {};
 
@@ -148,6 +151,9 @@ export class Frontend {
 
   start(conn: Connection, client: ClientSocket): void {
     conn.client = client;
+    // The peer's address is gone once the socket closes: take it now, only if it will be logged.
+    if (this.accessLog !== null)
+      conn.clientAddress = `${client.remoteAddress}:${client.remotePort}`;
     client.conn = conn;
     attachClient(client);
     connectBackend(conn);

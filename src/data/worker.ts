@@ -4,6 +4,7 @@
 
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Config } from '../config.ts';
+import { createAccessLogger } from '../log.ts';
 import type { SharedCounters } from '../stats/counters.ts';
 import { END, LIVE, openSlot } from '../stats/counters.ts';
 import { SLOT_MS } from '../stats/latency.ts';
@@ -42,6 +43,10 @@ const limits = {
 const frontends = init.config.frontends.map(
   (config, i) => new Frontend(config, init.frontends[i], slot, limits),
 );
+if (init.config.accessLog) {
+  const accessLog = createAccessLogger();
+  for (const frontend of frontends) frontend.accessLog = accessLog;
+}
 
 let draining = false;
 let drainedSent = false;
