@@ -133,6 +133,11 @@ export function buildProgram(): Command {
       'one JSON line per finished connection: client, backend, bytes, times, how it ended',
     )
     .option(
+      '--log-format <format>',
+      'json (for journald and shippers) or pretty (for a terminal)',
+      DEFAULTS.logFormat,
+    )
+    .option(
       '--log-level <level>',
       'fatal, error, warn, info, debug, trace or silent',
       DEFAULTS.logLevel,
@@ -214,7 +219,7 @@ export function buildProgram(): Command {
 
 async function run(flags: RunFlags): Promise<void> {
   const config = await resolveConfig(configFromFlags(flags));
-  const log = createLogger(config.logLevel);
+  const log = createLogger(config.logLevel, config.logFormat);
   const supervisor = new Supervisor(config, log, VERSION);
   await supervisor.start();
   process.on('SIGTERM', () => supervisor.stop('SIGTERM'));

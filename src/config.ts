@@ -66,6 +66,7 @@ export interface Config {
   readonly maxConnections: number;
   readonly drainTimeoutMs: number;
   readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
   /** One log line per finished connection, written by the workers. */
   readonly accessLog: boolean;
   readonly backlog: number;
@@ -81,6 +82,8 @@ export interface StatsConfig {
 }
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export const LOG_FORMATS = ['json', 'pretty'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 /** The flags as commander hands them over: strings, lists of strings, or absent. */
@@ -101,6 +104,7 @@ export interface RunFlags {
   maxConnections?: string;
   drainTimeout?: string;
   logLevel?: string;
+  logFormat?: string;
   accessLog?: boolean;
   backlog?: string;
   statsSocket?: string;
@@ -121,6 +125,7 @@ export const DEFAULTS = {
   maxConnections: '0',
   drainTimeout: '30s',
   logLevel: 'info',
+  logFormat: 'json',
   // Linux's default somaxconn: a longer backlog is silently cut to it anyway.
   backlog: '511',
   statsSocketMode: '0600',
@@ -259,11 +264,19 @@ export function configFromFlags(flags: RunFlags): Config {
     ),
     drainTimeoutMs: parseDuration(flags.drainTimeout ?? DEFAULTS.drainTimeout, '--drain-timeout'),
     logLevel: logLevel as LogLevel,
+    logFormat: parseLogFormat(flags.logFormat ?? DEFAULTS.logFormat),
     accessLog: flags.accessLog === true,
     backlog: parseInteger(flags.backlog ?? DEFAULTS.backlog, '--backlog', 1, 65535),
     stats: parseStats(flags),
     frontends: [frontend],
   };
+}
+
+function parseLogFormat(text: string): LogFormat {
+  if (!(LOG_FORMATS as readonly string[]).includes(text)) {
+    throw new ConfigError('--log-format', `unknown format "${text}" (expected json or pretty)`);
+  }
+  return text as LogFormat;
 }
 
 function parseStats(flags: RunFlags): StatsConfig {

@@ -279,6 +279,7 @@ export function connectBackend(conn: Connection): void {
   acquire(frontend.table, i);
   conn.acquired = true;
   conn.backendIndex = i;
+  if (conn.attempts > 0) frontend.slot[RETRIES]++; // counted only when a retry is really made
   conn.attempts++;
   conn.phase = CONNECTING;
   conn.connectStartedAt = performance.now();
@@ -324,7 +325,6 @@ export function failConnect(conn: Connection, timedOut: boolean): void {
   if (conn.clientClosed) {
     finish(conn);
   } else if (conn.attempts <= frontend.config.retries) {
-    frontend.slot[RETRIES]++;
     connectBackend(conn);
   } else {
     closeClient(conn, timedOut ? END.TIMEOUT : END.CONNECT_FAILED);

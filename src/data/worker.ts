@@ -44,7 +44,7 @@ const frontends = init.config.frontends.map(
   (config, i) => new Frontend(config, init.frontends[i], slot, limits),
 );
 if (init.config.accessLog) {
-  const accessLog = createAccessLogger();
+  const accessLog = createAccessLogger(init.config.logFormat);
   for (const frontend of frontends) frontend.accessLog = accessLog;
 }
 

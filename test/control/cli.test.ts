@@ -1,7 +1,7 @@
 // The command line as users meet it: bad input gets one line naming the flag and exit status 2
 // (no stack trace); --help and --version exit 0.
 
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
 import t from 'tap';
@@ -36,6 +36,7 @@ const cases: Array<[string, string[], string]> = [
   ['a zero idle timeout', [...OK_LISTEN, ...OK_BACKEND, '--idle-timeout', '0s'], '--idle-timeout'],
   ['a negative limit', [...OK_LISTEN, ...OK_BACKEND, '--max-connections=-5'], '--max-connections'],
   ['an unknown log level', [...OK_LISTEN, ...OK_BACKEND, '--log-level', 'loud'], '--log-level'],
+  ['an unknown log format', [...OK_LISTEN, ...OK_BACKEND, '--log-format', 'xml'], '--log-format'],
   ['an unknown flag', [...OK_LISTEN, ...OK_BACKEND, '--turbo'], '--turbo'],
   [
     'a bad health interval',
@@ -113,6 +114,26 @@ t.test('--help lists every flag with its default, exit 0', async (t) => {
   }
   t.match(run.stdout, /default: "least-conn"/);
   t.match(run.stdout, /default: "3s"/);
+});
+
+t.test('--log-format pretty: readable lines for a terminal, not JSON', async (t) => {
+  const proc = spawn(
+    process.execPath,
+    [BIN, ...OK_LISTEN, ...OK_BACKEND, '--log-format', 'pretty'],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  let out = '';
+  proc.stdout.on('data', (chunk: Buffer) => {
+    out += chunk.toString();
+    if (out.includes('ready')) proc.kill('SIGTERM');
+  });
+  const [code] = (await once(proc, 'exit')) as [number];
+  t.equal(code, 0);
+  t.match(out, /INFO \(\d+\): listening/);
+  t.match(out, /INFO \(\d+\): ready/);
+  t.notMatch(out, /^\{"level"/m, 'no JSON lines');
 });
 
 t.test('--version prints the version, exit 0', async (t) => {
