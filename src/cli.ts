@@ -221,9 +221,10 @@ async function run(flags: RunFlags): Promise<void> {
   const config = await resolveConfig(configFromFlags(flags));
   const log = createLogger(config.logLevel, config.logFormat);
   const supervisor = new Supervisor(config, log, VERSION);
-  await supervisor.start();
+  // Before start(): a signal that arrives as 'ready' is logged must find a handler, not kill us.
   process.on('SIGTERM', () => supervisor.stop('SIGTERM'));
   process.on('SIGINT', () => supervisor.stop('SIGINT'));
+  await supervisor.start();
 }
 
 export async function main(argv: string[]): Promise<void> {

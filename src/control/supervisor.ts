@@ -46,6 +46,7 @@ export class Supervisor {
   private health: HealthChecker | null = null;
   private stats: StatsServer | null = null;
   private stopping = false;
+  private started = false;
   /** Latency requests in flight: each waits for every worker's answer. */
   private readonly latencyRequests = new Map<
     number,
@@ -133,6 +134,7 @@ export class Supervisor {
         'listening',
       );
     }
+    this.started = true;
     this.log.info({ workers: config.workers, node: process.version }, 'ready');
   }
 
@@ -182,6 +184,12 @@ export class Supervisor {
 
   /** SIGTERM/SIGINT: stop accepting, let connections finish up to the drain timeout, exit 0. */
   stop(signal: string): void {
+    if (!this.started) {
+      // Still starting: nothing has been accepted yet, so there is nothing to drain.
+      this.log.info({ signal }, 'stopped before ready');
+      this.stats?.close();
+      process.exit(0);
+    }
     if (this.stopping) {
       this.log.warn({ signal }, 'second signal: exiting now');
       this.stats?.close();

@@ -125,9 +125,13 @@ t.test('--log-format pretty: readable lines for a terminal, not JSON', async (t)
     },
   );
   let out = '';
+  let signalled = false;
   proc.stdout.on('data', (chunk: Buffer) => {
     out += chunk.toString();
-    if (out.includes('ready')) proc.kill('SIGTERM');
+    if (!signalled && out.includes('ready')) {
+      signalled = true; // once: a second signal means "exit now, status 1"
+      proc.kill('SIGTERM');
+    }
   });
   const [code] = (await once(proc, 'exit')) as [number];
   t.equal(code, 0);
