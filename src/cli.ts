@@ -3,7 +3,7 @@
 
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
-import type { RunFlags } from './config.ts';
+import type { Config, RunFlags } from './config.ts';
 import {
   ConfigError,
   configFromFlags,
@@ -12,6 +12,7 @@ import {
   parseInteger,
   resolveConfig,
 } from './config.ts';
+import { loadConfigFile, overridesFromFlags } from './config-file.ts';
 import { ListenError, Supervisor } from './control/supervisor.ts';
 import { ALGORITHMS } from './core/scheduler.ts';
 import { createLogger } from './log.ts';
@@ -59,6 +60,10 @@ export function buildProgram(): Command {
   program
     .command('run', { isDefault: true })
     .description('run the balancer (the default command)')
+    .option(
+      '-c, --config <file>',
+      'read frontends and settings from a YAML (or JSON) file; flags given with it override its top-level values',
+    )
     .option(
       '-l, --listen <host:port>',
       'address to accept clients on; repeatable ([::]:80 for IPv6)',
@@ -161,13 +166,28 @@ export function buildProgram(): Command {
         .choices(['read', 'admin'])
         .default(DEFAULTS.statsLevel),
     )
+    .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics')
     .addHelpText(
       'after',
       '\nDurations: 500ms, 3s, 5m, 1h (a bare number is milliseconds).\n' +
         'Example: fulcrum --listen 0.0.0.0:5432 --backend 10.0.0.1:5432 --backend 10.0.0.2:5432,weight=2',
     )
-    .action(async (flags: RunFlags) => {
-      await run(flags);
+    .action(async (flags: RunFlags, command: Command) => {
+      await run(flags, (key) => command.getOptionValueSource(key) === 'cli');
+    });
+
+  program
+    .command('check')
+    .description(
+      'check a config file (and resolve its hostnames) without binding anything; exit 0 if good, 2 if not',
+    )
+    .requiredOption('-c, --config <file>', 'the config file')
+    .action(async (flags: { config: string }) => {
+      const config = await resolveConfig(await loadConfigFile(flags.config));
+      const backends = config.frontends.reduce((n, f) => n + f.backends.length, 0);
+      process.stdout.write(
+        `${flags.config}: ok (${config.frontends.length} frontends, ${backends} backends)\n`,
+      );
     });
 
   program
@@ -217,8 +237,18 @@ export function buildProgram(): Command {
   return program;
 }
 
-async function run(flags: RunFlags): Promise<void> {
-  const config = await resolveConfig(configFromFlags(flags));
+/** Loads the config as the command line asks: from the file (flags override its top level) or
+ *  from flags alone. Called again on every reload. */
+function configLoader(flags: RunFlags, given: (key: string) => boolean): () => Promise<Config> {
+  if (flags.config === undefined) return () => resolveConfig(configFromFlags(flags));
+  const file = flags.config;
+  const overrides = overridesFromFlags(flags, given);
+  return async () => resolveConfig(await loadConfigFile(file, overrides));
+}
+
+async function run(flags: RunFlags, given: (key: string) => boolean): Promise<void> {
+  const load = configLoader(flags, given);
+  const config = await load();
   const log = createLogger(config.logLevel, config.logFormat);
   const supervisor = new Supervisor(config, log, VERSION);
   // Before start(): a signal that arrives as 'ready' is logged must find a handler, not kill us.

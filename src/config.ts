@@ -71,6 +71,8 @@ export interface Config {
   readonly accessLog: boolean;
   readonly backlog: number;
   readonly stats: StatsConfig;
+  /** Where /metrics is served (Prometheus text format); null: not served. */
+  readonly metrics: Endpoint | null;
   readonly frontends: readonly FrontendConfig[];
 }
 
@@ -110,6 +112,8 @@ export interface RunFlags {
   statsSocket?: string;
   statsSocketMode?: string;
   statsLevel?: string;
+  metrics?: string;
+  config?: string;
 }
 
 export const DEFAULTS = {
@@ -197,110 +201,310 @@ export function parseBackend(text: string, where: string): BackendConfig {
   return { ...endpoint, name: endpoint.text, weight, backup };
 }
 
-function parseWorkers(text: string): number {
+function parseWorkers(text: string, where: string): number {
   if (text === 'auto') return availableParallelism();
-  return parseInteger(text, '--workers', 1, 256);
+  return parseInteger(text, where, 1, 256);
 }
 
-/** Checks the flags and builds a Config; hostnames are resolved later by resolveConfig(). */
-export function configFromFlags(flags: RunFlags): Config {
-  const listen = (flags.listen ?? []).map((text) => parseEndpoint(text, '--listen', true));
-  if (listen.length === 0) throw new ConfigError('--listen', 'at least one is required');
-  const backends = (flags.backend ?? []).map((text) => parseBackend(text, '--backend'));
-  if (backends.length === 0) throw new ConfigError('--backend', 'at least one is required');
+/** Names a key for an error message: `--retries` for a flag, `FILE: frontends[0].retries` in a file. */
+export type Where = (key: string) => string;
+
+/** One frontend as written, before checking: strings as the user gave them, or absent. */
+export interface FrontendInput {
+  readonly name: string;
+  readonly listen: readonly string[];
+  /** `HOST:PORT[,weight=N][,backup]`, or the same as an object. */
+  readonly backends: readonly (string | BackendInput)[];
+  readonly algorithm?: string;
+  readonly connectTimeout?: string;
+  readonly idleTimeout?: string;
+  readonly retries?: string;
+  readonly health?: {
+    readonly enabled?: boolean;
+    readonly interval?: string;
+    readonly timeout?: string;
+    readonly rise?: string;
+    readonly fall?: string;
+  };
+}
+
+export interface BackendInput {
+  readonly address: string;
+  readonly name?: string;
+  readonly weight?: string;
+  readonly backup?: boolean;
+}
+
+/** The process-wide settings as written, before checking. */
+export interface TopInput {
+  readonly workers?: string;
+  readonly maxConnections?: string;
+  readonly drainTimeout?: string;
+  readonly backlog?: string;
+  readonly logLevel?: string;
+  readonly logFormat?: string;
+  readonly accessLog?: boolean;
+  readonly statsSocket?: string;
+  readonly statsSocketMode?: string;
+  readonly statsLevel?: string;
+  readonly metrics?: string;
+}
+
+/** A frontend or backend name as stats commands address it (`FRONTEND/BACKEND`). */
+const NAME = /^[A-Za-z0-9_.:[\]-]{1,64}$/;
+
+/** Checks one frontend and builds its FrontendConfig. */
+export function buildFrontend(input: FrontendInput, where: Where): FrontendConfig {
+  if (!NAME.test(input.name)) {
+    throw new ConfigError(
+      where('name'),
+      `"${input.name}" is not a name (letters, digits, _ . : - [ ]; at most 64)`,
+    );
+  }
+  const listen = input.listen.map((text, i) => parseEndpoint(text, where(`listen[${i}]`), true));
+  const backends = input.backends.map((backend, i) =>
+    typeof backend === 'string'
+      ? parseBackend(backend, where(`backends[${i}]`))
+      : backendFromInput(backend, (key) => where(`backends[${i}].${key}`)),
+  );
+  if (backends.length === 0) throw new ConfigError(where('backends'), 'at least one is required');
   const names = new Set<string>();
-  for (const backend of backends) {
+  backends.forEach((backend, i) => {
     if (names.has(backend.name)) {
-      throw new ConfigError('--backend', `${backend.name} is given twice`);
+      throw new ConfigError(where(`backends[${i}]`), `${backend.name} is given twice`);
     }
     names.add(backend.name);
-  }
-  const algorithm = flags.algorithm ?? DEFAULTS.algorithm;
+  });
+  const algorithm = input.algorithm ?? DEFAULTS.algorithm;
   if (!isAlgorithm(algorithm)) {
     throw new ConfigError(
-      '--algorithm',
+      where('algorithm'),
       `unknown algorithm "${algorithm}" (expected ${ALGORITHMS.join(', ')})`,
     );
   }
-  const logLevel = flags.logLevel ?? DEFAULTS.logLevel;
-  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
-    throw new ConfigError(
-      '--log-level',
-      `unknown level "${logLevel}" (expected ${LOG_LEVELS.join(', ')})`,
-    );
-  }
-  const frontend: FrontendConfig = {
-    name: 'default',
+  const health = input.health ?? {};
+  return {
+    name: input.name,
     listen,
     algorithm,
     backends,
     connectTimeoutMs: positiveDuration(
-      flags.connectTimeout ?? DEFAULTS.connectTimeout,
-      '--connect-timeout',
+      input.connectTimeout ?? DEFAULTS.connectTimeout,
+      where('connectTimeout'),
     ),
-    idleTimeoutMs: positiveDuration(flags.idleTimeout ?? DEFAULTS.idleTimeout, '--idle-timeout'),
-    retries: parseInteger(flags.retries ?? DEFAULTS.retries, '--retries', 0, 31),
+    idleTimeoutMs: positiveDuration(
+      input.idleTimeout ?? DEFAULTS.idleTimeout,
+      where('idleTimeout'),
+    ),
+    retries: parseInteger(input.retries ?? DEFAULTS.retries, where('retries'), 0, 31),
     health: {
-      enabled: flags.healthCheck !== false,
+      enabled: health.enabled !== false,
       intervalMs: positiveDuration(
-        flags.healthInterval ?? DEFAULTS.healthInterval,
-        '--health-interval',
+        health.interval ?? DEFAULTS.healthInterval,
+        where('health.interval'),
       ),
       timeoutMs: positiveDuration(
-        flags.healthTimeout ?? DEFAULTS.healthTimeout,
-        '--health-timeout',
+        health.timeout ?? DEFAULTS.healthTimeout,
+        where('health.timeout'),
       ),
-      rise: parseInteger(flags.rise ?? DEFAULTS.rise, '--rise', 1, 100),
-      fall: parseInteger(flags.fall ?? DEFAULTS.fall, '--fall', 1, 100),
+      rise: parseInteger(health.rise ?? DEFAULTS.rise, where('health.rise'), 1, 100),
+      fall: parseInteger(health.fall ?? DEFAULTS.fall, where('health.fall'), 1, 100),
     },
-  };
-  return {
-    workers: parseWorkers(flags.workers ?? DEFAULTS.workers),
-    maxConnections: parseInteger(
-      flags.maxConnections ?? DEFAULTS.maxConnections,
-      '--max-connections',
-      0,
-      10_000_000,
-    ),
-    drainTimeoutMs: parseDuration(flags.drainTimeout ?? DEFAULTS.drainTimeout, '--drain-timeout'),
-    logLevel: logLevel as LogLevel,
-    logFormat: parseLogFormat(flags.logFormat ?? DEFAULTS.logFormat),
-    accessLog: flags.accessLog === true,
-    backlog: parseInteger(flags.backlog ?? DEFAULTS.backlog, '--backlog', 1, 65535),
-    stats: parseStats(flags),
-    frontends: [frontend],
   };
 }
 
-function parseLogFormat(text: string): LogFormat {
+function backendFromInput(input: BackendInput, where: Where): BackendConfig {
+  const endpoint = parseEndpoint(input.address, where('address'), false);
+  const name = input.name ?? endpoint.text;
+  if (!NAME.test(name)) {
+    throw new ConfigError(where('name'), `"${name}" is not a name (letters, digits, _ . : - [ ])`);
+  }
+  return {
+    ...endpoint,
+    name,
+    weight:
+      input.weight === undefined ? 1 : parseInteger(input.weight, where('weight'), 0, MAX_WEIGHT),
+    backup: input.backup === true,
+  };
+}
+
+/** Checks the process-wide settings and every frontend, and builds the Config. */
+export function buildConfig(
+  top: TopInput,
+  frontends: readonly FrontendInput[],
+  where: Where,
+  frontendWhere: (index: number) => Where,
+): Config {
+  const built = frontends.map((input, i) => buildFrontend(input, frontendWhere(i)));
+  if (built.length === 0) throw new ConfigError(where('frontends'), 'at least one is required');
+  const names = new Set<string>();
+  const listens = new Map<string, string>();
+  built.forEach((frontend, i) => {
+    if (names.has(frontend.name)) {
+      throw new ConfigError(frontendWhere(i)('name'), `"${frontend.name}" is used twice`);
+    }
+    names.add(frontend.name);
+    frontend.listen.forEach((endpoint, l) => {
+      const key = `${endpoint.host}:${endpoint.port}`;
+      const other = listens.get(key);
+      if (other !== undefined && endpoint.port !== 0) {
+        throw new ConfigError(
+          frontendWhere(i)(`listen[${l}]`),
+          `${endpoint.text} is already a listener of ${other}`,
+        );
+      }
+      listens.set(key, frontend.name);
+    });
+  });
+  const logLevel = top.logLevel ?? DEFAULTS.logLevel;
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    throw new ConfigError(
+      where('logLevel'),
+      `unknown level "${logLevel}" (expected ${LOG_LEVELS.join(', ')})`,
+    );
+  }
+  return {
+    workers: parseWorkers(top.workers ?? DEFAULTS.workers, where('workers')),
+    maxConnections: parseInteger(
+      top.maxConnections ?? DEFAULTS.maxConnections,
+      where('maxConnections'),
+      0,
+      10_000_000,
+    ),
+    drainTimeoutMs: parseDuration(top.drainTimeout ?? DEFAULTS.drainTimeout, where('drainTimeout')),
+    logLevel: logLevel as LogLevel,
+    logFormat: parseLogFormat(top.logFormat ?? DEFAULTS.logFormat, where('logFormat')),
+    accessLog: top.accessLog === true,
+    backlog: parseInteger(top.backlog ?? DEFAULTS.backlog, where('backlog'), 1, 65535),
+    stats: parseStats(top, where),
+    metrics: top.metrics === undefined ? null : parseEndpoint(top.metrics, where('metrics'), true),
+    frontends: built,
+  };
+}
+
+/** The flag each key comes from, for error messages about flags. */
+const FLAG_OF: Record<string, string> = {
+  listen: '--listen',
+  backends: '--backend',
+  algorithm: '--algorithm',
+  connectTimeout: '--connect-timeout',
+  idleTimeout: '--idle-timeout',
+  retries: '--retries',
+  'health.interval': '--health-interval',
+  'health.timeout': '--health-timeout',
+  'health.rise': '--rise',
+  'health.fall': '--fall',
+  workers: '--workers',
+  maxConnections: '--max-connections',
+  drainTimeout: '--drain-timeout',
+  backlog: '--backlog',
+  logLevel: '--log-level',
+  logFormat: '--log-format',
+  statsSocket: '--stats-socket',
+  statsSocketMode: '--stats-socket-mode',
+  statsLevel: '--stats-level',
+  metrics: '--metrics',
+};
+
+/** `backends[2].weight` -> `--backend`: a flag error names the flag. */
+export function flagWhere(key: string): string {
+  const base = key.replace(/\[\d+\].*$/, '');
+  return FLAG_OF[key] ?? FLAG_OF[base] ?? `--${key}`;
+}
+
+/** The flags that set process-wide values: they may be combined with --config and override it. */
+export const TOP_FLAGS = [
+  'workers',
+  'maxConnections',
+  'drainTimeout',
+  'backlog',
+  'logLevel',
+  'logFormat',
+  'accessLog',
+  'statsSocket',
+  'statsSocketMode',
+  'statsLevel',
+  'metrics',
+] as const;
+
+/** The process-wide part of the flags. */
+export function topFromFlags(flags: RunFlags): TopInput {
+  return {
+    workers: flags.workers,
+    maxConnections: flags.maxConnections,
+    drainTimeout: flags.drainTimeout,
+    backlog: flags.backlog,
+    logLevel: flags.logLevel,
+    logFormat: flags.logFormat,
+    accessLog: flags.accessLog,
+    statsSocket: flags.statsSocket,
+    statsSocketMode: flags.statsSocketMode,
+    statsLevel: flags.statsLevel,
+    metrics: flags.metrics,
+  };
+}
+
+/** Checks the flags and builds a Config with one frontend, `default`; hostnames are resolved
+ *  later by resolveConfig(). */
+export function configFromFlags(flags: RunFlags): Config {
+  if ((flags.listen ?? []).length === 0) {
+    throw new ConfigError('--listen', 'at least one is required (or --config FILE)');
+  }
+  if ((flags.backend ?? []).length === 0) {
+    throw new ConfigError('--backend', 'at least one is required');
+  }
+  const frontend: FrontendInput = {
+    name: 'default',
+    listen: flags.listen ?? [],
+    backends: flags.backend ?? [],
+    algorithm: flags.algorithm,
+    connectTimeout: flags.connectTimeout,
+    idleTimeout: flags.idleTimeout,
+    retries: flags.retries,
+    health: {
+      enabled: flags.healthCheck,
+      interval: flags.healthInterval,
+      timeout: flags.healthTimeout,
+      rise: flags.rise,
+      fall: flags.fall,
+    },
+  };
+  return buildConfig(topFromFlags(flags), [frontend], flagWhere, () => flagWhere);
+}
+
+function parseLogFormat(text: string, where: string): LogFormat {
   if (!(LOG_FORMATS as readonly string[]).includes(text)) {
-    throw new ConfigError('--log-format', `unknown format "${text}" (expected json or pretty)`);
+    throw new ConfigError(where, `unknown format "${text}" (expected json or pretty)`);
   }
   return text as LogFormat;
 }
 
-function parseStats(flags: RunFlags): StatsConfig {
-  const modeText = flags.statsSocketMode ?? DEFAULTS.statsSocketMode;
+function parseStats(top: TopInput, where: Where): StatsConfig {
+  const modeText = top.statsSocketMode ?? DEFAULTS.statsSocketMode;
   if (!/^0?[0-7]{3}$/.test(modeText)) {
-    throw new ConfigError('--stats-socket-mode', `"${modeText}" is not an octal mode like 0600`);
+    throw new ConfigError(where('statsSocketMode'), `"${modeText}" is not an octal mode like 0600`);
   }
   const mode = Number.parseInt(modeText, 8);
   if ((mode & 0o600) !== 0o600) {
-    throw new ConfigError('--stats-socket-mode', `${modeText} must let the owner read and write`);
+    throw new ConfigError(
+      where('statsSocketMode'),
+      `${modeText} must let the owner read and write`,
+    );
   }
   if ((mode & 0o007) !== 0) {
     throw new ConfigError(
-      '--stats-socket-mode',
+      where('statsSocketMode'),
       `${modeText} would let every user in (widen to a group: 0660)`,
     );
   }
-  const level = flags.statsLevel ?? DEFAULTS.statsLevel;
+  const level = top.statsLevel ?? DEFAULTS.statsLevel;
   if (!(STATS_LEVELS as readonly string[]).includes(level)) {
-    throw new ConfigError('--stats-level', `unknown level "${level}" (expected read or admin)`);
+    throw new ConfigError(where('statsLevel'), `unknown level "${level}" (expected read or admin)`);
   }
-  const socket = flags.statsSocket ?? null;
-  if (socket !== null && socket.trim() === '')
-    throw new ConfigError('--stats-socket', 'empty path');
+  const socket = top.statsSocket ?? null;
+  if (socket !== null && socket.trim() === '') {
+    throw new ConfigError(where('statsSocket'), 'empty path');
+  }
   return { socket, mode, level: level as StatsLevel };
 }
 
@@ -330,8 +534,8 @@ export async function resolveConfig(config: Config): Promise<Config> {
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code ?? 'error';
         throw new ConfigError(
-          '--backend',
-          `${backend.text}: cannot resolve ${backend.host} (${code})`,
+          `frontend ${frontend.name}: backend ${backend.name}`,
+          `cannot resolve ${backend.host} (${code})`,
         );
       }
     }

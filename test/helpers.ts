@@ -86,6 +86,8 @@ export interface Fulcrum {
   readonly proc: ChildProcess;
   readonly port: number;
   readonly address: string;
+  /** Listening ports by frontend name, as the 'listening' log lines give them. */
+  readonly ports: Record<string, number[]>;
   /** Every JSON log line so far. */
   readonly logs: Array<Record<string, unknown>>;
   /** Sends SIGTERM and resolves with the exit code. */
@@ -93,8 +95,15 @@ export interface Fulcrum {
 }
 
 /** Runs fulcrum with `args` (plus `--listen 127.0.0.1:0` unless given) and waits until ready. */
+function portOf(address: string): number {
+  return Number(address.slice(address.lastIndexOf(':') + 1));
+}
+
 export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Fulcrum> {
-  const full = args.includes('--listen') ? args : ['--listen', '127.0.0.1:0', ...args];
+  const full =
+    args.includes('--listen') || args.includes('--config')
+      ? args
+      : ['--listen', '127.0.0.1:0', ...args];
   const proc = spawn(process.execPath, [BIN, ...full], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
@@ -107,6 +116,7 @@ export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}):
     stderr += chunk.toString();
   });
   let pending = '';
+  const ports: Record<string, number[]> = {};
   const ready = new Promise<string>((resolve, reject) => {
     let listen = '';
     proc.stdout?.on('data', (chunk: Buffer) => {
@@ -116,7 +126,11 @@ export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}):
         const line = JSON.parse(pending.slice(0, nl)) as Record<string, unknown>;
         pending = pending.slice(nl + 1);
         logs.push(line);
-        if (line.msg === 'listening') listen = (line.listen as string[])[0];
+        if (line.msg === 'listening') {
+          const addresses = line.listen as string[];
+          if (listen === '') listen = addresses[0];
+          ports[line.frontend as string] = addresses.map(portOf);
+        }
         if (line.msg === 'ready') resolve(listen);
         nl = pending.indexOf('\n');
       }
@@ -124,10 +138,10 @@ export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}):
     proc.once('exit', (code) => reject(new Error(`fulcrum exited ${code}: ${stderr}`)));
   });
   const listen = await ready;
-  const port = Number(listen.slice(listen.lastIndexOf(':') + 1));
   return {
     proc,
-    port,
+    port: portOf(listen),
+    ports,
     address: listen,
     logs,
     stop: async (signal = 'SIGTERM') => {

@@ -1,0 +1,201 @@
+// The config file: every key reaches the Config, and every mistake names the file, the key path
+// and what was expected. Also: top-level flags override the file; frontend flags are refused.
+
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { ConfigError } from '../src/config.ts';
+import { loadConfigFile, overridesFromFlags } from '../src/config-file.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'fulcrum-config-'));
+let files = 0;
+
+function file(text: string, ext = 'yaml'): string {
+  const path = join(dir, `c${files++}.${ext}`);
+  writeFileSync(path, text);
+  return path;
+}
+
+async function failure(path: string): Promise<string> {
+  try {
+    await loadConfigFile(path);
+  } catch (err) {
+    if (err instanceof ConfigError) return err.message;
+    throw err;
+  }
+  throw new Error(`${path} was accepted`);
+}
+
+const FULL = `
+workers: 3
+maxConnections: 1000
+drainTimeout: 10s
+backlog: 128
+statsSocket: { path: /tmp/x.sock, mode: "0660", level: read }
+metrics: 127.0.0.1:9100
+log: { level: warn, format: pretty, access: true }
+frontends:
+  - name: interactive
+    listen: [127.0.0.1:7001, "[::1]:7001"]
+    algorithm: least-conn
+    connectTimeout: 500ms
+    idleTimeout: 1m
+    retries: 1
+    health: { enabled: true, interval: 1s, timeout: 300, rise: 1, fall: 2 }
+    backends:
+      - { address: 10.0.0.1:5432, name: primary, weight: 3 }
+      - 10.0.0.2:5432,weight=2,backup
+  - name: batch
+    listen: 127.0.0.1:7002
+    health: false
+    backends: [{ address: 10.0.0.3:5432 }]
+`;
+
+t.test('every key of a full file reaches the config', async (t) => {
+  const config = await loadConfigFile(file(FULL));
+  t.equal(config.workers, 3);
+  t.equal(config.maxConnections, 1000);
+  t.equal(config.drainTimeoutMs, 10_000);
+  t.equal(config.backlog, 128);
+  t.same(config.stats, { socket: '/tmp/x.sock', mode: 0o660, level: 'read' });
+  t.equal(config.metrics?.port, 9100);
+  t.same([config.logLevel, config.logFormat, config.accessLog], ['warn', 'pretty', true]);
+  const [a, b] = config.frontends;
+  t.same(
+    a.listen.map((l) => l.text),
+    ['127.0.0.1:7001', '[::1]:7001'],
+  );
+  t.same([a.connectTimeoutMs, a.idleTimeoutMs, a.retries], [500, 60_000, 1]);
+  t.same(a.health, { enabled: true, intervalMs: 1000, timeoutMs: 300, rise: 1, fall: 2 });
+  t.same(
+    a.backends.map((x) => [x.name, x.host, x.weight, x.backup]),
+    [
+      ['primary', '10.0.0.1', 3, false],
+      ['10.0.0.2:5432', '10.0.0.2', 2, true],
+    ],
+  );
+  t.equal(b.name, 'batch');
+  t.equal(b.algorithm, 'least-conn', 'the default algorithm');
+  t.equal(b.health.enabled, false, '`health: false` turns probes off');
+  t.same(
+    b.listen.map((l) => l.port),
+    [7002],
+    'a single listen address may be a plain string',
+  );
+});
+
+t.test('the examples/ config is valid and covers every key', async (t) => {
+  const path = new URL('../examples/fulcrum.yaml', import.meta.url).pathname;
+  const config = await loadConfigFile(path);
+  t.ok(config.frontends.length >= 2, 'at least two frontends');
+  t.ok(config.metrics !== null && config.stats.socket !== null);
+});
+
+t.test('JSON is accepted too', async (t) => {
+  const config = await loadConfigFile(
+    file(
+      JSON.stringify({
+        frontends: [{ name: 'j', listen: ['127.0.0.1:0'], backends: ['127.0.0.1:1'] }],
+      }),
+      'json',
+    ),
+  );
+  t.equal(config.frontends[0].name, 'j');
+});
+
+const ONE = (backend: string) =>
+  `frontends:\n  - name: a\n    listen: [127.0.0.1:0]\n    backends: [${backend}]\n`;
+
+const mistakes: Array<[string, string, RegExp]> = [
+  ['an unknown top-level key', `wrkers: 2\n${ONE('127.0.0.1:1')}`, /: Unrecognized key: "wrkers"/],
+  [
+    'a frontend without backends',
+    `frontends:\n  - name: a\n    listen: [127.0.0.1:0]\n  - name: b\n    listen: [127.0.0.1:0]\n    backends: [{ address: "nohost" }]\n`,
+    /: frontends\[0\]\.backends: /,
+  ],
+  [
+    'a bad address in the second frontend',
+    `frontends:\n  - name: a\n    listen: [127.0.0.1:0]\n    backends: [127.0.0.1:1]\n  - name: b\n    listen: [127.0.0.1:0]\n    backends: [{ address: "nohost" }]\n`,
+    /: frontends\[1\]\.backends\[0\]\.address: "nohost" is not HOST:PORT/,
+  ],
+  ['an address that is not a string', ONE('{ address: 5 }'), /backends\[0\]\.address: .*string/],
+  ['a weight out of range', ONE('{ address: "127.0.0.1:1", weight: 999 }'), /weight: 999 is out/],
+  [
+    'a misspelt backend key',
+    ONE('{ address: "127.0.0.1:1", wieght: 2 }'),
+    /backends\[0\]: Unrecognized key: "wieght"/,
+  ],
+  ['no frontends', 'workers: 2\n', /: frontends: .*array/],
+  [
+    'a frontend name used twice',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n  - { name: a, listen: [127.0.0.1:0], backends: [127.0.0.1:2] }\n`,
+    /frontends\[1\]\.name: "a" is used twice/,
+  ],
+  [
+    'a listener shared by two frontends',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], backends: [127.0.0.1:2] }\n`,
+    /frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:7000 is already a listener of a/,
+  ],
+  [
+    'a bad duration',
+    `frontends:\n  - { name: a, connectTimeout: soon, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.connectTimeout: "soon" is not a duration/,
+  ],
+  [
+    'a bad health setting',
+    `frontends:\n  - { name: a, health: { rise: 0 }, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.health\.rise: 0 is out of range/,
+  ],
+  [
+    'a name with a slash',
+    `frontends:\n  - { name: a/b, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.name: "a\/b" is not a name/,
+  ],
+  ['a bad log level', `log: { level: loud }\n${ONE('127.0.0.1:1')}`, /: log\.level: unknown level/],
+  [
+    'a world-writable stats socket',
+    `statsSocket: { path: /tmp/s, mode: "0666" }\n${ONE('127.0.0.1:1')}`,
+    /: statsSocket\.mode: 0666 would let every user in/,
+  ],
+  ['broken YAML', 'frontends:\n  - name: a\n   bad', /not valid YAML: .* at line 3/],
+  ['a duplicate key', 'workers: 1\nworkers: 2\n', /not valid YAML: Map keys must be unique/],
+];
+
+for (const [what, text, expected] of mistakes) {
+  t.test(`refused: ${what}`, async (t) => {
+    const path = file(text);
+    const message = await failure(path);
+    t.ok(message.startsWith(path), `names the file: ${message}`);
+    t.match(message, expected);
+    t.notOk(message.includes('\n'), 'one line');
+  });
+}
+
+t.test('a missing file is named', async (t) => {
+  t.match(
+    await failure(join(dir, 'nope.yaml')),
+    /nope\.yaml: cannot read the config file \(ENOENT\)/,
+  );
+});
+
+t.test('top-level flags override the file, and take the blame for their own values', async (t) => {
+  const path = file(`workers: 3\n${ONE('127.0.0.1:1')}`);
+  const config = await loadConfigFile(path, { workers: '1', logLevel: 'debug' });
+  t.equal(config.workers, 1);
+  t.equal(config.logLevel, 'debug');
+  await t.rejects(loadConfigFile(path, { workers: 'many' }), /^--workers: "many"/);
+});
+
+t.test('frontend flags cannot be combined with --config', async (t) => {
+  const given = (keys: string[]) => (key: string) => keys.includes(key);
+  t.throws(() => overridesFromFlags({ listen: ['127.0.0.1:1'] }, given(['listen'])), {
+    message: /^--listen: cannot be used with --config/,
+  });
+  t.throws(() => overridesFromFlags({ healthCheck: false }, given(['healthCheck'])), {
+    message: /^--no-health-check: cannot/,
+  });
+  t.same(overridesFromFlags({ workers: '2', algorithm: 'least-conn' }, given(['workers'])), {
+    workers: '2',
+  });
+});

@@ -1,0 +1,133 @@
+// A config file run for real: two frontends on two ports, each with its own pool, route each port
+// only to its own backends; `fulcrum check` accepts a good file and refuses a broken one with the
+// path of the bad key, binding nothing either way.
+
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { BIN, connect, greet, readLine, startBackend, startFulcrum } from '../helpers.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'fulcrum-cfg-'));
+
+function write(name: string, text: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, text);
+  return path;
+}
+
+async function answers(port: number, count: number): Promise<Set<string>> {
+  const seen = new Set<string>();
+  for (let i = 0; i < count; i++) {
+    const socket = await connect(port);
+    seen.add(await readLine(socket));
+    socket.end();
+  }
+  return seen;
+}
+
+t.test('two frontends route each port only to its own pool', async (t) => {
+  const pool = await Promise.all([0, 1, 2, 3].map(() => startBackend(greet)));
+  t.teardown(() => Promise.all(pool.map((b) => b.close())));
+  const path = write(
+    'two.yaml',
+    `workers: 2
+frontends:
+  - name: interactive
+    listen: [127.0.0.1:0]
+    health: false
+    backends: [${pool[0].address}, ${pool[1].address}]
+  - name: batch
+    listen: [127.0.0.1:0]
+    algorithm: round-robin
+    health: false
+    backends: [${pool[2].address}, ${pool[3].address}]
+`,
+  );
+  const fulcrum = await startFulcrum(['--config', path]);
+  t.teardown(() => fulcrum.stop());
+  const [interactive] = fulcrum.ports.interactive;
+  const [batch] = fulcrum.ports.batch;
+  t.not(interactive, batch);
+  t.same(
+    [...(await answers(interactive, 12))].sort(),
+    [String(pool[0].port), String(pool[1].port)].sort(),
+    'the interactive port reaches both of its backends and nothing else',
+  );
+  t.same(
+    [...(await answers(batch, 12))].sort(),
+    [String(pool[2].port), String(pool[3].port)].sort(),
+    'the batch port reaches both of its backends and nothing else',
+  );
+});
+
+t.test('flags override the file', async (t) => {
+  const backend = await startBackend(greet);
+  t.teardown(() => backend.close());
+  const path = write(
+    'override.yaml',
+    `workers: 2\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], health: false, backends: [${backend.address}] }\n`,
+  );
+  const fulcrum = await startFulcrum(['--config', path, '--workers', '1']);
+  t.teardown(() => fulcrum.stop());
+  const ready = fulcrum.logs.find((l) => l.msg === 'ready');
+  t.equal(ready?.workers, 1, "--workers 1 beat the file's 2");
+});
+
+function check(path: string) {
+  return spawnSync(process.execPath, [BIN, 'check', '--config', path], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+}
+
+t.test('fulcrum check: a good file exits 0 and binds nothing', async (t) => {
+  // A port that is taken: check must not try to bind it.
+  const taken = net.createServer().listen(0, '127.0.0.1');
+  await new Promise((resolve) => taken.once('listening', resolve));
+  t.teardown(() => taken.close());
+  const port = (taken.address() as net.AddressInfo).port;
+  const path = write(
+    'good.yaml',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:${port}], backends: [localhost:5432] }\n`,
+  );
+  const result = check(path);
+  t.equal(result.status, 0, result.stderr);
+  t.match(result.stdout, /good\.yaml: ok \(1 frontends, 1 backends\)/);
+});
+
+t.test('fulcrum check: a broken file exits 2 naming the bad key', async (t) => {
+  const path = write(
+    'broken.yaml',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n  - name: b\n    listen: [127.0.0.1:0]\n    backends:\n      - { address: "10.0.0.1:99999" }\n`,
+  );
+  const result = check(path);
+  t.equal(result.status, 2);
+  t.equal(result.stdout, '');
+  t.equal(
+    result.stderr,
+    `fulcrum: ${path}: frontends[1].backends[0].address: "10.0.0.1:99999": port 99999 is out of range (1..65535)\n`,
+  );
+  const unresolvable = write(
+    'unresolvable.yaml',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:0], backends: [no-such-host.invalid:5432] }\n`,
+  );
+  const second = check(unresolvable);
+  t.equal(second.status, 2);
+  t.match(
+    second.stderr,
+    /^fulcrum: frontend a: backend no-such-host\.invalid:5432: cannot resolve/,
+  );
+});
+
+t.test('running with a broken file exits 2 with the same line', async (t) => {
+  const path = write('bad-run.yaml', 'frontends: 5\n');
+  const result = spawnSync(process.execPath, [BIN, '--config', path], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  t.equal(result.status, 2);
+  t.match(result.stderr, /^fulcrum: .*bad-run\.yaml: frontends: Invalid input: expected array/);
+});
