@@ -57,7 +57,7 @@ async function run(hook: boolean, download: boolean): Promise<Result> {
     retries: '0',
   });
   if (frontend.hooked !== hook) throw new Error('the accept path is not the one asked for');
-  const port = (frontend.servers[0].address() as net.AddressInfo).port;
+  const port = ([...frontend.servers.values()][0].address() as net.AddressInfo).port;
 
   let gcs = 0;
   let gcMs = 0;

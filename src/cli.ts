@@ -250,10 +250,11 @@ async function run(flags: RunFlags, given: (key: string) => boolean): Promise<vo
   const load = configLoader(flags, given);
   const config = await load();
   const log = createLogger(config.logLevel, config.logFormat);
-  const supervisor = new Supervisor(config, log, VERSION);
+  const supervisor = new Supervisor(config, log, VERSION, load);
   // Before start(): a signal that arrives as 'ready' is logged must find a handler, not kill us.
   process.on('SIGTERM', () => supervisor.stop('SIGTERM'));
   process.on('SIGINT', () => supervisor.stop('SIGINT'));
+  process.on('SIGHUP', () => void supervisor.reload('SIGHUP'));
   await supervisor.start();
 }
 

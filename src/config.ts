@@ -345,9 +345,13 @@ export function buildConfig(
     }
     names.add(frontend.name);
     frontend.listen.forEach((endpoint, l) => {
-      const key = `${endpoint.host}:${endpoint.port}`;
+      // Port 0 picks a free port each time it is written, except twice in one frontend.
+      const key =
+        endpoint.port === 0
+          ? `${frontend.name} ${endpoint.text}`
+          : `${endpoint.host}:${endpoint.port}`;
       const other = listens.get(key);
-      if (other !== undefined && endpoint.port !== 0) {
+      if (other !== undefined) {
         throw new ConfigError(
           frontendWhere(i)(`listen[${l}]`),
           `${endpoint.text} is already a listener of ${other}`,

@@ -3,27 +3,22 @@
 // backend's UP bit, and only transitions are logged, once each; a probe never touches a client.
 
 import net from 'node:net';
-import type { FrontendConfig, HealthConfig } from '../config.ts';
-import type { BackendTable, SharedTable } from '../core/table.ts';
-import { openTable, UP } from '../core/table.ts';
+import type { HealthConfig } from '../config.ts';
+import { UP } from '../core/table.ts';
 import type { Logger } from '../log.ts';
-import type { SharedCounters } from '../stats/counters.ts';
-import { B_CONNECTIONS, B_FAILURES, sumSlots } from '../stats/counters.ts';
+import { B_CONNECTIONS, B_FAILURES, backendOffset, sumSlots } from '../stats/counters.ts';
+import type { Member, Pool } from './pool.ts';
 
 /** How often the data plane's connect failures are read: well under any sane --health-interval. */
 const PASSIVE_POLL_MS = 100;
 
 interface BackendHealth {
-  readonly frontend: string;
-  readonly name: string;
-  readonly host: string;
-  readonly port: number;
-  readonly health: HealthConfig;
-  readonly table: BackendTable;
-  readonly index: number;
-  /** Offset of this backend's fields in a counter slot. */
-  readonly offset: number;
+  readonly pool: Pool;
+  readonly member: Member;
+  health: HealthConfig;
   up: boolean;
+  /** Added while running: the first good probe brings it up, whatever `rise` says. */
+  fresh: boolean;
   /** Consecutive results of one kind; the other kind resets it. */
   successes: number;
   failures: number;
@@ -35,55 +30,64 @@ interface BackendHealth {
 }
 
 export class HealthChecker {
-  private readonly backends: BackendHealth[] = [];
-  private readonly counters: SharedCounters;
+  private backends: BackendHealth[] = [];
   private readonly log: Logger;
   private wake: NodeJS.Timeout | null = null;
   private passive: NodeJS.Timeout | null = null;
   private stopped = false;
+  private started = false;
 
-  constructor(
-    frontends: readonly FrontendConfig[],
-    tables: readonly SharedTable[],
-    offsets: readonly (readonly number[])[],
-    counters: SharedCounters,
-    log: Logger,
-  ) {
-    this.counters = counters;
+  constructor(log: Logger) {
     this.log = log;
-    frontends.forEach((frontend, f) => {
-      if (!frontend.health.enabled) return;
-      const table = openTable(tables[f]);
-      frontend.backends.forEach((backend, i) => {
-        this.backends.push({
-          frontend: frontend.name,
-          name: backend.name,
-          host: backend.host,
-          port: backend.port,
-          health: frontend.health,
-          table,
-          index: i,
-          offset: offsets[f][i],
-          up: (Atomics.load(table.state, i) & UP) !== 0,
-          successes: 0,
-          failures: 0,
-          // Spread each frontend's probes over its interval rather than firing them together.
-          nextProbeAt: (frontend.health.intervalMs * i) / frontend.backends.length,
-          probing: false,
-          seenFailures: 0,
-          seenConnections: 0,
-        });
-      });
-    });
   }
 
-  start(): void {
-    if (this.backends.length === 0) return;
-    const origin = performance.now();
-    for (const b of this.backends) b.nextProbeAt += origin;
+  /**
+   * Takes the current pools: backends it already watches keep their streaks and schedule;
+   * new ones are probed at once (or, at the first start, spread over the interval); leaving
+   * ones and frontends without health checks are dropped.
+   */
+  sync(pools: readonly Pool[]): void {
+    const known = new Map(this.backends.map((b) => [b.member, b]));
+    const next: BackendHealth[] = [];
+    const now = performance.now();
+    for (const pool of pools) {
+      if (!pool.config.health.enabled) continue;
+      const members = pool.members().filter((m) => !m.leaving);
+      const sums = sumSlots(pool.counters);
+      members.forEach((member, i) => {
+        const kept = known.get(member);
+        if (kept !== undefined) {
+          kept.health = pool.config.health;
+          next.push(kept);
+          return;
+        }
+        const up = (Atomics.load(pool.table.state, member.index) & UP) !== 0;
+        const offset = backendOffset(member.index);
+        next.push({
+          pool,
+          member,
+          health: pool.config.health,
+          up,
+          fresh: !up,
+          successes: 0,
+          failures: 0,
+          // Spread a frontend's first probes over its interval rather than firing them together;
+          // a backend that is waiting to join is probed at once.
+          nextProbeAt: up ? now + (pool.config.health.intervalMs * i) / members.length : now,
+          probing: false,
+          seenFailures: sums[offset + B_FAILURES],
+          seenConnections: sums[offset + B_CONNECTIONS],
+        });
+      });
+    }
+    this.backends = next;
+    if (!this.started) {
+      this.started = true;
+      this.passive = setInterval(() => this.pollPassive(), PASSIVE_POLL_MS);
+      this.passive.unref();
+    }
+    if (this.wake !== null) clearTimeout(this.wake);
     this.schedule();
-    this.passive = setInterval(() => this.pollPassive(), PASSIVE_POLL_MS);
-    this.passive.unref();
   }
 
   stop(): void {
@@ -95,6 +99,7 @@ export class HealthChecker {
   /** One loop for every probe: sleep until the earliest one is due. */
   private schedule(): void {
     if (this.stopped) return;
+    if (this.backends.length === 0) return;
     let next = Number.POSITIVE_INFINITY;
     for (const b of this.backends) next = Math.min(next, b.nextProbeAt);
     this.wake = setTimeout(() => this.run(), Math.max(0, next - performance.now()));
@@ -114,13 +119,14 @@ export class HealthChecker {
 
   private probe(b: BackendHealth): void {
     b.probing = true;
-    const socket = net.connect({ host: b.host, port: b.port });
+    const socket = net.connect({ host: b.member.config.host, port: b.member.config.port });
     socket.setTimeout(b.health.timeoutMs);
     const done = (ok: boolean, reason: string) => {
       if (!b.probing) return;
       b.probing = false;
       socket.destroy();
-      if (!this.stopped) this.record(b, ok, reason);
+      // A backend that left while its probe ran is no longer ours to judge.
+      if (!this.stopped && this.backends.includes(b)) this.record(b, ok, reason);
     };
     socket.once('connect', () => done(true, 'probe succeeded'));
     socket.once('timeout', () => done(false, `probe timed out after ${b.health.timeoutMs} ms`));
@@ -131,10 +137,16 @@ export class HealthChecker {
 
   /** Connect failures the workers saw since the last poll count as failed probes. */
   private pollPassive(): void {
-    const sums = sumSlots(this.counters);
+    const sums = new Map<Pool, Float64Array>();
     for (const b of this.backends) {
-      const failures = sums[b.offset + B_FAILURES];
-      const connections = sums[b.offset + B_CONNECTIONS];
+      let sum = sums.get(b.pool);
+      if (sum === undefined) {
+        sum = sumSlots(b.pool.counters);
+        sums.set(b.pool, sum);
+      }
+      const offset = backendOffset(b.member.index);
+      const failures = sum[offset + B_FAILURES];
+      const connections = sum[offset + B_CONNECTIONS];
       const newFailures = failures - b.seenFailures;
       const newConnections = connections - b.seenConnections;
       b.seenFailures = failures;
@@ -151,22 +163,26 @@ export class HealthChecker {
     if (ok) {
       b.successes++;
       b.failures = 0;
-      if (!b.up && b.successes >= b.health.rise) this.transition(b, true, reason);
+      if (!b.up && (b.fresh || b.successes >= b.health.rise)) this.transition(b, true, reason);
+      b.fresh = false;
     } else {
       b.failures++;
       b.successes = 0;
+      b.fresh = false;
       if (b.up && b.failures >= b.health.fall) this.transition(b, false, reason);
     }
   }
 
   private transition(b: BackendHealth, up: boolean, reason: string): void {
     b.up = up;
-    if (up) Atomics.or(b.table.state, b.index, UP);
-    else Atomics.and(b.table.state, b.index, ~UP);
+    b.member.transitions++;
+    const state = b.pool.table.state;
+    if (up) Atomics.or(state, b.member.index, UP);
+    else Atomics.and(state, b.member.index, ~UP);
     const checks = up ? `${b.successes}/${b.health.rise}` : `${b.failures}/${b.health.fall}`;
     const line = {
-      frontend: b.frontend,
-      backend: b.name,
+      frontend: b.pool.name,
+      backend: b.member.config.name,
       from: up ? 'down' : 'up',
       to: up ? 'up' : 'down',
       reason,
@@ -174,8 +190,8 @@ export class HealthChecker {
     };
     if (up) this.log.info(line, 'backend up');
     else this.log.warn(line, 'backend down');
-    if (!up && this.backends.every((x) => x.frontend !== b.frontend || !x.up)) {
-      this.log.error({ frontend: b.frontend }, 'no backend available: new clients are closed');
+    if (!up && this.backends.every((x) => x.pool !== b.pool || !x.up)) {
+      this.log.error({ frontend: b.pool.name }, 'no backend available: new clients are closed');
     }
   }
 }

@@ -1,5 +1,6 @@
-// The control plane's main loop: builds the shared tables and counters, starts the worker threads,
-// waits until every listener is open, and stops gracefully on SIGTERM/SIGINT. Invariant: the main
+// The control plane's main loop: builds the pools (shared tables and counters), starts the worker
+// threads, waits until every listener is open, reloads on SIGHUP, and stops gracefully on
+// SIGTERM/SIGINT. Invariant: the main
 // thread never touches a client connection; it only reads shared memory and messages workers.
 
 import { once } from 'node:events';
@@ -7,17 +8,18 @@ import net from 'node:net';
 import { extname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Config, Endpoint, FrontendConfig } from '../config.ts';
-import type { SharedTable } from '../core/table.ts';
-import { buildTable } from '../core/table.ts';
-import type { FrontendShared } from '../data/frontend.ts';
+import { ConfigError } from '../config.ts';
+import type { ListenFailure } from '../data/frontend.ts';
 import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.ts';
 import type { Logger } from '../log.ts';
-import type { SharedCounters } from '../stats/counters.ts';
-import { allocateCounters, backendOffset, summarize, sumSlots } from '../stats/counters.ts';
+import { addFrontendFields, summarize, sumSlots } from '../stats/counters.ts';
 import { StatsServer } from '../stats/server.ts';
 import type { LatencyAnswer } from '../stats/view.ts';
 import { StatsView } from '../stats/view.ts';
 import { HealthChecker } from './health.ts';
+import type { PoolChanges } from './pool.ts';
+import { Pool } from './pool.ts';
+import { notify } from './systemd.ts';
 
 /** A listener could not be opened: the CLI reports it as bad input (exit status 2). */
 export class ListenError extends Error {
@@ -37,53 +39,62 @@ const LISTEN_REASONS: Record<string, string> = {
 // The worker runs from the same tree as this file: worker.ts under type stripping, .js in dist.
 const WORKER_URL = new URL(`../data/worker${extname(import.meta.url)}`, import.meta.url);
 
+/** What a reload did, for the answer on the stats socket. */
+export interface ReloadResult {
+  ok: boolean;
+  message: string;
+}
+
 export class Supervisor {
-  readonly config: Config;
+  /** The config in force, listen ports fixed. */
+  config: Config;
   readonly log: Logger;
-  readonly tables: SharedTable[];
-  readonly counters: SharedCounters;
+  readonly version: string;
+  /** Re-reads the config (the file, or the flags): on SIGHUP and `reload`. */
+  private readonly load: () => Promise<Config>;
+  pools: Pool[] = [];
+  /** Frontends a reload removed: kept so process totals never go backwards. */
+  private readonly retired: Pool[] = [];
+  readonly live = new SharedArrayBuffer(4);
   readonly workers: Worker[] = [];
   private health: HealthChecker | null = null;
   private stats: StatsServer | null = null;
+  private view: StatsView | null = null;
+  private sweeper: NodeJS.Timeout | null = null;
   private stopping = false;
   private started = false;
-  /** Latency requests in flight: each waits for every worker's answer. */
-  private readonly latencyRequests = new Map<
+  private reloading = false;
+  /** `FRONTEND ADDRESS` as written (port 0 included) -> as bound, so a reload keeps the port. */
+  private bound = new Map<string, Endpoint>();
+  /** Requests in flight to every worker (latency, update), by id: each waits for all answers. */
+  private readonly requests = new Map<
     number,
-    { answers: LatencyAnswer[]; resolve: (answers: LatencyAnswer[]) => void }
+    { answers: WorkerMessage[]; resolve: (answers: WorkerMessage[]) => void }
   >();
-  private nextLatencyId = 0;
+  private nextRequestId = 0;
   private drained = 0;
 
-  readonly version: string;
-
-  constructor(config: Config, log: Logger, version: string) {
+  constructor(config: Config, log: Logger, version: string, load: () => Promise<Config>) {
     this.version = version;
     this.config = config;
     this.log = log;
-    this.tables = config.frontends.map((f) => buildTable(f.backends));
-    const backends = config.frontends.reduce((n, f) => n + f.backends.length, 0);
-    this.counters = allocateCounters(config.workers, backends);
+    this.load = load;
   }
 
   /** Starts every worker and resolves once all listeners are open in all of them. */
   async start(): Promise<void> {
-    const config = await fixEphemeralPorts(this.config);
-    let offset = 0;
-    const shared: FrontendShared[] = config.frontends.map((frontend, i) => {
-      const offsets = frontend.backends.map((_, b) => backendOffset(offset + b));
-      offset += frontend.backends.length;
-      return { table: this.tables[i], backendOffset: offsets };
-    });
+    const config = await this.fixPorts(this.config);
+    this.config = config;
+    this.pools = config.frontends.map((f) => new Pool(f, config.workers, true));
     // The stats socket first: if it cannot open, nothing has been bound or started yet.
+    this.view = new StatsView({
+      workers: () => this.config.workers,
+      pools: () => this.pools,
+      retiredTotals: () => addFrontendFields(this.retired.map((p) => sumSlots(p.counters))),
+      collectLatency: () => this.collectLatency(),
+      reload: () => this.reload('stats socket'),
+    });
     if (config.stats.socket !== null) {
-      const view = new StatsView(
-        config,
-        this.tables,
-        shared.map((s) => s.backendOffset),
-        this.counters,
-        () => this.collectLatency(),
-      );
       this.stats = new StatsServer(
         {
           path: config.stats.socket,
@@ -91,14 +102,22 @@ export class Supervisor {
           level: config.stats.level,
           version: this.version,
         },
-        view,
+        this.view,
         this.log,
       );
       await this.stats.start();
     }
     const ready: Promise<boolean>[] = [];
     for (let index = 0; index < config.workers; index++) {
-      const init: WorkerInit = { index, config, frontends: shared, counters: this.counters };
+      const init: WorkerInit = {
+        index,
+        pools: this.pools.map((p) => p.update()),
+        live: this.live,
+        maxConnections: config.maxConnections,
+        backlog: config.backlog,
+        accessLog: config.accessLog,
+        logFormat: config.logFormat,
+      };
       const worker = new Worker(WORKER_URL, { workerData: init });
       this.workers.push(worker);
       ready.push(this.awaitReady(worker));
@@ -112,30 +131,176 @@ export class Supervisor {
       throw err;
     }
     for (const worker of this.workers) this.watch(worker);
-    this.health = new HealthChecker(
-      config.frontends,
-      this.tables,
-      shared.map((s) => s.backendOffset),
-      this.counters,
-      this.log,
-    );
-    this.health.start();
+    this.health = new HealthChecker(this.log);
+    this.health.sync(this.pools);
+    this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
+    this.sweeper.unref();
     if (!hooked.every(Boolean)) {
       this.log.warn('accept hook unavailable on this Node: client reads allocate per chunk');
     }
-    for (const frontend of config.frontends) {
-      this.log.info(
-        {
-          frontend: frontend.name,
-          listen: frontend.listen.map((l) => l.text),
-          algorithm: frontend.algorithm,
-          backends: frontend.backends.map((b) => b.name),
-        },
-        'listening',
-      );
-    }
+    for (const frontend of config.frontends) this.logListening(frontend);
     this.started = true;
     this.log.info({ workers: config.workers, node: process.version }, 'ready');
+    await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
+  }
+
+  private logListening(frontend: FrontendConfig): void {
+    this.log.info(
+      {
+        frontend: frontend.name,
+        listen: frontend.listen.map((l) => l.text),
+        algorithm: frontend.algorithm,
+        backends: frontend.backends.map((b) => b.name),
+      },
+      'listening',
+    );
+  }
+
+  private status(): string {
+    const backends = this.pools.reduce((n, p) => n + p.members().length, 0);
+    return `${this.pools.length} frontends, ${backends} backends`;
+  }
+
+  /**
+   * Re-reads the config and applies it without dropping a connection: listeners that stay keep
+   * their sockets, backends that stay keep their slot and counters, removed ones drain. A config
+   * that does not load, or a new listener that cannot open, changes nothing.
+   */
+  async reload(source: string): Promise<ReloadResult> {
+    if (!this.started || this.stopping) return { ok: false, message: 'not running' };
+    if (this.reloading) return { ok: false, message: 'a reload is already running' };
+    this.reloading = true;
+    await notify(this.log, 'RELOADING=1', `MONOTONIC_USEC=${monotonicMicros()}`);
+    try {
+      return await this.applyReload(source);
+    } finally {
+      this.reloading = false;
+      await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
+    }
+  }
+
+  private async applyReload(source: string): Promise<ReloadResult> {
+    let next: Config;
+    try {
+      next = await this.fixPorts(await this.load());
+      await this.checkNewListeners(next);
+    } catch (err) {
+      if (!(err instanceof ConfigError) && !(err instanceof ListenError)) throw err;
+      this.log.error({ source, error: err.message }, 'reload failed: the running config stays');
+      return { ok: false, message: err.message };
+    }
+    this.warnFixed(next);
+    const previous = new Map(this.pools.map((p) => [p.name, p]));
+    const changes: Record<string, PoolChanges> = {};
+    const pools = next.frontends.map((frontend) => {
+      const pool = previous.get(frontend.name);
+      if (pool !== undefined) {
+        const listenChanged =
+          pool.config.listen.map((l) => l.text).join() !==
+          frontend.listen.map((l) => l.text).join();
+        changes[frontend.name] = pool.reconfigure(frontend);
+        if (listenChanged) this.logListening(frontend);
+        previous.delete(frontend.name);
+        return pool;
+      }
+      const pool2 = new Pool(frontend, this.config.workers, false);
+      changes[frontend.name] = {
+        added: frontend.backends.map((b) => b.name),
+        removed: [],
+        changed: [],
+      };
+      this.logListening(frontend);
+      return pool2;
+    });
+    for (const pool of previous.values()) this.retired.push(pool);
+    this.pools = pools;
+    this.config = {
+      ...next,
+      // Fixed for the life of the process (see warnFixed).
+      workers: this.config.workers,
+      backlog: this.config.backlog,
+      stats: this.config.stats,
+      metrics: this.config.metrics,
+      logFormat: this.config.logFormat,
+    };
+    this.log.level = next.logLevel;
+    const failures = await this.sendUpdate();
+    for (const pool of this.pools) pool.acknowledged();
+    this.health?.sync(this.pools);
+    const seen = new Set<string>();
+    for (const failure of failures) {
+      if (seen.has(failure.endpoint)) continue;
+      seen.add(failure.endpoint);
+      this.log.error(
+        { endpoint: failure.endpoint, reason: LISTEN_REASONS[failure.code] ?? failure.message },
+        'reload: a new listener could not open',
+      );
+    }
+    this.log.info(
+      { source, removedFrontends: [...previous.keys()], frontends: changes },
+      'reloaded',
+    );
+    const summary = Object.entries(changes)
+      .map(([name, c]) => `${name}: +${c.added.length} -${c.removed.length} ~${c.changed.length}`)
+      .join(', ');
+    return failures.length === 0
+      ? { ok: true, message: `reloaded (${summary})` }
+      : { ok: false, message: `reloaded, but ${[...seen].join(', ')} could not open` };
+  }
+
+  /** Settings a running process cannot change are logged, not silently ignored. */
+  private warnFixed(next: Config): void {
+    const fixed: string[] = [];
+    if (next.workers !== this.config.workers) fixed.push('workers');
+    if (next.backlog !== this.config.backlog) fixed.push('backlog');
+    if (JSON.stringify(next.stats) !== JSON.stringify(this.config.stats)) fixed.push('statsSocket');
+    if (next.metrics?.text !== this.config.metrics?.text) fixed.push('metrics');
+    if (next.logFormat !== this.config.logFormat) fixed.push('log.format');
+    if (fixed.length > 0) {
+      this.log.warn({ settings: fixed }, 'reload: these take effect only after a restart');
+    }
+  }
+
+  /** Sends every pool to every worker; resolves when all have applied it. */
+  private async sendUpdate(): Promise<ListenFailure[]> {
+    const id = this.nextRequestId++;
+    const answers = await this.request(id, {
+      type: 'update',
+      id,
+      pools: this.pools.map((p) => p.update()),
+      maxConnections: this.config.maxConnections,
+      accessLog: this.config.accessLog,
+    });
+    return answers.flatMap((a) => (a.type === 'updated' ? a.failures : []));
+  }
+
+  /** Binds each listener the new config adds, once, to find a taken port before changing anything. */
+  private async checkNewListeners(next: Config): Promise<void> {
+    const open = new Set(this.config.frontends.flatMap((f) => f.listen.map((l) => l.text)));
+    for (const frontend of next.frontends) {
+      for (const endpoint of frontend.listen) {
+        if (open.has(endpoint.text)) continue;
+        const probe = net.createServer();
+        probe.listen({ host: endpoint.host, port: endpoint.port, exclusive: true });
+        try {
+          await once(probe, 'listening');
+        } catch (err) {
+          const code = (err as NodeJS.ErrnoException).code ?? '';
+          throw new ListenError(endpoint.text, LISTEN_REASONS[code] ?? (err as Error).message);
+        }
+        probe.close();
+        await once(probe, 'close');
+      }
+    }
+  }
+
+  /** Frees the slots of removed backends whose last connection has finished. */
+  private sweep(): void {
+    for (const pool of this.pools) {
+      for (const name of pool.sweepLeaving()) {
+        this.log.info({ frontend: pool.name, backend: name }, 'backend removed');
+      }
+    }
   }
 
   private awaitReady(worker: Worker): Promise<boolean> {
@@ -168,7 +333,9 @@ export class Supervisor {
   private watch(worker: Worker): void {
     worker.on('message', (message: WorkerMessage) => {
       if (message.type === 'drained') this.onDrained();
-      else if (message.type === 'latency') this.onLatency(message.id, message.latency);
+      else if (message.type === 'latency' || message.type === 'updated') {
+        this.onAnswer(message.id, message);
+      }
     });
     worker.on('error', (err) => {
       this.log.fatal({ err }, 'worker thread failed');
@@ -197,6 +364,7 @@ export class Supervisor {
     }
     this.stopping = true;
     this.health?.stop();
+    void notify(this.log, 'STOPPING=1');
     this.log.info({ signal, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');
     this.broadcast({ type: 'drain' });
     const deadline = setTimeout(() => {
@@ -208,21 +376,26 @@ export class Supervisor {
     deadline.unref();
   }
 
-  /** Every worker's connect-time histograms, encoded: [worker][frontend][backend]. */
-  collectLatency(): Promise<LatencyAnswer[]> {
-    const id = this.nextLatencyId++;
+  /** Every worker's histograms, encoded, by frontend. */
+  async collectLatency(): Promise<LatencyAnswer[]> {
+    const id = this.nextRequestId++;
+    const answers = await this.request(id, { type: 'latency', id });
+    return answers.map((a) => (a.type === 'latency' ? a.latency : {}));
+  }
+
+  private request(id: number, message: ControlMessage): Promise<WorkerMessage[]> {
     return new Promise((resolve) => {
-      this.latencyRequests.set(id, { answers: [], resolve });
-      this.broadcast({ type: 'latency', id });
+      this.requests.set(id, { answers: [], resolve });
+      this.broadcast(message);
     });
   }
 
-  private onLatency(id: number, answer: LatencyAnswer): void {
-    const request = this.latencyRequests.get(id);
+  private onAnswer(id: number, answer: WorkerMessage): void {
+    const request = this.requests.get(id);
     if (request === undefined) return;
     request.answers.push(answer);
     if (request.answers.length === this.workers.length) {
-      this.latencyRequests.delete(id);
+      this.requests.delete(id);
       request.resolve(request.answers);
     }
   }
@@ -238,26 +411,41 @@ export class Supervisor {
 
   private exit(): never {
     this.stats?.close();
-    this.log.info(summarize(sumSlots(this.counters)), 'stopped');
+    const totals = this.view?.totals() ?? new Float64Array(0);
+    this.log.info(summarize(totals), 'stopped');
     process.exit(0);
+  }
+
+  /**
+   * Port 0 means "any free port", but each worker binding port 0 would get a different one. Pick
+   * the port here, once, and give every worker the same; a reload keeps the port picked before.
+   * (Another process could take it between this check and the workers' bind; the workers' bind
+   * then fails with a clear error.)
+   */
+  private async fixPorts(config: Config): Promise<Config> {
+    const bound = new Map<string, Endpoint>();
+    const frontends: FrontendConfig[] = [];
+    for (const frontend of config.frontends) {
+      const listen: Endpoint[] = [];
+      for (const endpoint of frontend.listen) {
+        const key = `${frontend.name} ${endpoint.text}`;
+        let fixed = this.bound.get(key) ?? endpoint;
+        if (fixed.port === 0) fixed = await withFreePort(endpoint);
+        bound.set(key, fixed);
+        listen.push(fixed);
+      }
+      frontends.push({ ...frontend, listen });
+    }
+    this.bound = bound;
+    return { ...config, frontends };
   }
 }
 
-/**
- * Port 0 means "any free port", but each worker binding port 0 would get a different one. Pick
- * the port here, once, and give every worker the same. (Another process could take it between
- * this check and the workers' bind; the workers' bind then fails with a clear error.)
- */
-async function fixEphemeralPorts(config: Config): Promise<Config> {
-  const frontends: FrontendConfig[] = [];
-  for (const frontend of config.frontends) {
-    const listen: Endpoint[] = [];
-    for (const endpoint of frontend.listen) {
-      listen.push(endpoint.port === 0 ? await withFreePort(endpoint) : endpoint);
-    }
-    frontends.push({ ...frontend, listen });
-  }
-  return { ...config, frontends };
+/** How often removed backends are checked for their last connection. */
+const SWEEP_MS = 100;
+
+function monotonicMicros(): string {
+  return String(process.hrtime.bigint() / 1000n);
 }
 
 async function withFreePort(endpoint: Endpoint): Promise<Endpoint> {

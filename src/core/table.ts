@@ -1,7 +1,8 @@
 // The backend table: one pool's backends as a struct of typed arrays over SharedArrayBuffers.
-// Invariant: sized once when built; every field is an integer read by index, so a scheduler can
-// scan it without allocating. `active` is shared by every worker (Atomics); `state` and `weight`
-// are written only by the control plane and read racily by workers, which is benign.
+// Invariant: its memory is sized once, when built (a change rebuilds the schedulers over a new
+// size); every field is an integer read by index, so a scheduler scans it without allocating.
+// `active` is shared by every worker (Atomics); `state` and `weight` are written only by the
+// control plane and read racily by workers, which is benign.
 
 /** Health: the backend answers (probes or passive health flip it). */
 export const UP = 1;
@@ -17,6 +18,9 @@ const PICKABLE_MASK = UP | ENABLED | DRAINING | BACKUP;
 
 /** Largest weight a backend may carry; 0 means never picked. */
 export const MAX_WEIGHT = 256;
+
+/** Slots in a frontend's table: its most backends at once, leaving ones included. */
+export const MAX_BACKENDS = 256;
 
 export interface BackendTable {
   readonly size: number;
@@ -61,10 +65,13 @@ export function buildTable(backends: readonly { weight: number; backup: boolean 
   return shared;
 }
 
-/** Views shared memory as a table; the same call works on the main thread and in a worker. */
-export function openTable(shared: SharedTable): BackendTable {
+/**
+ * Views shared memory as a table; the same call works on the main thread and in a worker.
+ * `size` is how many slots a scheduler scans (the slots in use); by default, all of them.
+ */
+export function openTable(shared: SharedTable, size = shared.size): BackendTable {
   return {
-    size: shared.size,
+    size,
     active: new Int32Array(shared.active),
     weight: new Int32Array(shared.weight),
     state: new Int32Array(shared.state),

@@ -5,6 +5,7 @@
 // acquire() is released exactly once; a buffer is read into again only after its write finished.
 
 import net from 'node:net';
+import type { BackendConfig } from '../config.ts';
 import { acquire, release } from '../core/scheduler.ts';
 import { avoidBit } from '../core/table.ts';
 import type { Logger } from '../log.ts';
@@ -13,6 +14,7 @@ import {
   B_BYTES_OUT,
   B_CONNECTIONS,
   B_FAILURES,
+  backendOffset,
   END,
   END_BASE,
   END_NAMES,
@@ -164,7 +166,7 @@ function onClientRead(this: ClientSocket, nread: number, buffer: Buffer): boolea
   }
   conn.bytesIn += nread;
   conn.lastActive = now;
-  conn.frontend.slot[conn.frontend.backendOffset[conn.backendIndex] + B_BYTES_IN] += nread;
+  conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += nread;
   const more = relay(backend, buffer, nread, conn.clientSmall);
   conn.clientBuffer = nextReadBuffer;
   conn.clientStalled = !more;
@@ -185,7 +187,7 @@ function onBackendRead(this: BackendSocket, nread: number, buffer: Buffer): bool
   }
   conn.bytesOut += nread;
   conn.lastActive = now;
-  conn.frontend.slot[conn.frontend.backendOffset[conn.backendIndex] + B_BYTES_OUT] += nread;
+  conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_OUT] += nread;
   const more = relay(conn.client, buffer, nread, conn.backendSmall);
   conn.backendBuffer = nextReadBuffer;
   conn.backendStalled = !more;
@@ -199,7 +201,7 @@ export function onClientData(this: ClientSocket, chunk: Buffer): void {
   if (conn == null || backend == null || !backend.writable) return;
   conn.bytesIn += chunk.length;
   conn.lastActive = now;
-  conn.frontend.slot[conn.frontend.backendOffset[conn.backendIndex] + B_BYTES_IN] += chunk.length;
+  conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += chunk.length;
   backend.write(chunk);
   if (backend.writableLength !== 0) {
     conn.clientStalled = true;
@@ -295,7 +297,7 @@ export function connectBackend(conn: Connection): void {
   backend.on('close', onBackendClose);
   backend.on('drain', onBackendDrain);
   nextReadBuffer = conn.backendSmall;
-  const address = frontend.config.backends[i];
+  const address = frontend.backends[i] as BackendConfig;
   backend.connect({ host: address.host, port: address.port });
 }
 
@@ -307,7 +309,7 @@ function onBackendConnect(this: BackendSocket): void {
   frontend.connecting.remove(conn);
   frontend.established.add(conn);
   conn.lastActive = now;
-  frontend.slot[frontend.backendOffset[conn.backendIndex] + B_CONNECTIONS]++;
+  frontend.slot[backendOffset(conn.backendIndex) + B_CONNECTIONS]++;
   conn.connectedAt = performance.now();
   frontend.latency[CONNECT][conn.backendIndex].record(
     (conn.connectedAt - conn.connectStartedAt) * 1000,
@@ -318,7 +320,7 @@ function onBackendConnect(this: BackendSocket): void {
 /** The connect attempt failed (refused, unreachable, timed out): retry elsewhere or give up. */
 export function failConnect(conn: Connection, timedOut: boolean): void {
   const frontend = conn.frontend;
-  frontend.slot[frontend.backendOffset[conn.backendIndex] + B_FAILURES]++;
+  frontend.slot[backendOffset(conn.backendIndex) + B_FAILURES]++;
   frontend.connecting.remove(conn);
   conn.avoid |= avoidBit(conn.backendIndex);
   detachBackend(conn);
@@ -445,7 +447,7 @@ export function cut(conn: Connection, reason: number): void {
 /** The access log line, HAProxy's log line and termination state in JSON. */
 function logConnection(log: Logger, conn: Connection, reason: number, endedAt: number): void {
   const connected = conn.connectedAt !== 0;
-  const backend = conn.backendIndex >= 0 ? conn.frontend.config.backends[conn.backendIndex] : null;
+  const backend = conn.backendIndex >= 0 ? conn.frontend.backends[conn.backendIndex] : null;
   log.info(
     {
       client: conn.clientAddress,

@@ -3,13 +3,14 @@
 // is one limit check, one Connection, one client socket and one pick; nothing is logged.
 
 import net from 'node:net';
-import type { FrontendConfig } from '../config.ts';
+import type { BackendConfig, Endpoint, FrontendConfig } from '../config.ts';
+import type { PoolUpdate } from '../control/pool.ts';
 import type { Scheduler } from '../core/scheduler.ts';
 import { createScheduler } from '../core/scheduler.ts';
 import type { BackendTable, SharedTable } from '../core/table.ts';
 import { openTable } from '../core/table.ts';
 import type { Logger } from '../log.ts';
-import { ACCEPTED, END, END_BASE, LIVE } from '../stats/counters.ts';
+import { ACCEPTED, END, END_BASE, LIVE, openSlot } from '../stats/counters.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
 import { BUFFER_RELEASE_MS, LinkedList, now } from './clock.ts';
 import {
@@ -28,88 +29,145 @@ import {
 import type { TcpHandle } from './internals.ts';
 import { adoptHandle, hookAccept } from './internals.ts';
 
-export interface FrontendShared {
-  readonly table: SharedTable;
-  /** Offset in a counter slot of each backend of this frontend. */
-  readonly backendOffset: readonly number[];
+/** One frontend's timings from one worker: [metric][slot] = [whole run, last minute]. */
+export interface EncodedLatency {
+  /** The member in each slot (0: free), so timings of a slot's earlier occupant are not mixed in. */
+  readonly ids: number[];
+  readonly metrics: Array<Array<[string, string] | null>>;
 }
 
 export interface WorkerLimits {
   /** Global live connections over every worker (Atomics), for maxConnections. */
   readonly live: Int32Array;
-  readonly maxConnections: number;
+  /** 0: no limit. A reload may change it. */
+  maxConnections: number;
   readonly backlog: number;
 }
 
+/** A listener that could not be opened. */
+export interface ListenFailure {
+  readonly endpoint: string;
+  readonly code: string;
+  readonly message: string;
+}
+
 export class Frontend {
-  readonly config: FrontendConfig;
-  readonly table: BackendTable;
-  readonly scheduler: Scheduler;
-  /** This worker's counter slot; the only writer is this thread. */
+  config: FrontendConfig;
+  /** The table over the slots in use; rebuilt with the scheduler when the pool changes. */
+  table: BackendTable;
+  scheduler: Scheduler;
+  readonly shared: SharedTable;
+  /** This worker's counter slot for this frontend; the only writer is this thread. */
   readonly slot: Float64Array;
-  readonly backendOffset: Int32Array;
+  /** By table slot: where the backend is, or null for a free slot. */
+  backends: (BackendConfig | null)[] = [];
+  /** By table slot: which member sits there, so a slot given to a new backend is noticed. */
+  private memberIds: number[] = [];
   readonly limits: WorkerLimits;
   readonly connecting = new LinkedList<Connection>();
   readonly established = new LinkedList<Connection>();
-  readonly servers: net.Server[] = [];
-  /** This worker's timings: [metric (CONNECT, FIRST_BYTE, DURATION)][backend]. */
-  readonly latency: LatencyRecorder[][];
+  /** Open listeners by address. */
+  readonly servers = new Map<string, net.Server>();
+  /** This worker's timings: [metric (CONNECT, FIRST_BYTE, DURATION)][slot]. */
+  readonly latency: LatencyRecorder[][] = METRIC_NAMES.map(() => []);
   /** Whether the accept hook is in use (false: Node's public 'connection' path). */
   hooked = false;
   /** One line per finished connection when --access-log is on; null (no cost) otherwise. */
   accessLog: Logger | null = null;
   /** Called after every finished connection; the worker uses it to notice it has drained. */
-  onIdle: () => void = () => {};
+  onIdle: (this: Frontend) => void = () => {};
 
-  constructor(
-    config: FrontendConfig,
-    shared: FrontendShared,
-    slot: Float64Array,
-    limits: WorkerLimits,
-  ) {
-    this.config = config;
-    this.table = openTable(shared.table);
-    this.scheduler = createScheduler(config.algorithm, this.table);
-    this.slot = slot;
-    this.backendOffset = Int32Array.from(shared.backendOffset);
+  constructor(update: PoolUpdate, worker: number, limits: WorkerLimits) {
+    this.config = update.config;
+    this.shared = update.table;
+    this.slot = openSlot(update.counters, worker);
     this.limits = limits;
-    this.latency = METRIC_NAMES.map(() => config.backends.map(() => new LatencyRecorder()));
+    this.table = openTable(this.shared, 0);
+    this.scheduler = createScheduler(this.config.algorithm, this.table);
+    this.apply(update);
   }
 
-  /** Opens every listener of this frontend; rejects with the address that failed. */
-  async listen(): Promise<void> {
-    for (const endpoint of this.config.listen) {
-      const server = net.createServer({
-        pauseOnConnect: true,
-        allowHalfOpen: true,
-        noDelay: true,
-        // Only the public fallback path uses sockets built by the server: see PEER_HIGH_WATER_MARK.
-        highWaterMark: PEER_HIGH_WATER_MARK,
-      });
-      this.servers.push(server);
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', (err: NodeJS.ErrnoException) =>
-          reject(Object.assign(err, { endpoint: endpoint.text })),
-        );
-        server.listen(
-          {
-            host: endpoint.host,
-            port: endpoint.port,
-            reusePort: true,
-            backlog: this.limits.backlog,
-          },
-          resolve,
-        );
-      });
-      // Runs before any connection is accepted: 'listening' comes before the next poll phase.
-      this.hooked = hookAccept(server, (status, handle) => this.acceptHandle(status, handle));
-      if (!this.hooked) server.on('connection', (socket) => this.acceptSocket(socket));
+  /**
+   * Takes a new state of the pool: the backends by slot, the settings, and a scheduler rebuilt
+   * over the new size and swapped in. Connections in flight keep their slot; nothing else moves.
+   */
+  apply(update: PoolUpdate): void {
+    this.config = update.config;
+    const backends: (BackendConfig | null)[] = [];
+    update.members.forEach((member, i) => {
+      backends.push(member === null ? null : member.config);
+      const id = member === null ? 0 : member.id;
+      if (id !== 0 && this.memberIds[i] !== id) {
+        // A new occupant: its timings start empty, like its counters.
+        for (const recorders of this.latency) recorders[i] = new LatencyRecorder();
+      }
+      this.memberIds[i] = id;
+    });
+    this.backends = backends;
+    this.table = openTable(this.shared, backends.length);
+    this.scheduler = createScheduler(this.config.algorithm, this.table);
+  }
+
+  /**
+   * Opens the listeners the config names that are not open yet, and closes those it no longer
+   * names; an unchanged listener keeps its socket. Returns the ones that could not be opened.
+   */
+  async syncListeners(): Promise<ListenFailure[]> {
+    const wanted = new Set(this.config.listen.map((l) => l.text));
+    for (const [text, server] of this.servers) {
+      if (!wanted.has(text)) {
+        server.close();
+        this.servers.delete(text);
+      }
     }
+    const failures: ListenFailure[] = [];
+    for (const endpoint of this.config.listen) {
+      if (this.servers.has(endpoint.text)) continue;
+      try {
+        this.servers.set(endpoint.text, await this.open(endpoint));
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        failures.push({ endpoint: endpoint.text, code: e.code ?? 'ERROR', message: e.message });
+      }
+    }
+    return failures;
+  }
+
+  private async open(endpoint: Endpoint): Promise<net.Server> {
+    const server = net.createServer({
+      pauseOnConnect: true,
+      allowHalfOpen: true,
+      noDelay: true,
+      // Only the public fallback path uses sockets built by the server: see PEER_HIGH_WATER_MARK.
+      highWaterMark: PEER_HIGH_WATER_MARK,
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(
+        { host: endpoint.host, port: endpoint.port, reusePort: true, backlog: this.limits.backlog },
+        resolve,
+      );
+    });
+    // Runs before any connection is accepted: 'listening' comes before the next poll phase.
+    this.hooked = hookAccept(server, (status, handle) => this.acceptHandle(status, handle));
+    if (!this.hooked) server.on('connection', (socket) => this.acceptSocket(socket));
+    return server;
+  }
+
+  /** This worker's timings, encoded, for the main thread to merge: by slot, with its member. */
+  encodeLatency(): EncodedLatency {
+    return {
+      ids: [...this.memberIds],
+      metrics: this.latency.map((recorders) =>
+        this.memberIds.map((id, i) => (id === 0 ? null : recorders[i].encode())),
+      ),
+    };
   }
 
   /** Stops accepting; live connections carry on. */
   close(): void {
-    for (const server of this.servers) server.close();
+    for (const server of this.servers.values()) server.close();
+    this.servers.clear();
   }
 
   /** Counts a new client against the global limit; false if it must be refused. */

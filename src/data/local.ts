@@ -3,8 +3,7 @@
 
 import type { RunFlags } from '../config.ts';
 import { configFromFlags } from '../config.ts';
-import { buildTable } from '../core/table.ts';
-import { allocateCounters, backendOffset, openSlot } from '../stats/counters.ts';
+import { Pool } from '../control/pool.ts';
 import { updateNow } from './clock.ts';
 import { Frontend } from './frontend.ts';
 
@@ -12,14 +11,13 @@ import { Frontend } from './frontend.ts';
 export async function startLocalFrontend(flags: RunFlags): Promise<Frontend> {
   const config = configFromFlags({ workers: '1', ...flags }).frontends[0];
   updateNow();
-  const shared = buildTable(config.backends);
-  const counters = allocateCounters(1, config.backends.length);
-  const frontend = new Frontend(
-    config,
-    { table: shared, backendOffset: config.backends.map((_, i) => backendOffset(i)) },
-    openSlot(counters, 0),
-    { live: new Int32Array(counters.live), maxConnections: 0, backlog: 511 },
-  );
-  await frontend.listen();
+  const pool = new Pool(config, 1, true);
+  const frontend = new Frontend(pool.update(), 0, {
+    live: new Int32Array(new SharedArrayBuffer(4)),
+    maxConnections: 0,
+    backlog: 511,
+  });
+  const failures = await frontend.syncListeners();
+  if (failures.length > 0) throw new Error(`${failures[0].endpoint}: ${failures[0].message}`);
   return frontend;
 }

@@ -1,61 +1,120 @@
 // A data-plane worker thread: runs every frontend's listeners (reusePort, so the kernel spreads
 // connections over workers) and pipes connections. Invariant: it never asks another thread
-// anything per connection; the main thread talks to it only to start, drain and cut.
+// anything per connection; the main thread talks to it only to start, update, drain and cut.
 
 import { parentPort, workerData } from 'node:worker_threads';
-import type { Config } from '../config.ts';
+import type { LogFormat } from '../config.ts';
+import type { PoolUpdate } from '../control/pool.ts';
+import type { Logger } from '../log.ts';
 import { createAccessLogger } from '../log.ts';
-import type { SharedCounters } from '../stats/counters.ts';
-import { END, LIVE, openSlot } from '../stats/counters.ts';
+import { END, LIVE } from '../stats/counters.ts';
 import { SLOT_MS } from '../stats/latency.ts';
 import type { LatencyAnswer } from '../stats/view.ts';
 import { IDLE_SWEEP_TICKS, TICK_MS, updateNow } from './clock.ts';
-import type { FrontendShared } from './frontend.ts';
+import type { ListenFailure } from './frontend.ts';
 import { Frontend } from './frontend.ts';
 
 export interface WorkerInit {
   readonly index: number;
-  readonly config: Config;
-  readonly frontends: readonly FrontendShared[];
-  readonly counters: SharedCounters;
+  readonly pools: readonly PoolUpdate[];
+  /** Global live connections (Int32, Atomics), for maxConnections. */
+  readonly live: SharedArrayBuffer;
+  readonly maxConnections: number;
+  readonly backlog: number;
+  readonly accessLog: boolean;
+  readonly logFormat: LogFormat;
 }
 
 /** Messages from a worker to the main thread. */
 export type WorkerMessage =
   | { type: 'ready'; hooked: boolean }
   | { type: 'listen-error'; endpoint: string; code: string; message: string }
+  | { type: 'updated'; id: number; failures: ListenFailure[] }
   | { type: 'drained' }
   | { type: 'latency'; id: number; latency: LatencyAnswer };
 
+/** A new state of every pool: frontends absent from `pools` are closed. */
+export interface UpdateMessage {
+  type: 'update';
+  id: number;
+  pools: PoolUpdate[];
+  maxConnections: number;
+  accessLog: boolean;
+}
+
 /** Messages from the main thread to a worker. */
-export type ControlMessage = { type: 'drain' } | { type: 'cut' } | { type: 'latency'; id: number };
+export type ControlMessage =
+  | { type: 'drain' }
+  | { type: 'cut' }
+  | { type: 'latency'; id: number }
+  | UpdateMessage;
 
 const init = workerData as WorkerInit;
 const port = parentPort;
 if (port === null) throw new Error('worker.ts runs only as a worker thread');
 
-const slot = openSlot(init.counters, init.index);
 const limits = {
-  live: new Int32Array(init.counters.live),
-  maxConnections: init.config.maxConnections,
-  backlog: init.config.backlog,
+  live: new Int32Array(init.live),
+  maxConnections: init.maxConnections,
+  backlog: init.backlog,
 };
-const frontends = init.config.frontends.map(
-  (config, i) => new Frontend(config, init.frontends[i], slot, limits),
-);
-if (init.config.accessLog) {
-  const accessLog = createAccessLogger(init.config.logFormat);
-  for (const frontend of frontends) frontend.accessLog = accessLog;
-}
+/** Current frontends by name. */
+const frontends = new Map<string, Frontend>();
+/** Frontends a reload removed: listeners closed, connections running to their end. */
+const retired = new Set<Frontend>();
+let accessLog: Logger | null = null;
 
 let draining = false;
 let drainedSent = false;
 
+function live(): number {
+  let total = 0;
+  for (const frontend of frontends.values()) total += frontend.slot[LIVE];
+  for (const frontend of retired) total += frontend.slot[LIVE];
+  return total;
+}
+
+function onIdle(this: Frontend): void {
+  if (retired.has(this) && this.slot[LIVE] === 0) retired.delete(this);
+  checkDrained();
+}
+
 function checkDrained(): void {
-  if (draining && !drainedSent && slot[LIVE] === 0) {
+  if (draining && !drainedSent && live() === 0) {
     drainedSent = true;
     port?.postMessage({ type: 'drained' } satisfies WorkerMessage);
   }
+}
+
+function setAccessLog(on: boolean): void {
+  if (on && accessLog === null) accessLog = createAccessLogger(init.logFormat);
+  if (!on) accessLog = null;
+  for (const frontend of frontends.values()) frontend.accessLog = accessLog;
+}
+
+/** Brings the frontends to `pools`: new ones open, kept ones take the update, absent ones close. */
+async function update(pools: readonly PoolUpdate[]): Promise<ListenFailure[]> {
+  const failures: ListenFailure[] = [];
+  const names = new Set(pools.map((p) => p.config.name));
+  for (const [name, frontend] of frontends) {
+    if (names.has(name)) continue;
+    frontend.close();
+    frontends.delete(name);
+    if (frontend.slot[LIVE] > 0) retired.add(frontend);
+  }
+  for (const pool of pools) {
+    let frontend = frontends.get(pool.config.name);
+    if (frontend === undefined) {
+      frontend = new Frontend(pool, init.index, limits);
+      frontend.onIdle = onIdle;
+      frontend.accessLog = accessLog;
+      frontends.set(pool.config.name, frontend);
+    } else {
+      frontend.apply(pool);
+    }
+    if (!draining) failures.push(...(await frontend.syncListeners()));
+  }
+  return failures;
 }
 
 let ticks = 0;
@@ -64,46 +123,49 @@ const timer = setInterval(() => {
   ticks++;
   const idle = ticks % IDLE_SWEEP_TICKS === 0;
   const rotate = ticks % (SLOT_MS / TICK_MS) === 0;
-  for (const frontend of frontends) {
-    frontend.sweepConnecting();
-    if (idle) frontend.sweepIdle();
-    if (rotate) for (const metric of frontend.latency) for (const r of metric) r.rotate();
+  for (const set of [frontends.values(), retired.values()]) {
+    for (const frontend of set) {
+      frontend.sweepConnecting();
+      if (idle) frontend.sweepIdle();
+      if (rotate) for (const metric of frontend.latency) for (const r of metric) r?.rotate();
+    }
   }
 }, TICK_MS);
 timer.unref();
 
+// Updates run one at a time, in the order sent, even though opening listeners is asynchronous.
+let updating: Promise<void> = Promise.resolve();
+
 port.on('message', (message: ControlMessage) => {
   if (message.type === 'drain') {
     draining = true;
-    for (const frontend of frontends) frontend.close();
+    for (const frontend of frontends.values()) frontend.close();
     checkDrained();
   } else if (message.type === 'cut') {
-    for (const frontend of frontends) frontend.cutAll(END.DRAIN_CUT);
+    for (const frontend of frontends.values()) frontend.cutAll(END.DRAIN_CUT);
+    for (const frontend of retired) frontend.cutAll(END.DRAIN_CUT);
   } else if (message.type === 'latency') {
-    port.postMessage({
-      type: 'latency',
-      id: message.id,
-      latency: frontends.map((f) => f.latency.map((metric) => metric.map((r) => r.encode()))),
-    } satisfies WorkerMessage);
+    const latency: LatencyAnswer = {};
+    for (const [name, frontend] of frontends) latency[name] = frontend.encodeLatency();
+    port.postMessage({ type: 'latency', id: message.id, latency } satisfies WorkerMessage);
+  } else if (message.type === 'update') {
+    updating = updating.then(async () => {
+      limits.maxConnections = message.maxConnections;
+      setAccessLog(message.accessLog);
+      const failures = await update(message.pools);
+      port.postMessage({ type: 'updated', id: message.id, failures } satisfies WorkerMessage);
+    });
   }
 });
 
-try {
-  updateNow();
-  for (const frontend of frontends) {
-    frontend.onIdle = checkDrained;
-    await frontend.listen();
-  }
+updateNow();
+setAccessLog(init.accessLog);
+const failures = await update(init.pools);
+if (failures.length > 0) {
+  port.postMessage({ type: 'listen-error', ...failures[0] } satisfies WorkerMessage);
+} else {
   port.postMessage({
     type: 'ready',
-    hooked: frontends.every((f) => f.hooked),
-  } satisfies WorkerMessage);
-} catch (err) {
-  const e = err as NodeJS.ErrnoException & { endpoint?: string };
-  port.postMessage({
-    type: 'listen-error',
-    endpoint: e.endpoint ?? '?',
-    code: e.code ?? 'ERROR',
-    message: e.message,
+    hooked: [...frontends.values()].every((f) => f.hooked),
   } satisfies WorkerMessage);
 }

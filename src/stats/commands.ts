@@ -3,7 +3,6 @@
 // is one line starting with "error: ", and a refused or failed command changes nothing.
 
 import type { Logger } from '../log.ts';
-import { resetCounters } from './counters.ts';
 import type { FrontendStat, LatencyStat, StatsView } from './view.ts';
 import { MAX_WEIGHT } from './view.ts';
 
@@ -20,6 +19,7 @@ const HELP = [
   'drain FRONTEND/BACKEND            admin: like disable, reported draining until its last connection ends',
   'set weight FRONTEND/BACKEND N     admin: weight 0..256',
   'reset counters                    admin: zero the cumulative counters',
+  'reload                            admin: re-read the config file, as SIGHUP does',
   'quit                              close this connection',
 ].join('\n');
 
@@ -79,6 +79,14 @@ export async function execute(
     case 'set':
     case 'reset':
       return admin(words, view, level, log);
+    case 'reload': {
+      if (level !== 'admin')
+        return error('"reload" needs the admin level; this socket is read-only');
+      if (words.length !== 1) return error('usage: reload');
+      log.info({ command: 'reload' }, 'admin command');
+      const result = await view.source.reload();
+      return result.ok ? ok(result.message) : error(result.message);
+    }
     default:
       return error(`unknown command "${printable(verb ?? '')}" (try help)`);
   }
@@ -90,7 +98,7 @@ function admin(words: string[], view: StatsView, level: StatsLevel, log: Logger)
   const [verb, second, third, fourth] = words;
   if (verb === 'reset') {
     if (second !== 'counters' || words.length !== 2) return error('usage: reset counters');
-    resetCounters(view.counters);
+    view.resetCounters();
     log.info({ command: 'reset counters' }, 'admin command');
     return ok('counters reset');
   }

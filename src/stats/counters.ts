@@ -1,6 +1,6 @@
-// Counters shared between the data plane and the control plane. Each worker owns one slot (a
-// Float64Array over a SharedArrayBuffer) and is its only writer; the main thread sums the slots
-// when asked. Invariant: no Atomics and no allocation on update, just `slot[i] += n`.
+// Counters shared between the data plane and the control plane, one set per frontend. In it each
+// worker owns one slot (a Float64Array over a SharedArrayBuffer) and is its only writer; the main
+// thread sums the slots when asked. Invariant: no Atomics and no allocation on update, just `slot[i] += n`.
 
 /** How a connection ended; one counter per reason. The names are what stats and logs print. */
 export const END = {
@@ -27,12 +27,12 @@ export const END_NAMES = [
   'drain-cut',
 ] as const;
 
-/** Per-worker fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */
+/** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */
 export const ACCEPTED = 0;
 export const LIVE = 1;
 export const RETRIES = 2;
 export const END_BASE = 3;
-const WORKER_FIELDS = END_BASE + END_NAMES.length;
+const FRONTEND_FIELDS = END_BASE + END_NAMES.length;
 
 export const B_CONNECTIONS = 0;
 export const B_FAILURES = 1;
@@ -40,41 +40,39 @@ export const B_BYTES_IN = 2;
 export const B_BYTES_OUT = 3;
 export const BACKEND_STRIDE = 4;
 
+/** One frontend's counters: a slot per worker, each with room for `capacity` backends. */
 export interface SharedCounters {
   readonly workers: number;
-  readonly backends: number;
+  readonly capacity: number;
   readonly buffer: SharedArrayBuffer;
-  /** Live connections over every worker, for the global --max-connections (Atomics). */
-  readonly live: SharedArrayBuffer;
 }
 
-export function slotLength(backends: number): number {
-  return WORKER_FIELDS + backends * BACKEND_STRIDE;
+export function slotLength(capacity: number): number {
+  return FRONTEND_FIELDS + capacity * BACKEND_STRIDE;
 }
 
-/** Offset of backend `b` (global index over every frontend) in a slot. */
-export function backendOffset(b: number): number {
-  return WORKER_FIELDS + b * BACKEND_STRIDE;
+/** Offset of backend slot `i` in a counter slot. */
+export function backendOffset(i: number): number {
+  return FRONTEND_FIELDS + i * BACKEND_STRIDE;
 }
 
-export function allocateCounters(workers: number, backends: number): SharedCounters {
+export function allocateCounters(workers: number, capacity: number): SharedCounters {
   return {
     workers,
-    backends,
-    buffer: new SharedArrayBuffer(workers * slotLength(backends) * 8),
-    live: new SharedArrayBuffer(4),
+    capacity,
+    buffer: new SharedArrayBuffer(workers * slotLength(capacity) * 8),
   };
 }
 
 /** Worker `w`'s slot: the only view a worker writes through. */
 export function openSlot(counters: SharedCounters, w: number): Float64Array {
-  const length = slotLength(counters.backends);
+  const length = slotLength(counters.capacity);
   return new Float64Array(counters.buffer, w * length * 8, length);
 }
 
 /** Every slot added up: a snapshot for the control plane (allocates; never on the data path). */
 export function sumSlots(counters: SharedCounters): Float64Array {
-  const length = slotLength(counters.backends);
+  const length = slotLength(counters.capacity);
   const all = new Float64Array(counters.buffer);
   const total = new Float64Array(length);
   for (let w = 0; w < counters.workers; w++) {
@@ -87,11 +85,28 @@ export function sumSlots(counters: SharedCounters): Float64Array {
  *  increment a worker makes at that very moment may survive or be lost, as with HAProxy's
  *  "clear counters". */
 export function resetCounters(counters: SharedCounters): void {
-  const length = slotLength(counters.backends);
+  const length = slotLength(counters.capacity);
   const all = new Float64Array(counters.buffer);
   for (let w = 0; w < counters.workers; w++) {
     for (let i = 0; i < length; i++) if (i !== LIVE) all[w * length + i] = 0;
   }
+}
+
+/** Zeroes backend slot `i` in every worker, before the slot is given to a new backend. No worker
+ *  writes there then: the slot's last connection has finished and no pick can reach it. */
+export function clearBackend(counters: SharedCounters, i: number): void {
+  const length = slotLength(counters.capacity);
+  const all = new Float64Array(counters.buffer);
+  for (let w = 0; w < counters.workers; w++) {
+    all.fill(0, w * length + backendOffset(i), w * length + backendOffset(i + 1));
+  }
+}
+
+/** The frontend-level fields of several sums added up (process totals over every frontend). */
+export function addFrontendFields(sums: readonly Float64Array[]): Float64Array {
+  const total = new Float64Array(FRONTEND_FIELDS);
+  for (const sum of sums) for (let i = 0; i < FRONTEND_FIELDS; i++) total[i] += sum[i];
+  return total;
 }
 
 /** A readable summary of a sum, for the log line written at exit. */

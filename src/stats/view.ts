@@ -2,20 +2,23 @@
 // thread when asked, and the admin changes it applies to the tables. Invariant: it allocates only
 // when asked (never on the data path), and every change it makes is a single store to a table.
 
-import type { Config } from '../config.ts';
-import type { BackendTable, SharedTable } from '../core/table.ts';
-import { DRAINING, ENABLED, MAX_WEIGHT, openTable, UP } from '../core/table.ts';
-import type { SharedCounters } from './counters.ts';
+import type { Member, Pool } from '../control/pool.ts';
+import type { BackendTable } from '../core/table.ts';
+import { DRAINING, ENABLED, MAX_WEIGHT, UP } from '../core/table.ts';
+import type { EncodedLatency } from '../data/frontend.ts';
 import {
   ACCEPTED,
+  addFrontendFields,
   B_BYTES_IN,
   B_BYTES_OUT,
   B_CONNECTIONS,
   B_FAILURES,
+  backendOffset,
   END_BASE,
   END_NAMES,
   LIVE,
   RETRIES,
+  resetCounters,
   sumSlots,
 } from './counters.ts';
 import type { MetricName, Percentiles } from './latency.ts';
@@ -23,8 +26,8 @@ import { decode, METRIC_NAMES, newHistogram, percentiles } from './latency.ts';
 
 export type BackendState = 'up' | 'down' | 'disabled' | 'draining';
 
-/** One worker's encoded histograms: [frontend][metric][backend] = [whole run, last minute]. */
-export type LatencyAnswer = Array<Array<Array<[string, string]>>>;
+/** One worker's encoded histograms, by frontend name. */
+export type LatencyAnswer = Record<string, EncodedLatency>;
 
 export type LatencyStat = { name: string } & Record<
   MetricName,
@@ -41,6 +44,8 @@ export interface BackendStat {
   failures: number;
   bytesIn: number;
   bytesOut: number;
+  /** Health transitions (up to down and back) so far. */
+  transitions: number;
   /** Time to connect, over the whole run. */
   connectMs: Omit<Percentiles, 'count'>;
 }
@@ -49,44 +54,44 @@ export interface FrontendStat {
   name: string;
   listen: string[];
   algorithm: string;
+  /** Clients accepted, live now, refused (limit or no backend). */
+  accepted: number;
+  live: number;
   backends: BackendStat[];
 }
 
 /** A reference to one backend, resolved from `FRONTEND/BACKEND`. */
 export interface BackendRef {
-  table: BackendTable;
-  index: number;
+  pool: Pool;
+  member: Member;
   name: string;
+}
+
+/** What the view needs of the control plane; the pools change with every reload. */
+export interface ViewSource {
+  workers(): number;
+  pools(): readonly Pool[];
+  /** Counter sums of frontends a reload removed, so process totals never go backwards. */
+  retiredTotals(): Float64Array;
+  collectLatency(): Promise<LatencyAnswer[]>;
+  /** Re-reads the config, as SIGHUP does. */
+  reload(): Promise<{ ok: boolean; message: string }>;
 }
 
 /** How many one-second samples the connection rate averages over. */
 const RATE_WINDOW = 10;
 
 export class StatsView {
-  readonly config: Config;
-  readonly tables: BackendTable[];
-  readonly offsets: readonly (readonly number[])[];
-  readonly counters: SharedCounters;
+  readonly source: ViewSource;
   readonly startedAt = Date.now();
-  private readonly collect: () => Promise<LatencyAnswer[]>;
   /** Accepted-connection totals, one a second, newest last: the rate is their slope. */
   private readonly samples: number[] = [];
   private readonly sampler: NodeJS.Timeout;
 
-  constructor(
-    config: Config,
-    tables: readonly SharedTable[],
-    offsets: readonly (readonly number[])[],
-    counters: SharedCounters,
-    collect: () => Promise<LatencyAnswer[]>,
-  ) {
-    this.collect = collect;
-    this.config = config;
-    this.tables = tables.map(openTable);
-    this.offsets = offsets;
-    this.counters = counters;
+  constructor(source: ViewSource) {
+    this.source = source;
     this.sampler = setInterval(() => {
-      this.samples.push(sumSlots(this.counters)[ACCEPTED]);
+      this.samples.push(this.totals()[ACCEPTED]);
       if (this.samples.length > RATE_WINDOW + 1) this.samples.shift();
     }, 1000);
     this.sampler.unref();
@@ -94,6 +99,14 @@ export class StatsView {
 
   close(): void {
     clearInterval(this.sampler);
+  }
+
+  /** The frontend-level counters over every frontend, removed ones included. */
+  totals(): Float64Array {
+    return addFrontendFields([
+      ...this.source.pools().map((p) => sumSlots(p.counters)),
+      this.source.retiredTotals(),
+    ]);
   }
 
   static state(table: BackendTable, i: number): BackendState {
@@ -105,19 +118,25 @@ export class StatsView {
 
   /** Every timing per frontend (all its backends) and per backend, merged over every worker. */
   async latency(): Promise<Array<LatencyStat & { backends: LatencyStat[] }>> {
-    const answers = await this.collect();
-    return this.config.frontends.map((frontend, f) => {
-      const backends = frontend.backends.map((backend) => ({ name: backend.name }) as LatencyStat);
-      const whole = { name: frontend.name } as LatencyStat;
+    const answers = await this.source.collectLatency();
+    return this.source.pools().map((pool) => {
+      const members = pool.members();
+      const backends = members.map((m) => ({ name: m.config.name }) as LatencyStat);
+      const whole = { name: pool.name } as LatencyStat;
       METRIC_NAMES.forEach((metric, m) => {
         const frontendTotal = newHistogram();
         const frontendMinute = newHistogram();
-        frontend.backends.forEach((_, b) => {
+        members.forEach((member, b) => {
           const total = newHistogram();
           const minute = newHistogram();
           for (const answer of answers) {
-            total.add(decode(answer[f][m][b][0]));
-            minute.add(decode(answer[f][m][b][1]));
+            const encoded = answer[pool.name];
+            // A worker that has not seen this member yet has no timings for it.
+            if (encoded?.ids[member.index] !== member.id) continue;
+            const pair = encoded.metrics[m][member.index];
+            if (pair === null) continue;
+            total.add(decode(pair[0]));
+            minute.add(decode(pair[1]));
           }
           frontendTotal.add(total);
           frontendMinute.add(minute);
@@ -134,27 +153,30 @@ export class StatsView {
 
   async stat(): Promise<{ frontends: FrontendStat[] }> {
     const latency = await this.latency();
-    const sums = sumSlots(this.counters);
     return {
-      frontends: this.config.frontends.map((frontend, f) => {
-        const table = this.tables[f];
+      frontends: this.source.pools().map((pool, f) => {
+        const sums = sumSlots(pool.counters);
         return {
-          name: frontend.name,
-          listen: frontend.listen.map((l) => l.text),
-          algorithm: frontend.algorithm,
-          backends: frontend.backends.map((backend, i) => {
-            const o = this.offsets[f][i];
+          name: pool.name,
+          listen: pool.config.listen.map((l) => l.text),
+          algorithm: pool.config.algorithm,
+          accepted: sums[ACCEPTED],
+          live: sums[LIVE],
+          backends: pool.members().map((member, b) => {
+            const o = backendOffset(member.index);
+            const { host, port } = member.config;
             return {
-              name: backend.name,
-              address: `${backend.host.includes(':') ? `[${backend.host}]` : backend.host}:${backend.port}`,
-              state: StatsView.state(table, i),
-              weight: Atomics.load(table.weight, i),
-              active: Atomics.load(table.active, i),
+              name: member.config.name,
+              address: `${host.includes(':') ? `[${host}]` : host}:${port}`,
+              state: StatsView.state(pool.table, member.index),
+              weight: Atomics.load(pool.table.weight, member.index),
+              active: Atomics.load(pool.table.active, member.index),
               total: sums[o + B_CONNECTIONS],
               failures: sums[o + B_FAILURES],
               bytesIn: sums[o + B_BYTES_IN],
               bytesOut: sums[o + B_BYTES_OUT],
-              connectMs: withoutCount(latency[f].backends[i].connectMs.total),
+              transitions: member.transitions,
+              connectMs: withoutCount(latency[f].backends[b].connectMs.total),
             };
           }),
         };
@@ -163,14 +185,14 @@ export class StatsView {
   }
 
   info(version: string): Record<string, string | number> {
-    const sums = sumSlots(this.counters);
+    const sums = this.totals();
     const first = this.samples[0] ?? sums[ACCEPTED];
     const span = Math.max(1, this.samples.length - 1);
     const info: Record<string, string | number> = {
       version,
       pid: process.pid,
       uptime_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
-      workers: this.config.workers,
+      workers: this.source.workers(),
       connections_now: sums[LIVE],
       connections_total: sums[ACCEPTED],
       connection_rate: Math.round(((sums[ACCEPTED] - first) / span) * 10) / 10,
@@ -186,28 +208,33 @@ export class StatsView {
     if (slash < 0) return `"${ref}" is not FRONTEND/BACKEND`;
     const frontendName = ref.slice(0, slash);
     const backendName = ref.slice(slash + 1);
-    const f = this.config.frontends.findIndex((x) => x.name === frontendName);
-    if (f < 0) return `no frontend "${frontendName}"`;
-    const index = this.config.frontends[f].backends.findIndex((b) => b.name === backendName);
-    if (index < 0) return `no backend "${backendName}" in frontend "${frontendName}"`;
-    return { table: this.tables[f], index, name: ref };
+    const pool = this.source.pools().find((p) => p.name === frontendName);
+    if (pool === undefined) return `no frontend "${frontendName}"`;
+    const member = pool.find(backendName);
+    if (member === null) return `no backend "${backendName}" in frontend "${frontendName}"`;
+    return { pool, member, name: ref };
   }
 
   enable(b: BackendRef): void {
-    Atomics.and(b.table.state, b.index, ~DRAINING);
-    Atomics.or(b.table.state, b.index, ENABLED);
+    Atomics.and(b.pool.table.state, b.member.index, ~DRAINING);
+    Atomics.or(b.pool.table.state, b.member.index, ENABLED);
   }
 
   disable(b: BackendRef): void {
-    Atomics.and(b.table.state, b.index, ~(ENABLED | DRAINING));
+    Atomics.and(b.pool.table.state, b.member.index, ~(ENABLED | DRAINING));
   }
 
   drain(b: BackendRef): void {
-    Atomics.or(b.table.state, b.index, DRAINING);
+    Atomics.or(b.pool.table.state, b.member.index, DRAINING);
   }
 
   setWeight(b: BackendRef, weight: number): void {
-    Atomics.store(b.table.weight, b.index, weight);
+    Atomics.store(b.pool.table.weight, b.member.index, weight);
+  }
+
+  /** Zeroes every frontend's cumulative counters. */
+  resetCounters(): void {
+    for (const pool of this.source.pools()) resetCounters(pool.counters);
   }
 }
 

@@ -50,7 +50,7 @@ t.test('quiet connections give their large buffers back; data stays exact', asyn
     retries: '0',
   });
   t.ok(frontend.hooked, 'the accept hook is in use, so both sides read through onread');
-  const port = (frontend.servers[0].address() as net.AddressInfo).port;
+  const port = ([...frontend.servers.values()][0].address() as net.AddressInfo).port;
   const sockets: net.Socket[] = [];
   t.teardown(async () => {
     for (const s of sockets) s.destroy();

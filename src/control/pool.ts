@@ -1,0 +1,228 @@
+// One frontend as the control plane keeps it: its config, its shared backend table and counters,
+// and which backend sits in which table slot. Changes (reload, admin commands) are applied here
+// and then sent to every worker, which rebuilds its scheduler and swaps it in.
+// Invariants: a slot keeps its backend, counters and live count for as long as that backend is in
+// the pool; a removed backend stops being pickable at once but keeps its slot until its last
+// connection has finished in every worker; a new backend becomes pickable only after every worker
+// has acknowledged its address (acknowledged); a freed slot is cleared before it is reused.
+
+import type { BackendConfig, FrontendConfig } from '../config.ts';
+import type { BackendTable, SharedTable } from '../core/table.ts';
+import {
+  allocateTable,
+  BACKUP,
+  DRAINING,
+  ENABLED,
+  MAX_BACKENDS,
+  openTable,
+  UP,
+} from '../core/table.ts';
+import type { SharedCounters } from '../stats/counters.ts';
+import { allocateCounters, clearBackend } from '../stats/counters.ts';
+
+/** A backend in a slot of a pool. Main-thread bookkeeping; workers see only `PoolMember`. */
+export interface Member {
+  /** Unique over the process's life: tells a worker that a slot has a new occupant. */
+  readonly id: number;
+  readonly index: number;
+  config: BackendConfig;
+  /** Removed from the pool: takes no new connection, leaves when its last one closes. */
+  leaving: boolean;
+  /** Every worker has seen the removal, so no pick of it can still be in flight. */
+  settled: boolean;
+  /** Waiting for every worker to learn its address before it can be picked. */
+  joining: boolean;
+  /** Health transitions (up -> down and back) so far. */
+  transitions: number;
+}
+
+/** What a worker needs of one slot. */
+export interface PoolMember {
+  readonly id: number;
+  readonly config: BackendConfig;
+}
+
+/** One frontend as it is sent to a worker: plain data and shared memory. */
+export interface PoolUpdate {
+  readonly config: FrontendConfig;
+  readonly table: SharedTable;
+  readonly counters: SharedCounters;
+  /** By slot; null for a free slot. Its length is the number of slots in use (the table size). */
+  readonly members: readonly (PoolMember | null)[];
+}
+
+/** What a reconfigure changed, by backend name, for the log. */
+export interface PoolChanges {
+  added: string[];
+  removed: string[];
+  changed: string[];
+}
+
+let nextMemberId = 1;
+
+export class Pool {
+  config: FrontendConfig;
+  readonly shared: SharedTable;
+  /** Every slot, whatever the size in use. */
+  readonly table: BackendTable;
+  readonly counters: SharedCounters;
+  readonly slots: (Member | null)[] = [];
+
+  /**
+   * `startUp`: backends count as up from the start (the first start, as HAProxy does), instead of
+   * waiting for a first probe (a pool added by a reload).
+   */
+  constructor(config: FrontendConfig, workers: number, startUp: boolean) {
+    this.config = config;
+    this.shared = allocateTable(MAX_BACKENDS);
+    this.table = openTable(this.shared);
+    this.table.state.fill(0);
+    this.counters = allocateCounters(workers, MAX_BACKENDS);
+    for (const backend of config.backends) this.add(backend);
+    if (startUp) {
+      for (const member of this.members()) {
+        member.joining = false;
+        Atomics.or(this.table.state, member.index, ENABLED | UP);
+      }
+    }
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  /** Backends in the pool, leaving ones included, in slot order. */
+  members(): Member[] {
+    return this.slots.filter((m): m is Member => m !== null);
+  }
+
+  /** The backend named `name` that is not leaving, or null. */
+  find(name: string): Member | null {
+    for (const member of this.slots) {
+      if (member !== null && !member.leaving && member.config.name === name) return member;
+    }
+    return null;
+  }
+
+  update(): PoolUpdate {
+    return {
+      config: this.config,
+      table: this.shared,
+      counters: this.counters,
+      members: this.slots.map((m) => (m === null ? null : { id: m.id, config: m.config })),
+    };
+  }
+
+  /**
+   * Puts a backend in a free slot, not yet pickable: acknowledged() makes it so once every worker
+   * knows its address. Throws when the pool is full.
+   */
+  add(config: BackendConfig): Member {
+    let index = this.slots.indexOf(null);
+    if (index < 0) {
+      if (this.slots.length >= MAX_BACKENDS) {
+        throw new Error(`frontend ${this.name} is full (${MAX_BACKENDS} backends)`);
+      }
+      index = this.slots.length;
+      this.slots.push(null);
+    }
+    // The slot's last connection has finished (sweepLeaving), so `active` is 0 already.
+    clearBackend(this.counters, index);
+    Atomics.store(this.table.weight, index, config.weight);
+    Atomics.store(this.table.state, index, config.backup ? BACKUP : 0);
+    const member: Member = {
+      id: nextMemberId++,
+      index,
+      config,
+      leaving: false,
+      settled: false,
+      joining: true,
+      transitions: 0,
+    };
+    this.slots[index] = member;
+    return member;
+  }
+
+  /** Takes the backend out of picking at once; its live connections run to their end. */
+  remove(member: Member): void {
+    member.leaving = true;
+    Atomics.or(this.table.state, member.index, DRAINING);
+  }
+
+  /** Called once every worker has the current members: joining backends become pickable (with
+   *  health checks on they wait, down, for their first good probe), and removals are settled. */
+  acknowledged(): void {
+    const up = this.config.health.enabled ? 0 : UP;
+    for (const member of this.members()) {
+      if (member.leaving) member.settled = true;
+      if (!member.joining) continue;
+      member.joining = false;
+      Atomics.or(this.table.state, member.index, ENABLED | up);
+    }
+  }
+
+  /** Frees the slots of settled leaving backends whose last connection has finished; returns
+   *  their names. */
+  sweepLeaving(): string[] {
+    const gone: string[] = [];
+    for (let i = 0; i < this.slots.length; i++) {
+      const member = this.slots[i];
+      if (member === null || !member.settled || Atomics.load(this.table.active, i) > 0) continue;
+      Atomics.store(this.table.state, i, 0);
+      this.slots[i] = null;
+      gone.push(member.config.name);
+    }
+    while (this.slots.length > 0 && this.slots[this.slots.length - 1] === null) this.slots.pop();
+    return gone;
+  }
+
+  /** Live connections of this frontend's backends, leaving ones included. */
+  active(): number {
+    let total = 0;
+    for (let i = 0; i < this.slots.length; i++) total += Atomics.load(this.table.active, i);
+    return total;
+  }
+
+  /**
+   * Applies a new config of this frontend in place: a backend keeps its slot (and counters) when
+   * its name and address are unchanged, and takes its new weight and backup flag; others leave
+   * or join. Admin state (disabled, drained) of a kept backend is kept.
+   */
+  reconfigure(config: FrontendConfig): PoolChanges {
+    const changes: PoolChanges = { added: [], removed: [], changed: [] };
+    const wanted = new Map(config.backends.map((b) => [b.name, b]));
+    for (const member of this.members()) {
+      if (member.leaving) continue;
+      const next = wanted.get(member.config.name);
+      if (
+        next === undefined ||
+        next.host !== member.config.host ||
+        next.port !== member.config.port
+      ) {
+        this.remove(member);
+        changes.removed.push(member.config.name);
+        continue;
+      }
+      wanted.delete(next.name);
+      if (next.weight !== member.config.weight || next.backup !== member.config.backup) {
+        Atomics.store(this.table.weight, member.index, next.weight);
+        if (next.backup) Atomics.or(this.table.state, member.index, BACKUP);
+        else Atomics.and(this.table.state, member.index, ~BACKUP);
+        changes.changed.push(next.name);
+      }
+      member.config = next;
+    }
+    this.config = config;
+    for (const backend of wanted.values()) {
+      this.add(backend);
+      changes.added.push(backend.name);
+    }
+    // Without probes nothing would ever bring a down backend back: count them all as up.
+    if (!config.health.enabled) {
+      for (const member of this.members()) {
+        if (!member.joining) Atomics.or(this.table.state, member.index, UP);
+      }
+    }
+    return changes;
+  }
+}
