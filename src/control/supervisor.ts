@@ -13,6 +13,7 @@ import type { ListenFailure } from '../data/frontend.ts';
 import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.ts';
 import type { Logger } from '../log.ts';
 import { addFrontendFields, summarize, sumSlots } from '../stats/counters.ts';
+import { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
 import type { LatencyAnswer } from '../stats/view.ts';
 import { StatsView } from '../stats/view.ts';
@@ -24,8 +25,8 @@ import { notify } from './systemd.ts';
 /** A listener could not be opened: the CLI reports it as bad input (exit status 2). */
 export class ListenError extends Error {
   readonly code = 'FULCRUM_LISTEN';
-  constructor(endpoint: string, reason: string) {
-    super(`--listen ${endpoint}: ${reason}`);
+  constructor(endpoint: string, reason: string, flag = '--listen') {
+    super(`${flag} ${endpoint}: ${reason}`);
     this.name = 'ListenError';
   }
 }
@@ -59,6 +60,7 @@ export class Supervisor {
   readonly workers: Worker[] = [];
   private health: HealthChecker | null = null;
   private stats: StatsServer | null = null;
+  private metrics: MetricsServer | null = null;
   private view: StatsView | null = null;
   private sweeper: NodeJS.Timeout | null = null;
   private stopping = false;
@@ -106,6 +108,24 @@ export class Supervisor {
         this.log,
       );
       await this.stats.start();
+    }
+    if (config.metrics !== null) {
+      this.metrics = new MetricsServer(this.view, this.log);
+      try {
+        const port = await this.metrics.start(config.metrics);
+        this.log.info(
+          { url: `http://${hostText(config.metrics.host)}:${port}/metrics` },
+          'metrics',
+        );
+      } catch (err) {
+        this.stats?.close();
+        const code = (err as NodeJS.ErrnoException).code ?? '';
+        throw new ListenError(
+          config.metrics.text,
+          LISTEN_REASONS[code] ?? (err as Error).message,
+          '--metrics',
+        );
+      }
     }
     const ready: Promise<boolean>[] = [];
     for (let index = 0; index < config.workers; index++) {
@@ -460,6 +480,10 @@ async function withFreePort(endpoint: Endpoint): Promise<Endpoint> {
   const port = (probe.address() as net.AddressInfo).port;
   probe.close();
   await once(probe, 'close');
-  const host = endpoint.host.includes(':') ? `[${endpoint.host}]` : endpoint.host;
-  return { text: `${host}:${port}`, host: endpoint.host, port };
+  return { text: `${hostText(endpoint.host)}:${port}`, host: endpoint.host, port };
+}
+
+/** A host as it is written before `:PORT`: IPv6 in brackets. */
+function hostText(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
 }

@@ -69,6 +69,8 @@ export interface Percentiles {
   p99: number;
   p999: number;
   max: number;
+  /** Mean, so a Prometheus summary can give a sum (mean * count). */
+  mean: number;
   count: number;
 }
 
@@ -81,6 +83,7 @@ export function percentiles(h: Histogram): Percentiles {
     p99: ms(h.getValueAtPercentile(99)),
     p999: ms(h.getValueAtPercentile(99.9)),
     max: ms(h.maxValue),
+    mean: h.totalCount === 0 ? 0 : ms(h.mean),
     count: h.totalCount,
   };
 }

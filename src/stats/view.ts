@@ -109,6 +109,11 @@ export class StatsView {
     ]);
   }
 
+  /** Each current frontend's counter sums, by name. */
+  frontendSums(): Map<string, Float64Array> {
+    return new Map(this.source.pools().map((p) => [p.name, sumSlots(p.counters)]));
+  }
+
   static state(table: BackendTable, i: number): BackendState {
     const bits = Atomics.load(table.state, i);
     if ((bits & DRAINING) !== 0) return Atomics.load(table.active, i) > 0 ? 'draining' : 'disabled';

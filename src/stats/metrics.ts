@@ -1,0 +1,322 @@
+// Prometheus metrics on http://HOST:PORT/metrics, in the text format, through prom-client.
+// Invariant: nothing is counted twice and nothing here runs on the data path: each scrape takes
+// one snapshot of the shared counters and the workers' histograms (the same the stats socket
+// shows) and every metric reads that snapshot. Labels: frontend, and backend where it applies.
+
+import http from 'node:http';
+import { Counter, Gauge, type Metric, Registry } from 'prom-client';
+import type { Endpoint } from '../config.ts';
+import type { Logger } from '../log.ts';
+import { END_BASE, END_NAMES, RETRIES } from './counters.ts';
+import type { MetricName, Percentiles } from './latency.ts';
+import type { BackendStat, FrontendStat, LatencyStat, StatsView } from './view.ts';
+
+/** One scrape's view of everything. */
+interface Snapshot {
+  frontends: FrontendStat[];
+  latency: Array<LatencyStat & { backends: LatencyStat[] }>;
+  /** Per frontend: counters of how connections ended, and retries. */
+  ends: Map<string, Float64Array>;
+}
+
+const STATES = ['up', 'down', 'disabled', 'draining'] as const;
+
+/**
+ * A Prometheus summary whose quantiles come from our HDR histograms (prom-client's own Summary
+ * keeps its own samples, which would mean observing every connection twice). Quantiles cover
+ * the last minute; _count and _sum the whole run, as with any summary.
+ */
+class HdrSummary {
+  readonly name: string;
+  readonly help: string;
+  readonly type = 'summary';
+  readonly aggregator = 'omit';
+  private readonly metric: MetricName;
+  private readonly snapshot: () => Snapshot | null;
+
+  constructor(name: string, help: string, metric: MetricName, snapshot: () => Snapshot | null) {
+    this.name = name;
+    this.help = help;
+    this.metric = metric;
+    this.snapshot = snapshot;
+  }
+
+  get() {
+    const values: Array<{
+      labels: Record<string, string | number>;
+      value: number;
+      metricName?: string;
+    }> = [];
+    for (const frontend of this.snapshot()?.latency ?? []) {
+      for (const backend of frontend.backends) {
+        const labels = { frontend: frontend.name, backend: backend.name };
+        const minute = backend[this.metric].lastMinute;
+        const total = backend[this.metric].total;
+        for (const [quantile, key] of QUANTILES) {
+          // No connection in the last minute: no quantile to give (NaN, as prom-client does).
+          const value = minute.count === 0 ? Number.NaN : minute[key] / 1000;
+          values.push({ labels: { ...labels, quantile }, value });
+        }
+        values.push({
+          metricName: `${this.name}_sum`,
+          labels,
+          value: (total.mean * total.count) / 1000,
+        });
+        values.push({ metricName: `${this.name}_count`, labels, value: total.count });
+      }
+    }
+    return {
+      name: this.name,
+      help: this.help,
+      type: this.type,
+      values,
+      aggregator: this.aggregator,
+    };
+  }
+
+  reset(): void {}
+}
+
+const QUANTILES: Array<[number, keyof Percentiles]> = [
+  [0.5, 'p50'],
+  [0.9, 'p90'],
+  [0.99, 'p99'],
+  [0.999, 'p999'],
+];
+
+export class MetricsServer {
+  private readonly view: StatsView;
+  private readonly log: Logger;
+  private readonly registry = new Registry();
+  private readonly server: http.Server;
+  private snapshot: Snapshot | null = null;
+  /** One scrape at a time builds the snapshot; concurrent scrapes share it. */
+  private pending: Promise<string> | null = null;
+
+  constructor(view: StatsView, log: Logger) {
+    this.view = view;
+    this.log = log;
+    this.define();
+    this.server = http.createServer((req, res) => void this.serve(req, res));
+    this.server.keepAliveTimeout = 5000;
+    this.server.headersTimeout = 10_000;
+    this.server.requestTimeout = 10_000;
+  }
+
+  async start(endpoint: Endpoint): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host: endpoint.host, port: endpoint.port }, resolve);
+    });
+    this.server.unref();
+    const address = this.server.address();
+    return typeof address === 'object' && address !== null ? address.port : endpoint.port;
+  }
+
+  close(): void {
+    this.server.close();
+  }
+
+  private async serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? '').split('?')[0];
+    if (path !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
+      return;
+    }
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      res.writeHead(405, { allow: 'GET, HEAD' }).end();
+      return;
+    }
+    try {
+      this.pending ??= this.scrape().finally(() => {
+        this.pending = null;
+      });
+      const body = await this.pending;
+      res
+        .writeHead(200, { 'content-type': this.registry.contentType })
+        .end(req.method === 'HEAD' ? undefined : body);
+    } catch (err) {
+      this.log.error({ err }, 'metrics scrape failed');
+      res.writeHead(500, { 'content-type': 'text/plain' }).end('scrape failed\n');
+    }
+  }
+
+  private async scrape(): Promise<string> {
+    const [stat, latency] = await Promise.all([this.view.stat(), this.view.latency()]);
+    this.snapshot = { frontends: stat.frontends, latency, ends: this.view.frontendSums() };
+    try {
+      return await this.registry.metrics();
+    } finally {
+      this.snapshot = null;
+    }
+  }
+
+  private define(): void {
+    const registry = this.registry;
+    const snap = () => this.snapshot;
+    const frontendGauge = (name: string, help: string, value: (f: FrontendStat) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['frontend'],
+        registers: [registry],
+        collect() {
+          this.reset();
+          for (const f of snap()?.frontends ?? []) this.set({ frontend: f.name }, value(f));
+        },
+      });
+    const frontendCounter = (name: string, help: string, value: (f: FrontendStat) => number) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['frontend'],
+        registers: [registry],
+        collect() {
+          this.reset();
+          for (const f of snap()?.frontends ?? []) this.inc({ frontend: f.name }, value(f));
+        },
+      });
+    const backendGauge = (name: string, help: string, value: (b: BackendStat) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['frontend', 'backend'],
+        registers: [registry],
+        collect() {
+          this.reset();
+          for (const f of snap()?.frontends ?? []) {
+            for (const b of f.backends) this.set({ frontend: f.name, backend: b.name }, value(b));
+          }
+        },
+      });
+    const backendCounter = (name: string, help: string, value: (b: BackendStat) => number) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['frontend', 'backend'],
+        registers: [registry],
+        collect() {
+          this.reset();
+          for (const f of snap()?.frontends ?? []) {
+            for (const b of f.backends) this.inc({ frontend: f.name, backend: b.name }, value(b));
+          }
+        },
+      });
+    const ends = (f: FrontendStat, reason: number) =>
+      snap()?.ends.get(f.name)?.[END_BASE + reason] ?? 0;
+
+    frontendGauge('fulcrum_connections_current', 'Client connections open now.', (f) => f.live);
+    frontendCounter('fulcrum_connections_total', 'Client connections accepted.', (f) => f.accepted);
+    new Counter({
+      name: 'fulcrum_connections_refused_total',
+      help: 'Clients closed before any backend was tried: over --max-connections, or no backend available.',
+      labelNames: ['frontend', 'reason'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const f of snap()?.frontends ?? []) {
+          this.inc(
+            { frontend: f.name, reason: 'limit' },
+            ends(f, END_NAMES.indexOf('refused-limit')),
+          );
+          this.inc(
+            { frontend: f.name, reason: 'no-backend' },
+            ends(f, END_NAMES.indexOf('no-backend')),
+          );
+        }
+      },
+    });
+    new Counter({
+      name: 'fulcrum_connections_ended_total',
+      help: 'Finished client connections by how they ended (as in the access log).',
+      labelNames: ['frontend', 'end'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const f of snap()?.frontends ?? []) {
+          for (let r = 0; r < END_NAMES.length; r++) {
+            this.inc({ frontend: f.name, end: END_NAMES[r] }, ends(f, r));
+          }
+        }
+      },
+    });
+    frontendCounter(
+      'fulcrum_connections_failed_total',
+      'Clients closed because no backend could be connected (after retries).',
+      (f) => ends(f, END_NAMES.indexOf('connect-failed')),
+    );
+    frontendCounter(
+      'fulcrum_retries_total',
+      'Connect attempts made on another backend after one failed.',
+      (f) => snap()?.ends.get(f.name)?.[RETRIES] ?? 0,
+    );
+    backendGauge(
+      'fulcrum_backend_connections_current',
+      'Connections open to the backend now.',
+      (b) => b.active,
+    );
+    backendCounter(
+      'fulcrum_backend_connections_total',
+      'Connections established to the backend.',
+      (b) => b.total,
+    );
+    backendCounter(
+      'fulcrum_backend_connect_failures_total',
+      'Connect attempts to the backend that failed (refused, unreachable, timed out).',
+      (b) => b.failures,
+    );
+    new Counter({
+      name: 'fulcrum_backend_bytes_total',
+      help: 'Bytes relayed: to_backend (from clients) and from_backend (to clients).',
+      labelNames: ['frontend', 'backend', 'direction'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const f of snap()?.frontends ?? []) {
+          for (const b of f.backends) {
+            this.inc({ frontend: f.name, backend: b.name, direction: 'to_backend' }, b.bytesIn);
+            this.inc({ frontend: f.name, backend: b.name, direction: 'from_backend' }, b.bytesOut);
+          }
+        }
+      },
+    });
+    backendGauge('fulcrum_backend_up', '1 when the backend passes its health checks.', (b) =>
+      b.state === 'down' ? 0 : 1,
+    );
+    new Gauge({
+      name: 'fulcrum_backend_state',
+      help: '1 for the state the backend is in: up, down, disabled or draining.',
+      labelNames: ['frontend', 'backend', 'state'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const f of snap()?.frontends ?? []) {
+          for (const b of f.backends) {
+            for (const state of STATES) {
+              this.set({ frontend: f.name, backend: b.name, state }, b.state === state ? 1 : 0);
+            }
+          }
+        }
+      },
+    });
+    backendGauge('fulcrum_backend_weight', 'The backend weight (0..256).', (b) => b.weight);
+    backendCounter(
+      'fulcrum_backend_health_transitions_total',
+      'Health transitions of the backend (up to down, and back).',
+      (b) => b.transitions,
+    );
+    const summaries: Array<[string, string, MetricName]> = [
+      ['fulcrum_backend_connect_seconds', 'Time to connect to the backend.', 'connectMs'],
+      [
+        'fulcrum_backend_first_byte_seconds',
+        'Time from connected to the first byte from the backend.',
+        'firstByteMs',
+      ],
+      ['fulcrum_backend_connection_duration_seconds', 'How long connections lasted.', 'durationMs'],
+    ];
+    for (const [name, help, metric] of summaries) {
+      // Not one of prom-client's classes, but what its registry asks of a metric: get() and reset().
+      registry.registerMetric(new HdrSummary(name, help, metric, snap) as unknown as Metric);
+    }
+  }
+}

@@ -1,0 +1,17 @@
+// Types for the Prometheus text-format parser the metrics test reads /metrics with.
+declare module 'parse-prometheus-text-format' {
+  export interface Sample {
+    labels?: Record<string, string>;
+    value?: string;
+    quantiles?: Record<string, string>;
+    count?: string;
+    sum?: string;
+  }
+  export interface MetricFamily {
+    name: string;
+    help: string;
+    type: 'COUNTER' | 'GAUGE' | 'SUMMARY' | 'HISTOGRAM' | 'UNTYPED';
+    metrics: Sample[];
+  }
+  export default function parsePrometheusTextFormat(text: string): MetricFamily[];
+}
