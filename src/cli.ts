@@ -14,6 +14,7 @@ import {
 } from './config.ts';
 import { loadConfigFile, overridesFromFlags } from './config-file.ts';
 import { ListenError, Supervisor } from './control/supervisor.ts';
+import { ActivationError } from './control/systemd.ts';
 import { ALGORITHMS } from './core/scheduler.ts';
 import { createLogger } from './log.ts';
 import { ClientError, isError, query } from './stats/client.ts';
@@ -270,6 +271,7 @@ export async function main(argv: string[]): Promise<void> {
       err instanceof ConfigError ||
       err instanceof ListenError ||
       err instanceof StatsSocketError ||
+      err instanceof ActivationError ||
       err instanceof ClientError
     ) {
       fail(err.message);

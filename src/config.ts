@@ -451,7 +451,8 @@ export function topFromFlags(flags: RunFlags): TopInput {
 /** Checks the flags and builds a Config with one frontend, `default`; hostnames are resolved
  *  later by resolveConfig(). */
 export function configFromFlags(flags: RunFlags): Config {
-  if ((flags.listen ?? []).length === 0) {
+  // Under socket activation the listeners may all come from systemd.
+  if ((flags.listen ?? []).length === 0 && process.env.LISTEN_FDS === undefined) {
     throw new ConfigError('--listen', 'at least one is required (or --config FILE)');
   }
   if ((flags.backend ?? []).length === 0) {

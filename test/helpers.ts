@@ -127,7 +127,7 @@ export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}):
         pending = pending.slice(nl + 1);
         logs.push(line);
         if (line.msg === 'listening') {
-          const addresses = line.listen as string[];
+          const addresses = [...(line.listen as string[]), ...((line.systemd as string[]) ?? [])];
           if (listen === '') listen = addresses[0];
           ports[line.frontend as string] = addresses.map(portOf);
         }

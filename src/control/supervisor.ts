@@ -20,7 +20,8 @@ import { StatsView } from '../stats/view.ts';
 import { HealthChecker } from './health.ts';
 import type { PoolChanges } from './pool.ts';
 import { Pool } from './pool.ts';
-import { notify } from './systemd.ts';
+import type { ActivatedSocket } from './systemd.ts';
+import { ActivationError, notify, takeActivatedSockets } from './systemd.ts';
 
 /** A listener could not be opened: the CLI reports it as bad input (exit status 2). */
 export class ListenError extends Error {
@@ -66,6 +67,8 @@ export class Supervisor {
   private stopping = false;
   private started = false;
   private reloading = false;
+  /** Sockets systemd passed, by frontend: opened once at start, kept across reloads. */
+  private activated = new Map<string, ActivatedSocket[]>();
   /** `FRONTEND ADDRESS` as written (port 0 included) -> as bound, so a reload keeps the port. */
   private bound = new Map<string, Endpoint>();
   /** Requests in flight to every worker (latency, update), by id: each waits for all answers. */
@@ -85,7 +88,19 @@ export class Supervisor {
 
   /** Starts every worker and resolves once all listeners are open in all of them. */
   async start(): Promise<void> {
+    this.activated = assignActivated(
+      await takeActivatedSockets(this.config.workers),
+      this.config.frontends,
+    );
     const config = await this.fixPorts(this.config);
+    for (const frontend of config.frontends) {
+      if (frontend.listen.length === 0 && !this.activated.has(frontend.name)) {
+        throw new ConfigError(
+          `frontend ${frontend.name}`,
+          'nothing to listen on (no listen address, and no socket from systemd named after it)',
+        );
+      }
+    }
     this.config = config;
     this.pools = config.frontends.map((f) => new Pool(f, config.workers, true));
     // The stats socket first: if it cannot open, nothing has been bound or started yet.
@@ -137,6 +152,12 @@ export class Supervisor {
         backlog: config.backlog,
         accessLog: config.accessLog,
         logFormat: config.logFormat,
+        activated: Object.fromEntries(
+          [...this.activated].map(([name, sockets]) => [
+            name,
+            sockets.map((s) => ({ text: s.address, fd: s.fds[index] })),
+          ]),
+        ),
       };
       const worker = new Worker(WORKER_URL, { workerData: init });
       this.workers.push(worker);
@@ -169,6 +190,7 @@ export class Supervisor {
       {
         frontend: frontend.name,
         listen: frontend.listen.map((l) => l.text),
+        systemd: (this.activated.get(frontend.name) ?? []).map((s) => s.address),
         algorithm: frontend.algorithm,
         backends: frontend.backends.map((b) => b.name),
       },
@@ -447,7 +469,10 @@ export class Supervisor {
     const frontends: FrontendConfig[] = [];
     for (const frontend of config.frontends) {
       const listen: Endpoint[] = [];
+      const activated = this.activated.get(frontend.name) ?? [];
       for (const endpoint of frontend.listen) {
+        // The socket systemd passed for this address takes the place of binding it here.
+        if (activated.some((s) => s.host === endpoint.host && s.port === endpoint.port)) continue;
         const key = `${frontend.name} ${endpoint.text}`;
         let fixed = this.bound.get(key) ?? endpoint;
         if (fixed.port === 0) fixed = await withFreePort(endpoint);
@@ -486,4 +511,32 @@ async function withFreePort(endpoint: Endpoint): Promise<Endpoint> {
 /** A host as it is written before `:PORT`: IPv6 in brackets. */
 function hostText(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
+}
+
+/**
+ * Gives each socket systemd passed to the frontend named by its FileDescriptorName=; unnamed
+ * sockets go to the only frontend, if there is only one.
+ */
+function assignActivated(
+  sockets: readonly ActivatedSocket[],
+  frontends: readonly FrontendConfig[],
+): Map<string, ActivatedSocket[]> {
+  const byFrontend = new Map<string, ActivatedSocket[]>();
+  for (const socket of sockets) {
+    let name = socket.name;
+    if (name === '') {
+      if (frontends.length !== 1) {
+        throw new ActivationError(
+          `${socket.address} has no FileDescriptorName= and there are ${frontends.length} frontends: name it after one`,
+        );
+      }
+      name = frontends[0].name;
+    } else if (!frontends.some((f) => f.name === name)) {
+      throw new ActivationError(
+        `${socket.address} is named "${name}" (FileDescriptorName=), but no frontend is`,
+      );
+    }
+    byFrontend.set(name, [...(byFrontend.get(name) ?? []), socket]);
+  }
+  return byFrontend;
 }

@@ -3,7 +3,7 @@
 // is one limit check, one Connection, one client socket and one pick; nothing is logged.
 
 import net from 'node:net';
-import type { BackendConfig, Endpoint, FrontendConfig } from '../config.ts';
+import type { BackendConfig, FrontendConfig } from '../config.ts';
 import type { PoolUpdate } from '../control/pool.ts';
 import type { Scheduler } from '../core/scheduler.ts';
 import { createScheduler } from '../core/scheduler.ts';
@@ -44,6 +44,16 @@ export interface WorkerLimits {
   readonly backlog: number;
 }
 
+/** A socket systemd passed, as one worker holds it: its own descriptor. */
+export interface ActivatedListener {
+  readonly text: string;
+  readonly fd: number;
+}
+
+function activatedKey(socket: ActivatedListener): string {
+  return `systemd ${socket.text}`;
+}
+
 /** A listener that could not be opened. */
 export interface ListenFailure {
   readonly endpoint: string;
@@ -77,7 +87,16 @@ export class Frontend {
   /** Called after every finished connection; the worker uses it to notice it has drained. */
   onIdle: (this: Frontend) => void = () => {};
 
-  constructor(update: PoolUpdate, worker: number, limits: WorkerLimits) {
+  /** Sockets systemd passed for this frontend: opened once, never closed by a reload. */
+  private readonly activated: readonly ActivatedListener[];
+
+  constructor(
+    update: PoolUpdate,
+    worker: number,
+    limits: WorkerLimits,
+    activated: readonly ActivatedListener[] = [],
+  ) {
+    this.activated = activated;
     this.config = update.config;
     this.shared = update.table;
     this.slot = openSlot(update.counters, worker);
@@ -114,6 +133,7 @@ export class Frontend {
    */
   async syncListeners(): Promise<ListenFailure[]> {
     const wanted = new Set(this.config.listen.map((l) => l.text));
+    for (const socket of this.activated) wanted.add(activatedKey(socket));
     for (const [text, server] of this.servers) {
       if (!wanted.has(text)) {
         server.close();
@@ -121,10 +141,28 @@ export class Frontend {
       }
     }
     const failures: ListenFailure[] = [];
+    for (const socket of this.activated) {
+      const key = activatedKey(socket);
+      if (this.servers.has(key)) continue;
+      try {
+        this.servers.set(key, await this.open({ fd: socket.fd }));
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        failures.push({ endpoint: socket.text, code: e.code ?? 'ERROR', message: e.message });
+      }
+    }
     for (const endpoint of this.config.listen) {
       if (this.servers.has(endpoint.text)) continue;
       try {
-        this.servers.set(endpoint.text, await this.open(endpoint));
+        this.servers.set(
+          endpoint.text,
+          await this.open({
+            host: endpoint.host,
+            port: endpoint.port,
+            reusePort: true,
+            backlog: this.limits.backlog,
+          }),
+        );
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
         failures.push({ endpoint: endpoint.text, code: e.code ?? 'ERROR', message: e.message });
@@ -133,7 +171,7 @@ export class Frontend {
     return failures;
   }
 
-  private async open(endpoint: Endpoint): Promise<net.Server> {
+  private async open(options: net.ListenOptions | { fd: number }): Promise<net.Server> {
     const server = net.createServer({
       pauseOnConnect: true,
       allowHalfOpen: true,
@@ -143,10 +181,7 @@ export class Frontend {
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(
-        { host: endpoint.host, port: endpoint.port, reusePort: true, backlog: this.limits.backlog },
-        resolve,
-      );
+      server.listen(options, resolve);
     });
     // Runs before any connection is accepted: 'listening' comes before the next poll phase.
     this.hooked = hookAccept(server, (status, handle) => this.acceptHandle(status, handle));

@@ -11,7 +11,7 @@ import { END, LIVE } from '../stats/counters.ts';
 import { SLOT_MS } from '../stats/latency.ts';
 import type { LatencyAnswer } from '../stats/view.ts';
 import { IDLE_SWEEP_TICKS, TICK_MS, updateNow } from './clock.ts';
-import type { ListenFailure } from './frontend.ts';
+import type { ActivatedListener, ListenFailure } from './frontend.ts';
 import { Frontend } from './frontend.ts';
 
 export interface WorkerInit {
@@ -23,6 +23,8 @@ export interface WorkerInit {
   readonly backlog: number;
   readonly accessLog: boolean;
   readonly logFormat: LogFormat;
+  /** This worker's descriptors of the sockets systemd passed, by frontend name. */
+  readonly activated: Record<string, ActivatedListener[]>;
 }
 
 /** Messages from a worker to the main thread. */
@@ -87,7 +89,10 @@ function checkDrained(): void {
 }
 
 function setAccessLog(on: boolean): void {
-  if (on && accessLog === null) accessLog = createAccessLogger(init.logFormat);
+  // The worker's index rides on every line for free: pino serializes a child's bindings once.
+  if (on && accessLog === null) {
+    accessLog = createAccessLogger(init.logFormat).child({ worker: init.index });
+  }
   if (!on) accessLog = null;
   for (const frontend of frontends.values()) frontend.accessLog = accessLog;
 }
@@ -105,7 +110,7 @@ async function update(pools: readonly PoolUpdate[]): Promise<ListenFailure[]> {
   for (const pool of pools) {
     let frontend = frontends.get(pool.config.name);
     if (frontend === undefined) {
-      frontend = new Frontend(pool, init.index, limits);
+      frontend = new Frontend(pool, init.index, limits, init.activated[pool.config.name] ?? []);
       frontend.onIdle = onIdle;
       frontend.accessLog = accessLog;
       frontends.set(pool.config.name, frontend);

@@ -1,0 +1,192 @@
+// Under systemd: the example units verify clean; fulcrum serves on sockets passed by socket
+// activation (systemd-socket-activate, as systemd would), in every worker, without losing the
+// connections that queued before it started; and it reports READY=1, RELOADING=1 and STOPPING=1
+// to NOTIFY_SOCKET through systemd-notify.
+
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import type net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { BIN, closedPort, connect, greet, readLine, startBackend, waitFor } from '../helpers.ts';
+
+const ROOT = new URL('../../', import.meta.url).pathname;
+
+t.test(
+  'systemd-analyze verify examples/fulcrum.service examples/fulcrum.socket is clean',
+  async (t) => {
+    const result = spawnSync(
+      'systemd-analyze',
+      ['verify', 'examples/fulcrum.service', 'examples/fulcrum.socket'],
+      { cwd: ROOT, encoding: 'utf8' },
+    );
+    t.equal(result.error, undefined, 'systemd-analyze runs (systemd is on the machine)');
+    t.equal(result.status, 0, result.stderr);
+    t.equal(result.stderr.trim(), '', 'no warning either');
+  },
+);
+
+/** A datagram socket like systemd's notify socket, read by python3 (Node has no unix datagrams). */
+async function notifySocket(t: {
+  teardown(fn: () => unknown): void;
+}): Promise<{ path: string; messages: string[] }> {
+  const path = join(mkdtempSync(join(tmpdir(), 'fulcrum-notify-')), 'notify.sock');
+  const reader = spawn(
+    'python3',
+    [
+      '-c',
+      'import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\nwhile True:\n  print(s.recv(65536).decode().replace("\\n"," "),flush=True)',
+      path,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  t.teardown(() => reader.kill());
+  const messages: string[] = [];
+  let pending = '';
+  reader.stdout.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    messages.push(...lines);
+  });
+  await waitFor(() => messages.includes('bound'), 5000, 'the notify socket');
+  return { path, messages };
+}
+
+t.test('socket activation with two workers, and sd_notify readiness', async (t) => {
+  const backend = await startBackend(greet);
+  t.teardown(() => backend.close());
+  const notify = await notifySocket(t);
+  const port = await closedPort();
+  const dir = mkdtempSync(join(tmpdir(), 'fulcrum-sa-'));
+  const config = join(dir, 'fulcrum.yaml');
+  // The listen address equals the passed socket: fulcrum takes the socket instead of binding.
+  writeFileSync(
+    config,
+    `workers: 2\nlog: { access: true }\nfrontends:\n  - name: web\n    listen: [127.0.0.1:${port}]\n    health: false\n    backends: [${backend.address}]\n`,
+  );
+  const activator: ChildProcess = spawn(
+    'systemd-socket-activate',
+    [
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--fdname=web',
+      '-E',
+      'NOTIFY_SOCKET',
+      process.execPath,
+      BIN,
+      '--config',
+      config,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NOTIFY_SOCKET: notify.path } },
+  );
+  t.teardown(() => {
+    if (activator.exitCode === null) activator.kill('SIGKILL');
+  });
+  const logs: Array<Record<string, unknown>> = [];
+  let pending = '';
+  activator.stdout?.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) logs.push(JSON.parse(line) as Record<string, unknown>);
+  });
+  let stderr = '';
+  activator.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
+
+  // These connect before fulcrum runs at all: they wait in the passed socket's queue.
+  const early: net.Socket[] = [];
+  for (let i = 0; i < 5; i++) early.push(await connect(port));
+  for (const socket of early) {
+    t.equal(
+      await readLine(socket),
+      String(backend.port),
+      'a connection queued before start is served',
+    );
+    socket.end();
+  }
+  await waitFor(() => logs.some((l) => l.msg === 'ready'), 10_000, 'ready');
+  const listening = logs.find((l) => l.msg === 'listening');
+  t.same(listening?.systemd, [`127.0.0.1:${port}`], 'the passed socket, matched by name');
+  t.same(listening?.listen, [], 'the same address is not bound again');
+
+  const burst = await Promise.all(Array.from({ length: 60 }, () => connect(port)));
+  const answers = await Promise.all(burst.map((s) => readLine(s)));
+  t.ok(
+    answers.every((a) => a === String(backend.port)),
+    '60 concurrent clients served',
+  );
+  for (const socket of burst) socket.end();
+  await waitFor(
+    () => logs.filter((l) => l.msg === 'connection').length >= 65,
+    5000,
+    'access log lines',
+  );
+  const workers = new Set(logs.filter((l) => l.msg === 'connection').map((l) => l.worker));
+  t.same([...workers].sort(), [0, 1], 'both workers accept from the passed socket');
+
+  await waitFor(() => notify.messages.some((m) => m.includes('READY=1')), 5000, 'READY=1');
+  const ready = notify.messages.find((m) => m.includes('READY=1')) as string;
+  t.match(ready, new RegExp(`MAINPID=${activator.pid}`), 'names fulcrum as the main process');
+
+  activator.kill('SIGHUP');
+  await waitFor(() => logs.some((l) => l.msg === 'reloaded'), 10_000, 'the reload');
+  await waitFor(
+    () => notify.messages.filter((m) => m.includes('READY=1')).length >= 2,
+    5000,
+    'READY=1 after the reload',
+  );
+  const reloading = notify.messages.findIndex((m) => m.includes('RELOADING=1'));
+  t.ok(reloading > notify.messages.indexOf(ready), 'RELOADING=1 then READY=1 around the reload');
+  const after = await connect(port);
+  t.equal(await readLine(after), String(backend.port), 'still serving on the passed socket');
+  after.end();
+
+  activator.kill('SIGTERM');
+  const [code] = await once(activator, 'exit');
+  t.equal(code, 0, 'SIGTERM drains and exits 0');
+  t.ok(
+    notify.messages.some((m) => m.includes('STOPPING=1')),
+    'STOPPING=1 on stop',
+  );
+});
+
+t.test('a passed socket named after no frontend is exit 2 with one line', async (t) => {
+  const port = await closedPort();
+  const activator = spawn(
+    'systemd-socket-activate',
+    [
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--fdname=nope',
+      process.execPath,
+      BIN,
+      '--backend',
+      '127.0.0.1:9',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  activator.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  t.teardown(() => {
+    if (activator.exitCode === null) activator.kill('SIGKILL');
+  });
+  await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
+  // It starts the command on the first connection.
+  const client = await connect(port);
+  client.on('error', () => {});
+  const [code] = await once(activator, 'exit');
+  t.equal(code, 2);
+  const ours = stderr.split('\n').filter((l) => l.startsWith('fulcrum:'));
+  t.same(ours, [
+    `fulcrum: socket activation: 127.0.0.1:${port} is named "nope" (FileDescriptorName=), but no frontend is`,
+  ]);
+  client.destroy();
+});
