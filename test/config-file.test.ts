@@ -1,10 +1,11 @@
 // The config file: every key reaches the Config, and every mistake names the file, the key path
 // and what was expected. Also: top-level flags override the file; frontend flags are refused.
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { parse } from 'yaml';
 import { ConfigError } from '../src/config.ts';
 import { loadConfigFile, overridesFromFlags } from '../src/config-file.ts';
 
@@ -85,12 +86,62 @@ t.test('every key of a full file reaches the config', async (t) => {
   );
 });
 
-t.test('the examples/ config is valid and covers every key', async (t) => {
-  const path = new URL('../examples/fulcrum.yaml', import.meta.url).pathname;
-  const config = await loadConfigFile(path);
-  t.ok(config.frontends.length >= 2, 'at least two frontends');
-  t.ok(config.metrics !== null && config.stats.socket !== null);
-});
+t.test(
+  'the examples/ config is valid, covers every key, and is the README reference',
+  async (t) => {
+    const path = new URL('../examples/fulcrum.yaml', import.meta.url).pathname;
+    const config = await loadConfigFile(path);
+    t.ok(config.frontends.length >= 2, 'at least two frontends');
+    t.ok(config.metrics !== null && config.stats.socket !== null);
+    const text = readFileSync(path, 'utf8');
+    const seen = new Set<string>();
+    const walk = (value: unknown, at: string) => {
+      if (Array.isArray(value)) for (const item of value) walk(item, `${at}[]`);
+      else if (value !== null && typeof value === 'object') {
+        for (const [key, inner] of Object.entries(value)) {
+          seen.add(`${at}${at === '' ? '' : '.'}${key}`.replace(/^\./, ''));
+          walk(inner, `${at}${at === '' ? '' : '.'}${key}`);
+        }
+      }
+    };
+    walk(parse(text), '');
+    const every = [
+      'workers',
+      'maxConnections',
+      'drainTimeout',
+      'backlog',
+      'statsSocket.path',
+      'statsSocket.mode',
+      'statsSocket.level',
+      'metrics',
+      'log.level',
+      'log.format',
+      'log.access',
+      'frontends[].name',
+      'frontends[].listen',
+      'frontends[].algorithm',
+      'frontends[].connectTimeout',
+      'frontends[].idleTimeout',
+      'frontends[].retries',
+      'frontends[].health.enabled',
+      'frontends[].health.interval',
+      'frontends[].health.timeout',
+      'frontends[].health.rise',
+      'frontends[].health.fall',
+      'frontends[].backends[].address',
+      'frontends[].backends[].name',
+      'frontends[].backends[].weight',
+      'frontends[].backends[].backup',
+    ];
+    t.same(
+      every.filter((key) => !seen.has(key)),
+      [],
+      'every key appears in the example',
+    );
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    t.ok(readme.includes(`\`\`\`yaml\n${text}\`\`\``), 'the README shows the example as it is');
+  },
+);
 
 t.test('JSON is accepted too', async (t) => {
   const config = await loadConfigFile(
