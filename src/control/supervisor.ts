@@ -209,7 +209,10 @@ export class Supervisor {
    * that does not load, or a new listener that cannot open, changes nothing.
    */
   async reload(source: string): Promise<ReloadResult> {
-    if (!this.started || this.stopping) return { ok: false, message: 'not running' };
+    if (!this.started || this.stopping) {
+      this.log.warn({ source }, 'reload ignored: not running (starting or stopping)');
+      return { ok: false, message: 'not running (starting or stopping)' };
+    }
     if (this.reloading) return { ok: false, message: 'a reload is already running' };
     this.reloading = true;
     await notify(this.log, 'RELOADING=1', `MONOTONIC_USEC=${monotonicMicros()}`);
