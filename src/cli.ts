@@ -71,8 +71,8 @@ export function buildProgram(): Command {
       collect,
     )
     .option(
-      '-b, --backend <host:port[,weight=N][,backup]>',
-      'a backend; repeatable. weight 0..256 (default 1, 0 = never picked); backup = used only when no other is available',
+      '-b, --backend <host:port[,weight=N][,backup][,maxconn=N][,name=NAME]>',
+      'a backend; repeatable. weight 0..256 (default 1, 0 = never picked); backup = used only when no other is available; maxconn = most live connections; name = how stats call it',
       collect,
     )
     .addOption(
@@ -168,6 +168,10 @@ export function buildProgram(): Command {
         .default(DEFAULTS.statsLevel),
     )
     .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics')
+    .option(
+      '--state-file <path>',
+      'keep runtime changes (add/del backend, weights, disable/drain) here, across reloads and restarts',
+    )
     .addHelpText(
       'after',
       '\nDurations: 500ms, 3s, 5m, 1h (a bare number is milliseconds).\n' +
@@ -239,12 +243,12 @@ export function buildProgram(): Command {
 }
 
 /** Loads the config as the command line asks: from the file (flags override its top level) or
- *  from flags alone. Called again on every reload. */
+ *  from flags alone; hostnames are resolved by the supervisor. Called again on every reload. */
 function configLoader(flags: RunFlags, given: (key: string) => boolean): () => Promise<Config> {
-  if (flags.config === undefined) return () => resolveConfig(configFromFlags(flags));
+  if (flags.config === undefined) return async () => configFromFlags(flags);
   const file = flags.config;
   const overrides = overridesFromFlags(flags, given);
-  return async () => resolveConfig(await loadConfigFile(file, overrides));
+  return () => loadConfigFile(file, overrides);
 }
 
 async function run(flags: RunFlags, given: (key: string) => boolean): Promise<void> {

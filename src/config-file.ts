@@ -30,6 +30,7 @@ const backend = z.union([
     name: z.string().optional(),
     weight: scalar.optional(),
     backup: z.boolean().optional(),
+    maxconn: scalar.optional(),
   }),
 ]);
 
@@ -66,6 +67,7 @@ const schema = z.strictObject({
   backlog: scalar.optional(),
   statsSocket: statsSocket.optional(),
   metrics: z.string().optional(),
+  stateFile: z.string().optional(),
   log: log.optional(),
   frontends: z.array(frontend),
 });
@@ -145,6 +147,7 @@ export async function loadConfigFile(file: string, overrides: TopInput = {}): Pr
     statsSocketMode: data.statsSocket?.mode,
     statsLevel: data.statsSocket?.level,
     metrics: data.metrics,
+    stateFile: data.stateFile,
   };
   const merged: Record<string, unknown> = { ...top };
   const overridden = new Set<string>();

@@ -36,6 +36,8 @@ export interface BackendConfig extends Endpoint {
   readonly name: string;
   readonly weight: number;
   readonly backup: boolean;
+  /** Most live connections at once; 0: no limit. */
+  readonly maxconn: number;
 }
 
 export interface FrontendConfig {
@@ -73,6 +75,8 @@ export interface Config {
   readonly stats: StatsConfig;
   /** Where /metrics is served (Prometheus text format); null: not served. */
   readonly metrics: Endpoint | null;
+  /** Where runtime changes are kept across reloads and restarts; null: not kept. */
+  readonly stateFile: string | null;
   readonly frontends: readonly FrontendConfig[];
 }
 
@@ -113,6 +117,7 @@ export interface RunFlags {
   statsSocketMode?: string;
   statsLevel?: string;
   metrics?: string;
+  stateFile?: string;
   config?: string;
 }
 
@@ -179,26 +184,35 @@ export function parseEndpoint(text: string, where: string, allowZeroPort: boolea
   return { text: text.trim(), host, port };
 }
 
-/** `HOST:PORT[,weight=N][,backup]`. */
+/** Most connections a backend's maxconn may allow. */
+export const MAX_MAXCONN = 1_000_000;
+
+/** `HOST:PORT[,weight=N][,backup][,maxconn=N][,name=NAME]`. */
 export function parseBackend(text: string, where: string): BackendConfig {
   const [address, ...options] = text.split(',');
   const endpoint = parseEndpoint(address, where, false);
   let weight = 1;
   let backup = false;
+  let maxconn = 0;
+  let name = endpoint.text;
   for (const option of options) {
     const [key, value] = option.split('=', 2);
     if (key === 'weight' && value !== undefined) {
       weight = parseInteger(value, `${where} ${endpoint.text} weight`, 0, MAX_WEIGHT);
     } else if (key === 'backup' && value === undefined) {
       backup = true;
+    } else if (key === 'maxconn' && value !== undefined) {
+      maxconn = parseInteger(value, `${where} ${endpoint.text} maxconn`, 0, MAX_MAXCONN);
+    } else if (key === 'name' && value !== undefined) {
+      name = checkName(value, `${where} ${endpoint.text} name`);
     } else {
       throw new ConfigError(
         where,
-        `"${text}": unknown option "${option}" (expected weight=N or backup)`,
+        `"${text}": unknown option "${option}" (expected weight=N, backup, maxconn=N or name=NAME)`,
       );
     }
   }
-  return { ...endpoint, name: endpoint.text, weight, backup };
+  return { ...endpoint, name, weight, backup, maxconn };
 }
 
 function parseWorkers(text: string, where: string): number {
@@ -233,6 +247,7 @@ export interface BackendInput {
   readonly name?: string;
   readonly weight?: string;
   readonly backup?: boolean;
+  readonly maxconn?: string;
 }
 
 /** The process-wide settings as written, before checking. */
@@ -248,6 +263,7 @@ export interface TopInput {
   readonly statsSocketMode?: string;
   readonly statsLevel?: string;
   readonly metrics?: string;
+  readonly stateFile?: string;
 }
 
 /** A frontend or backend name as stats commands address it (`FRONTEND/BACKEND`). */
@@ -315,17 +331,28 @@ export function buildFrontend(input: FrontendInput, where: Where): FrontendConfi
 
 function backendFromInput(input: BackendInput, where: Where): BackendConfig {
   const endpoint = parseEndpoint(input.address, where('address'), false);
-  const name = input.name ?? endpoint.text;
-  if (!NAME.test(name)) {
-    throw new ConfigError(where('name'), `"${name}" is not a name (letters, digits, _ . : - [ ])`);
-  }
   return {
     ...endpoint,
-    name,
+    name: checkName(input.name ?? endpoint.text, where('name')),
     weight:
       input.weight === undefined ? 1 : parseInteger(input.weight, where('weight'), 0, MAX_WEIGHT),
     backup: input.backup === true,
+    maxconn:
+      input.maxconn === undefined
+        ? 0
+        : parseInteger(input.maxconn, where('maxconn'), 0, MAX_MAXCONN),
   };
+}
+
+/** A backend name: what `FRONTEND/BACKEND` addresses it by. */
+export function checkName(name: string, where: string): string {
+  if (!NAME.test(name)) {
+    throw new ConfigError(
+      where,
+      `"${name}" is not a name (letters, digits, _ . : - [ ]; at most 64)`,
+    );
+  }
+  return name;
 }
 
 /** Checks the process-wide settings and every frontend, and builds the Config. */
@@ -382,6 +409,7 @@ export function buildConfig(
     backlog: parseInteger(top.backlog ?? DEFAULTS.backlog, where('backlog'), 1, 65535),
     stats: parseStats(top, where),
     metrics: top.metrics === undefined ? null : parseEndpoint(top.metrics, where('metrics'), true),
+    stateFile: parseStateFile(top.stateFile, where('stateFile')),
     frontends: built,
   };
 }
@@ -408,6 +436,7 @@ const FLAG_OF: Record<string, string> = {
   statsSocketMode: '--stats-socket-mode',
   statsLevel: '--stats-level',
   metrics: '--metrics',
+  stateFile: '--state-file',
 };
 
 /** `backends[2].weight` -> `--backend`: a flag error names the flag. */
@@ -429,6 +458,7 @@ export const TOP_FLAGS = [
   'statsSocketMode',
   'statsLevel',
   'metrics',
+  'stateFile',
 ] as const;
 
 /** The process-wide part of the flags. */
@@ -445,6 +475,7 @@ export function topFromFlags(flags: RunFlags): TopInput {
     statsSocketMode: flags.statsSocketMode,
     statsLevel: flags.statsLevel,
     metrics: flags.metrics,
+    stateFile: flags.stateFile,
   };
 }
 
@@ -475,6 +506,12 @@ export function configFromFlags(flags: RunFlags): Config {
     },
   };
   return buildConfig(topFromFlags(flags), [frontend], flagWhere, () => flagWhere);
+}
+
+function parseStateFile(path: string | undefined, where: string): string | null {
+  if (path === undefined) return null;
+  if (path.trim() === '') throw new ConfigError(where, 'empty path');
+  return path;
 }
 
 function parseLogFormat(text: string, where: string): LogFormat {
@@ -529,22 +566,26 @@ export async function resolveConfig(config: Config): Promise<Config> {
   for (const frontend of config.frontends) {
     const backends: BackendConfig[] = [];
     for (const backend of frontend.backends) {
-      if (isIP(backend.host) !== 0) {
-        backends.push(backend);
-        continue;
-      }
-      try {
-        const { address } = await lookup(backend.host);
-        backends.push({ ...backend, host: address });
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code ?? 'error';
-        throw new ConfigError(
-          `frontend ${frontend.name}: backend ${backend.name}`,
-          `cannot resolve ${backend.host} (${code})`,
-        );
-      }
+      backends.push(
+        await resolveBackend(backend, `frontend ${frontend.name}: backend ${backend.name}`),
+      );
     }
     frontends.push({ ...frontend, backends });
   }
   return { ...config, frontends };
+}
+
+/** The backend with its hostname resolved to an address (the first one DNS gives). */
+export async function resolveBackend(
+  backend: BackendConfig,
+  where: string,
+): Promise<BackendConfig> {
+  if (isIP(backend.host) !== 0) return backend;
+  try {
+    const { address } = await lookup(backend.host);
+    return { ...backend, host: address };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code ?? 'error';
+    throw new ConfigError(where, `cannot resolve ${backend.host} (${code})`);
+  }
 }

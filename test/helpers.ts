@@ -66,6 +66,12 @@ export function greet(socket: net.Socket): void {
   socket.on('end', () => socket.end());
 }
 
+/** Says which port it is, then echoes every byte back (and ends when the client ends). */
+export function greetThenEcho(socket: net.Socket): void {
+  socket.write(`${socket.localPort}\n`);
+  socket.pipe(socket);
+}
+
 /** A port nothing listens on: bound once to get it, then closed. */
 export async function closedPort(): Promise<number> {
   const server = net.createServer().listen(0, '127.0.0.1');

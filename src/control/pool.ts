@@ -34,7 +34,11 @@ export interface Member {
   joining: boolean;
   /** Health transitions (up -> down and back) so far. */
   transitions: number;
+  /** What an operator asked: enabled, disabled (no new connection) or draining. */
+  admin: AdminChoice;
 }
+
+export type AdminChoice = 'enabled' | 'disabled' | 'draining';
 
 /** What a worker needs of one slot. */
 export interface PoolMember {
@@ -82,7 +86,8 @@ export class Pool {
     if (startUp) {
       for (const member of this.members()) {
         member.joining = false;
-        Atomics.or(this.table.state, member.index, ENABLED | UP);
+        Atomics.or(this.table.state, member.index, UP);
+        this.applyAdmin(member);
       }
     }
   }
@@ -129,6 +134,7 @@ export class Pool {
     // The slot's last connection has finished (sweepLeaving), so `active` is 0 already.
     clearBackend(this.counters, index);
     Atomics.store(this.table.weight, index, config.weight);
+    Atomics.store(this.table.maxconn, index, config.maxconn);
     Atomics.store(this.table.state, index, config.backup ? BACKUP : 0);
     const member: Member = {
       id: nextMemberId++,
@@ -138,6 +144,7 @@ export class Pool {
       settled: false,
       joining: true,
       transitions: 0,
+      admin: 'enabled',
     };
     this.slots[index] = member;
     return member;
@@ -152,13 +159,38 @@ export class Pool {
   /** Called once every worker has the current members: joining backends become pickable (with
    *  health checks on they wait, down, for their first good probe), and removals are settled. */
   acknowledged(): void {
-    const up = this.config.health.enabled ? 0 : UP;
     for (const member of this.members()) {
       if (member.leaving) member.settled = true;
       if (!member.joining) continue;
       member.joining = false;
-      Atomics.or(this.table.state, member.index, ENABLED | up);
+      if (!this.config.health.enabled) Atomics.or(this.table.state, member.index, UP);
+      this.applyAdmin(member);
     }
+  }
+
+  /** An operator's enable, disable or drain; a joining backend takes it when it joins. */
+  setAdmin(member: Member, admin: AdminChoice): void {
+    member.admin = admin;
+    if (!member.joining && !member.leaving) this.applyAdmin(member);
+  }
+
+  private applyAdmin(member: Member): void {
+    const state = this.table.state;
+    const i = member.index;
+    if (member.admin === 'enabled') {
+      Atomics.and(state, i, ~DRAINING);
+      Atomics.or(state, i, ENABLED);
+    } else if (member.admin === 'disabled') {
+      Atomics.and(state, i, ~(ENABLED | DRAINING));
+    } else {
+      Atomics.or(state, i, ENABLED | DRAINING);
+    }
+  }
+
+  /** Sets a backend's weight at once (an operator's `set weight`). */
+  setWeight(member: Member, weight: number): void {
+    Atomics.store(this.table.weight, member.index, weight);
+    member.config = { ...member.config, weight };
   }
 
   /** Frees the slots of settled leaving backends whose last connection has finished; returns
@@ -204,8 +236,13 @@ export class Pool {
         continue;
       }
       wanted.delete(next.name);
-      if (next.weight !== member.config.weight || next.backup !== member.config.backup) {
+      if (
+        next.weight !== member.config.weight ||
+        next.backup !== member.config.backup ||
+        next.maxconn !== member.config.maxconn
+      ) {
         Atomics.store(this.table.weight, member.index, next.weight);
+        Atomics.store(this.table.maxconn, member.index, next.maxconn);
         if (next.backup) Atomics.or(this.table.state, member.index, BACKUP);
         else Atomics.and(this.table.state, member.index, ~BACKUP);
         changes.changed.push(next.name);

@@ -7,19 +7,20 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { extname } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { Config, Endpoint, FrontendConfig } from '../config.ts';
-import { ConfigError } from '../config.ts';
+import type { BackendConfig, Config, Endpoint, FrontendConfig } from '../config.ts';
+import { ConfigError, parseBackend, resolveBackend, resolveConfig } from '../config.ts';
 import type { ListenFailure } from '../data/frontend.ts';
 import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.ts';
 import type { Logger } from '../log.ts';
 import { addFrontendFields, summarize, sumSlots } from '../stats/counters.ts';
 import { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
-import type { LatencyAnswer } from '../stats/view.ts';
+import type { BackendRef, LatencyAnswer } from '../stats/view.ts';
 import { StatsView } from '../stats/view.ts';
 import { HealthChecker } from './health.ts';
-import type { PoolChanges } from './pool.ts';
+import type { AdminChoice, Member, PoolChanges } from './pool.ts';
 import { Pool } from './pool.ts';
+import { RuntimeState } from './state.ts';
 import type { ActivatedSocket } from './systemd.ts';
 import { ActivationError, notify, takeActivatedSockets } from './systemd.ts';
 
@@ -52,8 +53,14 @@ export class Supervisor {
   config: Config;
   readonly log: Logger;
   readonly version: string;
-  /** Re-reads the config (the file, or the flags): on SIGHUP and `reload`. */
+  /** Reads the config (the file, or the flags), hostnames unresolved: at start, on reload. */
   private readonly load: () => Promise<Config>;
+  /** The config as last loaded, before the runtime state was applied to it. */
+  private loaded: Config;
+  /** What operators changed at runtime, kept in the state file. */
+  readonly state: RuntimeState;
+  /** Changes to the pools (reload, add, del) run one at a time, in order. */
+  private changing: Promise<unknown> = Promise.resolve();
   pools: Pool[] = [];
   /** Frontends a reload removed: kept so process totals never go backwards. */
   private readonly retired: Pool[] = [];
@@ -79,15 +86,20 @@ export class Supervisor {
   private nextRequestId = 0;
   private drained = 0;
 
+  /** `config` is as loaded (hostnames unresolved); `load` reads it again for a reload. */
   constructor(config: Config, log: Logger, version: string, load: () => Promise<Config>) {
     this.version = version;
     this.config = config;
+    this.loaded = config;
     this.log = log;
     this.load = load;
+    this.state = new RuntimeState(config.stateFile, log);
   }
 
   /** Starts every worker and resolves once all listeners are open in all of them. */
   async start(): Promise<void> {
+    await this.state.load();
+    this.config = await resolveConfig(this.state.apply(this.loaded));
     this.activated = assignActivated(
       await takeActivatedSockets(this.config.workers),
       this.config.frontends,
@@ -103,6 +115,7 @@ export class Supervisor {
     }
     this.config = config;
     this.pools = config.frontends.map((f) => new Pool(f, config.workers, true));
+    for (const pool of this.pools) this.applyAdminState(pool);
     // The stats socket first: if it cannot open, nothing has been bound or started yet.
     this.view = new StatsView({
       workers: () => this.config.workers,
@@ -110,6 +123,11 @@ export class Supervisor {
       retiredTotals: () => addFrontendFields(this.retired.map((p) => sumSlots(p.counters))),
       collectLatency: () => this.collectLatency(),
       reload: () => this.reload('stats socket'),
+      addBackend: (frontend, spec) => this.addBackend(frontend, spec),
+      delBackend: (ref, now) => this.delBackend(ref, now),
+      setAdmin: (ref, admin) => this.setAdmin(ref, admin),
+      setWeight: (ref, weight) => this.setWeight(ref, weight),
+      showState: () => this.state.toJSON(),
     });
     if (config.stats.socket !== null) {
       this.stats = new StatsServer(
@@ -217,7 +235,7 @@ export class Supervisor {
     this.reloading = true;
     await notify(this.log, 'RELOADING=1', `MONOTONIC_USEC=${monotonicMicros()}`);
     try {
-      return await this.applyReload(source);
+      return await this.serially(() => this.applyReload(source));
     } finally {
       this.reloading = false;
       await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
@@ -227,7 +245,9 @@ export class Supervisor {
   private async applyReload(source: string): Promise<ReloadResult> {
     let next: Config;
     try {
-      next = await this.fixPorts(await this.load());
+      const loaded = await this.load();
+      next = await this.fixPorts(await resolveConfig(this.state.apply(loaded)));
+      this.loaded = loaded;
       await this.checkNewListeners(next);
     } catch (err) {
       if (!(err instanceof ConfigError) && !(err instanceof ListenError)) throw err;
@@ -267,8 +287,10 @@ export class Supervisor {
       stats: this.config.stats,
       metrics: this.config.metrics,
       logFormat: this.config.logFormat,
+      stateFile: this.config.stateFile,
     };
     this.log.level = next.logLevel;
+    for (const pool of this.pools) this.applyAdminState(pool);
     const failures = await this.sendUpdate();
     for (const pool of this.pools) pool.acknowledged();
     this.health?.sync(this.pools);
@@ -293,6 +315,129 @@ export class Supervisor {
       : { ok: false, message: `reloaded, but ${[...seen].join(', ')} could not open` };
   }
 
+  /** Runs pool changes one after another, so each sees the last one finished. */
+  private serially<T>(change: () => Promise<T>): Promise<T> {
+    const run = this.changing.then(change);
+    this.changing = run.catch(() => {});
+    return run;
+  }
+
+  /** The operators' disable/drain from the runtime state, on every backend that has one. */
+  private applyAdminState(pool: Pool): void {
+    for (const member of pool.members()) {
+      if (member.leaving) continue;
+      pool.setAdmin(member, this.state.adminOf(pool.name, member.config.name) ?? member.admin);
+    }
+  }
+
+  /** `add backend FRONTEND SPEC`: joins at once in every worker, and is kept in the state. */
+  addBackend(frontendName: string, spec: string): Promise<ReloadResult> {
+    return this.serially(async () => {
+      if (this.stopping) return { ok: false, message: 'stopping' };
+      const pool = this.pools.find((p) => p.name === frontendName);
+      if (pool === undefined) return { ok: false, message: `no frontend "${frontendName}"` };
+      let backend: BackendConfig;
+      try {
+        backend = await resolveBackend(parseBackend(spec, 'add backend'), 'add backend');
+      } catch (err) {
+        if (err instanceof ConfigError) return { ok: false, message: err.message };
+        throw err;
+      }
+      for (const member of pool.members()) {
+        if (member.leaving) continue;
+        const same = member.config.host === backend.host && member.config.port === backend.port;
+        if (same || member.config.name === backend.name) {
+          return {
+            ok: false,
+            message: `${same ? backend.text : `name ${backend.name}`} is already in frontend ${pool.name} (as ${member.config.name})`,
+          };
+        }
+      }
+      let member: Member;
+      try {
+        member = pool.add(backend);
+      } catch (err) {
+        return { ok: false, message: (err as Error).message };
+      }
+      member.admin = 'enabled';
+      await this.sendUpdate();
+      pool.acknowledged();
+      this.health?.sync(this.pools);
+      this.state.added(pool.name, backend);
+      await this.state.save();
+      this.log.info(
+        {
+          frontend: pool.name,
+          backend: backend.name,
+          address: backend.text,
+          weight: backend.weight,
+        },
+        'backend added',
+      );
+      const ref = `${pool.name}/${backend.name}`;
+      return {
+        ok: true,
+        message: pool.config.health.enabled
+          ? `added ${ref} (takes connections once its first probe succeeds)`
+          : `added ${ref}`,
+      };
+    });
+  }
+
+  /** `del backend FRONTEND/BACKEND [now]`: no new connection at once; leaves when its last one
+   *  ends (`now`: resets them). */
+  delBackend(ref: BackendRef, now: boolean): Promise<ReloadResult> {
+    return this.serially(async () => {
+      const { pool, member } = ref;
+      if (member.leaving) return { ok: false, message: `${ref.name} is already leaving` };
+      pool.remove(member);
+      await this.sendUpdate();
+      pool.acknowledged();
+      this.health?.sync(this.pools);
+      let killed = 0;
+      if (now) {
+        const id = this.nextRequestId++;
+        const answers = await this.request(id, {
+          type: 'kill',
+          id,
+          frontend: pool.name,
+          slot: member.index,
+        });
+        for (const answer of answers) if (answer.type === 'killed') killed += answer.count;
+      }
+      const inConfig =
+        this.loaded.frontends
+          .find((f) => f.name === pool.name)
+          ?.backends.some((b) => b.name === member.config.name) ?? false;
+      this.state.deleted(pool.name, member.config.name, inConfig);
+      await this.state.save();
+      const live = Atomics.load(pool.table.active, member.index);
+      this.log.info(
+        { frontend: pool.name, backend: member.config.name, live, killed },
+        'backend deleted',
+      );
+      if (now) return { ok: true, message: `${ref.name} deleted (${killed} connections reset)` };
+      return {
+        ok: true,
+        message:
+          live > 0 ? `${ref.name} draining (${live} live), then deleted` : `${ref.name} deleted`,
+      };
+    });
+  }
+
+  /** `enable`, `disable`, `drain`: at once in every worker (a store to the shared table). */
+  async setAdmin(ref: BackendRef, admin: AdminChoice): Promise<void> {
+    ref.pool.setAdmin(ref.member, admin);
+    this.state.admin(ref.pool.name, ref.member.config.name, admin === 'enabled' ? null : admin);
+    await this.state.save();
+  }
+
+  async setWeight(ref: BackendRef, weight: number): Promise<void> {
+    ref.pool.setWeight(ref.member, weight);
+    this.state.weight(ref.pool.name, ref.member.config.name, weight);
+    await this.state.save();
+  }
+
   /** Settings a running process cannot change are logged, not silently ignored. */
   private warnFixed(next: Config): void {
     const fixed: string[] = [];
@@ -301,6 +446,7 @@ export class Supervisor {
     if (JSON.stringify(next.stats) !== JSON.stringify(this.config.stats)) fixed.push('statsSocket');
     if (next.metrics?.text !== this.config.metrics?.text) fixed.push('metrics');
     if (next.logFormat !== this.config.logFormat) fixed.push('log.format');
+    if (next.stateFile !== this.config.stateFile) fixed.push('stateFile');
     if (fixed.length > 0) {
       this.log.warn({ settings: fixed }, 'reload: these take effect only after a restart');
     }
@@ -378,7 +524,11 @@ export class Supervisor {
   private watch(worker: Worker): void {
     worker.on('message', (message: WorkerMessage) => {
       if (message.type === 'drained') this.onDrained();
-      else if (message.type === 'latency' || message.type === 'updated') {
+      else if (
+        message.type === 'latency' ||
+        message.type === 'updated' ||
+        message.type === 'killed'
+      ) {
         this.onAnswer(message.id, message);
       }
     });

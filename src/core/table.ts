@@ -30,6 +30,8 @@ export interface BackendTable {
   readonly weight: Int32Array;
   /** Flag bits: UP | ENABLED | DRAINING | BACKUP. */
   readonly state: Int32Array;
+  /** Most live connections the backend may have; 0 means no limit. */
+  readonly maxconn: Int32Array;
 }
 
 /** The shared memory behind a table, as it is sent to a worker thread. */
@@ -38,6 +40,7 @@ export interface SharedTable {
   readonly active: SharedArrayBuffer;
   readonly weight: SharedArrayBuffer;
   readonly state: SharedArrayBuffer;
+  readonly maxconn: SharedArrayBuffer;
 }
 
 /** Allocates shared memory for `size` backends, all up and enabled with weight 1. */
@@ -47,6 +50,7 @@ export function allocateTable(size: number): SharedTable {
     active: new SharedArrayBuffer(size * 4),
     weight: new SharedArrayBuffer(size * 4),
     state: new SharedArrayBuffer(size * 4),
+    maxconn: new SharedArrayBuffer(size * 4),
   };
   const table = openTable(shared);
   table.weight.fill(1);
@@ -75,6 +79,7 @@ export function openTable(shared: SharedTable, size = shared.size): BackendTable
     active: new Int32Array(shared.active),
     weight: new Int32Array(shared.weight),
     state: new Int32Array(shared.state),
+    maxconn: new Int32Array(shared.maxconn),
   };
 }
 
@@ -93,10 +98,16 @@ export function createTable(
 
 /**
  * True when backend `i` may take a new connection in the tier `tier` (0 for normal, BACKUP for
- * backups): up, enabled, not draining, weight above zero.
+ * backups): up, enabled, not draining, weight above zero, and below its maxconn if it has one.
+ * The maxconn check reads `active` without a lock: two workers racing for the last place may
+ * both take it, so the limit can be passed by at most workers - 1 for a moment.
  */
 export function isPickable(table: BackendTable, i: number, tier: number): boolean {
-  return (table.state[i] & PICKABLE_MASK) === (UP | ENABLED | tier) && table.weight[i] > 0;
+  if ((table.state[i] & PICKABLE_MASK) !== (UP | ENABLED | tier) || table.weight[i] <= 0) {
+    return false;
+  }
+  const max = table.maxconn[i];
+  return max === 0 || table.active[i] < max;
 }
 
 /**

@@ -444,6 +444,13 @@ export function cut(conn: Connection, reason: number): void {
   conn.client.destroy();
 }
 
+/** Resets both sides now (an operator's `del backend ... now`). */
+export function kill(conn: Connection): void {
+  if (conn.end < 0) conn.end = END.KILLED;
+  conn.backend?.resetAndDestroy();
+  conn.client.resetAndDestroy();
+}
+
 /** The access log line, HAProxy's log line and termination state in JSON. */
 function logConnection(log: Logger, conn: Connection, reason: number, endedAt: number): void {
   const connected = conn.connectedAt !== 0;

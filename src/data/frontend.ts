@@ -21,6 +21,7 @@ import {
   connectBackend,
   cut,
   failConnect,
+  kill,
   onClientData,
   PEER_HIGH_WATER_MARK,
   prepareClientRead,
@@ -278,6 +279,23 @@ export class Frontend {
       else if (quiet >= BUFFER_RELEASE_MS) releaseIdleBuffers(conn);
       conn = next;
     }
+  }
+
+  /** Resets every connection to the backend in `slot`; returns how many. */
+  killBackend(slot: number): number {
+    let killed = 0;
+    for (const list of [this.connecting, this.established]) {
+      let conn = list.head;
+      while (conn !== null) {
+        const next = conn.next;
+        if (conn.backendIndex === slot) {
+          kill(conn);
+          killed++;
+        }
+        conn = next;
+      }
+    }
+    return killed;
   }
 
   /** Cuts every live connection (the drain deadline has passed). */

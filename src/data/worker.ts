@@ -32,6 +32,7 @@ export type WorkerMessage =
   | { type: 'ready'; hooked: boolean }
   | { type: 'listen-error'; endpoint: string; code: string; message: string }
   | { type: 'updated'; id: number; failures: ListenFailure[] }
+  | { type: 'killed'; id: number; count: number }
   | { type: 'drained' }
   | { type: 'latency'; id: number; latency: LatencyAnswer };
 
@@ -49,6 +50,7 @@ export type ControlMessage =
   | { type: 'drain' }
   | { type: 'cut' }
   | { type: 'latency'; id: number }
+  | { type: 'kill'; id: number; frontend: string; slot: number }
   | UpdateMessage;
 
 const init = workerData as WorkerInit;
@@ -153,6 +155,9 @@ port.on('message', (message: ControlMessage) => {
     const latency: LatencyAnswer = {};
     for (const [name, frontend] of frontends) latency[name] = frontend.encodeLatency();
     port.postMessage({ type: 'latency', id: message.id, latency } satisfies WorkerMessage);
+  } else if (message.type === 'kill') {
+    const count = frontends.get(message.frontend)?.killBackend(message.slot) ?? 0;
+    port.postMessage({ type: 'killed', id: message.id, count } satisfies WorkerMessage);
   } else if (message.type === 'update') {
     updating = updating.then(async () => {
       limits.maxConnections = message.maxConnections;

@@ -14,10 +14,14 @@ const HELP = [
   'show info [json]                  version, pid, uptime, workers, connections, rates',
   'show stat [json]                  one row per frontend and backend',
   'show latency [json]               connect, first-byte and duration percentiles, whole run and last minute',
+  'show state                        runtime changes kept in the state file (added, deleted, weights, admin)',
   'enable FRONTEND/BACKEND           admin: take new connections again',
   'disable FRONTEND/BACKEND          admin: no new connections; live ones stay',
   'drain FRONTEND/BACKEND            admin: like disable, reported draining until its last connection ends',
   'set weight FRONTEND/BACKEND N     admin: weight 0..256',
+  'add backend FRONTEND HOST:PORT[,weight=N][,backup][,maxconn=N][,name=NAME]',
+  '                                  admin: a new backend, in every worker at once',
+  'del backend FRONTEND/BACKEND [now] admin: no new connections; leaves after its last (now: resets them)',
   'reset counters                    admin: zero the cumulative counters',
   'reload                            admin: re-read the config file, as SIGHUP does',
   'quit                              close this connection',
@@ -72,12 +76,17 @@ export async function execute(
           third === 'json' ? JSON.stringify({ frontends: latency }) : formatLatency(latency),
         );
       }
-      return error('usage: show info [json] | show stat [json] | show latency [json]');
+      if (second === 'state' && words.length === 2) {
+        return ok(JSON.stringify(view.source.showState(), null, 2));
+      }
+      return error('usage: show info [json] | show stat [json] | show latency [json] | show state');
     case 'enable':
     case 'disable':
     case 'drain':
     case 'set':
     case 'reset':
+    case 'add':
+    case 'del':
       return admin(words, view, level, log);
     case 'reload': {
       if (level !== 'admin')
@@ -92,10 +101,36 @@ export async function execute(
   }
 }
 
-function admin(words: string[], view: StatsView, level: StatsLevel, log: Logger): Answer {
+async function admin(
+  words: string[],
+  view: StatsView,
+  level: StatsLevel,
+  log: Logger,
+): Promise<Answer> {
   if (level !== 'admin')
     return error(`"${words[0]}" needs the admin level; this socket is read-only`);
   const [verb, second, third, fourth] = words;
+  if (verb === 'add') {
+    if (second !== 'backend' || words.length !== 4) {
+      return error(
+        'usage: add backend FRONTEND HOST:PORT[,weight=N][,backup][,maxconn=N][,name=NAME]',
+      );
+    }
+    log.info({ command: 'add backend', frontend: third, backend: fourth }, 'admin command');
+    const outcome = await view.source.addBackend(third, fourth);
+    return outcome.ok ? ok(outcome.message) : error(outcome.message);
+  }
+  if (verb === 'del') {
+    const now = words[3] === 'now';
+    if (second !== 'backend' || words.length !== (now ? 4 : 3)) {
+      return error('usage: del backend FRONTEND/BACKEND [now]');
+    }
+    const ref = view.find(third);
+    if (typeof ref === 'string') return error(ref);
+    log.info({ command: 'del backend', backend: ref.name, now }, 'admin command');
+    const outcome = await view.source.delBackend(ref, now);
+    return outcome.ok ? ok(outcome.message) : error(outcome.message);
+  }
   if (verb === 'reset') {
     if (second !== 'counters' || words.length !== 2) return error('usage: reset counters');
     view.resetCounters();
@@ -110,16 +145,17 @@ function admin(words: string[], view: StatsView, level: StatsLevel, log: Logger)
     if (!/^\d+$/.test(fourth) || Number(fourth) > MAX_WEIGHT) {
       return error(`weight "${printable(fourth)}" is out of range (0..${MAX_WEIGHT})`);
     }
-    view.setWeight(ref, Number(fourth));
+    await view.source.setWeight(ref, Number(fourth));
     log.info({ command: 'set weight', backend: ref.name, weight: Number(fourth) }, 'admin command');
     return ok(`${ref.name} weight ${fourth}`);
   }
   if (words.length !== 2) return error(`usage: ${verb} FRONTEND/BACKEND`);
   const ref = view.find(second);
   if (typeof ref === 'string') return error(ref);
-  if (verb === 'enable') view.enable(ref);
-  else if (verb === 'disable') view.disable(ref);
-  else view.drain(ref);
+  await view.source.setAdmin(
+    ref,
+    verb === 'enable' ? 'enabled' : verb === 'disable' ? 'disabled' : 'draining',
+  );
   log.info({ command: verb, backend: ref.name }, 'admin command');
   return ok(`${ref.name} ${verb === 'drain' ? 'draining' : `${verb}d`}`);
 }

@@ -13,6 +13,7 @@ export const END = {
   BACKEND_RESET: 6,
   REFUSED_LIMIT: 7,
   DRAIN_CUT: 8,
+  KILLED: 9,
 } as const;
 
 export const END_NAMES = [
@@ -25,6 +26,7 @@ export const END_NAMES = [
   'backend-reset',
   'refused-limit',
   'drain-cut',
+  'killed',
 ] as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */

@@ -2,7 +2,8 @@
 // thread when asked, and the admin changes it applies to the tables. Invariant: it allocates only
 // when asked (never on the data path), and every change it makes is a single store to a table.
 
-import type { Member, Pool } from '../control/pool.ts';
+import type { AdminChoice, Member, Pool } from '../control/pool.ts';
+import type { StateFile } from '../control/state.ts';
 import type { BackendTable } from '../core/table.ts';
 import { DRAINING, ENABLED, MAX_WEIGHT, UP } from '../core/table.ts';
 import type { EncodedLatency } from '../data/frontend.ts';
@@ -75,7 +76,19 @@ export interface ViewSource {
   retiredTotals(): Float64Array;
   collectLatency(): Promise<LatencyAnswer[]>;
   /** Re-reads the config, as SIGHUP does. */
-  reload(): Promise<{ ok: boolean; message: string }>;
+  reload(): Promise<Outcome>;
+  addBackend(frontend: string, spec: string): Promise<Outcome>;
+  delBackend(ref: BackendRef, now: boolean): Promise<Outcome>;
+  setAdmin(ref: BackendRef, admin: AdminChoice): Promise<void>;
+  setWeight(ref: BackendRef, weight: number): Promise<void>;
+  /** What the state file holds (or would hold, without --state-file). */
+  showState(): StateFile;
+}
+
+/** The answer to a change: done (with what was done), or why not. */
+export interface Outcome {
+  ok: boolean;
+  message: string;
 }
 
 /** How many one-second samples the connection rate averages over. */
@@ -218,23 +231,6 @@ export class StatsView {
     const member = pool.find(backendName);
     if (member === null) return `no backend "${backendName}" in frontend "${frontendName}"`;
     return { pool, member, name: ref };
-  }
-
-  enable(b: BackendRef): void {
-    Atomics.and(b.pool.table.state, b.member.index, ~DRAINING);
-    Atomics.or(b.pool.table.state, b.member.index, ENABLED);
-  }
-
-  disable(b: BackendRef): void {
-    Atomics.and(b.pool.table.state, b.member.index, ~(ENABLED | DRAINING));
-  }
-
-  drain(b: BackendRef): void {
-    Atomics.or(b.pool.table.state, b.member.index, DRAINING);
-  }
-
-  setWeight(b: BackendRef, weight: number): void {
-    Atomics.store(b.pool.table.weight, b.member.index, weight);
   }
 
   /** Zeroes every frontend's cumulative counters. */

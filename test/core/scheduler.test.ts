@@ -128,3 +128,31 @@ t.test('active counts never go negative under random acquire/release', async (t)
   for (const i of held) release(table, i);
   t.same([...table.active], [0, 0, 0, 0, 0], 'every count returns to zero');
 });
+
+t.test(
+  'a backend at its maxconn is skipped by every algorithm, and taken again below it',
+  async (t) => {
+    for (const algorithm of ['least-conn', 'round-robin', 'weighted-round-robin'] as const) {
+      const table = createTable([1, 1]);
+      table.maxconn[0] = 2;
+      const scheduler = createScheduler(algorithm, table);
+      const held: number[] = [];
+      for (let k = 0; k < 10; k++) {
+        const i = scheduler.pick(0);
+        held.push(i);
+        acquire(table, i);
+      }
+      t.equal(held.filter((i) => i === 0).length, 2, `${algorithm}: backend 0 holds exactly 2`);
+      release(table, 0);
+      let again = -1;
+      for (let k = 0; k < 4 && again !== 0; k++) {
+        again = scheduler.pick(0);
+        if (again !== 0) acquire(table, again);
+      }
+      t.equal(again, 0, `${algorithm}: picked again once below its maxconn`);
+      table.maxconn[1] = 1;
+      for (let i = 0; i < 2; i++) table.active[i] = table.maxconn[i];
+      t.equal(scheduler.pick(0), -1, `${algorithm}: all full: nothing to pick`);
+    }
+  },
+);
