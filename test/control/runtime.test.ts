@@ -185,6 +185,13 @@ t.test(
       [b.address],
       'gone from show stat after its last connection',
     );
+    // Its slot is free again: a new backend there starts with zeroed counters.
+    t.match(
+      await query(stats, `add backend default ${a.address},name=again`),
+      /^added default\/again/,
+    );
+    const again = (await stat(stats)).find((r) => r.name === 'again');
+    t.same([again?.total, again?.active], [0, 0], 'counters start at zero');
     for (const s of others) s.destroy();
   },
 );
