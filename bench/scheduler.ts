@@ -14,13 +14,13 @@ for (const algorithm of ALGORITHMS) {
     // Some load, so least-conn compares real counts.
     for (let i = 0; i < size; i++) table.active[i] = i % 3;
     for (let k = 0; k < 200_000; k++) {
-      const i = scheduler.pick(0);
+      const i = scheduler.pick(0, 0);
       acquire(table, i);
       release(table, i);
     }
     const start = process.hrtime.bigint();
     for (let k = 0; k < PICKS; k++) {
-      const i = scheduler.pick(0);
+      const i = scheduler.pick(0, 0);
       acquire(table, i);
       release(table, i);
     }

@@ -80,6 +80,11 @@ export function buildProgram(): Command {
         .choices(ALGORITHMS)
         .default(DEFAULTS.algorithm),
     )
+    .addOption(
+      new Option('--hash-key <key>', 'what maglev hashes: the client address, or address and port')
+        .choices(['source-ip', 'source-ip-port'])
+        .default(DEFAULTS.hashKey),
+    )
     .option(
       '-w, --workers <n|auto>',
       'data-plane threads (auto = available CPUs)',

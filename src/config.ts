@@ -44,6 +44,8 @@ export interface FrontendConfig {
   readonly name: string;
   readonly listen: readonly Endpoint[];
   readonly algorithm: Algorithm;
+  /** What Maglev hashes: the client's address, or its address and port. */
+  readonly hashKey: HashKey;
   readonly backends: readonly BackendConfig[];
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
@@ -87,6 +89,9 @@ export interface StatsConfig {
   readonly level: StatsLevel;
 }
 
+export const HASH_KEYS = ['source-ip', 'source-ip-port'] as const;
+export type HashKey = (typeof HASH_KEYS)[number];
+
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export const LOG_FORMATS = ['json', 'pretty'] as const;
 export type LogFormat = (typeof LOG_FORMATS)[number];
@@ -97,6 +102,7 @@ export interface RunFlags {
   listen?: string[];
   backend?: string[];
   algorithm?: string;
+  hashKey?: string;
   workers?: string;
   connectTimeout?: string;
   idleTimeout?: string;
@@ -123,6 +129,7 @@ export interface RunFlags {
 
 export const DEFAULTS = {
   algorithm: 'least-conn',
+  hashKey: 'source-ip',
   workers: 'auto',
   connectTimeout: '3s',
   idleTimeout: '5m',
@@ -230,6 +237,7 @@ export interface FrontendInput {
   /** `HOST:PORT[,weight=N][,backup]`, or the same as an object. */
   readonly backends: readonly (string | BackendInput)[];
   readonly algorithm?: string;
+  readonly hashKey?: string;
   readonly connectTimeout?: string;
   readonly idleTimeout?: string;
   readonly retries?: string;
@@ -298,11 +306,19 @@ export function buildFrontend(input: FrontendInput, where: Where): FrontendConfi
       `unknown algorithm "${algorithm}" (expected ${ALGORITHMS.join(', ')})`,
     );
   }
+  const hashKey = input.hashKey ?? DEFAULTS.hashKey;
+  if (!(HASH_KEYS as readonly string[]).includes(hashKey)) {
+    throw new ConfigError(
+      where('hashKey'),
+      `unknown hash key "${hashKey}" (expected ${HASH_KEYS.join(' or ')})`,
+    );
+  }
   const health = input.health ?? {};
   return {
     name: input.name,
     listen,
     algorithm,
+    hashKey: hashKey as HashKey,
     backends,
     connectTimeoutMs: positiveDuration(
       input.connectTimeout ?? DEFAULTS.connectTimeout,
@@ -419,6 +435,7 @@ const FLAG_OF: Record<string, string> = {
   listen: '--listen',
   backends: '--backend',
   algorithm: '--algorithm',
+  hashKey: '--hash-key',
   connectTimeout: '--connect-timeout',
   idleTimeout: '--idle-timeout',
   retries: '--retries',
@@ -494,6 +511,7 @@ export function configFromFlags(flags: RunFlags): Config {
     listen: flags.listen ?? [],
     backends: flags.backend ?? [],
     algorithm: flags.algorithm,
+    hashKey: flags.hashKey,
     connectTimeout: flags.connectTimeout,
     idleTimeout: flags.idleTimeout,
     retries: flags.retries,

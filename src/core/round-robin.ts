@@ -13,9 +13,11 @@ export class RoundRobin implements Scheduler {
     this.table = table;
   }
 
-  pick(avoid: number): number {
+  pick(avoid: number, _key = 0): number {
     return pickTiered(this, avoid);
   }
+
+  observe(_i: number, _ms: number): void {}
 
   pickIn(tier: number, avoid: number): number {
     const table = this.table;

@@ -14,9 +14,11 @@ export class WeightedRoundRobin implements Scheduler {
     this.current = new Float64Array(table.size);
   }
 
-  pick(avoid: number): number {
+  pick(avoid: number, _key = 0): number {
     return pickTiered(this, avoid);
   }
+
+  observe(_i: number, _ms: number): void {}
 
   pickIn(tier: number, avoid: number): number {
     const table = this.table;

@@ -2,6 +2,8 @@
 // Invariant: `now` is at most TICK_MS stale; a connect deadline fires at most TICK_MS late and an
 // idle timeout at most IDLE_SWEEP_TICKS * TICK_MS late.
 
+import { clockCell } from '../core/peak-ewma.ts';
+
 /** Connect timeouts are seconds long; a tenth of a second is precise enough for them. */
 export const TICK_MS = 100;
 
@@ -21,6 +23,7 @@ const origin = performance.now();
 
 export function updateNow(): number {
   now = Math.floor(performance.now() - origin);
+  clockCell[0] = now;
   return now;
 }
 

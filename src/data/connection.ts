@@ -60,6 +60,8 @@ export class Connection implements Linked<Connection> {
   /** Backends already tried, as an avoid mask for the next pick. */
   avoid = 0;
   attempts = 0;
+  /** The client's hash for hashing schedulers (Maglev); 0 when the frontend hashes nothing. */
+  key = 0;
   phase = CONNECTING;
   /** An END reason, -1 until known. The first cause wins. */
   end = -1;
@@ -184,6 +186,8 @@ function onBackendRead(this: BackendSocket, nread: number, buffer: Buffer): bool
     conn.frontend.latency[FIRST_BYTE][conn.backendIndex].record(
       (conn.firstByteAt - conn.connectedAt) * 1000,
     );
+    // What the client waited for, from the connect to the answer: peak-EWMA's sample.
+    conn.frontend.scheduler.observe(conn.backendIndex, conn.firstByteAt - conn.connectStartedAt);
   }
   conn.bytesOut += nread;
   conn.lastActive = now;
@@ -273,7 +277,7 @@ function onClientDrain(this: ClientSocket): void {
 /** Picks a backend and connects to it; on no pick, closes the client. */
 export function connectBackend(conn: Connection): void {
   const frontend = conn.frontend;
-  const i = frontend.scheduler.pick(conn.avoid);
+  const i = frontend.scheduler.pick(conn.avoid, conn.key);
   if (i < 0) {
     closeClient(conn, conn.attempts > 0 ? END.CONNECT_FAILED : END.NO_BACKEND);
     return;
@@ -311,6 +315,7 @@ function onBackendConnect(this: BackendSocket): void {
   conn.lastActive = now;
   frontend.slot[backendOffset(conn.backendIndex) + B_CONNECTIONS]++;
   conn.connectedAt = performance.now();
+  frontend.scheduler.observe(conn.backendIndex, conn.connectedAt - conn.connectStartedAt);
   frontend.latency[CONNECT][conn.backendIndex].record(
     (conn.connectedAt - conn.connectStartedAt) * 1000,
   );

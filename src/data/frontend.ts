@@ -5,10 +5,12 @@
 import net from 'node:net';
 import type { BackendConfig, FrontendConfig } from '../config.ts';
 import type { PoolUpdate } from '../control/pool.ts';
-import type { Scheduler } from '../core/scheduler.ts';
+import { fnv1a } from '../core/hash.ts';
+import { createLatencyState } from '../core/peak-ewma.ts';
+import type { Scheduler, SchedulerContext } from '../core/scheduler.ts';
 import { createScheduler } from '../core/scheduler.ts';
 import type { BackendTable, SharedTable } from '../core/table.ts';
-import { openTable } from '../core/table.ts';
+import { MAX_BACKENDS, openTable } from '../core/table.ts';
 import type { Logger } from '../log.ts';
 import { ACCEPTED, END, END_BASE, LIVE, openSlot } from '../stats/counters.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
@@ -74,6 +76,11 @@ export class Frontend {
   backends: (BackendConfig | null)[] = [];
   /** By table slot: which member sits there, so a slot given to a new backend is noticed. */
   private memberIds: number[] = [];
+  /** What the schedulers keep across rebuilds: backend name hashes, latency observations. */
+  private readonly context: SchedulerContext = {
+    keys: new Uint32Array(MAX_BACKENDS),
+    latency: createLatencyState(MAX_BACKENDS),
+  };
   readonly limits: WorkerLimits;
   readonly connecting = new LinkedList<Connection>();
   readonly established = new LinkedList<Connection>();
@@ -81,6 +88,9 @@ export class Frontend {
   readonly servers = new Map<string, net.Server>();
   /** This worker's timings: [metric (CONNECT, FIRST_BYTE, DURATION)][slot]. */
   readonly latency: LatencyRecorder[][] = METRIC_NAMES.map(() => []);
+  /** Whether the scheduler hashes the client (Maglev), and whether the port is part of it. */
+  private hashes = false;
+  private hashPort = false;
   /** Whether the accept hook is in use (false: Node's public 'connection' path). */
   hooked = false;
   /** One line per finished connection when --access-log is on; null (no cost) otherwise. */
@@ -103,7 +113,7 @@ export class Frontend {
     this.slot = openSlot(update.counters, worker);
     this.limits = limits;
     this.table = openTable(this.shared, 0);
-    this.scheduler = createScheduler(this.config.algorithm, this.table);
+    this.scheduler = createScheduler(this.config.algorithm, this.table, this.context);
     this.apply(update);
   }
 
@@ -120,12 +130,17 @@ export class Frontend {
       if (id !== 0 && this.memberIds[i] !== id) {
         // A new occupant: its timings start empty, like its counters.
         for (const recorders of this.latency) recorders[i] = new LatencyRecorder();
+        this.context.latency.cost[i] = 0;
+        this.context.latency.stamp[i] = 0;
       }
       this.memberIds[i] = id;
+      this.context.keys[i] = member === null ? 0 : fnv1a(member.config.name) || 1;
     });
     this.backends = backends;
     this.table = openTable(this.shared, backends.length);
-    this.scheduler = createScheduler(this.config.algorithm, this.table);
+    this.scheduler = createScheduler(this.config.algorithm, this.table, this.context);
+    this.hashPort = this.config.hashKey === 'source-ip-port';
+    this.hashes = this.config.algorithm === 'maglev';
   }
 
   /**
@@ -245,6 +260,11 @@ export class Frontend {
 
   start(conn: Connection, client: ClientSocket): void {
     conn.client = client;
+    // Only a hashing scheduler needs the client's address before the pick (it costs a string).
+    if (this.hashes) {
+      const address = client.remoteAddress ?? '';
+      conn.key = this.hashPort ? fnv1a(`${address}:${client.remotePort}`) : fnv1a(address);
+    }
     // The peer's address is gone once the socket closes: take it now, only if it will be logged.
     if (this.accessLog !== null)
       conn.clientAddress = `${client.remoteAddress}:${client.remotePort}`;

@@ -5,10 +5,11 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
+import { ALGORITHMS } from '../../src/core/scheduler.ts';
 
 const probe = fileURLToPath(new URL('../fixtures/gc-probe.ts', import.meta.url));
 
-for (const algorithm of ['least-conn', 'round-robin', 'weighted-round-robin']) {
+for (const algorithm of ALGORITHMS) {
   t.test(`${algorithm}: 1M picks, no gc`, async (t) => {
     const run = spawnSync(process.execPath, ['--expose-gc', probe, algorithm, '1000000'], {
       encoding: 'utf8',

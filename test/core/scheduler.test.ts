@@ -3,13 +3,18 @@
 
 import t from 'tap';
 import type { Algorithm } from '../../src/core/scheduler.ts';
-import { acquire, createScheduler, release } from '../../src/core/scheduler.ts';
+import { ALGORITHMS, acquire, createScheduler, release } from '../../src/core/scheduler.ts';
 import { avoidBit, createTable, DRAINING, ENABLED, UP } from '../../src/core/table.ts';
+
+/** Client keys spread over the hash space, for Maglev. */
+function spread(k: number): number {
+  return Math.imul(k + 1, 0x9e3779b1) >>> 0;
+}
 
 function sequence(algorithm: Algorithm, weights: number[], count: number): number[] {
   const scheduler = createScheduler(algorithm, createTable(weights));
   const picks: number[] = [];
-  for (let k = 0; k < count; k++) picks.push(scheduler.pick(0));
+  for (let k = 0; k < count; k++) picks.push(scheduler.pick(0, 0));
   return picks;
 }
 
@@ -18,7 +23,7 @@ function shares(algorithm: Algorithm, weights: number[], picks: number, hold: bo
   const scheduler = createScheduler(algorithm, table);
   const counts = new Array<number>(weights.length).fill(0);
   for (let k = 0; k < picks; k++) {
-    const i = scheduler.pick(0);
+    const i = scheduler.pick(0, 0);
     counts[i]++;
     if (hold) acquire(table, i);
   }
@@ -44,11 +49,11 @@ t.test('least-conn picks the lowest active/weight, cross-multiplied', async (t) 
   const scheduler = createScheduler('least-conn', table);
   table.active[0] = 1;
   table.active[1] = 2; // 2/3 < 1/1
-  t.equal(scheduler.pick(0), 1);
+  t.equal(scheduler.pick(0, 0), 1);
   table.active[1] = 4; // 4/3 > 1/1
-  t.equal(scheduler.pick(0), 0);
+  t.equal(scheduler.pick(0, 0), 0);
   table.active[1] = 3; // 3/3 == 1/1: a tie, either start order is fine, both are minimal
-  const tie = scheduler.pick(0);
+  const tie = scheduler.pick(0, 0);
   t.ok(tie === 0 || tie === 1);
 });
 
@@ -70,33 +75,33 @@ t.test('held connections follow weights within 1% over 100k picks', async (t) =>
 });
 
 t.test('backups are used only when no normal backend is pickable', async (t) => {
-  for (const algorithm of ['least-conn', 'round-robin', 'weighted-round-robin'] as const) {
+  for (const algorithm of ALGORITHMS) {
     const table = createTable([1, 1, 1], [false, false, true]);
     const scheduler = createScheduler(algorithm, table);
     const seen = new Set<number>();
-    for (let k = 0; k < 30; k++) seen.add(scheduler.pick(0));
+    for (let k = 0; k < 60; k++) seen.add(scheduler.pick(0, spread(k)));
     t.same([...seen].sort(), [0, 1], `${algorithm}: normal tier only`);
     table.state[0] &= ~UP;
     table.state[1] |= DRAINING;
-    t.equal(scheduler.pick(0), 2, `${algorithm}: backup when the others are down or draining`);
+    t.equal(scheduler.pick(0, 0), 2, `${algorithm}: backup when the others are down or draining`);
     table.state[2] &= ~ENABLED;
-    t.equal(scheduler.pick(0), -1, `${algorithm}: -1 when nothing is pickable`);
+    t.equal(scheduler.pick(0, 0), -1, `${algorithm}: -1 when nothing is pickable`);
   }
 });
 
 t.test('the avoid mask excludes backends a connection already tried', async (t) => {
-  for (const algorithm of ['least-conn', 'round-robin', 'weighted-round-robin'] as const) {
+  for (const algorithm of ALGORITHMS) {
     const scheduler = createScheduler(algorithm, createTable([1, 1, 1]));
     for (let k = 0; k < 10; k++) {
-      t.equal(scheduler.pick(avoidBit(0) | avoidBit(2)), 1, algorithm);
+      t.equal(scheduler.pick(avoidBit(0) | avoidBit(2), 0), 1, algorithm);
     }
-    t.equal(scheduler.pick(avoidBit(0) | avoidBit(1) | avoidBit(2)), -1, algorithm);
+    t.equal(scheduler.pick(avoidBit(0) | avoidBit(1) | avoidBit(2), 0), -1, algorithm);
   }
 });
 
 t.test('an empty table picks -1', async (t) => {
-  for (const algorithm of ['least-conn', 'round-robin', 'weighted-round-robin'] as const) {
-    t.equal(createScheduler(algorithm, createTable([])).pick(0), -1);
+  for (const algorithm of ALGORITHMS) {
+    t.equal(createScheduler(algorithm, createTable([])).pick(0, 0), -1);
   }
 });
 
@@ -112,7 +117,7 @@ t.test('active counts never go negative under random acquire/release', async (t)
   let minSeen = 0;
   for (let step = 0; step < 50_000; step++) {
     if (held.length === 0 || random() < 0.55) {
-      const i = scheduler.pick(0);
+      const i = scheduler.pick(0, 0);
       acquire(table, i);
       held.push(i);
     } else {
@@ -132,27 +137,27 @@ t.test('active counts never go negative under random acquire/release', async (t)
 t.test(
   'a backend at its maxconn is skipped by every algorithm, and taken again below it',
   async (t) => {
-    for (const algorithm of ['least-conn', 'round-robin', 'weighted-round-robin'] as const) {
+    for (const algorithm of ALGORITHMS) {
       const table = createTable([1, 1]);
       table.maxconn[0] = 2;
       const scheduler = createScheduler(algorithm, table);
       const held: number[] = [];
       for (let k = 0; k < 10; k++) {
-        const i = scheduler.pick(0);
+        const i = scheduler.pick(0, spread(k));
         held.push(i);
         acquire(table, i);
       }
       t.equal(held.filter((i) => i === 0).length, 2, `${algorithm}: backend 0 holds exactly 2`);
       release(table, 0);
       let again = -1;
-      for (let k = 0; k < 4 && again !== 0; k++) {
-        again = scheduler.pick(0);
+      for (let k = 0; k < 50 && again !== 0; k++) {
+        again = scheduler.pick(0, spread(k));
         if (again !== 0) acquire(table, again);
       }
       t.equal(again, 0, `${algorithm}: picked again once below its maxconn`);
       table.maxconn[1] = 1;
       for (let i = 0; i < 2; i++) table.active[i] = table.maxconn[i];
-      t.equal(scheduler.pick(0), -1, `${algorithm}: all full: nothing to pick`);
+      t.equal(scheduler.pick(0, 0), -1, `${algorithm}: all full: nothing to pick`);
     }
   },
 );
