@@ -13,14 +13,18 @@ for (const algorithm of ALGORITHMS) {
     const scheduler = createScheduler(algorithm, table);
     // Some load, so least-conn compares real counts.
     for (let i = 0; i < size; i++) table.active[i] = i % 3;
+    // Varied client keys (Maglev hashes them) and a latency sample per pick (peak-EWMA learns
+    // from them; the others ignore it), as the data path gives.
     for (let k = 0; k < 200_000; k++) {
-      const i = scheduler.pick(0, 0);
+      const i = scheduler.pick(0, Math.imul(k, 0x9e3779b1));
+      scheduler.observe(i, 1 + (i & 3));
       acquire(table, i);
       release(table, i);
     }
     const start = process.hrtime.bigint();
     for (let k = 0; k < PICKS; k++) {
-      const i = scheduler.pick(0, 0);
+      const i = scheduler.pick(0, Math.imul(k, 0x9e3779b1));
+      scheduler.observe(i, 1 + (i & 3));
       acquire(table, i);
       release(table, i);
     }
