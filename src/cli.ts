@@ -101,6 +101,11 @@ export function buildProgram(): Command {
       DEFAULTS.idleTimeout,
     )
     .option(
+      '--queue-timeout <duration>',
+      'when every backend is at its maxconn, a new client waits this long for room',
+      DEFAULTS.queueTimeout,
+    )
+    .option(
       '--retries <n>',
       'connect attempts on other backends after a refused or timed-out one',
       DEFAULTS.retries,

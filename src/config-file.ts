@@ -31,6 +31,7 @@ const backend = z.union([
     weight: scalar.optional(),
     backup: z.boolean().optional(),
     maxconn: scalar.optional(),
+    slowstart: scalar.optional(),
   }),
 ]);
 
@@ -41,6 +42,7 @@ const frontend = z.strictObject({
   hashKey: z.string().optional(),
   connectTimeout: scalar.optional(),
   idleTimeout: scalar.optional(),
+  queueTimeout: scalar.optional(),
   retries: scalar.optional(),
   health: z.union([z.literal(false).transform(() => ({ enabled: false })), health]).optional(),
   backends: z.array(backend),
@@ -183,6 +185,7 @@ const FRONTEND_FLAGS: Record<string, string> = {
   hashKey: '--hash-key',
   connectTimeout: '--connect-timeout',
   idleTimeout: '--idle-timeout',
+  queueTimeout: '--queue-timeout',
   retries: '--retries',
   healthInterval: '--health-interval',
   healthTimeout: '--health-timeout',

@@ -38,6 +38,8 @@ export interface BackendConfig extends Endpoint {
   readonly backup: boolean;
   /** Most live connections at once; 0: no limit. */
   readonly maxconn: number;
+  /** After it comes up or joins, its weight ramps from 5% to full over this long; 0: at once. */
+  readonly slowstartMs: number;
 }
 
 export interface FrontendConfig {
@@ -49,6 +51,8 @@ export interface FrontendConfig {
   readonly backends: readonly BackendConfig[];
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  /** How long a client may wait for a backend with room when every one is at its maxconn. */
+  readonly queueTimeoutMs: number;
   readonly retries: number;
   readonly health: HealthConfig;
 }
@@ -106,6 +110,7 @@ export interface RunFlags {
   workers?: string;
   connectTimeout?: string;
   idleTimeout?: string;
+  queueTimeout?: string;
   retries?: string;
   healthInterval?: string;
   healthTimeout?: string;
@@ -133,6 +138,7 @@ export const DEFAULTS = {
   workers: 'auto',
   connectTimeout: '3s',
   idleTimeout: '5m',
+  queueTimeout: '5s',
   retries: '2',
   healthInterval: '2s',
   healthTimeout: '1s',
@@ -194,13 +200,14 @@ export function parseEndpoint(text: string, where: string, allowZeroPort: boolea
 /** Most connections a backend's maxconn may allow. */
 export const MAX_MAXCONN = 1_000_000;
 
-/** `HOST:PORT[,weight=N][,backup][,maxconn=N][,name=NAME]`. */
+/** `HOST:PORT[,weight=N][,backup][,maxconn=N][,slowstart=DURATION][,name=NAME]`. */
 export function parseBackend(text: string, where: string): BackendConfig {
   const [address, ...options] = text.split(',');
   const endpoint = parseEndpoint(address, where, false);
   let weight = 1;
   let backup = false;
   let maxconn = 0;
+  let slowstartMs = 0;
   let name = endpoint.text;
   for (const option of options) {
     const [key, value] = option.split('=', 2);
@@ -210,16 +217,18 @@ export function parseBackend(text: string, where: string): BackendConfig {
       backup = true;
     } else if (key === 'maxconn' && value !== undefined) {
       maxconn = parseInteger(value, `${where} ${endpoint.text} maxconn`, 0, MAX_MAXCONN);
+    } else if (key === 'slowstart' && value !== undefined) {
+      slowstartMs = parseDuration(value, `${where} ${endpoint.text} slowstart`);
     } else if (key === 'name' && value !== undefined) {
       name = checkName(value, `${where} ${endpoint.text} name`);
     } else {
       throw new ConfigError(
         where,
-        `"${text}": unknown option "${option}" (expected weight=N, backup, maxconn=N or name=NAME)`,
+        `"${text}": unknown option "${option}" (expected weight=N, backup, maxconn=N, slowstart=DURATION or name=NAME)`,
       );
     }
   }
-  return { ...endpoint, name, weight, backup, maxconn };
+  return { ...endpoint, name, weight, backup, maxconn, slowstartMs };
 }
 
 function parseWorkers(text: string, where: string): number {
@@ -240,6 +249,7 @@ export interface FrontendInput {
   readonly hashKey?: string;
   readonly connectTimeout?: string;
   readonly idleTimeout?: string;
+  readonly queueTimeout?: string;
   readonly retries?: string;
   readonly health?: {
     readonly enabled?: boolean;
@@ -256,6 +266,7 @@ export interface BackendInput {
   readonly weight?: string;
   readonly backup?: boolean;
   readonly maxconn?: string;
+  readonly slowstart?: string;
 }
 
 /** The process-wide settings as written, before checking. */
@@ -328,6 +339,10 @@ export function buildFrontend(input: FrontendInput, where: Where): FrontendConfi
       input.idleTimeout ?? DEFAULTS.idleTimeout,
       where('idleTimeout'),
     ),
+    queueTimeoutMs: positiveDuration(
+      input.queueTimeout ?? DEFAULTS.queueTimeout,
+      where('queueTimeout'),
+    ),
     retries: parseInteger(input.retries ?? DEFAULTS.retries, where('retries'), 0, 31),
     health: {
       enabled: health.enabled !== false,
@@ -357,6 +372,8 @@ function backendFromInput(input: BackendInput, where: Where): BackendConfig {
       input.maxconn === undefined
         ? 0
         : parseInteger(input.maxconn, where('maxconn'), 0, MAX_MAXCONN),
+    slowstartMs:
+      input.slowstart === undefined ? 0 : parseDuration(input.slowstart, where('slowstart')),
   };
 }
 
@@ -438,6 +455,7 @@ const FLAG_OF: Record<string, string> = {
   hashKey: '--hash-key',
   connectTimeout: '--connect-timeout',
   idleTimeout: '--idle-timeout',
+  queueTimeout: '--queue-timeout',
   retries: '--retries',
   'health.interval': '--health-interval',
   'health.timeout': '--health-timeout',
@@ -514,6 +532,7 @@ export function configFromFlags(flags: RunFlags): Config {
     hashKey: flags.hashKey,
     connectTimeout: flags.connectTimeout,
     idleTimeout: flags.idleTimeout,
+    queueTimeout: flags.queueTimeout,
     retries: flags.retries,
     health: {
       enabled: flags.healthCheck,

@@ -177,8 +177,12 @@ export class HealthChecker {
     b.up = up;
     b.member.transitions++;
     const state = b.pool.table.state;
-    if (up) Atomics.or(state, b.member.index, UP);
-    else Atomics.and(state, b.member.index, ~UP);
+    if (up) {
+      Atomics.or(state, b.member.index, UP);
+      b.pool.startRamp(b.member);
+    } else {
+      Atomics.and(state, b.member.index, ~UP);
+    }
     const checks = up ? `${b.successes}/${b.health.rise}` : `${b.failures}/${b.health.fall}`;
     const line = {
       frontend: b.pool.name,

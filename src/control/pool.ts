@@ -36,6 +36,8 @@ export interface Member {
   transitions: number;
   /** What an operator asked: enabled, disabled (no new connection) or draining. */
   admin: AdminChoice;
+  /** When its slow-start ramp began (performance.now()), or null when not ramping. */
+  rampStart: number | null;
 }
 
 export type AdminChoice = 'enabled' | 'disabled' | 'draining';
@@ -63,6 +65,15 @@ export interface PoolChanges {
 }
 
 let nextMemberId = 1;
+
+/**
+ * Table weights are the configured ones times this (as HAProxy's BE_WEIGHT_SCALE), so a slow-start
+ * ramp has steps even for weight 1. Every scheduler compares weights only with each other.
+ */
+export const WEIGHT_SCALE = 16;
+
+/** Where a slow-start ramp begins: this share of the full weight. */
+const RAMP_FLOOR = 0.05;
 
 export class Pool {
   config: FrontendConfig;
@@ -133,7 +144,7 @@ export class Pool {
     }
     // The slot's last connection has finished (sweepLeaving), so `active` is 0 already.
     clearBackend(this.counters, index);
-    Atomics.store(this.table.weight, index, config.weight);
+    Atomics.store(this.table.weight, index, config.weight * WEIGHT_SCALE);
     Atomics.store(this.table.maxconn, index, config.maxconn);
     Atomics.store(this.table.state, index, config.backup ? BACKUP : 0);
     const member: Member = {
@@ -145,6 +156,7 @@ export class Pool {
       joining: true,
       transitions: 0,
       admin: 'enabled',
+      rampStart: null,
     };
     this.slots[index] = member;
     return member;
@@ -163,7 +175,10 @@ export class Pool {
       if (member.leaving) member.settled = true;
       if (!member.joining) continue;
       member.joining = false;
-      if (!this.config.health.enabled) Atomics.or(this.table.state, member.index, UP);
+      if (!this.config.health.enabled) {
+        Atomics.or(this.table.state, member.index, UP);
+        this.startRamp(member);
+      }
       this.applyAdmin(member);
     }
   }
@@ -189,8 +204,33 @@ export class Pool {
 
   /** Sets a backend's weight at once (an operator's `set weight`). */
   setWeight(member: Member, weight: number): void {
-    Atomics.store(this.table.weight, member.index, weight);
     member.config = { ...member.config, weight };
+    Atomics.store(this.table.weight, member.index, this.effectiveWeight(member, performance.now()));
+  }
+
+  /** The weight the schedulers see: the configured one, scaled, and ramped while in slow start. */
+  effectiveWeight(member: Member, now: number): number {
+    const full = member.config.weight * WEIGHT_SCALE;
+    if (member.rampStart === null || full === 0) return full;
+    const fraction = (now - member.rampStart) / member.config.slowstartMs;
+    if (fraction >= 1) return full;
+    return Math.max(1, Math.round(full * Math.max(RAMP_FLOOR, fraction)));
+  }
+
+  /** Starts the slow-start ramp (the backend just came up or joined), if it has one. */
+  startRamp(member: Member): void {
+    if (member.config.slowstartMs <= 0) return;
+    member.rampStart = performance.now();
+    Atomics.store(this.table.weight, member.index, this.effectiveWeight(member, member.rampStart));
+  }
+
+  /** Moves every ramping backend's weight along; called every 100 ms. */
+  ramp(now: number): void {
+    for (const member of this.members()) {
+      if (member.rampStart === null) continue;
+      Atomics.store(this.table.weight, member.index, this.effectiveWeight(member, now));
+      if (now - member.rampStart >= member.config.slowstartMs) member.rampStart = null;
+    }
   }
 
   /** Frees the slots of settled leaving backends whose last connection has finished; returns
@@ -241,7 +281,12 @@ export class Pool {
         next.backup !== member.config.backup ||
         next.maxconn !== member.config.maxconn
       ) {
-        Atomics.store(this.table.weight, member.index, next.weight);
+        member.config = next;
+        Atomics.store(
+          this.table.weight,
+          member.index,
+          this.effectiveWeight(member, performance.now()),
+        );
         Atomics.store(this.table.maxconn, member.index, next.maxconn);
         if (next.backup) Atomics.or(this.table.state, member.index, BACKUP);
         else Atomics.and(this.table.state, member.index, ~BACKUP);

@@ -22,6 +22,7 @@ const addedSchema = z.strictObject({
   weight: z.number().int().min(0).max(MAX_WEIGHT),
   backup: z.boolean(),
   maxconn: z.number().int().min(0).max(MAX_MAXCONN),
+  slowstartMs: z.number().int().min(0).max(2_147_483_647).default(0),
 });
 
 const frontendSchema = z.strictObject({
@@ -132,6 +133,7 @@ export class RuntimeState {
       weight: backend.weight,
       backup: backend.backup,
       maxconn: backend.maxconn,
+      slowstartMs: backend.slowstartMs,
     });
     delete state.weights[backend.name];
     delete state.admin[backend.name];

@@ -485,9 +485,12 @@ export class Supervisor {
     }
   }
 
-  /** Frees the slots of removed backends whose last connection has finished. */
+  /** Moves slow-start ramps along; frees the slots of removed backends whose last connection
+   *  has finished. */
   private sweep(): void {
+    const now = performance.now();
     for (const pool of this.pools) {
+      pool.ramp(now);
       for (const name of pool.sweepLeaving()) {
         this.log.info({ frontend: pool.name, backend: name }, 'backend removed');
       }

@@ -111,6 +111,25 @@ export function isPickable(table: BackendTable, i: number, tier: number): boolea
 }
 
 /**
+ * True when backend `i` could take a connection but for its maxconn: a client may wait for it.
+ */
+export function isFull(table: BackendTable, i: number): boolean {
+  const max = table.maxconn[i];
+  return (
+    max > 0 &&
+    table.active[i] >= max &&
+    (table.state[i] & (UP | ENABLED | DRAINING)) === (UP | ENABLED) &&
+    table.weight[i] > 0
+  );
+}
+
+/** True when some backend is full (see isFull): new clients wait in the queue, not refused. */
+export function anyFull(table: BackendTable): boolean {
+  for (let i = 0; i < table.size; i++) if (isFull(table, i)) return true;
+  return false;
+}
+
+/**
  * True when `i` is excluded by `avoid`, a bit mask of backends already tried by this connection.
  * Only the first 32 backends can be avoided; past that a retry may land on a tried backend again.
  */

@@ -38,6 +38,8 @@ export const PEER_HIGH_WATER_MARK = 1;
 export const CONNECTING = 1;
 export const ESTABLISHED = 2;
 export const CLOSED = 3;
+/** Waiting in the frontend's queue for a backend with room (every one is at its maxconn). */
+export const QUEUED = 4;
 
 /** A socket that knows its connection; null once it no longer speaks for it. */
 export class ClientSocket extends net.Socket {
@@ -274,14 +276,22 @@ function onClientDrain(this: ClientSocket): void {
 // ---------------------------------------------------------------------------------------------
 // Backend: pick, connect, retry.
 
-/** Picks a backend and connects to it; on no pick, closes the client. */
+/** Picks a backend and connects to it; when every backend is full, waits in the queue; when
+ *  none can take it at all, closes the client. */
 export function connectBackend(conn: Connection): void {
   const frontend = conn.frontend;
   const i = frontend.scheduler.pick(conn.avoid, conn.key);
   if (i < 0) {
+    if (conn.attempts === 0 && frontend.enqueue(conn)) return;
     closeClient(conn, conn.attempts > 0 ? END.CONNECT_FAILED : END.NO_BACKEND);
     return;
   }
+  connectTo(conn, i);
+}
+
+/** Connects to backend `i`, picked for this connection. */
+export function connectTo(conn: Connection, i: number): void {
+  const frontend = conn.frontend;
   acquire(frontend.table, i);
   conn.acquired = true;
   conn.backendIndex = i;
@@ -481,6 +491,7 @@ function logConnection(log: Logger, conn: Connection, reason: number, endedAt: n
 /** Both sockets are closed: give everything back exactly once. */
 function finish(conn: Connection): void {
   if (conn.phase === CLOSED) return;
+  if (conn.phase === QUEUED) conn.frontend.unqueue(conn);
   conn.phase = CLOSED;
   const frontend = conn.frontend;
   frontend.connecting.remove(conn);

@@ -10,23 +10,34 @@ import { createLatencyState } from '../core/peak-ewma.ts';
 import type { Scheduler, SchedulerContext } from '../core/scheduler.ts';
 import { createScheduler } from '../core/scheduler.ts';
 import type { BackendTable, SharedTable } from '../core/table.ts';
-import { MAX_BACKENDS, openTable } from '../core/table.ts';
+import { anyFull, MAX_BACKENDS, openTable } from '../core/table.ts';
 import type { Logger } from '../log.ts';
-import { ACCEPTED, END, END_BASE, LIVE, openSlot } from '../stats/counters.ts';
+import {
+  ACCEPTED,
+  END,
+  END_BASE,
+  LIVE,
+  openSlot,
+  QUEUED as QUEUED_GAUGE,
+} from '../stats/counters.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
 import { BUFFER_RELEASE_MS, LinkedList, now } from './clock.ts';
 import {
   attachClient,
   CLIENT_ONREAD,
   ClientSocket,
+  CONNECTING,
   Connection,
+  closeClient,
   connectBackend,
+  connectTo,
   cut,
   failConnect,
   kill,
   onClientData,
   PEER_HIGH_WATER_MARK,
   prepareClientRead,
+  QUEUED,
   releaseIdleBuffers,
 } from './connection.ts';
 import type { TcpHandle } from './internals.ts';
@@ -38,6 +49,9 @@ export interface EncodedLatency {
   readonly ids: number[];
   readonly metrics: Array<Array<[string, string] | null>>;
 }
+
+/** Most clients one worker holds in a frontend's queue; beyond, they are refused at once. */
+export const QUEUE_LIMIT = 10_000;
 
 export interface WorkerLimits {
   /** Global live connections over every worker (Atomics), for maxConnections. */
@@ -83,6 +97,8 @@ export class Frontend {
   };
   readonly limits: WorkerLimits;
   readonly connecting = new LinkedList<Connection>();
+  /** Clients waiting for a backend with room, oldest first (only when backends have maxconn). */
+  readonly queue: Connection[] = [];
   readonly established = new LinkedList<Connection>();
   /** Open listeners by address. */
   readonly servers = new Map<string, net.Server>();
@@ -275,7 +291,52 @@ export class Frontend {
 
   onFinish(_conn: Connection): void {
     Atomics.sub(this.limits.live, 0, 1);
+    // A connection that ends may have made room on a full backend.
+    if (this.queue.length > 0) this.serveQueue();
     this.onIdle();
+  }
+
+  /** Puts a client in the queue when every backend that could take it is full; false when the
+   *  queue would not help (nothing full) or is full itself. */
+  enqueue(conn: Connection): boolean {
+    if (this.queue.length >= QUEUE_LIMIT || !anyFull(this.table)) return false;
+    conn.phase = QUEUED;
+    conn.deadline = now + this.config.queueTimeoutMs;
+    this.queue.push(conn);
+    this.slot[QUEUED_GAUGE] = this.queue.length;
+    return true;
+  }
+
+  /** Takes a client out of the queue (it closed while waiting). */
+  unqueue(conn: Connection): void {
+    const at = this.queue.indexOf(conn);
+    if (at >= 0) this.queue.splice(at, 1);
+    this.slot[QUEUED_GAUGE] = this.queue.length;
+  }
+
+  /** Connects queued clients, oldest first, while a backend has room. */
+  serveQueue(): void {
+    while (this.queue.length > 0) {
+      const conn = this.queue[0];
+      const i = this.scheduler.pick(conn.avoid, conn.key);
+      if (i < 0) break;
+      this.queue.shift();
+      conn.phase = CONNECTING;
+      connectTo(conn, i);
+    }
+    this.slot[QUEUED_GAUGE] = this.queue.length;
+  }
+
+  /** Every tick: room made by other workers is taken, and waits past --queue-timeout end. */
+  sweepQueue(): void {
+    if (this.queue.length === 0) return;
+    this.serveQueue();
+    while (this.queue.length > 0 && now >= this.queue[0].deadline) {
+      const conn = this.queue.shift() as Connection;
+      conn.phase = CONNECTING;
+      closeClient(conn, END.QUEUE_TIMEOUT);
+    }
+    this.slot[QUEUED_GAUGE] = this.queue.length;
   }
 
   /** Connect deadlines: checked every tick. */

@@ -133,6 +133,7 @@ const timer = setInterval(() => {
   for (const set of [frontends.values(), retired.values()]) {
     for (const frontend of set) {
       frontend.sweepConnecting();
+      frontend.sweepQueue();
       if (idle) frontend.sweepIdle();
       if (rotate) for (const metric of frontend.latency) for (const r of metric) r?.rotate();
     }

@@ -14,6 +14,7 @@ export const END = {
   REFUSED_LIMIT: 7,
   DRAIN_CUT: 8,
   KILLED: 9,
+  QUEUE_TIMEOUT: 10,
 } as const;
 
 export const END_NAMES = [
@@ -27,13 +28,16 @@ export const END_NAMES = [
   'refused-limit',
   'drain-cut',
   'killed',
+  'queue-timeout',
 ] as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */
 export const ACCEPTED = 0;
 export const LIVE = 1;
 export const RETRIES = 2;
-export const END_BASE = 3;
+/** Clients waiting in this worker's queue for a backend with room (a gauge, like LIVE). */
+export const QUEUED = 3;
+export const END_BASE = 4;
 const FRONTEND_FIELDS = END_BASE + END_NAMES.length;
 
 export const B_CONNECTIONS = 0;
@@ -85,12 +89,12 @@ export function sumSlots(counters: SharedCounters): Float64Array {
 
 /** Zeroes every cumulative counter of every worker; LIVE, a gauge, is kept. Racy by design: an
  *  increment a worker makes at that very moment may survive or be lost, as with HAProxy's
- *  "clear counters". */
+ *  "clear counters". QUEUED, also a gauge, is kept too. */
 export function resetCounters(counters: SharedCounters): void {
   const length = slotLength(counters.capacity);
   const all = new Float64Array(counters.buffer);
   for (let w = 0; w < counters.workers; w++) {
-    for (let i = 0; i < length; i++) if (i !== LIVE) all[w * length + i] = 0;
+    for (let i = 0; i < length; i++) if (i !== LIVE && i !== QUEUED) all[w * length + i] = 0;
   }
 }
 

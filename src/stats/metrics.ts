@@ -207,6 +207,11 @@ export class MetricsServer {
 
     frontendGauge('fulcrum_connections_current', 'Client connections open now.', (f) => f.live);
     frontendCounter('fulcrum_connections_total', 'Client connections accepted.', (f) => f.accepted);
+    frontendGauge(
+      'fulcrum_connections_queued',
+      'Clients waiting for a backend with room (every backend at its maxconn).',
+      (f) => f.queued,
+    );
     new Counter({
       name: 'fulcrum_connections_refused_total',
       help: 'Clients closed before any backend was tried: over --max-connections, or no backend available.',

@@ -18,6 +18,7 @@ import {
   END_BASE,
   END_NAMES,
   LIVE,
+  QUEUED,
   RETRIES,
   resetCounters,
   sumSlots,
@@ -55,9 +56,10 @@ export interface FrontendStat {
   name: string;
   listen: string[];
   algorithm: string;
-  /** Clients accepted, live now, refused (limit or no backend). */
+  /** Clients accepted, live now, waiting in the queue now. */
   accepted: number;
   live: number;
+  queued: number;
   backends: BackendStat[];
 }
 
@@ -180,6 +182,7 @@ export class StatsView {
           algorithm: pool.config.algorithm,
           accepted: sums[ACCEPTED],
           live: sums[LIVE],
+          queued: sums[QUEUED],
           backends: pool.members().map((member, b) => {
             const o = backendOffset(member.index);
             const { host, port } = member.config;
@@ -187,7 +190,7 @@ export class StatsView {
               name: member.config.name,
               address: `${host.includes(':') ? `[${host}]` : host}:${port}`,
               state: StatsView.state(pool.table, member.index),
-              weight: Atomics.load(pool.table.weight, member.index),
+              weight: member.config.weight,
               active: Atomics.load(pool.table.active, member.index),
               total: sums[o + B_CONNECTIONS],
               failures: sums[o + B_FAILURES],

@@ -18,6 +18,8 @@ for (const algorithm of ALGORITHMS) {
     const result = JSON.parse(run.stdout) as { gcs: number; heapGrowth: number; picks: number };
     t.equal(result.picks, 1_000_000);
     t.equal(result.gcs, 0, 'no garbage collection during the picks');
-    t.ok(result.heapGrowth < 64 * 1024, `heap grew ${result.heapGrowth} bytes`);
+    // The smallest heap object is 16 bytes: one per pick would be 16 MB. What is left is the
+    // JIT's own late work, which a loaded machine can push into the measured loop.
+    t.ok(result.heapGrowth < 512 * 1024, `heap grew ${result.heapGrowth} bytes`);
   });
 }
