@@ -1,4 +1,6 @@
-// Weighted least-connections: the backend with the lowest active/weight wins.
+// Weighted least-connections: the backend with the lowest (active + 1) / weight wins (as HAProxy
+// counts it: the +1 is the connection being placed, so weights matter even when all are idle,
+// and a backend ramping up in slow start is not flooded just because it has no connection yet).
 // Invariant: no allocation, no division; ties are broken from a start that rotates on every
 // pick, so that at low load (all counts equal) connections still spread over every backend.
 
@@ -37,9 +39,9 @@ export class LeastConnections implements Scheduler {
       if (!isPickable(table, i, tier) || isAvoided(avoid, i)) continue;
       // A plain read: an aligned Int32 cannot tear, and a count a few nanoseconds stale only
       // makes a near-tie go the other way, which least-connections tolerates by design.
-      const a = active[i];
+      const a = active[i] + 1;
       const w = weight[i];
-      // a/w < bestActive/bestWeight, cross-multiplied: exact in doubles for any real count.
+      // (active+1)/w < best's, cross-multiplied: exact in doubles for any real count.
       if (best < 0 || a * bestWeight < bestActive * w) {
         best = i;
         bestActive = a;

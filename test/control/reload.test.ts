@@ -119,7 +119,7 @@ t.test(
 
     file.write(
       base(
-        `      - { address: "${a.address}", name: a, weight: 3 }\n      - { address: "${b.address}", name: b, weight: 2 }\n      - { address: "${c.address}", name: c }\n`,
+        `      - { address: "${a.address}", name: a, weight: 3 }\n      - { address: "${b.address}", name: b, weight: 2 }\n      - { address: "${c.address}", name: c, weight: 10 }\n`,
       ),
     );
     const outcome = await sighup(fulcrum);
@@ -161,7 +161,7 @@ t.test(
     };
     const rows = Object.fromEntries(after.frontends[0].backends.map((x) => [x.name, x]));
     t.ok(rows.a.total >= totals.a && rows.b.total >= totals.b, 'kept backends kept their counters');
-    t.same([rows.a.weight, rows.b.weight, rows.c.weight], [3, 2, 1], 'weights changed in place');
+    t.same([rows.a.weight, rows.b.weight, rows.c.weight], [3, 2, 10], 'weights changed in place');
   },
 );
 

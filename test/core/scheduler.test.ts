@@ -44,17 +44,20 @@ t.test('least-conn rotates its start so equal loads still spread', async (t) => 
   t.same(sequence('least-conn', [1, 1, 1], 6), [0, 1, 2, 0, 1, 2]);
 });
 
-t.test('least-conn picks the lowest active/weight, cross-multiplied', async (t) => {
+t.test('least-conn picks the lowest (active+1)/weight, cross-multiplied', async (t) => {
   const table = createTable([1, 3]);
   const scheduler = createScheduler('least-conn', table);
   table.active[0] = 1;
-  table.active[1] = 2; // 2/3 < 1/1
+  table.active[1] = 4; // 5/3 < 2/1
   t.equal(scheduler.pick(0, 0), 1);
-  table.active[1] = 4; // 4/3 > 1/1
+  table.active[1] = 6; // 7/3 > 2/1
   t.equal(scheduler.pick(0, 0), 0);
-  table.active[1] = 3; // 3/3 == 1/1: a tie, either start order is fine, both are minimal
+  table.active[1] = 5; // 6/3 == 2/1: a tie, either start order is fine, both are minimal
   const tie = scheduler.pick(0, 0);
   t.ok(tie === 0 || tie === 1);
+  table.active[0] = 0;
+  table.active[1] = 0; // idle: 1/3 < 1/1, the heavier backend first
+  t.equal(scheduler.pick(0, 0), 1);
 });
 
 t.test('held connections follow weights within 1% over 100k picks', async (t) => {

@@ -54,9 +54,14 @@ t.test('/metrics parses and carries per-backend series', async (t) => {
   const url = (await waitForLog(fulcrum, (l) => l.msg === 'metrics', 5000, 'the metrics url'))
     .url as string;
 
+  // Six connections held together, so least-conn spreads them by weight (2 on a, 4 on b).
+  const sockets = [];
   for (let i = 0; i < 6; i++) {
     const socket = await connect(fulcrum.port);
     await readLine(socket);
+    sockets.push(socket);
+  }
+  for (const socket of sockets) {
     socket.end('bye');
     await new Promise((resolve) => socket.once('close', resolve));
   }
