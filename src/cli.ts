@@ -100,6 +100,20 @@ export function buildProgram(): Command {
       'close a connection with no traffic for',
       DEFAULTS.idleTimeout,
     )
+    .option('--allow <cidr>', 'only clients in these networks may connect; repeatable', collect)
+    .option(
+      '--deny <cidr>',
+      'clients in these networks are refused (wins over --allow); repeatable',
+      collect,
+    )
+    .option(
+      '--max-conns-per-source <n>',
+      'live connections one client address may hold; more are closed at once (0 = no limit)',
+    )
+    .option(
+      '--conn-rate-per-source <n/s>',
+      'new connections per second one client address may open; more are closed at once',
+    )
     .option(
       '--queue-timeout <duration>',
       'when every backend is at its maxconn, a new client waits this long for room',

@@ -55,6 +55,19 @@ export interface FrontendConfig {
   readonly queueTimeoutMs: number;
   readonly retries: number;
   readonly health: HealthConfig;
+  readonly guard: GuardConfig;
+}
+
+/** Who may connect, and how much, per frontend: checked before any backend is contacted. */
+export interface GuardConfig {
+  /** CIDRs; when any is given, a client must match one. */
+  readonly allow: readonly string[];
+  /** CIDRs; a client that matches one is refused (deny wins over allow). */
+  readonly deny: readonly string[];
+  /** Live connections per client address; 0: no limit. */
+  readonly maxConnsPerSource: number;
+  /** New connections per second per client address; 0: no limit. */
+  readonly connRatePerSource: number;
 }
 
 export interface HealthConfig {
@@ -112,6 +125,10 @@ export interface RunFlags {
   idleTimeout?: string;
   queueTimeout?: string;
   retries?: string;
+  allow?: string[];
+  deny?: string[];
+  maxConnsPerSource?: string;
+  connRatePerSource?: string;
   healthInterval?: string;
   healthTimeout?: string;
   rise?: string;
@@ -251,6 +268,10 @@ export interface FrontendInput {
   readonly idleTimeout?: string;
   readonly queueTimeout?: string;
   readonly retries?: string;
+  readonly allow?: readonly string[];
+  readonly deny?: readonly string[];
+  readonly maxConnsPerSource?: string;
+  readonly connRatePerSource?: string;
   readonly health?: {
     readonly enabled?: boolean;
     readonly interval?: string;
@@ -344,6 +365,17 @@ export function buildFrontend(input: FrontendInput, where: Where): FrontendConfi
       where('queueTimeout'),
     ),
     retries: parseInteger(input.retries ?? DEFAULTS.retries, where('retries'), 0, 31),
+    guard: {
+      allow: (input.allow ?? []).map((c, i) => checkCidr(c, where(`allow[${i}]`))),
+      deny: (input.deny ?? []).map((c, i) => checkCidr(c, where(`deny[${i}]`))),
+      maxConnsPerSource: parseInteger(
+        input.maxConnsPerSource ?? '0',
+        where('maxConnsPerSource'),
+        0,
+        1_000_000,
+      ),
+      connRatePerSource: parseRate(input.connRatePerSource ?? '0', where('connRatePerSource')),
+    },
     health: {
       enabled: health.enabled !== false,
       intervalMs: positiveDuration(
@@ -375,6 +407,40 @@ function backendFromInput(input: BackendInput, where: Where): BackendConfig {
     slowstartMs:
       input.slowstart === undefined ? 0 : parseDuration(input.slowstart, where('slowstart')),
   };
+}
+
+/** `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). Throws on anything else. */
+export function parseCidr(text: string): {
+  address: string;
+  prefix: number;
+  type: 'ipv4' | 'ipv6';
+} {
+  const [address, prefixText, extra] = text.trim().split('/');
+  const family = isIP(address);
+  if (family === 0 || extra !== undefined) throw new Error(`"${text}" is not an address or CIDR`);
+  const max = family === 4 ? 32 : 128;
+  if (prefixText !== undefined && !/^\d{1,3}$/.test(prefixText)) {
+    throw new Error(`"${text}": the prefix must be 0..${max}`);
+  }
+  const prefix = prefixText === undefined ? max : Number(prefixText);
+  if (prefix > max) throw new Error(`"${text}": the prefix must be 0..${max}`);
+  return { address, prefix, type: family === 4 ? 'ipv4' : 'ipv6' };
+}
+
+function checkCidr(text: string, where: string): string {
+  try {
+    parseCidr(text);
+  } catch (err) {
+    throw new ConfigError(where, (err as Error).message);
+  }
+  return text.trim();
+}
+
+/** `100/s` or `100`: connections per second. */
+function parseRate(text: string, where: string): number {
+  const match = /^(\d+)(?:\/s)?$/.exec(text.trim());
+  if (match === null) throw new ConfigError(where, `"${text}" is not a rate (expected e.g. 100/s)`);
+  return parseInteger(match[1], where, 0, 1_000_000);
 }
 
 /** A backend name: what `FRONTEND/BACKEND` addresses it by. */
@@ -457,6 +523,10 @@ const FLAG_OF: Record<string, string> = {
   idleTimeout: '--idle-timeout',
   queueTimeout: '--queue-timeout',
   retries: '--retries',
+  allow: '--allow',
+  deny: '--deny',
+  maxConnsPerSource: '--max-conns-per-source',
+  connRatePerSource: '--conn-rate-per-source',
   'health.interval': '--health-interval',
   'health.timeout': '--health-timeout',
   'health.rise': '--rise',
@@ -534,6 +604,10 @@ export function configFromFlags(flags: RunFlags): Config {
     idleTimeout: flags.idleTimeout,
     queueTimeout: flags.queueTimeout,
     retries: flags.retries,
+    allow: flags.allow,
+    deny: flags.deny,
+    maxConnsPerSource: flags.maxConnsPerSource,
+    connRatePerSource: flags.connRatePerSource,
     health: {
       enabled: flags.healthCheck,
       interval: flags.healthInterval,

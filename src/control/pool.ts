@@ -17,6 +17,7 @@ import {
   openTable,
   UP,
 } from '../core/table.ts';
+import { allocateSources } from '../data/guard.ts';
 import type { SharedCounters } from '../stats/counters.ts';
 import { allocateCounters, clearBackend } from '../stats/counters.ts';
 
@@ -55,6 +56,8 @@ export interface PoolUpdate {
   readonly counters: SharedCounters;
   /** By slot; null for a free slot. Its length is the number of slots in use (the table size). */
   readonly members: readonly (PoolMember | null)[];
+  /** The per-source table, once the frontend has a per-source limit (it is kept from then on). */
+  readonly sources: SharedArrayBuffer | null;
 }
 
 /** What a reconfigure changed, by backend name, for the log. */
@@ -82,6 +85,8 @@ export class Pool {
   readonly table: BackendTable;
   readonly counters: SharedCounters;
   readonly slots: (Member | null)[] = [];
+  /** Shared per-source counts, allocated the first time the frontend needs them. */
+  private sources: SharedArrayBuffer | null = null;
 
   /**
    * `startUp`: backends count as up from the start (the first start, as HAProxy does), instead of
@@ -121,7 +126,12 @@ export class Pool {
   }
 
   update(): PoolUpdate {
+    const guard = this.config.guard;
+    if (this.sources === null && (guard.maxConnsPerSource > 0 || guard.connRatePerSource > 0)) {
+      this.sources = allocateSources();
+    }
     return {
+      sources: this.sources,
       config: this.config,
       table: this.shared,
       counters: this.counters,

@@ -64,6 +64,8 @@ export class Connection implements Linked<Connection> {
   attempts = 0;
   /** The client's hash for hashing schedulers (Maglev); 0 when the frontend hashes nothing. */
   key = 0;
+  /** Its entry in the per-source table (a live count to give back), or -1. */
+  source = -1;
   phase = CONNECTING;
   /** An END reason, -1 until known. The first cause wins. */
   end = -1;

@@ -40,6 +40,7 @@ import {
   QUEUED,
   releaseIdleBuffers,
 } from './connection.ts';
+import { Guard, REFUSED, releaseSource, UNTRACKED } from './guard.ts';
 import type { TcpHandle } from './internals.ts';
 import { adoptHandle, hookAccept } from './internals.ts';
 
@@ -104,6 +105,10 @@ export class Frontend {
   readonly servers = new Map<string, net.Server>();
   /** This worker's timings: [metric (CONNECT, FIRST_BYTE, DURATION)][slot]. */
   readonly latency: LatencyRecorder[][] = METRIC_NAMES.map(() => []);
+  /** Allow/deny lists and per-source limits; null when the frontend has none (no cost). */
+  guard: Guard | null = null;
+  /** The shared per-source counts, for releases (kept even if a reload drops the limits). */
+  private sourceTable: Int32Array | null = null;
   /** Whether the scheduler hashes the client (Maglev), and whether the port is part of it. */
   private hashes = false;
   private hashPort = false;
@@ -153,6 +158,12 @@ export class Frontend {
       this.context.keys[i] = member === null ? 0 : fnv1a(member.config.name) || 1;
     });
     this.backends = backends;
+    if (update.sources !== null && this.sourceTable === null) {
+      this.sourceTable = new Int32Array(update.sources);
+    }
+    this.guard = Guard.needed(this.config.guard)
+      ? new Guard(this.config.guard, update.sources)
+      : null;
     this.table = openTable(this.shared, backends.length);
     this.scheduler = createScheduler(this.config.algorithm, this.table, this.context);
     this.hashPort = this.config.hashKey === 'source-ip-port';
@@ -252,11 +263,24 @@ export class Frontend {
 
   acceptHandle(status: number, handle: TcpHandle): void {
     if (status < 0) return; // accept() failed (EMFILE...): nothing was accepted.
+    let source = UNTRACKED;
+    if (this.guard !== null) {
+      const peer: { address?: string; family?: string } = {};
+      handle.getpeername(peer);
+      source = this.guard.admit(peer.address ?? '', peer.family ?? 'IPv4');
+      if (source === REFUSED) {
+        this.refuse(this.guard.reason);
+        handle.close();
+        return;
+      }
+    }
     if (!this.admit()) {
+      this.releaseSource(source);
       handle.close();
       return;
     }
     const conn = new Connection(this);
+    conn.source = source;
     prepareClientRead(conn);
     const client = adoptHandle(ClientSocket, handle, CLIENT_ONREAD, PEER_HIGH_WATER_MARK);
     client.setNoDelay(true);
@@ -264,14 +288,37 @@ export class Frontend {
   }
 
   acceptSocket(socket: net.Socket): void {
+    let source = UNTRACKED;
+    if (this.guard !== null) {
+      source = this.guard.admit(socket.remoteAddress ?? '', socket.remoteFamily ?? 'IPv4');
+      if (source === REFUSED) {
+        this.refuse(this.guard.reason);
+        socket.destroy();
+        return;
+      }
+    }
     if (!this.admit()) {
+      this.releaseSource(source);
       socket.destroy();
       return;
     }
     const client = socket as ClientSocket;
     client.conn = null;
     client.on('data', onClientData);
-    this.start(new Connection(this), client);
+    const conn = new Connection(this);
+    conn.source = source;
+    this.start(conn, client);
+  }
+
+  /** Counts a client closed at the door, before it became a connection. */
+  private refuse(reason: number): void {
+    this.slot[ACCEPTED]++;
+    this.slot[END_BASE + reason]++;
+  }
+
+  /** Gives back the per-source live count a connection held. */
+  releaseSource(entry: number): void {
+    if (entry >= 0 && this.sourceTable !== null) releaseSource(this.sourceTable, entry);
   }
 
   start(conn: Connection, client: ClientSocket): void {
@@ -289,8 +336,9 @@ export class Frontend {
     connectBackend(conn);
   }
 
-  onFinish(_conn: Connection): void {
+  onFinish(conn: Connection): void {
     Atomics.sub(this.limits.live, 0, 1);
+    this.releaseSource(conn.source);
     // A connection that ends may have made room on a full backend.
     if (this.queue.length > 0) this.serveQueue();
     this.onIdle();

@@ -14,6 +14,8 @@ import type net from 'node:net';
 export interface TcpHandle {
   close(): void;
   setNoDelay(enable: boolean): number;
+  /** Fills `out` with the peer's address, family and port; 0 on success. */
+  getpeername(out: { address?: string; family?: string; port?: number }): number;
 }
 
 export type AcceptCallback = (status: number, handle: TcpHandle) => void;

@@ -15,6 +15,8 @@ export const END = {
   DRAIN_CUT: 8,
   KILLED: 9,
   QUEUE_TIMEOUT: 10,
+  DENIED: 11,
+  SOURCE_LIMIT: 12,
 } as const;
 
 export const END_NAMES = [
@@ -29,6 +31,8 @@ export const END_NAMES = [
   'drain-cut',
   'killed',
   'queue-timeout',
+  'denied',
+  'source-limit',
 ] as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */

@@ -1,0 +1,159 @@
+// Protection at the edge, before any backend is contacted: allow/deny lists (net.BlockList) and
+// per-source limits (live connections, and new connections per second, per client address).
+// Invariants: the per-source table is shared by every worker (Atomics over a SharedArrayBuffer),
+// fixed in size (SOURCE_SLOTS entries, 1 MiB), and needs no sweep: an entry with no live
+// connection and no recent connect is free to be taken by another address. Sources are told
+// apart by a 32-bit hash of their address; two addresses that collide share a limit. When a
+// neighbourhood of the table is full the client is let through untracked (fail open), counted.
+
+import net from 'node:net';
+import type { GuardConfig } from '../config.ts';
+import { parseCidr } from '../config.ts';
+import { fnv1a } from '../core/hash.ts';
+import { END } from '../stats/counters.ts';
+
+/** Entries in the per-source table: a power of two. */
+export const SOURCE_SLOTS = 65536;
+/** Entries probed for one address before giving up (the client is then not tracked). */
+const PROBES = 16;
+/** Int32 fields per entry. */
+const KEY = 0;
+const LIVE = 1;
+const SECOND = 2;
+const COUNT = 3;
+const PREVIOUS = 4;
+const FIELDS = 5;
+
+export function allocateSources(): SharedArrayBuffer {
+  return new SharedArrayBuffer(SOURCE_SLOTS * FIELDS * 4);
+}
+
+export type { GuardConfig } from '../config.ts';
+
+/** admit() found no room to track the source: let through, not tracked. */
+export const UNTRACKED = -1;
+/** admit() refused the client; `reason` says why. */
+export const REFUSED = -2;
+
+export class Guard {
+  private readonly allow: net.BlockList | null;
+  private readonly deny: net.BlockList | null;
+  private readonly maxConns: number;
+  private readonly rate: number;
+  private readonly table: Int32Array;
+  /** Why the last admit() refused: an END reason. */
+  reason: number = END.DENIED;
+
+  /** `sources` may be null only when there is no per-source limit. */
+  constructor(config: GuardConfig, sources: SharedArrayBuffer | null) {
+    this.allow = config.allow.length > 0 ? blockList(config.allow) : null;
+    this.deny = config.deny.length > 0 ? blockList(config.deny) : null;
+    this.maxConns = config.maxConnsPerSource;
+    this.rate = config.connRatePerSource;
+    this.table = sources === null ? new Int32Array(0) : new Int32Array(sources);
+  }
+
+  /** True when the frontend has anything for a guard to do. */
+  static needed(config: GuardConfig): boolean {
+    return (
+      config.allow.length > 0 ||
+      config.deny.length > 0 ||
+      config.maxConnsPerSource > 0 ||
+      config.connRatePerSource > 0
+    );
+  }
+
+  /**
+   * Checks a new client. Returns REFUSED (see `reason`), UNTRACKED, or the table entry holding its
+   * live count, to be given back with release() when the connection ends.
+   */
+  admit(address: string, family: string): number {
+    // A dual-stack listener shows IPv4 clients as ::ffff:a.b.c.d: check them as IPv4.
+    let type: 'ipv4' | 'ipv6' = family === 'IPv6' ? 'ipv6' : 'ipv4';
+    let plain = address;
+    if (type === 'ipv6' && address.startsWith('::ffff:') && address.includes('.')) {
+      plain = address.slice(7);
+      type = 'ipv4';
+    }
+    if (this.deny?.check(plain, type) === true || this.allow?.check(plain, type) === false) {
+      this.reason = END.DENIED;
+      return REFUSED;
+    }
+    if ((this.maxConns === 0 && this.rate === 0) || this.table.length === 0) return UNTRACKED;
+    const entry = this.find(fnv1a(plain) || 1);
+    if (entry < 0) return UNTRACKED;
+    const t = this.table;
+    const base = entry * FIELDS;
+    if (this.rate > 0) {
+      const ms = Date.now();
+      const second = Math.floor(ms / 1000) | 0;
+      const seen = Atomics.load(t, base + SECOND);
+      if (seen !== second && Atomics.compareExchange(t, base + SECOND, seen, second) === seen) {
+        // A new second: last second's count weighs on this one as it slides out (below).
+        Atomics.store(t, base + PREVIOUS, seen === second - 1 ? Atomics.load(t, base + COUNT) : 0);
+        Atomics.store(t, base + COUNT, 0);
+      }
+      const previous = Atomics.load(t, base + PREVIOUS);
+      const count = Atomics.add(t, base + COUNT, 1) + 1;
+      // A sliding one-second window, estimated from two fixed ones.
+      if (previous * (1 - (ms % 1000) / 1000) + count > this.rate) {
+        this.reason = END.SOURCE_LIMIT;
+        return REFUSED;
+      }
+    }
+    if (this.maxConns > 0) {
+      const live = Atomics.add(t, base + LIVE, 1) + 1;
+      if (live > this.maxConns) {
+        Atomics.sub(t, base + LIVE, 1);
+        this.reason = END.SOURCE_LIMIT;
+        return REFUSED;
+      }
+      return entry;
+    }
+    return UNTRACKED;
+  }
+
+  /** The connection admitted with this entry has ended. */
+  release(entry: number): void {
+    releaseSource(this.table, entry);
+  }
+
+  /** The entry for `key`: its own, a free one claimed for it, or -1 when none is near. */
+  private find(key: number): number {
+    const t = this.table;
+    const second = Math.floor(Date.now() / 1000) | 0;
+    let home = key & (SOURCE_SLOTS - 1);
+    for (let k = 0; k < PROBES; k++) {
+      const base = home * FIELDS;
+      const current = Atomics.load(t, base + KEY);
+      if (current === key) return home;
+      // Free: never used, or idle (no live connection, no connect in the last two seconds).
+      const idle =
+        current === 0 ||
+        (Atomics.load(t, base + LIVE) === 0 && second - Atomics.load(t, base + SECOND) > 1);
+      if (idle && Atomics.compareExchange(t, base + KEY, current, key) === current) {
+        Atomics.store(t, base + LIVE, 0);
+        Atomics.store(t, base + SECOND, 0);
+        Atomics.store(t, base + COUNT, 0);
+        Atomics.store(t, base + PREVIOUS, 0);
+        return home;
+      }
+      home = (home + 1) & (SOURCE_SLOTS - 1);
+    }
+    return -1;
+  }
+}
+
+function blockList(cidrs: readonly string[]): net.BlockList {
+  const list = new net.BlockList();
+  for (const cidr of cidrs) {
+    const { address, prefix, type } = parseCidr(cidr);
+    list.addSubnet(address, prefix, type);
+  }
+  return list;
+}
+
+/** Gives back a live connection counted on `entry` of a per-source table. */
+export function releaseSource(table: Int32Array, entry: number): void {
+  if (entry >= 0) Atomics.sub(table, entry * FIELDS + LIVE, 1);
+}
