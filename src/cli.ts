@@ -66,8 +66,8 @@ export function buildProgram(): Command {
       'read frontends and settings from a YAML (or JSON) file; flags given with it override its top-level values',
     )
     .option(
-      '-l, --listen <host:port>',
-      'address to accept clients on; repeatable ([::]:80 for IPv6)',
+      '-l, --listen <host:port[,accept-proxy]>',
+      'address to accept clients on; repeatable ([::]:80 for IPv6); accept-proxy: clients come with a PROXY header',
       collect,
     )
     .option(
@@ -79,6 +79,17 @@ export function buildProgram(): Command {
       new Option('-a, --algorithm <name>', 'how a backend is picked')
         .choices(ALGORITHMS)
         .default(DEFAULTS.algorithm),
+    )
+    .addOption(
+      new Option(
+        '--send-proxy <version>',
+        'write a PROXY protocol header to every backend',
+      ).choices(['v1', 'v2']),
+    )
+    .option(
+      '--proxy-timeout <duration>',
+      'on an accept-proxy listener, a client must send its PROXY header within',
+      DEFAULTS.proxyTimeout,
     )
     .addOption(
       new Option('--hash-key <key>', 'what maglev hashes: the client address, or address and port')

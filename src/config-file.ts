@@ -32,6 +32,7 @@ const backend = z.union([
     backup: z.boolean().optional(),
     maxconn: scalar.optional(),
     slowstart: scalar.optional(),
+    sendProxy: z.string().optional(),
   }),
 ]);
 
@@ -40,6 +41,8 @@ const frontend = z.strictObject({
   listen: z.union([z.string().transform((s) => [s]), z.array(z.string())]).default([]),
   algorithm: z.string().optional(),
   hashKey: z.string().optional(),
+  sendProxy: z.string().optional(),
+  proxyTimeout: scalar.optional(),
   connectTimeout: scalar.optional(),
   idleTimeout: scalar.optional(),
   queueTimeout: scalar.optional(),
@@ -187,6 +190,8 @@ const FRONTEND_FLAGS: Record<string, string> = {
   backend: '--backend',
   algorithm: '--algorithm',
   hashKey: '--hash-key',
+  sendProxy: '--send-proxy',
+  proxyTimeout: '--proxy-timeout',
   connectTimeout: '--connect-timeout',
   idleTimeout: '--idle-timeout',
   queueTimeout: '--queue-timeout',

@@ -40,11 +40,25 @@ export interface BackendConfig extends Endpoint {
   readonly maxconn: number;
   /** After it comes up or joins, its weight ramps from 5% to full over this long; 0: at once. */
   readonly slowstartMs: number;
+  /** PROXY protocol header to send it; -1: as its frontend says. */
+  readonly sendProxy: -1 | ProxyVersion;
 }
+
+/** A listen address; `acceptProxy`: clients arrive behind a balancer that sends a PROXY header. */
+export interface ListenEndpoint extends Endpoint {
+  readonly acceptProxy: boolean;
+}
+
+/** PROXY protocol version to send to backends: 0 none, 1 (text) or 2 (binary). */
+export type ProxyVersion = 0 | 1 | 2;
 
 export interface FrontendConfig {
   readonly name: string;
-  readonly listen: readonly Endpoint[];
+  readonly listen: readonly ListenEndpoint[];
+  /** PROXY protocol header sent to every backend that does not say otherwise. */
+  readonly sendProxy: ProxyVersion;
+  /** How long a client on an accept-proxy listener has to send its PROXY header. */
+  readonly proxyTimeoutMs: number;
   readonly algorithm: Algorithm;
   /** What Maglev hashes: the client's address, or its address and port. */
   readonly hashKey: HashKey;
@@ -120,6 +134,8 @@ export interface RunFlags {
   backend?: string[];
   algorithm?: string;
   hashKey?: string;
+  sendProxy?: string;
+  proxyTimeout?: string;
   workers?: string;
   connectTimeout?: string;
   idleTimeout?: string;
@@ -156,6 +172,7 @@ export const DEFAULTS = {
   connectTimeout: '3s',
   idleTimeout: '5m',
   queueTimeout: '5s',
+  proxyTimeout: '5s',
   retries: '2',
   healthInterval: '2s',
   healthTimeout: '1s',
@@ -217,7 +234,31 @@ export function parseEndpoint(text: string, where: string, allowZeroPort: boolea
 /** Most connections a backend's maxconn may allow. */
 export const MAX_MAXCONN = 1_000_000;
 
-/** `HOST:PORT[,weight=N][,backup][,maxconn=N][,slowstart=DURATION][,name=NAME]`. */
+/** `v1`, `v2` or `none`. */
+export function parseProxyVersion(text: string, where: string): ProxyVersion {
+  if (text === 'v1') return 1;
+  if (text === 'v2') return 2;
+  if (text === 'none') return 0;
+  throw new ConfigError(
+    where,
+    `"${text}" is not a PROXY protocol version (expected v1, v2 or none)`,
+  );
+}
+
+/** `HOST:PORT[,accept-proxy]`: a listen address. Port 0 picks a free port. */
+export function parseListen(text: string, where: string): ListenEndpoint {
+  const [address, ...options] = text.split(',');
+  const endpoint = parseEndpoint(address, where, true);
+  let acceptProxy = false;
+  for (const option of options) {
+    if (option.trim() === 'accept-proxy') acceptProxy = true;
+    else
+      throw new ConfigError(where, `"${text}": unknown option "${option}" (expected accept-proxy)`);
+  }
+  return { ...endpoint, acceptProxy };
+}
+
+/** `HOST:PORT[,weight=N][,backup][,maxconn=N][,slowstart=DURATION][,send-proxy=v1|v2][,name=NAME]`. */
 export function parseBackend(text: string, where: string): BackendConfig {
   const [address, ...options] = text.split(',');
   const endpoint = parseEndpoint(address, where, false);
@@ -225,6 +266,7 @@ export function parseBackend(text: string, where: string): BackendConfig {
   let backup = false;
   let maxconn = 0;
   let slowstartMs = 0;
+  let sendProxy: -1 | ProxyVersion = -1;
   let name = endpoint.text;
   for (const option of options) {
     const [key, value] = option.split('=', 2);
@@ -234,6 +276,8 @@ export function parseBackend(text: string, where: string): BackendConfig {
       backup = true;
     } else if (key === 'maxconn' && value !== undefined) {
       maxconn = parseInteger(value, `${where} ${endpoint.text} maxconn`, 0, MAX_MAXCONN);
+    } else if (key === 'send-proxy' && value !== undefined) {
+      sendProxy = parseProxyVersion(value, `${where} ${endpoint.text} send-proxy`);
     } else if (key === 'slowstart' && value !== undefined) {
       slowstartMs = parseDuration(value, `${where} ${endpoint.text} slowstart`);
     } else if (key === 'name' && value !== undefined) {
@@ -241,11 +285,11 @@ export function parseBackend(text: string, where: string): BackendConfig {
     } else {
       throw new ConfigError(
         where,
-        `"${text}": unknown option "${option}" (expected weight=N, backup, maxconn=N, slowstart=DURATION or name=NAME)`,
+        `"${text}": unknown option "${option}" (expected weight=N, backup, maxconn=N, slowstart=DURATION, send-proxy=v1|v2 or name=NAME)`,
       );
     }
   }
-  return { ...endpoint, name, weight, backup, maxconn, slowstartMs };
+  return { ...endpoint, name, weight, backup, maxconn, slowstartMs, sendProxy };
 }
 
 function parseWorkers(text: string, where: string): number {
@@ -264,6 +308,8 @@ export interface FrontendInput {
   readonly backends: readonly (string | BackendInput)[];
   readonly algorithm?: string;
   readonly hashKey?: string;
+  readonly sendProxy?: string;
+  readonly proxyTimeout?: string;
   readonly connectTimeout?: string;
   readonly idleTimeout?: string;
   readonly queueTimeout?: string;
@@ -288,6 +334,7 @@ export interface BackendInput {
   readonly backup?: boolean;
   readonly maxconn?: string;
   readonly slowstart?: string;
+  readonly sendProxy?: string;
 }
 
 /** The process-wide settings as written, before checking. */
@@ -317,7 +364,7 @@ export function buildFrontend(input: FrontendInput, where: Where): FrontendConfi
       `"${input.name}" is not a name (letters, digits, _ . : - [ ]; at most 64)`,
     );
   }
-  const listen = input.listen.map((text, i) => parseEndpoint(text, where(`listen[${i}]`), true));
+  const listen = input.listen.map((text, i) => parseListen(text, where(`listen[${i}]`)));
   const backends = input.backends.map((backend, i) =>
     typeof backend === 'string'
       ? parseBackend(backend, where(`backends[${i}]`))
@@ -351,6 +398,12 @@ export function buildFrontend(input: FrontendInput, where: Where): FrontendConfi
     listen,
     algorithm,
     hashKey: hashKey as HashKey,
+    sendProxy:
+      input.sendProxy === undefined ? 0 : parseProxyVersion(input.sendProxy, where('sendProxy')),
+    proxyTimeoutMs: positiveDuration(
+      input.proxyTimeout ?? DEFAULTS.proxyTimeout,
+      where('proxyTimeout'),
+    ),
     backends,
     connectTimeoutMs: positiveDuration(
       input.connectTimeout ?? DEFAULTS.connectTimeout,
@@ -406,6 +459,8 @@ function backendFromInput(input: BackendInput, where: Where): BackendConfig {
         : parseInteger(input.maxconn, where('maxconn'), 0, MAX_MAXCONN),
     slowstartMs:
       input.slowstart === undefined ? 0 : parseDuration(input.slowstart, where('slowstart')),
+    sendProxy:
+      input.sendProxy === undefined ? -1 : parseProxyVersion(input.sendProxy, where('sendProxy')),
   };
 }
 
@@ -519,6 +574,8 @@ const FLAG_OF: Record<string, string> = {
   backends: '--backend',
   algorithm: '--algorithm',
   hashKey: '--hash-key',
+  sendProxy: '--send-proxy',
+  proxyTimeout: '--proxy-timeout',
   connectTimeout: '--connect-timeout',
   idleTimeout: '--idle-timeout',
   queueTimeout: '--queue-timeout',
@@ -600,6 +657,8 @@ export function configFromFlags(flags: RunFlags): Config {
     backends: flags.backend ?? [],
     algorithm: flags.algorithm,
     hashKey: flags.hashKey,
+    sendProxy: flags.sendProxy,
+    proxyTimeout: flags.proxyTimeout,
     connectTimeout: flags.connectTimeout,
     idleTimeout: flags.idleTimeout,
     queueTimeout: flags.queueTimeout,

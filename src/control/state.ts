@@ -23,6 +23,7 @@ const addedSchema = z.strictObject({
   backup: z.boolean(),
   maxconn: z.number().int().min(0).max(MAX_MAXCONN),
   slowstartMs: z.number().int().min(0).max(2_147_483_647).default(0),
+  sendProxy: z.union([z.literal(-1), z.literal(0), z.literal(1), z.literal(2)]).default(-1),
 });
 
 const frontendSchema = z.strictObject({
@@ -134,6 +135,7 @@ export class RuntimeState {
       backup: backend.backup,
       maxconn: backend.maxconn,
       slowstartMs: backend.slowstartMs,
+      sendProxy: backend.sendProxy,
     });
     delete state.weights[backend.name];
     delete state.admin[backend.name];

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { extname } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { BackendConfig, Config, Endpoint, FrontendConfig } from '../config.ts';
+import type { BackendConfig, Config, Endpoint, FrontendConfig, ListenEndpoint } from '../config.ts';
 import { ConfigError, parseBackend, resolveBackend, resolveConfig } from '../config.ts';
 import type { ListenFailure } from '../data/frontend.ts';
 import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.ts';
@@ -173,7 +173,15 @@ export class Supervisor {
         activated: Object.fromEntries(
           [...this.activated].map(([name, sockets]) => [
             name,
-            sockets.map((s) => ({ text: s.address, fd: s.fds[index] })),
+            sockets.map((s) => ({
+              text: s.address,
+              fd: s.fds[index],
+              acceptProxy:
+                this.loaded.frontends
+                  .find((f) => f.name === name)
+                  ?.listen.some((l) => l.host === s.host && l.port === s.port && l.acceptProxy) ??
+                false,
+            })),
           ]),
         ),
       };
@@ -624,7 +632,7 @@ export class Supervisor {
     const bound = new Map<string, Endpoint>();
     const frontends: FrontendConfig[] = [];
     for (const frontend of config.frontends) {
-      const listen: Endpoint[] = [];
+      const listen: ListenEndpoint[] = [];
       const activated = this.activated.get(frontend.name) ?? [];
       for (const endpoint of frontend.listen) {
         // The socket systemd passed for this address takes the place of binding it here.
@@ -633,7 +641,7 @@ export class Supervisor {
         let fixed = this.bound.get(key) ?? endpoint;
         if (fixed.port === 0) fixed = await withFreePort(endpoint);
         bound.set(key, fixed);
-        listen.push(fixed);
+        listen.push({ ...fixed, acceptProxy: endpoint.acceptProxy });
       }
       frontends.push({ ...frontend, listen });
     }

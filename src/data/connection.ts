@@ -27,6 +27,8 @@ import type { Linked } from './clock.ts';
 import { now } from './clock.ts';
 import type { Frontend } from './frontend.ts';
 import { repointReadBuffer } from './internals.ts';
+import type { ProxyAddresses } from './proxy-protocol.ts';
+import { buildV1, buildV2, parseProxyHeader } from './proxy-protocol.ts';
 
 /**
  * Node emits 'drain' only after a write() that reached the high-water mark. A relay stops reading
@@ -40,6 +42,8 @@ export const ESTABLISHED = 2;
 export const CLOSED = 3;
 /** Waiting in the frontend's queue for a backend with room (every one is at its maxconn). */
 export const QUEUED = 4;
+/** On an accept-proxy listener: reading the client's PROXY header, before any backend. */
+export const PROXY_HEADER = 5;
 
 /** A socket that knows its connection; null once it no longer speaks for it. */
 export class ClientSocket extends net.Socket {
@@ -66,6 +70,10 @@ export class Connection implements Linked<Connection> {
   key = 0;
   /** Its entry in the per-source table (a live count to give back), or -1. */
   source = -1;
+  /** What a PROXY header said (accept-proxy listeners only); null: the real peer. */
+  proxied: ProxyAddresses | null = null;
+  /** The PROXY header read so far, then the client's bytes that came with it (for the backend). */
+  pending: Buffer | null = null;
   phase = CONNECTING;
   /** An END reason, -1 until known. The first cause wins. */
   end = -1;
@@ -168,6 +176,8 @@ function onClientRead(this: ClientSocket, nread: number, buffer: Buffer): boolea
   const backend = conn?.backend;
   if (conn == null || backend == null || !backend.writable) {
     nextReadBuffer = buffer;
+    // No backend yet: on an accept-proxy listener these are the PROXY header's bytes.
+    if (conn?.phase === PROXY_HEADER) return readProxyHeader(conn, buffer.subarray(0, nread));
     return true;
   }
   conn.bytesIn += nread;
@@ -206,7 +216,10 @@ function onBackendRead(this: BackendSocket, nread: number, buffer: Buffer): bool
 export function onClientData(this: ClientSocket, chunk: Buffer): void {
   const conn = this.conn;
   const backend = conn?.backend;
-  if (conn == null || backend == null || !backend.writable) return;
+  if (conn == null || backend == null || !backend.writable) {
+    if (conn?.phase === PROXY_HEADER && !readProxyHeader(conn, chunk)) this.pause();
+    return;
+  }
   conn.bytesIn += chunk.length;
   conn.lastActive = now;
   conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += chunk.length;
@@ -215,6 +228,26 @@ export function onClientData(this: ClientSocket, chunk: Buffer): void {
     conn.clientStalled = true;
     this.pause();
   }
+}
+
+/**
+ * Takes bytes of a PROXY header (copied: the read buffer is reused). Returns whether to go on
+ * reading: false once the header is complete (reading waits for the backend) or refused.
+ */
+function readProxyHeader(conn: Connection, bytes: Buffer): boolean {
+  conn.pending = conn.pending === null ? Buffer.from(bytes) : Buffer.concat([conn.pending, bytes]);
+  const parsed = parseProxyHeader(conn.pending);
+  if (parsed.status === 'incomplete') return true;
+  if (parsed.status === 'invalid') {
+    conn.pending = null;
+    conn.frontend.connecting.remove(conn);
+    closeClient(conn, END.BAD_PROXY);
+    return false;
+  }
+  const rest = conn.pending.subarray(parsed.length);
+  conn.pending = rest.length > 0 ? rest : null;
+  conn.frontend.afterProxyHeader(conn, parsed.addresses);
+  return false;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -331,7 +364,29 @@ function onBackendConnect(this: BackendSocket): void {
   frontend.latency[CONNECT][conn.backendIndex].record(
     (conn.connectedAt - conn.connectStartedAt) * 1000,
   );
+  const target = frontend.backends[conn.backendIndex] as BackendConfig;
+  const version = target.sendProxy >= 0 ? target.sendProxy : frontend.config.sendProxy;
+  if (version !== 0) this.write(proxyHeader(conn, version));
+  if (conn.pending !== null) {
+    // Client bytes that came in with its PROXY header.
+    conn.bytesIn += conn.pending.length;
+    frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += conn.pending.length;
+    this.write(conn.pending);
+    conn.pending = null;
+  }
   conn.client.resume();
+}
+
+/** The PROXY header for this connection's client: as its own PROXY header said, or as seen. */
+function proxyHeader(conn: Connection, version: number): Buffer {
+  const client = conn.client;
+  const addresses = conn.proxied ?? {
+    sourceAddress: client.remoteAddress ?? '0.0.0.0',
+    sourcePort: client.remotePort ?? 0,
+    destinationAddress: client.localAddress ?? '0.0.0.0',
+    destinationPort: client.localPort ?? 0,
+  };
+  return version === 1 ? buildV1(addresses) : buildV2(addresses);
 }
 
 /** The connect attempt failed (refused, unreachable, timed out): retry elsewhere or give up. */

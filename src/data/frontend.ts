@@ -3,7 +3,7 @@
 // is one limit check, one Connection, one client socket and one pick; nothing is logged.
 
 import net from 'node:net';
-import type { BackendConfig, FrontendConfig } from '../config.ts';
+import type { BackendConfig, FrontendConfig, ListenEndpoint } from '../config.ts';
 import type { PoolUpdate } from '../control/pool.ts';
 import { fnv1a } from '../core/hash.ts';
 import { createLatencyState } from '../core/peak-ewma.ts';
@@ -36,6 +36,7 @@ import {
   kill,
   onClientData,
   PEER_HIGH_WATER_MARK,
+  PROXY_HEADER,
   prepareClientRead,
   QUEUED,
   releaseIdleBuffers,
@@ -43,6 +44,7 @@ import {
 import { Guard, REFUSED, releaseSource, UNTRACKED } from './guard.ts';
 import type { TcpHandle } from './internals.ts';
 import { adoptHandle, hookAccept } from './internals.ts';
+import type { ProxyAddresses } from './proxy-protocol.ts';
 
 /** One frontend's timings from one worker: [metric][slot] = [whole run, last minute]. */
 export interface EncodedLatency {
@@ -66,6 +68,11 @@ export interface WorkerLimits {
 export interface ActivatedListener {
   readonly text: string;
   readonly fd: number;
+  readonly acceptProxy?: boolean;
+}
+
+function listenKey(endpoint: ListenEndpoint): string {
+  return endpoint.acceptProxy ? `${endpoint.text},accept-proxy` : endpoint.text;
 }
 
 function activatedKey(socket: ActivatedListener): string {
@@ -175,7 +182,7 @@ export class Frontend {
    * names; an unchanged listener keeps its socket. Returns the ones that could not be opened.
    */
   async syncListeners(): Promise<ListenFailure[]> {
-    const wanted = new Set(this.config.listen.map((l) => l.text));
+    const wanted = new Set(this.config.listen.map(listenKey));
     for (const socket of this.activated) wanted.add(activatedKey(socket));
     for (const [text, server] of this.servers) {
       if (!wanted.has(text)) {
@@ -188,23 +195,27 @@ export class Frontend {
       const key = activatedKey(socket);
       if (this.servers.has(key)) continue;
       try {
-        this.servers.set(key, await this.open({ fd: socket.fd }));
+        this.servers.set(key, await this.open({ fd: socket.fd }, socket.acceptProxy === true));
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
         failures.push({ endpoint: socket.text, code: e.code ?? 'ERROR', message: e.message });
       }
     }
     for (const endpoint of this.config.listen) {
-      if (this.servers.has(endpoint.text)) continue;
+      const key = listenKey(endpoint);
+      if (this.servers.has(key)) continue;
       try {
         this.servers.set(
-          endpoint.text,
-          await this.open({
-            host: endpoint.host,
-            port: endpoint.port,
-            reusePort: true,
-            backlog: this.limits.backlog,
-          }),
+          key,
+          await this.open(
+            {
+              host: endpoint.host,
+              port: endpoint.port,
+              reusePort: true,
+              backlog: this.limits.backlog,
+            },
+            endpoint.acceptProxy,
+          ),
         );
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
@@ -214,7 +225,10 @@ export class Frontend {
     return failures;
   }
 
-  private async open(options: net.ListenOptions | { fd: number }): Promise<net.Server> {
+  private async open(
+    options: net.ListenOptions | { fd: number },
+    acceptProxy: boolean,
+  ): Promise<net.Server> {
     const server = net.createServer({
       pauseOnConnect: true,
       allowHalfOpen: true,
@@ -227,8 +241,11 @@ export class Frontend {
       server.listen(options, resolve);
     });
     // Runs before any connection is accepted: 'listening' comes before the next poll phase.
-    this.hooked = hookAccept(server, (status, handle) => this.acceptHandle(status, handle));
-    if (!this.hooked) server.on('connection', (socket) => this.acceptSocket(socket));
+    // One closure per listener (not per connection) carries whether it takes PROXY headers.
+    this.hooked = hookAccept(server, (status, handle) =>
+      this.acceptHandle(status, handle, acceptProxy),
+    );
+    if (!this.hooked) server.on('connection', (socket) => this.acceptSocket(socket, acceptProxy));
     return server;
   }
 
@@ -261,10 +278,11 @@ export class Frontend {
     return true;
   }
 
-  acceptHandle(status: number, handle: TcpHandle): void {
+  acceptHandle(status: number, handle: TcpHandle, acceptProxy: boolean): void {
     if (status < 0) return; // accept() failed (EMFILE...): nothing was accepted.
     let source = UNTRACKED;
-    if (this.guard !== null) {
+    // Behind a PROXY header the peer is the upstream balancer: check the client once it is known.
+    if (this.guard !== null && !acceptProxy) {
       const peer: { address?: string; family?: string } = {};
       handle.getpeername(peer);
       source = this.guard.admit(peer.address ?? '', peer.family ?? 'IPv4');
@@ -284,12 +302,12 @@ export class Frontend {
     prepareClientRead(conn);
     const client = adoptHandle(ClientSocket, handle, CLIENT_ONREAD, PEER_HIGH_WATER_MARK);
     client.setNoDelay(true);
-    this.start(conn, client);
+    this.start(conn, client, acceptProxy);
   }
 
-  acceptSocket(socket: net.Socket): void {
+  acceptSocket(socket: net.Socket, acceptProxy: boolean): void {
     let source = UNTRACKED;
-    if (this.guard !== null) {
+    if (this.guard !== null && !acceptProxy) {
       source = this.guard.admit(socket.remoteAddress ?? '', socket.remoteFamily ?? 'IPv4');
       if (source === REFUSED) {
         this.refuse(this.guard.reason);
@@ -307,7 +325,7 @@ export class Frontend {
     client.on('data', onClientData);
     const conn = new Connection(this);
     conn.source = source;
-    this.start(conn, client);
+    this.start(conn, client, acceptProxy);
   }
 
   /** Counts a client closed at the door, before it became a connection. */
@@ -321,19 +339,50 @@ export class Frontend {
     if (entry >= 0 && this.sourceTable !== null) releaseSource(this.sourceTable, entry);
   }
 
-  start(conn: Connection, client: ClientSocket): void {
+  start(conn: Connection, client: ClientSocket, acceptProxy: boolean): void {
     conn.client = client;
-    // Only a hashing scheduler needs the client's address before the pick (it costs a string).
-    if (this.hashes) {
-      const address = client.remoteAddress ?? '';
-      conn.key = this.hashPort ? fnv1a(`${address}:${client.remotePort}`) : fnv1a(address);
-    }
-    // The peer's address is gone once the socket closes: take it now, only if it will be logged.
-    if (this.accessLog !== null)
-      conn.clientAddress = `${client.remoteAddress}:${client.remotePort}`;
     client.conn = conn;
     attachClient(client);
+    if (acceptProxy) {
+      // Read the PROXY header first (onClientRead sees the PROXY_HEADER phase); no backend yet.
+      conn.phase = PROXY_HEADER;
+      conn.deadline = now + this.config.proxyTimeoutMs;
+      this.connecting.add(conn);
+      client.resume();
+      return;
+    }
+    this.pickFor(conn, client.remoteAddress ?? '', client.remotePort ?? 0);
+  }
+
+  /**
+   * The client is known (its own address, or the one its PROXY header gave): hash it for Maglev,
+   * keep it for the access log, and pick a backend.
+   */
+  pickFor(conn: Connection, address: string, port: number): void {
+    // Only a hashing scheduler needs the client's address before the pick (it costs a string).
+    if (this.hashes) conn.key = this.hashPort ? fnv1a(`${address}:${port}`) : fnv1a(address);
+    // The peer's address is gone once the socket closes: take it now, only if it will be logged.
+    if (this.accessLog !== null) conn.clientAddress = `${address}:${port}`;
     connectBackend(conn);
+  }
+
+  /** A PROXY header arrived on an accept-proxy listener: admit the client it names, or not. */
+  afterProxyHeader(conn: Connection, addresses: ProxyAddresses | null): void {
+    this.connecting.remove(conn);
+    conn.phase = CONNECTING;
+    conn.proxied = addresses;
+    const client = conn.client;
+    const address = addresses?.sourceAddress ?? client.remoteAddress ?? '';
+    const port = addresses?.sourcePort ?? client.remotePort ?? 0;
+    if (this.guard !== null) {
+      const source = this.guard.admit(address, address.includes(':') ? 'IPv6' : 'IPv4');
+      if (source === REFUSED) {
+        closeClient(conn, this.guard.reason);
+        return;
+      }
+      conn.source = source;
+    }
+    this.pickFor(conn, address, port);
   }
 
   onFinish(conn: Connection): void {
@@ -387,12 +436,19 @@ export class Frontend {
     this.slot[QUEUED_GAUGE] = this.queue.length;
   }
 
-  /** Connect deadlines: checked every tick. */
+  /** Connect deadlines, and PROXY header deadlines: checked every tick. */
   sweepConnecting(): void {
     let conn = this.connecting.head;
     while (conn !== null) {
       const next = conn.next;
-      if (now >= conn.deadline) failConnect(conn, true);
+      if (now >= conn.deadline) {
+        if (conn.phase === PROXY_HEADER) {
+          this.connecting.remove(conn);
+          closeClient(conn, END.TIMEOUT);
+        } else {
+          failConnect(conn, true);
+        }
+      }
       conn = next;
     }
   }

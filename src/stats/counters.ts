@@ -17,6 +17,7 @@ export const END = {
   QUEUE_TIMEOUT: 10,
   DENIED: 11,
   SOURCE_LIMIT: 12,
+  BAD_PROXY: 13,
 } as const;
 
 export const END_NAMES = [
@@ -33,6 +34,7 @@ export const END_NAMES = [
   'queue-timeout',
   'denied',
   'source-limit',
+  'bad-proxy-header',
 ] as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */

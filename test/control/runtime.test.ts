@@ -331,7 +331,15 @@ t.test('the state file keeps runtime changes across a reload and a restart', asy
   const saved = JSON.parse(readFileSync(stateFile, 'utf8'));
   t.same(JSON.parse(await query(stats, 'show state')), saved, 'show state prints what was written');
   t.same(saved.frontends.default.added, [
-    { address: c.address, name: 'spare', weight: 7, backup: false, maxconn: 0, slowstartMs: 0 },
+    {
+      address: c.address,
+      name: 'spare',
+      weight: 7,
+      backup: false,
+      maxconn: 0,
+      slowstartMs: 0,
+      sendProxy: -1,
+    },
   ]);
 
   first.proc.kill('SIGHUP');
