@@ -4,15 +4,9 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import type { Config, RunFlags } from './config.ts';
-import {
-  ConfigError,
-  configFromFlags,
-  DEFAULTS,
-  parseDuration,
-  parseInteger,
-  resolveConfig,
-} from './config.ts';
+import { ConfigError, configFromFlags, DEFAULTS, parseDuration, parseInteger } from './config.ts';
 import { loadConfigFile, overridesFromFlags } from './config-file.ts';
+import { resolveConfig } from './control/discovery.ts';
 import { ListenError, Supervisor } from './control/supervisor.ts';
 import { ActivationError } from './control/systemd.ts';
 import { ALGORITHMS } from './core/scheduler.ts';
@@ -203,6 +197,16 @@ export function buildProgram(): Command {
         .default(DEFAULTS.statsLevel),
     )
     .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics')
+    .option(
+      '--resolver <host:port>',
+      "a DNS server for hostname and srv+NAME backends (repeatable; default: the system's)",
+      collect,
+    )
+    .option(
+      '--resolve-interval <duration>',
+      'resolve hostname and SRV backends again this often (sooner if the TTL is shorter)',
+      DEFAULTS.resolveInterval,
+    )
     .option(
       '--state-file <path>',
       'keep runtime changes (add/del backend, weights, disable/drain) here, across reloads and restarts',

@@ -78,6 +78,8 @@ const schema = z.strictObject({
   statsSocket: statsSocket.optional(),
   metrics: z.string().optional(),
   stateFile: z.string().optional(),
+  resolvers: z.array(z.string()).optional(),
+  resolveInterval: scalar.optional(),
   log: log.optional(),
   frontends: z.array(frontend),
 });
@@ -158,6 +160,8 @@ export async function loadConfigFile(file: string, overrides: TopInput = {}): Pr
     statsLevel: data.statsSocket?.level,
     metrics: data.metrics,
     stateFile: data.stateFile,
+    resolvers: data.resolvers,
+    resolveInterval: data.resolveInterval,
   };
   const merged: Record<string, unknown> = { ...top };
   const overridden = new Set<string>();

@@ -42,6 +42,8 @@ export interface BackendConfig extends Endpoint {
   readonly slowstartMs: number;
   /** PROXY protocol header to send it; -1: as its frontend says. */
   readonly sendProxy: -1 | ProxyVersion;
+  /** `host` is a DNS SRV name (written `srv+NAME`): its targets give hosts, ports and weights. */
+  readonly srv: boolean;
 }
 
 /** A listen address; `acceptProxy`: clients arrive behind a balancer that sends a PROXY header. */
@@ -110,6 +112,10 @@ export interface Config {
   readonly metrics: Endpoint | null;
   /** Where runtime changes are kept across reloads and restarts; null: not kept. */
   readonly stateFile: string | null;
+  /** Name servers (`HOST:PORT`) for hostname and SRV backends; empty: the system's. */
+  readonly resolvers: readonly string[];
+  /** How often hostname and SRV backends are resolved again (sooner if their TTL is shorter). */
+  readonly resolveIntervalMs: number;
   readonly frontends: readonly FrontendConfig[];
 }
 
@@ -162,6 +168,8 @@ export interface RunFlags {
   statsLevel?: string;
   metrics?: string;
   stateFile?: string;
+  resolver?: string[];
+  resolveInterval?: string;
   config?: string;
 }
 
@@ -173,6 +181,7 @@ export const DEFAULTS = {
   idleTimeout: '5m',
   queueTimeout: '5s',
   proxyTimeout: '5s',
+  resolveInterval: '30s',
   retries: '2',
   healthInterval: '2s',
   healthTimeout: '1s',
@@ -261,7 +270,7 @@ export function parseListen(text: string, where: string): ListenEndpoint {
 /** `HOST:PORT[,weight=N][,backup][,maxconn=N][,slowstart=DURATION][,send-proxy=v1|v2][,name=NAME]`. */
 export function parseBackend(text: string, where: string): BackendConfig {
   const [address, ...options] = text.split(',');
-  const endpoint = parseEndpoint(address, where, false);
+  const endpoint = parseBackendAddress(address, where);
   let weight = 1;
   let backup = false;
   let maxconn = 0;
@@ -289,7 +298,16 @@ export function parseBackend(text: string, where: string): BackendConfig {
       );
     }
   }
-  return { ...endpoint, name, weight, backup, maxconn, slowstartMs, sendProxy };
+  return {
+    ...endpoint,
+    name,
+    weight,
+    backup,
+    maxconn,
+    slowstartMs,
+    sendProxy,
+    srv: endpoint.port === 0,
+  };
 }
 
 function parseWorkers(text: string, where: string): number {
@@ -351,6 +369,8 @@ export interface TopInput {
   readonly statsLevel?: string;
   readonly metrics?: string;
   readonly stateFile?: string;
+  readonly resolvers?: readonly string[];
+  readonly resolveInterval?: string;
 }
 
 /** A frontend or backend name as stats commands address it (`FRONTEND/BACKEND`). */
@@ -445,8 +465,24 @@ export function buildFrontend(input: FrontendInput, where: Where): FrontendConfi
   };
 }
 
+/** `HOST:PORT`, or `srv+NAME` for a DNS SRV name (port 0 until resolved). */
+function parseBackendAddress(text: string, where: string): Endpoint {
+  const trimmed = text.trim();
+  if (trimmed.startsWith('srv+')) {
+    const name = trimmed.slice(4);
+    if (!/^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\.?$/.test(name)) {
+      throw new ConfigError(
+        where,
+        `"${text}" is not srv+NAME with a DNS name (e.g. srv+_pg._tcp.db.internal)`,
+      );
+    }
+    return { text: trimmed, host: name, port: 0 };
+  }
+  return parseEndpoint(trimmed, where, false);
+}
+
 function backendFromInput(input: BackendInput, where: Where): BackendConfig {
-  const endpoint = parseEndpoint(input.address, where('address'), false);
+  const endpoint = parseBackendAddress(input.address, where('address'));
   return {
     ...endpoint,
     name: checkName(input.name ?? endpoint.text, where('name')),
@@ -461,6 +497,7 @@ function backendFromInput(input: BackendInput, where: Where): BackendConfig {
       input.slowstart === undefined ? 0 : parseDuration(input.slowstart, where('slowstart')),
     sendProxy:
       input.sendProxy === undefined ? -1 : parseProxyVersion(input.sendProxy, where('sendProxy')),
+    srv: endpoint.port === 0,
   };
 }
 
@@ -564,6 +601,17 @@ export function buildConfig(
     stats: parseStats(top, where),
     metrics: top.metrics === undefined ? null : parseEndpoint(top.metrics, where('metrics'), true),
     stateFile: parseStateFile(top.stateFile, where('stateFile')),
+    resolvers: (top.resolvers ?? []).map((r, i) => {
+      const endpoint = parseEndpoint(r, where(`resolvers[${i}]`), false);
+      if (isIP(endpoint.host) === 0) {
+        throw new ConfigError(where(`resolvers[${i}]`), `"${r}": a name server is an IP address`);
+      }
+      return endpoint.text;
+    }),
+    resolveIntervalMs: positiveDuration(
+      top.resolveInterval ?? DEFAULTS.resolveInterval,
+      where('resolveInterval'),
+    ),
     frontends: built,
   };
 }
@@ -599,6 +647,8 @@ const FLAG_OF: Record<string, string> = {
   statsLevel: '--stats-level',
   metrics: '--metrics',
   stateFile: '--state-file',
+  resolvers: '--resolver',
+  resolveInterval: '--resolve-interval',
 };
 
 /** `backends[2].weight` -> `--backend`: a flag error names the flag. */
@@ -621,6 +671,8 @@ export const TOP_FLAGS = [
   'statsLevel',
   'metrics',
   'stateFile',
+  'resolvers',
+  'resolveInterval',
 ] as const;
 
 /** The process-wide part of the flags. */
@@ -638,6 +690,8 @@ export function topFromFlags(flags: RunFlags): TopInput {
     statsLevel: flags.statsLevel,
     metrics: flags.metrics,
     stateFile: flags.stateFile,
+    resolvers: flags.resolver,
+    resolveInterval: flags.resolveInterval,
   };
 }
 
@@ -725,24 +779,6 @@ function positiveDuration(text: string, where: string): number {
   const ms = parseDuration(text, where);
   if (ms <= 0) throw new ConfigError(where, 'must be more than 0');
   return ms;
-}
-
-/**
- * Resolves every backend hostname to an IP address once, at start, so the data path connects by
- * address with no DNS lookup per connection. A name that does not resolve is a ConfigError.
- */
-export async function resolveConfig(config: Config): Promise<Config> {
-  const frontends: FrontendConfig[] = [];
-  for (const frontend of config.frontends) {
-    const backends: BackendConfig[] = [];
-    for (const backend of frontend.backends) {
-      backends.push(
-        await resolveBackend(backend, `frontend ${frontend.name}: backend ${backend.name}`),
-      );
-    }
-    frontends.push({ ...frontend, backends });
-  }
-  return { ...config, frontends };
 }
 
 /** The backend with its hostname resolved to an address (the first one DNS gives). */

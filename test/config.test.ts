@@ -9,8 +9,8 @@ import {
   parseBackend,
   parseDuration,
   parseEndpoint,
-  resolveConfig,
 } from '../src/config.ts';
+import { resolveConfig } from '../src/control/discovery.ts';
 
 t.test('durations', async (t) => {
   t.equal(parseDuration('500ms', 'x'), 500);
@@ -51,12 +51,17 @@ t.test('a config error names where it is', async (t) => {
   }
 });
 
-t.test('hostnames are resolved once, at start', async (t) => {
+t.test('a hostname backend becomes one backend per address, named NAME@ADDRESS', async (t) => {
   const config = await resolveConfig(
     configFromFlags({ listen: ['127.0.0.1:0'], backend: ['localhost:6000', '127.0.0.2:6001'] }),
   );
-  const [resolved, literal] = config.frontends[0].backends;
-  t.not(isIP(resolved.host), 0, `localhost became an address (${resolved.host})`);
-  t.equal(resolved.name, 'localhost:6000', 'the name stays as written');
-  t.equal(literal.host, '127.0.0.2');
+  const backends = config.frontends[0].backends;
+  const fromName = backends.filter((b) => b.name.startsWith('localhost:6000@'));
+  t.ok(fromName.length >= 1, `localhost gave ${fromName.map((b) => b.name)}`);
+  for (const b of fromName) {
+    t.not(isIP(b.host), 0, `${b.name} connects by address`);
+    t.equal(b.port, 6000);
+  }
+  const literal = backends.find((b) => b.name === '127.0.0.2:6001');
+  t.equal(literal?.host, '127.0.0.2', 'an address stays as written');
 });

@@ -8,7 +8,7 @@ import net from 'node:net';
 import { extname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { BackendConfig, Config, Endpoint, FrontendConfig, ListenEndpoint } from '../config.ts';
-import { ConfigError, parseBackend, resolveBackend, resolveConfig } from '../config.ts';
+import { ConfigError, parseBackend, resolveBackend } from '../config.ts';
 import type { ListenFailure } from '../data/frontend.ts';
 import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.ts';
 import type { Logger } from '../log.ts';
@@ -17,6 +17,7 @@ import { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
 import type { BackendRef, LatencyAnswer } from '../stats/view.ts';
 import { StatsView } from '../stats/view.ts';
+import { Discovery } from './discovery.ts';
 import { HealthChecker } from './health.ts';
 import type { AdminChoice, Member, PoolChanges } from './pool.ts';
 import { Pool } from './pool.ts';
@@ -59,6 +60,9 @@ export class Supervisor {
   private loaded: Config;
   /** What operators changed at runtime, kept in the state file. */
   readonly state: RuntimeState;
+  /** Resolves hostname and SRV backends: at start, on reload, and every resolveInterval. */
+  private readonly discovery: Discovery;
+  private resolveTimer: NodeJS.Timeout | null = null;
   /** Changes to the pools (reload, add, del) run one at a time, in order. */
   private changing: Promise<unknown> = Promise.resolve();
   pools: Pool[] = [];
@@ -94,12 +98,13 @@ export class Supervisor {
     this.log = log;
     this.load = load;
     this.state = new RuntimeState(config.stateFile, log);
+    this.discovery = new Discovery(config.resolvers, log);
   }
 
   /** Starts every worker and resolves once all listeners are open in all of them. */
   async start(): Promise<void> {
     await this.state.load();
-    this.config = await resolveConfig(this.state.apply(this.loaded));
+    this.config = await this.discovery.expand(this.state.apply(this.loaded), true);
     this.activated = assignActivated(
       await takeActivatedSockets(this.config.workers),
       this.config.frontends,
@@ -208,6 +213,7 @@ export class Supervisor {
     for (const frontend of config.frontends) this.logListening(frontend);
     this.started = true;
     this.log.info({ workers: config.workers, node: process.version }, 'ready');
+    this.scheduleResolve();
     await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
   }
 
@@ -254,7 +260,7 @@ export class Supervisor {
     let next: Config;
     try {
       const loaded = await this.load();
-      next = await this.fixPorts(await resolveConfig(this.state.apply(loaded)));
+      next = await this.fixPorts(await this.discovery.expand(this.state.apply(loaded), true));
       this.loaded = loaded;
       await this.checkNewListeners(next);
     } catch (err) {
@@ -296,6 +302,7 @@ export class Supervisor {
       metrics: this.config.metrics,
       logFormat: this.config.logFormat,
       stateFile: this.config.stateFile,
+      resolvers: this.config.resolvers,
     };
     this.log.level = next.logLevel;
     for (const pool of this.pools) this.applyAdminState(pool);
@@ -315,12 +322,57 @@ export class Supervisor {
       { source, removedFrontends: [...previous.keys()], frontends: changes },
       'reloaded',
     );
+    this.scheduleResolve();
     const summary = Object.entries(changes)
       .map(([name, c]) => `${name}: +${c.added.length} -${c.removed.length} ~${c.changed.length}`)
       .join(', ');
     return failures.length === 0
       ? { ok: true, message: `reloaded (${summary})` }
       : { ok: false, message: `reloaded, but ${[...seen].join(', ')} could not open` };
+  }
+
+  /** The next round of DNS: every resolveInterval, or when the shortest TTL runs out if sooner
+   *  (never more often than once a second). */
+  private scheduleResolve(): void {
+    if (this.resolveTimer !== null) clearTimeout(this.resolveTimer);
+    this.resolveTimer = null;
+    if (this.stopping || !Discovery.needed(this.state.apply(this.loaded))) return;
+    const ttl = this.discovery.shortestTtl;
+    const delay = Math.max(
+      1000,
+      Math.min(this.config.resolveIntervalMs, ttl === null ? Number.POSITIVE_INFINITY : ttl * 1000),
+    );
+    this.resolveTimer = setTimeout(() => void this.resolveAgain(), delay);
+    this.resolveTimer.unref();
+  }
+
+  /** Resolves every name again; addresses that appeared join, those that vanished drain. */
+  private async resolveAgain(): Promise<void> {
+    await this.serially(async () => {
+      if (this.stopping) return;
+      const expanded = await this.discovery.expand(this.state.apply(this.loaded), false);
+      const changes: Record<string, PoolChanges> = {};
+      for (const pool of this.pools) {
+        const frontend = expanded.frontends.find((f) => f.name === pool.name);
+        if (frontend === undefined) continue;
+        const now = new Set(
+          pool
+            .members()
+            .filter((m) => !m.leaving)
+            .map((m) => m.config.name),
+        );
+        const next = new Set(frontend.backends.map((b) => b.name));
+        if (now.size === next.size && [...next].every((n) => now.has(n))) continue;
+        changes[pool.name] = pool.reconfigure({ ...pool.config, backends: frontend.backends });
+      }
+      if (Object.keys(changes).length === 0) return;
+      for (const pool of this.pools) this.applyAdminState(pool);
+      await this.sendUpdate();
+      for (const pool of this.pools) pool.acknowledged();
+      this.health?.sync(this.pools);
+      this.log.info({ frontends: changes }, 'discovery: backends changed');
+    });
+    this.scheduleResolve();
   }
 
   /** Runs pool changes one after another, so each sees the last one finished. */
@@ -455,6 +507,7 @@ export class Supervisor {
     if (next.metrics?.text !== this.config.metrics?.text) fixed.push('metrics');
     if (next.logFormat !== this.config.logFormat) fixed.push('log.format');
     if (next.stateFile !== this.config.stateFile) fixed.push('stateFile');
+    if (next.resolvers.join() !== this.config.resolvers.join()) fixed.push('resolvers');
     if (fixed.length > 0) {
       this.log.warn({ settings: fixed }, 'reload: these take effect only after a restart');
     }

@@ -1,0 +1,218 @@
+// DNS discovery against a real (tiny) DNS server on loopback: a hostname backend follows its A
+// records (addresses that appear join, those that vanish drain), resolution failures keep the
+// last good set and are logged once, and an SRV name gives hosts, ports, weights and backups.
+
+import dgram from 'node:dgram';
+import { once } from 'node:events';
+import net from 'node:net';
+import dnsPacket from 'dns-packet';
+import t from 'tap';
+import { query } from '../../src/stats/client.ts';
+import { connect, greet, readLine, socketPath, startFulcrum, waitFor } from '../helpers.ts';
+
+type Zone = Map<string, dnsPacket.Answer[]>;
+
+/** A DNS server answering from `zone` (name -> records); `failing` answers SERVFAIL. */
+async function dnsServer(t: { teardown(fn: () => unknown): void }) {
+  const zone: Zone = new Map();
+  const state = { failing: false, zone };
+  const socket = dgram.createSocket('udp4');
+  socket.on('message', (message, peer) => {
+    const request = dnsPacket.decode(message);
+    const question = request.questions?.[0];
+    const answers = state.failing
+      ? []
+      : (zone.get(question?.name ?? '') ?? []).filter((a) => a.type === question?.type);
+    const response = dnsPacket.encode({
+      type: 'response',
+      id: request.id,
+      flags: state.failing ? 2 : dnsPacket.AUTHORITATIVE_ANSWER, // 2: SERVFAIL
+      questions: request.questions,
+      answers,
+    });
+    socket.send(response, peer.port, peer.address);
+  });
+  socket.bind(0, '127.0.0.1');
+  await once(socket, 'listening');
+  t.teardown(() => socket.close());
+  return { state, address: `127.0.0.1:${socket.address().port}` };
+}
+
+function a(name: string, ...addresses: string[]): dnsPacket.Answer[] {
+  return addresses.map((data) => ({ type: 'A', name, ttl: 1, data }) as dnsPacket.Answer);
+}
+
+/** A greeting server on a given loopback address and port (0: any). */
+async function serveOn(host: string, port: number): Promise<net.Server> {
+  const server = net.createServer(greet);
+  server.on('connection', (s) => s.on('error', () => {}));
+  server.listen(port, host);
+  await once(server, 'listening');
+  return server;
+}
+
+t.test('a hostname backend follows its A records; failures keep the last good set', async (t) => {
+  const dns = await dnsServer(t);
+  const two = await serveOn('127.0.0.2', 0);
+  const port = (two.address() as net.AddressInfo).port;
+  const three = await serveOn('127.0.0.3', port);
+  t.teardown(() => {
+    two.close();
+    three.close();
+  });
+  dns.state.zone.set('pool.test', a('pool.test', '127.0.0.2'));
+  const stats = socketPath();
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '2',
+    '--no-health-check',
+    '--stats-socket',
+    stats,
+    '--resolver',
+    dns.address,
+    '--resolve-interval',
+    '500ms',
+    '--backend',
+    `pool.test:${port}`,
+  ]);
+  t.teardown(() => fulcrum.stop());
+  const names = async () =>
+    (
+      JSON.parse(await query(stats, 'show stat json')) as {
+        frontends: Array<{ backends: Array<{ name: string; state: string }> }>;
+      }
+    ).frontends[0].backends.map((b) => `${b.name} ${b.state}`);
+  t.same(await names(), [`pool.test:${port}@127.0.0.2 up`]);
+
+  // Which address served: the backend tells its own address through the connection's peer.
+  const served = async (n: number) => {
+    const hosts = new Set<string>();
+    for (let i = 0; i < n; i++) {
+      const socket = await connect(fulcrum.port);
+      await readLine(socket);
+      socket.destroy();
+    }
+    for (const server of [two, three]) {
+      // Count connections per server since the last call.
+      const count = (server as net.Server & { served?: number }).served ?? 0;
+      if (count > 0) hosts.add((server.address() as net.AddressInfo).address);
+      (server as net.Server & { served?: number }).served = 0;
+    }
+    return hosts;
+  };
+  for (const server of [two, three]) {
+    server.on('connection', () => {
+      const s = server as net.Server & { served?: number };
+      s.served = (s.served ?? 0) + 1;
+    });
+  }
+  t.same([...(await served(6))], ['127.0.0.2']);
+
+  const held = await connect(fulcrum.port);
+  await readLine(held);
+  dns.state.zone.set('pool.test', a('pool.test', '127.0.0.2', '127.0.0.3'));
+  await waitFor(
+    () => fulcrum.logs.some((l) => l.msg === 'discovery: backends changed'),
+    5000,
+    'the new address to join',
+  );
+  t.same(
+    [...(await served(12))].sort(),
+    ['127.0.0.2', '127.0.0.3'],
+    'an address that appears joins',
+  );
+
+  dns.state.zone.set('pool.test', a('pool.test', '127.0.0.3'));
+  await waitFor(
+    () => fulcrum.logs.filter((l) => l.msg === 'discovery: backends changed').length >= 2,
+    5000,
+    'the vanished address to drain',
+  );
+  t.same([...(await served(8))], ['127.0.0.3'], 'new connections avoid the vanished address');
+  t.ok(
+    (await names()).includes(`pool.test:${port}@127.0.0.2 draining`),
+    'the vanished address drains while a connection holds it',
+  );
+  held.write('still here\n');
+  held.end();
+  await once(held, 'end');
+
+  dns.state.failing = true;
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const warnings = fulcrum.logs.filter(
+    (l) => l.msg === 'name does not resolve: keeping its last good addresses',
+  );
+  t.equal(warnings.length, 1, 'several failed rounds, one log line');
+  t.same(warnings[0].kept, ['127.0.0.3'], 'it keeps the last good addresses');
+  t.same([...(await served(4))], ['127.0.0.3'], 'and keeps serving');
+  dns.state.failing = false;
+  await waitFor(() => fulcrum.logs.some((l) => l.msg === 'name resolves again'), 5000, 'recovery');
+});
+
+t.test('an SRV name gives hosts, ports and weights; a worse priority is a backup', async (t) => {
+  const dns = await dnsServer(t);
+  const servers = await Promise.all([0, 1, 2].map(() => serveOn('127.0.0.1', 0)));
+  t.teardown(() => {
+    for (const s of servers) s.close();
+  });
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  const srv = '_pg._tcp.svc.test';
+  dns.state.zone.set(srv, [
+    {
+      type: 'SRV',
+      name: srv,
+      ttl: 30,
+      data: { priority: 10, weight: 5, port: ports[0], target: 'a.svc.test' },
+    },
+    {
+      type: 'SRV',
+      name: srv,
+      ttl: 30,
+      data: { priority: 10, weight: 1, port: ports[1], target: 'b.svc.test' },
+    },
+    {
+      type: 'SRV',
+      name: srv,
+      ttl: 30,
+      data: { priority: 20, weight: 1, port: ports[2], target: 'c.svc.test' },
+    },
+  ] as dnsPacket.Answer[]);
+  for (const host of ['a', 'b', 'c']) {
+    dns.state.zone.set(`${host}.svc.test`, a(`${host}.svc.test`, '127.0.0.1'));
+  }
+  const stats = socketPath();
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '1',
+    '--no-health-check',
+    '--stats-socket',
+    stats,
+    '--resolver',
+    dns.address,
+    '--backend',
+    `srv+${srv}`,
+  ]);
+  t.teardown(() => fulcrum.stop());
+  const stat = JSON.parse(await query(stats, 'show stat json')) as {
+    frontends: Array<{ backends: Array<{ name: string; weight: number }> }>;
+  };
+  t.same(
+    stat.frontends[0].backends.map((b) => [b.name, b.weight]),
+    [
+      [`srv+${srv}@127.0.0.1:${ports[0]}`, 5],
+      [`srv+${srv}@127.0.0.1:${ports[1]}`, 1],
+      [`srv+${srv}@127.0.0.1:${ports[2]}`, 1],
+    ],
+  );
+  const answers = new Set<string>();
+  for (let i = 0; i < 12; i++) {
+    const socket = await connect(fulcrum.port);
+    answers.add(await readLine(socket));
+    socket.destroy();
+  }
+  t.notOk(
+    answers.has(String(ports[2])),
+    'the priority-20 target is a backup, unused while others are up',
+  );
+  t.ok(answers.has(String(ports[0])), 'the priority-10 targets take the traffic');
+});
