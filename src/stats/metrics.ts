@@ -214,7 +214,7 @@ export class MetricsServer {
     );
     new Counter({
       name: 'fulcrum_connections_refused_total',
-      help: 'Clients closed before any backend was tried: over --max-connections, or no backend available.',
+      help: 'Clients closed before any backend was tried: over --max-connections (limit), no backend available, denied by --allow/--deny, over a per-source limit.',
       labelNames: ['frontend', 'reason'],
       registers: [registry],
       collect() {
