@@ -94,9 +94,8 @@ export class RuntimeState {
   }
 
   /**
-   * The config with the operators' changes applied: deleted backends left out, added ones put
-   * in (unless the config names them itself: then the config's address stands), set weights
-   * over the config's. Admin states are applied to the pools (adminOf).
+   * The config with the backends operators added put in (unless the config names them itself:
+   * then the config's address stands). Before DNS: an added hostname is expanded like any other.
    */
   apply(config: Config): Config {
     return {
@@ -104,17 +103,34 @@ export class RuntimeState {
       frontends: config.frontends.map((frontend) => {
         const state = this.frontends.get(frontend.name);
         if (state === undefined) return frontend;
-        const backends = frontend.backends.filter((b) => !state.deleted.includes(b.name));
+        const backends = [...frontend.backends];
         for (const added of state.added) {
           if (!backends.some((b) => b.name === added.name)) {
             backends.push(toBackend(added, `${frontend.name}: ${added.name}`));
           }
         }
+        return { ...frontend, backends };
+      }),
+    };
+  }
+
+  /**
+   * After DNS: deleted backends left out and set weights put over the config's, by name, so
+   * they hold for backends DNS found too (`NAME@ADDRESS`). Admin states go to the pools (adminOf).
+   */
+  settle(config: Config): Config {
+    return {
+      ...config,
+      frontends: config.frontends.map((frontend) => {
+        const state = this.frontends.get(frontend.name);
+        if (state === undefined) return frontend;
         return {
           ...frontend,
-          backends: backends.map((b) =>
-            state.weights[b.name] === undefined ? b : { ...b, weight: state.weights[b.name] },
-          ),
+          backends: frontend.backends
+            .filter((b) => !state.deleted.includes(b.name))
+            .map((b) =>
+              state.weights[b.name] === undefined ? b : { ...b, weight: state.weights[b.name] },
+            ),
         };
       }),
     };
@@ -141,10 +157,13 @@ export class RuntimeState {
     delete state.admin[backend.name];
   }
 
-  deleted(frontend: string, name: string, inConfig: boolean): void {
+  /** A backend an operator deleted: forgotten if they had added it, else kept out from now on
+   *  (whether the config or DNS brings it). */
+  deleted(frontend: string, name: string): void {
     const state = this.frontend(frontend);
+    const added = state.added.some((b) => b.name === name);
     state.added = state.added.filter((b) => b.name !== name);
-    if (inConfig && !state.deleted.includes(name)) state.deleted.push(name);
+    if (!added && !state.deleted.includes(name)) state.deleted.push(name);
     delete state.weights[name];
     delete state.admin[name];
   }

@@ -104,7 +104,7 @@ export class Supervisor {
   /** Starts every worker and resolves once all listeners are open in all of them. */
   async start(): Promise<void> {
     await this.state.load();
-    this.config = await this.discovery.expand(this.state.apply(this.loaded), true);
+    this.config = await this.effective(this.loaded, true);
     this.activated = assignActivated(
       await takeActivatedSockets(this.config.workers),
       this.config.frontends,
@@ -260,7 +260,7 @@ export class Supervisor {
     let next: Config;
     try {
       const loaded = await this.load();
-      next = await this.fixPorts(await this.discovery.expand(this.state.apply(loaded), true));
+      next = await this.fixPorts(await this.effective(loaded, true));
       this.loaded = loaded;
       await this.checkNewListeners(next);
     } catch (err) {
@@ -350,7 +350,7 @@ export class Supervisor {
   private async resolveAgain(): Promise<void> {
     await this.serially(async () => {
       if (this.stopping) return;
-      const expanded = await this.discovery.expand(this.state.apply(this.loaded), false);
+      const expanded = await this.effective(this.loaded, false);
       const changes: Record<string, PoolChanges> = {};
       for (const pool of this.pools) {
         const frontend = expanded.frontends.find((f) => f.name === pool.name);
@@ -373,6 +373,12 @@ export class Supervisor {
       this.log.info({ frontends: changes }, 'discovery: backends changed');
     });
     this.scheduleResolve();
+  }
+
+  /** The config in force for a loaded one: runtime additions, then DNS, then runtime deletions
+   *  and weights (which may name backends DNS found). */
+  private async effective(loaded: Config, strict: boolean): Promise<Config> {
+    return this.state.settle(await this.discovery.expand(this.state.apply(loaded), strict));
   }
 
   /** Runs pool changes one after another, so each sees the last one finished. */
@@ -465,11 +471,7 @@ export class Supervisor {
         });
         for (const answer of answers) if (answer.type === 'killed') killed += answer.count;
       }
-      const inConfig =
-        this.loaded.frontends
-          .find((f) => f.name === pool.name)
-          ?.backends.some((b) => b.name === member.config.name) ?? false;
-      this.state.deleted(pool.name, member.config.name, inConfig);
+      this.state.deleted(pool.name, member.config.name);
       await this.state.save();
       const live = Atomics.load(pool.table.active, member.index);
       this.log.info(

@@ -216,3 +216,47 @@ t.test('an SRV name gives hosts, ports and weights; a worse priority is a backup
   );
   t.ok(answers.has(String(ports[0])), 'the priority-10 targets take the traffic');
 });
+
+t.test(
+  'a discovered backend an operator deleted stays deleted while DNS still lists it',
+  async (t) => {
+    const dns = await dnsServer(t);
+    const two = await serveOn('127.0.0.2', 0);
+    const port = (two.address() as net.AddressInfo).port;
+    const three = await serveOn('127.0.0.3', port);
+    t.teardown(() => {
+      two.close();
+      three.close();
+    });
+    dns.state.zone.set('pair.test', a('pair.test', '127.0.0.2', '127.0.0.3'));
+    const stats = socketPath();
+    const fulcrum = await startFulcrum([
+      '--workers',
+      '1',
+      '--no-health-check',
+      '--stats-socket',
+      stats,
+      '--resolver',
+      dns.address,
+      '--resolve-interval',
+      '300ms',
+      '--backend',
+      `pair.test:${port}`,
+    ]);
+    t.teardown(() => fulcrum.stop());
+    const names = async () =>
+      (
+        JSON.parse(await query(stats, 'show stat json')) as {
+          frontends: Array<{ backends: Array<{ name: string }> }>;
+        }
+      ).frontends[0].backends.map((b) => b.name);
+    t.same(await names(), [`pair.test:${port}@127.0.0.2`, `pair.test:${port}@127.0.0.3`]);
+    t.match(await query(stats, `del backend default/pair.test:${port}@127.0.0.2`), /deleted/);
+    // Several DNS rounds later (each at most a second apart), it has not come back.
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    t.same(await names(), [`pair.test:${port}@127.0.0.3`]);
+    t.same(JSON.parse(await query(stats, 'show state')).frontends.default.deleted, [
+      `pair.test:${port}@127.0.0.2`,
+    ]);
+  },
+);
