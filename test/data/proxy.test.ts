@@ -157,7 +157,8 @@ t.test(
     const started = Date.now();
     await exchange(fulcrum.port, '');
     const waited = Date.now() - started;
-    t.ok(waited >= 250 && waited < 2500, `silence closed after ${waited} ms`);
+    // The coarse clock (100 ms ticks) may end it up to a tick early or late.
+    t.ok(waited >= 150 && waited < 2500, `silence closed after ${waited} ms`);
     t.equal(backend.accepted, 0, 'no backend was ever contacted');
   },
 );
