@@ -351,7 +351,12 @@ export class Frontend {
       client.resume();
       return;
     }
-    this.pickFor(conn, client.remoteAddress ?? '', client.remotePort ?? 0);
+    // The peer's address costs a getpeername() and a string: read it only for Maglev or the log.
+    if (this.hashes || this.accessLog !== null) {
+      this.pickFor(conn, client.remoteAddress ?? '', client.remotePort ?? 0);
+    } else {
+      connectBackend(conn);
+    }
   }
 
   /**
@@ -359,7 +364,6 @@ export class Frontend {
    * keep it for the access log, and pick a backend.
    */
   pickFor(conn: Connection, address: string, port: number): void {
-    // Only a hashing scheduler needs the client's address before the pick (it costs a string).
     if (this.hashes) conn.key = this.hashPort ? fnv1a(`${address}:${port}`) : fnv1a(address);
     // The peer's address is gone once the socket closes: take it now, only if it will be logged.
     if (this.accessLog !== null) conn.clientAddress = `${address}:${port}`;
