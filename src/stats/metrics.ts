@@ -21,6 +21,17 @@ interface Snapshot {
 
 const STATES = ['up', 'down', 'disabled', 'draining'] as const;
 
+/** The `reason` label of refused clients, and the end reason each counts. */
+const REFUSALS: Array<[string, (typeof END_NAMES)[number]]> = [
+  ['limit', 'refused-limit'],
+  ['no-backend', 'no-backend'],
+  ['denied', 'denied'],
+  ['source-limit', 'source-limit'],
+];
+
+/** One sample: its labels and value. */
+type Row = [Record<string, string>, number];
+
 /**
  * A Prometheus summary whose quantiles come from our HDR histograms (prom-client's own Summary
  * keeps its own samples, which would mean observing every connection twice). Quantiles cover
@@ -154,161 +165,177 @@ export class MetricsServer {
   private define(): void {
     const registry = this.registry;
     const snap = () => this.snapshot;
-    const frontendGauge = (name: string, help: string, value: (f: FrontendStat) => number) =>
-      new Gauge({
-        name,
-        help,
-        labelNames: ['frontend'],
-        registers: [registry],
-        collect() {
-          this.reset();
-          for (const f of snap()?.frontends ?? []) this.set({ frontend: f.name }, value(f));
-        },
-      });
-    const frontendCounter = (name: string, help: string, value: (f: FrontendStat) => number) =>
-      new Counter({
-        name,
-        help,
-        labelNames: ['frontend'],
-        registers: [registry],
-        collect() {
-          this.reset();
-          for (const f of snap()?.frontends ?? []) this.inc({ frontend: f.name }, value(f));
-        },
-      });
-    const backendGauge = (name: string, help: string, value: (b: BackendStat) => number) =>
-      new Gauge({
-        name,
-        help,
-        labelNames: ['frontend', 'backend'],
-        registers: [registry],
-        collect() {
-          this.reset();
-          for (const f of snap()?.frontends ?? []) {
-            for (const b of f.backends) this.set({ frontend: f.name, backend: b.name }, value(b));
-          }
-        },
-      });
-    const backendCounter = (name: string, help: string, value: (b: BackendStat) => number) =>
-      new Counter({
-        name,
-        help,
-        labelNames: ['frontend', 'backend'],
-        registers: [registry],
-        collect() {
-          this.reset();
-          for (const f of snap()?.frontends ?? []) {
-            for (const b of f.backends) this.inc({ frontend: f.name, backend: b.name }, value(b));
-          }
-        },
-      });
-    const ends = (f: FrontendStat, reason: number) =>
-      snap()?.ends.get(f.name)?.[END_BASE + reason] ?? 0;
+    /** A gauge or counter whose samples are read from the scrape's snapshot: one row each. */
+    const series = (
+      type: 'gauge' | 'counter',
+      name: string,
+      help: string,
+      labelNames: string[],
+      rows: (s: Snapshot) => Row[],
+    ) => {
+      const options = { name, help, labelNames, registers: [registry] };
+      if (type === 'gauge') {
+        new Gauge({
+          ...options,
+          collect() {
+            this.reset();
+            const s = snap();
+            if (s !== null) for (const [labels, value] of rows(s)) this.set(labels, value);
+          },
+        });
+      } else {
+        // A counter's total is read, not counted here: reset, then add it whole.
+        new Counter({
+          ...options,
+          collect() {
+            this.reset();
+            const s = snap();
+            if (s !== null) for (const [labels, value] of rows(s)) this.inc(labels, value);
+          },
+        });
+      }
+    };
+    const perFrontend =
+      (value: (f: FrontendStat, s: Snapshot) => number) =>
+      (s: Snapshot): Row[] =>
+        s.frontends.map((f) => [{ frontend: f.name }, value(f, s)]);
+    const perBackend =
+      (value: (b: BackendStat) => number) =>
+      (s: Snapshot): Row[] =>
+        s.frontends.flatMap((f) =>
+          f.backends.map((b): Row => [{ frontend: f.name, backend: b.name }, value(b)]),
+        );
+    const ends = (f: FrontendStat, s: Snapshot, name: (typeof END_NAMES)[number]) =>
+      s.ends.get(f.name)?.[END_BASE + END_NAMES.indexOf(name)] ?? 0;
+    const FRONTEND = ['frontend'];
+    const BACKEND = ['frontend', 'backend'];
 
-    frontendGauge('fulcrum_connections_current', 'Client connections open now.', (f) => f.live);
-    frontendCounter('fulcrum_connections_total', 'Client connections accepted.', (f) => f.accepted);
-    frontendGauge(
+    series(
+      'gauge',
+      'fulcrum_connections_current',
+      'Client connections open now.',
+      FRONTEND,
+      perFrontend((f) => f.live),
+    );
+    series(
+      'counter',
+      'fulcrum_connections_total',
+      'Client connections accepted.',
+      FRONTEND,
+      perFrontend((f) => f.accepted),
+    );
+    series(
+      'gauge',
       'fulcrum_connections_queued',
       'Clients waiting for a backend with room (every backend at its maxconn).',
-      (f) => f.queued,
+      FRONTEND,
+      perFrontend((f) => f.queued),
     );
-    new Counter({
-      name: 'fulcrum_connections_refused_total',
-      help: 'Clients closed before any backend was tried: over --max-connections (limit), no backend available, denied by --allow/--deny, over a per-source limit.',
-      labelNames: ['frontend', 'reason'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const f of snap()?.frontends ?? []) {
-          this.inc(
-            { frontend: f.name, reason: 'limit' },
-            ends(f, END_NAMES.indexOf('refused-limit')),
-          );
-          this.inc(
-            { frontend: f.name, reason: 'no-backend' },
-            ends(f, END_NAMES.indexOf('no-backend')),
-          );
-        }
-      },
-    });
-    new Counter({
-      name: 'fulcrum_connections_ended_total',
-      help: 'Finished client connections by how they ended (as in the access log).',
-      labelNames: ['frontend', 'end'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const f of snap()?.frontends ?? []) {
-          for (let r = 0; r < END_NAMES.length; r++) {
-            this.inc({ frontend: f.name, end: END_NAMES[r] }, ends(f, r));
-          }
-        }
-      },
-    });
-    frontendCounter(
+    series(
+      'counter',
+      'fulcrum_connections_refused_total',
+      'Clients closed before any backend was tried: over --max-connections (limit), no backend available, denied by --allow/--deny, over a per-source limit.',
+      ['frontend', 'reason'],
+      (s) =>
+        s.frontends.flatMap((f) =>
+          REFUSALS.map(([reason, end]): Row => [{ frontend: f.name, reason }, ends(f, s, end)]),
+        ),
+    );
+    series(
+      'counter',
+      'fulcrum_connections_ended_total',
+      'Finished client connections by how they ended (as in the access log).',
+      ['frontend', 'end'],
+      (s) =>
+        s.frontends.flatMap((f) =>
+          END_NAMES.map((end): Row => [{ frontend: f.name, end }, ends(f, s, end)]),
+        ),
+    );
+    series(
+      'counter',
       'fulcrum_connections_failed_total',
       'Clients closed because no backend could be connected (after retries).',
-      (f) => ends(f, END_NAMES.indexOf('connect-failed')),
+      FRONTEND,
+      perFrontend((f, s) => ends(f, s, 'connect-failed')),
     );
-    frontendCounter(
+    series(
+      'counter',
       'fulcrum_retries_total',
       'Connect attempts made on another backend after one failed.',
-      (f) => snap()?.ends.get(f.name)?.[RETRIES] ?? 0,
+      FRONTEND,
+      perFrontend((f, s) => s.ends.get(f.name)?.[RETRIES] ?? 0),
     );
-    backendGauge(
+    series(
+      'gauge',
       'fulcrum_backend_connections_current',
       'Connections open to the backend now.',
-      (b) => b.active,
+      BACKEND,
+      perBackend((b) => b.active),
     );
-    backendCounter(
+    series(
+      'counter',
       'fulcrum_backend_connections_total',
       'Connections established to the backend.',
-      (b) => b.total,
+      BACKEND,
+      perBackend((b) => b.total),
     );
-    backendCounter(
+    series(
+      'counter',
       'fulcrum_backend_connect_failures_total',
       'Connect attempts to the backend that failed (refused, unreachable, timed out).',
-      (b) => b.failures,
+      BACKEND,
+      perBackend((b) => b.failures),
     );
-    new Counter({
-      name: 'fulcrum_backend_bytes_total',
-      help: 'Bytes relayed: to_backend (from clients) and from_backend (to clients).',
-      labelNames: ['frontend', 'backend', 'direction'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const f of snap()?.frontends ?? []) {
-          for (const b of f.backends) {
-            this.inc({ frontend: f.name, backend: b.name, direction: 'to_backend' }, b.bytesIn);
-            this.inc({ frontend: f.name, backend: b.name, direction: 'from_backend' }, b.bytesOut);
-          }
-        }
-      },
-    });
-    backendGauge('fulcrum_backend_up', '1 when the backend passes its health checks.', (b) =>
-      b.state === 'down' ? 0 : 1,
+    series(
+      'counter',
+      'fulcrum_backend_bytes_total',
+      'Bytes relayed: to_backend (from clients) and from_backend (to clients).',
+      ['frontend', 'backend', 'direction'],
+      (s) =>
+        s.frontends.flatMap((f) =>
+          f.backends.flatMap((b): Row[] => [
+            [{ frontend: f.name, backend: b.name, direction: 'to_backend' }, b.bytesIn],
+            [{ frontend: f.name, backend: b.name, direction: 'from_backend' }, b.bytesOut],
+          ]),
+        ),
     );
-    new Gauge({
-      name: 'fulcrum_backend_state',
-      help: '1 for the state the backend is in: up, down, disabled or draining.',
-      labelNames: ['frontend', 'backend', 'state'],
-      registers: [registry],
-      collect() {
-        this.reset();
-        for (const f of snap()?.frontends ?? []) {
-          for (const b of f.backends) {
-            for (const state of STATES) {
-              this.set({ frontend: f.name, backend: b.name, state }, b.state === state ? 1 : 0);
-            }
-          }
-        }
-      },
-    });
-    backendGauge('fulcrum_backend_weight', 'The backend weight (0..256).', (b) => b.weight);
-    backendCounter(
+    series(
+      'gauge',
+      'fulcrum_backend_up',
+      '1 when the backend passes its health checks.',
+      BACKEND,
+      perBackend((b) => (b.state === 'down' ? 0 : 1)),
+    );
+    series(
+      'gauge',
+      'fulcrum_backend_state',
+      '1 for the state the backend is in: up, down, disabled or draining.',
+      ['frontend', 'backend', 'state'],
+      (s) =>
+        s.frontends.flatMap((f) =>
+          f.backends.flatMap((b) =>
+            STATES.map(
+              (state): Row => [
+                { frontend: f.name, backend: b.name, state },
+                b.state === state ? 1 : 0,
+              ],
+            ),
+          ),
+        ),
+    );
+    series(
+      'gauge',
+      'fulcrum_backend_weight',
+      'The backend weight (0..256).',
+      BACKEND,
+      perBackend((b) => b.weight),
+    );
+    series(
+      'counter',
       'fulcrum_backend_health_transitions_total',
       'Health transitions of the backend (up to down, and back).',
-      (b) => b.transitions,
+      BACKEND,
+      perBackend((b) => b.transitions),
     );
     const summaries: Array<[string, string, MetricName]> = [
       ['fulcrum_backend_connect_seconds', 'Time to connect to the backend.', 'connectMs'],

@@ -90,6 +90,11 @@ t.test('/metrics parses and carries per-backend series', async (t) => {
     6,
   );
   t.equal(value(m.get('fulcrum_backend_health_transitions_total'), { backend: 'a' }), 0);
+  t.same(
+    m.get('fulcrum_connections_refused_total')?.metrics.map((x) => x.labels?.reason),
+    ['limit', 'no-backend', 'denied', 'source-limit'],
+    'every kind of refusal has its series',
+  );
   t.equal(m.get('fulcrum_backend_connect_seconds')?.type, 'SUMMARY');
   // The parser folds a labelled summary into one sample (it was written for unlabelled ones), so
   // the per-backend summary lines are read here as text, after the parser accepted the whole.
