@@ -192,37 +192,47 @@ export class Frontend {
     }
     const failures: ListenFailure[] = [];
     for (const socket of this.activated) {
-      const key = activatedKey(socket);
-      if (this.servers.has(key)) continue;
-      try {
-        this.servers.set(key, await this.open({ fd: socket.fd }, socket.acceptProxy === true));
-      } catch (err) {
-        const e = err as NodeJS.ErrnoException;
-        failures.push({ endpoint: socket.text, code: e.code ?? 'ERROR', message: e.message });
-      }
+      await this.openOnce(
+        activatedKey(socket),
+        socket.text,
+        { fd: socket.fd },
+        socket.acceptProxy === true,
+        failures,
+      );
     }
     for (const endpoint of this.config.listen) {
-      const key = listenKey(endpoint);
-      if (this.servers.has(key)) continue;
-      try {
-        this.servers.set(
-          key,
-          await this.open(
-            {
-              host: endpoint.host,
-              port: endpoint.port,
-              reusePort: true,
-              backlog: this.limits.backlog,
-            },
-            endpoint.acceptProxy,
-          ),
-        );
-      } catch (err) {
-        const e = err as NodeJS.ErrnoException;
-        failures.push({ endpoint: endpoint.text, code: e.code ?? 'ERROR', message: e.message });
-      }
+      const options = {
+        host: endpoint.host,
+        port: endpoint.port,
+        reusePort: true,
+        backlog: this.limits.backlog,
+      };
+      await this.openOnce(
+        listenKey(endpoint),
+        endpoint.text,
+        options,
+        endpoint.acceptProxy,
+        failures,
+      );
     }
     return failures;
+  }
+
+  /** Opens a listener under `key` unless it is open already; a failure is added to `failures`. */
+  private async openOnce(
+    key: string,
+    text: string,
+    options: net.ListenOptions | { fd: number },
+    acceptProxy: boolean,
+    failures: ListenFailure[],
+  ): Promise<void> {
+    if (this.servers.has(key)) return;
+    try {
+      this.servers.set(key, await this.open(options, acceptProxy));
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      failures.push({ endpoint: text, code: e.code ?? 'ERROR', message: e.message });
+    }
   }
 
   private async open(
