@@ -306,9 +306,7 @@ export class Supervisor {
     };
     this.log.level = next.logLevel;
     for (const pool of this.pools) this.applyAdminState(pool);
-    const failures = await this.sendUpdate();
-    for (const pool of this.pools) pool.acknowledged();
-    this.health?.sync(this.pools);
+    const failures = await this.publish();
     const seen = new Set<string>();
     for (const failure of failures) {
       if (seen.has(failure.endpoint)) continue;
@@ -367,9 +365,7 @@ export class Supervisor {
       }
       if (Object.keys(changes).length === 0) return;
       for (const pool of this.pools) this.applyAdminState(pool);
-      await this.sendUpdate();
-      for (const pool of this.pools) pool.acknowledged();
-      this.health?.sync(this.pools);
+      await this.publish();
       this.log.info({ frontends: changes }, 'discovery: backends changed');
     });
     this.scheduleResolve();
@@ -426,9 +422,7 @@ export class Supervisor {
         return { ok: false, message: (err as Error).message };
       }
       member.admin = 'enabled';
-      await this.sendUpdate();
-      pool.acknowledged();
-      this.health?.sync(this.pools);
+      await this.publish();
       this.state.added(pool.name, backend);
       await this.state.save();
       this.log.info(
@@ -457,9 +451,7 @@ export class Supervisor {
       const { pool, member } = ref;
       if (member.leaving) return { ok: false, message: `${ref.name} is already leaving` };
       pool.remove(member);
-      await this.sendUpdate();
-      pool.acknowledged();
-      this.health?.sync(this.pools);
+      await this.publish();
       let killed = 0;
       if (now) {
         const id = this.nextRequestId++;
@@ -513,6 +505,17 @@ export class Supervisor {
     if (fixed.length > 0) {
       this.log.warn({ settings: fixed }, 'reload: these take effect only after a restart');
     }
+  }
+
+  /**
+   * Makes the pools' changes real: every worker applies them, then joining backends become
+   * pickable, removals settle, and health checks follow the new members.
+   */
+  private async publish(): Promise<ListenFailure[]> {
+    const failures = await this.sendUpdate();
+    for (const pool of this.pools) pool.acknowledged();
+    this.health?.sync(this.pools);
+    return failures;
   }
 
   /** Sends every pool to every worker; resolves when all have applied it. */
