@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import type { BackendInput, Config, FrontendInput, RunFlags, TopInput } from './config.ts';
-import { buildConfig, ConfigError, TOP_FLAGS, topFromFlags } from './config.ts';
+import { buildConfig, ConfigError, flagWhere, TOP_FLAGS, topFromFlags } from './config.ts';
 
 // A duration or a count may be written as a YAML number or a string (`3s`); both reach the same
 // parser as text, so a file and a flag accept exactly the same values.
@@ -179,7 +179,7 @@ export async function loadConfigFile(file: string, overrides: TopInput = {}): Pr
     merged as TopInput,
     frontends,
     // A value the command line overrode is that flag's fault, not the file's.
-    (key) => (overridden.has(key) ? `--${kebab(key)}` : `${file}: ${FILE_KEY[key] ?? key}`),
+    (key) => (overridden.has(key) ? flagWhere(key) : `${file}: ${FILE_KEY[key] ?? key}`),
     (i) => (key) => `${file}: frontends[${i}].${key}`,
   );
 }
@@ -188,38 +188,39 @@ function kebab(key: string): string {
   return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }
 
-/** The flags that describe a frontend: with --config, frontends come from the file only. */
-const FRONTEND_FLAGS: Record<string, string> = {
-  listen: '--listen',
-  backend: '--backend',
-  algorithm: '--algorithm',
-  hashKey: '--hash-key',
-  sendProxy: '--send-proxy',
-  proxyTimeout: '--proxy-timeout',
-  connectTimeout: '--connect-timeout',
-  idleTimeout: '--idle-timeout',
-  queueTimeout: '--queue-timeout',
-  retries: '--retries',
-  allow: '--allow',
-  deny: '--deny',
-  maxConnsPerSource: '--max-conns-per-source',
-  connRatePerSource: '--conn-rate-per-source',
-  healthInterval: '--health-interval',
-  healthTimeout: '--health-timeout',
-  rise: '--rise',
-  fall: '--fall',
-  healthCheck: '--no-health-check',
-};
+/** The flags (as RunFlags keys) that describe a frontend: with --config, frontends come from
+ *  the file only. */
+const FRONTEND_FLAGS = [
+  'listen',
+  'backend',
+  'algorithm',
+  'hashKey',
+  'sendProxy',
+  'proxyTimeout',
+  'connectTimeout',
+  'idleTimeout',
+  'queueTimeout',
+  'retries',
+  'allow',
+  'deny',
+  'maxConnsPerSource',
+  'connRatePerSource',
+  'healthInterval',
+  'healthTimeout',
+  'rise',
+  'fall',
+  'healthCheck',
+] as const;
 
 /**
  * The top-level flags the user really typed (not commander's defaults), to override the file;
  * a frontend flag next to --config is an error, since it could not say which frontend it means.
  */
 export function overridesFromFlags(flags: RunFlags, given: (key: string) => boolean): TopInput {
-  for (const [key, flag] of Object.entries(FRONTEND_FLAGS)) {
+  for (const key of FRONTEND_FLAGS) {
     if (given(key)) {
       throw new ConfigError(
-        flag,
+        key === 'healthCheck' ? '--no-health-check' : `--${kebab(key)}`,
         'cannot be used with --config (set it in the file, per frontend)',
       );
     }
