@@ -8,6 +8,8 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { query } from '../src/stats/client.ts';
+import type { FrontendStat } from '../src/stats/view.ts';
 
 export const BIN = fileURLToPath(new URL('../bin/fulcrum', import.meta.url));
 
@@ -249,6 +251,12 @@ export function readLine(socket: net.Socket): Promise<string> {
 }
 
 /** Resolves with the first log line that `match` accepts, waiting up to `ms` for it. */
+/** `show stat json` on a stats socket: every frontend, with its backends. */
+export async function showStat(path: string): Promise<FrontendStat[]> {
+  return (JSON.parse(await query(path, 'show stat json')) as { frontends: FrontendStat[] })
+    .frontends;
+}
+
 export async function waitForLog(
   fulcrum: Fulcrum,
   match: (line: Record<string, unknown>) => boolean,

@@ -8,7 +8,15 @@ import net from 'node:net';
 import dnsPacket from 'dns-packet';
 import t from 'tap';
 import { query } from '../../src/stats/client.ts';
-import { connect, greet, readLine, socketPath, startFulcrum, waitFor } from '../helpers.ts';
+import {
+  connect,
+  greet,
+  readLine,
+  showStat,
+  socketPath,
+  startFulcrum,
+  waitFor,
+} from '../helpers.ts';
 
 type Zone = Map<string, dnsPacket.Answer[]>;
 
@@ -38,6 +46,18 @@ async function dnsServer(t: { teardown(fn: () => unknown): void }) {
   return { state, address: `127.0.0.1:${socket.address().port}` };
 }
 
+/** Greeting servers on 127.0.0.2 and 127.0.0.3, on one port: what a name's two A records reach. */
+async function loopbackPair(t: { teardown(fn: () => unknown): void }) {
+  const two = await serveOn('127.0.0.2', 0);
+  const port = (two.address() as net.AddressInfo).port;
+  const three = await serveOn('127.0.0.3', port);
+  t.teardown(() => {
+    two.close();
+    three.close();
+  });
+  return { two, three, port };
+}
+
 function a(name: string, ...addresses: string[]): dnsPacket.Answer[] {
   return addresses.map((data) => ({ type: 'A', name, ttl: 1, data }) as dnsPacket.Answer);
 }
@@ -53,13 +73,7 @@ async function serveOn(host: string, port: number): Promise<net.Server> {
 
 t.test('a hostname backend follows its A records; failures keep the last good set', async (t) => {
   const dns = await dnsServer(t);
-  const two = await serveOn('127.0.0.2', 0);
-  const port = (two.address() as net.AddressInfo).port;
-  const three = await serveOn('127.0.0.3', port);
-  t.teardown(() => {
-    two.close();
-    three.close();
-  });
+  const { two, three, port } = await loopbackPair(t);
   dns.state.zone.set('pool.test', a('pool.test', '127.0.0.2'));
   const stats = socketPath();
   const fulcrum = await startFulcrum([
@@ -76,12 +90,7 @@ t.test('a hostname backend follows its A records; failures keep the last good se
     `pool.test:${port}`,
   ]);
   t.teardown(() => fulcrum.stop());
-  const names = async () =>
-    (
-      JSON.parse(await query(stats, 'show stat json')) as {
-        frontends: Array<{ backends: Array<{ name: string; state: string }> }>;
-      }
-    ).frontends[0].backends.map((b) => `${b.name} ${b.state}`);
+  const names = async () => (await showStat(stats))[0].backends.map((b) => `${b.name} ${b.state}`);
   t.same(await names(), [`pool.test:${port}@127.0.0.2 up`]);
 
   // Which address served: the backend tells its own address through the connection's peer.
@@ -193,11 +202,9 @@ t.test('an SRV name gives hosts, ports and weights; a worse priority is a backup
     `srv+${srv}`,
   ]);
   t.teardown(() => fulcrum.stop());
-  const stat = JSON.parse(await query(stats, 'show stat json')) as {
-    frontends: Array<{ backends: Array<{ name: string; weight: number }> }>;
-  };
+  const [stat] = await showStat(stats);
   t.same(
-    stat.frontends[0].backends.map((b) => [b.name, b.weight]),
+    stat.backends.map((b) => [b.name, b.weight]),
     [
       [`srv+${srv}@127.0.0.1:${ports[0]}`, 5],
       [`srv+${srv}@127.0.0.1:${ports[1]}`, 1],
@@ -221,13 +228,7 @@ t.test(
   'a discovered backend an operator deleted stays deleted while DNS still lists it',
   async (t) => {
     const dns = await dnsServer(t);
-    const two = await serveOn('127.0.0.2', 0);
-    const port = (two.address() as net.AddressInfo).port;
-    const three = await serveOn('127.0.0.3', port);
-    t.teardown(() => {
-      two.close();
-      three.close();
-    });
+    const { port } = await loopbackPair(t);
     dns.state.zone.set('pair.test', a('pair.test', '127.0.0.2', '127.0.0.3'));
     const stats = socketPath();
     const fulcrum = await startFulcrum([
@@ -244,12 +245,7 @@ t.test(
       `pair.test:${port}`,
     ]);
     t.teardown(() => fulcrum.stop());
-    const names = async () =>
-      (
-        JSON.parse(await query(stats, 'show stat json')) as {
-          frontends: Array<{ backends: Array<{ name: string }> }>;
-        }
-      ).frontends[0].backends.map((b) => b.name);
+    const names = async () => (await showStat(stats))[0].backends.map((b) => b.name);
     t.same(await names(), [`pair.test:${port}@127.0.0.2`, `pair.test:${port}@127.0.0.3`]);
     t.match(await query(stats, `del backend default/pair.test:${port}@127.0.0.2`), /deleted/);
     // Several DNS rounds later (each at most a second apart), it has not come back.

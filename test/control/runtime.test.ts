@@ -9,11 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { query } from '../../src/stats/client.ts';
+import type { BackendStat } from '../../src/stats/view.ts';
 import {
   connect,
   greet,
   greetThenEcho,
   readLine,
+  showStat,
   socketPath,
   startBackend,
   startFulcrum,
@@ -21,15 +23,9 @@ import {
   waitForLog,
 } from '../helpers.ts';
 
-interface Stat {
-  frontends: Array<{
-    name: string;
-    backends: Array<{ name: string; state: string; weight: number; total: number; active: number }>;
-  }>;
-}
-
-async function stat(path: string): Promise<Stat['frontends'][0]['backends']> {
-  return (JSON.parse(await query(path, 'show stat json')) as Stat).frontends[0].backends;
+/** The default frontend's backends, as `show stat json` gives them. */
+async function stat(path: string): Promise<BackendStat[]> {
+  return (await showStat(path))[0].backends;
 }
 
 /** Connects and reads which backend answered. */

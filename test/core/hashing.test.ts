@@ -43,17 +43,14 @@ t.test('p2c: 100k held connections spread in proportion to weight', async (t) =>
   });
 });
 
-t.test(
-  'p2c never picks the same backend twice for one comparison, and skips unpickable ones',
-  async (t) => {
-    const table = createTable([1, 1, 1]);
-    table.state[1] &= ~UP;
-    const p2c = new PowerOfTwoChoices(table, new Random(3));
-    const seen = new Set<number>();
-    for (let k = 0; k < 1000; k++) seen.add(p2c.pick(0, 0));
-    t.same([...seen].sort(), [0, 2]);
-  },
-);
+t.test('p2c skips unpickable backends', async (t) => {
+  const table = createTable([1, 1, 1]);
+  table.state[1] &= ~UP;
+  const p2c = new PowerOfTwoChoices(table, new Random(3));
+  const seen = new Set<number>();
+  for (let k = 0; k < 1000; k++) seen.add(p2c.pick(0, 0));
+  t.same([...seen].sort(), [0, 2]);
+});
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/maglev-map.ts', import.meta.url));
 const FIVE = ['10.0.0.1:5432', '10.0.0.2:5432', '10.0.0.3:5432', '10.0.0.4:5432', '10.0.0.5:5432'];

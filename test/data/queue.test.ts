@@ -9,6 +9,7 @@ import {
   connect,
   greet,
   readLine,
+  showStat,
   socketPath,
   startBackend,
   startFulcrum,
@@ -35,9 +36,7 @@ t.test(
     for (const socket of held) t.equal(await readLine(socket), String(backend.port));
     const waiting = await connect(fulcrum.port);
     const answer = readLine(waiting);
-    const queued = async () =>
-      (JSON.parse(await query(stats, 'show stat json')) as { frontends: Array<{ queued: number }> })
-        .frontends[0].queued;
+    const queued = async () => (await showStat(stats))[0].queued;
     await waitFor(() => backend.accepted === 2, 1000, 'two at the backend');
     t.equal(await queued(), 1, 'the third client is queued');
     t.equal(backend.open.size, 2, 'the backend never has more than its maxconn');
