@@ -286,12 +286,13 @@ export class Pool {
         continue;
       }
       wanted.delete(next.name);
+      const previous = member.config;
+      member.config = next;
       if (
-        next.weight !== member.config.weight ||
-        next.backup !== member.config.backup ||
-        next.maxconn !== member.config.maxconn
+        next.weight !== previous.weight ||
+        next.backup !== previous.backup ||
+        next.maxconn !== previous.maxconn
       ) {
-        member.config = next;
         Atomics.store(
           this.table.weight,
           member.index,
@@ -302,7 +303,6 @@ export class Pool {
         else Atomics.and(this.table.state, member.index, ~BACKUP);
         changes.changed.push(next.name);
       }
-      member.config = next;
     }
     this.config = config;
     for (const backend of wanted.values()) {

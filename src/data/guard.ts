@@ -80,13 +80,13 @@ export class Guard {
       return REFUSED;
     }
     if ((this.maxConns === 0 && this.rate === 0) || this.table.length === 0) return UNTRACKED;
-    const entry = this.find(fnv1a(plain) || 1);
+    const ms = Date.now();
+    const second = Math.floor(ms / 1000) | 0;
+    const entry = this.find(fnv1a(plain) || 1, second);
     if (entry < 0) return UNTRACKED;
     const t = this.table;
     const base = entry * FIELDS;
     if (this.rate > 0) {
-      const ms = Date.now();
-      const second = Math.floor(ms / 1000) | 0;
       const seen = Atomics.load(t, base + SECOND);
       if (seen !== second && Atomics.compareExchange(t, base + SECOND, seen, second) === seen) {
         // A new second: last second's count weighs on this one as it slides out (below).
@@ -118,10 +118,10 @@ export class Guard {
     releaseSource(this.table, entry);
   }
 
-  /** The entry for `key`: its own, a free one claimed for it, or -1 when none is near. */
-  private find(key: number): number {
+  /** The entry for `key`: its own, a free one claimed for it (free: idle as of `second`), or -1
+   *  when none is near. */
+  private find(key: number, second: number): number {
     const t = this.table;
-    const second = Math.floor(Date.now() / 1000) | 0;
     let home = key & (SOURCE_SLOTS - 1);
     for (let k = 0; k < PROBES; k++) {
       const base = home * FIELDS;
