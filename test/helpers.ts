@@ -275,3 +275,16 @@ export async function waitFor(check: () => boolean, ms: number, what: string): P
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+/** Resolves when the asynchronous `check` holds, polling; rejects after `ms`. */
+export async function eventually(
+  check: () => Promise<boolean>,
+  ms: number,
+  what: string,
+): Promise<void> {
+  const until = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

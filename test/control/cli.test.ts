@@ -5,7 +5,16 @@ import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
 import t from 'tap';
-import { BIN } from '../helpers.ts';
+import { query } from '../../src/stats/client.ts';
+import {
+  BIN,
+  connect,
+  greet,
+  readLine,
+  startBackend,
+  startFulcrum,
+  startWithStats,
+} from '../helpers.ts';
 
 function fulcrum(args: string[]) {
   return spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', timeout: 20_000 });
@@ -178,3 +187,68 @@ t.test('--version prints the version, exit 0', async (t) => {
   t.equal(run.status, 0);
   t.match(run.stdout, /^\d+\.\d+\.\d+\n$/);
 });
+
+t.test('regression: --backend help names every backend option and srv+NAME', async (t) => {
+  const run = fulcrum(['run', '--help']);
+  const backendHelp = run.stdout.slice(
+    run.stdout.indexOf('--backend'),
+    run.stdout.indexOf('--algorithm'),
+  );
+  for (const word of [
+    'weight=',
+    'backup',
+    'maxconn=',
+    'slowstart=',
+    'send-proxy=',
+    'name=',
+    'srv+',
+  ]) {
+    t.ok(backendHelp.includes(word), `--backend help names ${word}`);
+  }
+});
+
+t.test(
+  'regression: --send-proxy none is accepted, as the file accepts sendProxy: none',
+  async (t) => {
+    const backend = await startBackend(greet);
+    t.teardown(() => backend.close());
+    const running = await startFulcrum([
+      '--workers',
+      '1',
+      '--send-proxy',
+      'none',
+      '--backend',
+      backend.address,
+    ]);
+    const socket = await connect(running.port);
+    t.equal(
+      await readLine(socket),
+      String(backend.port),
+      'no header reaches the backend: it greets as usual',
+    );
+    socket.destroy();
+    t.equal(await running.stop(), 0);
+  },
+);
+
+t.test(
+  'regression: the stats socket help and add backend usage name the whole backend grammar',
+  async (t) => {
+    const { path } = await startWithStats(t);
+    const help = await query(path, 'help');
+    const usage = await query(path, 'add backend');
+    for (const text of [help, usage]) {
+      for (const word of [
+        'weight=',
+        'backup',
+        'maxconn=',
+        'slowstart=',
+        'send-proxy=',
+        'name=',
+        'srv+',
+      ]) {
+        t.ok(text.includes(word), `names ${word}: ${text.split('\n')[0]}`);
+      }
+    }
+  },
+);

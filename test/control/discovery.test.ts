@@ -4,12 +4,16 @@
 
 import dgram from 'node:dgram';
 import { once } from 'node:events';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import dnsPacket from 'dns-packet';
 import t from 'tap';
 import { query } from '../../src/stats/client.ts';
 import {
   connect,
+  eventually,
   greet,
   readLine,
   showStat,
@@ -254,5 +258,129 @@ t.test(
     t.same(JSON.parse(await query(stats, 'show state')).frontends.default.deleted, [
       `pair.test:${port}@127.0.0.2`,
     ]);
+  },
+);
+
+t.test(
+  'regression: --resolver next to --config is applied (it was neither applied nor refused)',
+  async (t) => {
+    const dns = await dnsServer(t);
+    const { port } = await loopbackPair(t);
+    dns.state.zone.set('only-here.test', a('only-here.test', '127.0.0.2'));
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-resolver-'));
+    const config = join(dir, 'fulcrum.yaml');
+    const stats = join(dir, 'stats.sock');
+    writeFileSync(
+      config,
+      `workers: 1\nstatsSocket: ${stats}\nfrontends:\n  - name: default\n    listen: [127.0.0.1:0]\n    health: false\n    backends: ["only-here.test:${port}"]\n`,
+    );
+    // Only the test's DNS server knows the name: the system resolver would fail the start.
+    const fulcrum = await startFulcrum(['--config', config, '--resolver', dns.address]);
+    t.teardown(() => fulcrum.stop());
+    t.same(
+      (await showStat(stats))[0].backends.map((b) => b.name),
+      [`only-here.test:${port}@127.0.0.2`],
+    );
+  },
+);
+
+t.test(
+  'regression: add backend with a hostname expands and follows DNS like a configured one; a reload of the unchanged config changes nothing',
+  async (t) => {
+    const dns = await dnsServer(t);
+    const { port } = await loopbackPair(t);
+    dns.state.zone.set('added.test', a('added.test', '127.0.0.2'));
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-added-'));
+    const config = join(dir, 'fulcrum.yaml');
+    const stats = join(dir, 'stats.sock');
+    const other = await serveOn('127.0.0.1', 0);
+    t.teardown(() => other.close());
+    const otherAddress = `127.0.0.1:${(other.address() as net.AddressInfo).port}`;
+    writeFileSync(
+      config,
+      `workers: 2\nstatsSocket: ${stats}\nresolvers: ["${dns.address}"]\nresolveInterval: 300ms\nfrontends:\n  - name: default\n    listen: [127.0.0.1:0]\n    health: false\n    backends: ["${otherAddress}"]\n`,
+    );
+    const fulcrum = await startFulcrum(['--config', config]);
+    t.teardown(() => fulcrum.stop());
+    const names = async () => (await showStat(stats))[0].backends.map((b) => b.name);
+    t.equal(
+      await query(stats, `add backend default added.test:${port}`),
+      `added default/added.test:${port}`,
+    );
+    t.same(await names(), [otherAddress, `added.test:${port}@127.0.0.2`], 'named NAME@ADDRESS');
+
+    // It follows DNS: a second address joins.
+    dns.state.zone.set('added.test', a('added.test', '127.0.0.2', '127.0.0.3'));
+    await waitFor(
+      () => fulcrum.logs.some((l) => l.msg === 'discovery: backends changed'),
+      5000,
+      'the new address to join',
+    );
+    t.same(await names(), [
+      otherAddress,
+      `added.test:${port}@127.0.0.2`,
+      `added.test:${port}@127.0.0.3`,
+    ]);
+    for (let i = 0; i < 4; i++) {
+      const socket = await connect(fulcrum.port);
+      await readLine(socket);
+      socket.destroy();
+    }
+    const before = (await showStat(stats))[0].backends.map((b) => [b.name, b.total]);
+
+    // A reload of the unchanged config keeps every backend, its name and its counters.
+    t.equal(await query(stats, 'reload'), 'reloaded (default: +0 -0 ~0)');
+    t.same(
+      (await showStat(stats))[0].backends.map((b) => [b.name, b.total]),
+      before,
+      'same names, counters kept',
+    );
+
+    // The name as it was added deletes all it expanded to.
+    t.match(await query(stats, `del backend default/added.test:${port}`), /deleted/);
+    await eventually(
+      async () => (await names()).join() === otherAddress,
+      5000,
+      'the deleted addresses to leave',
+    );
+    t.same(JSON.parse(await query(stats, 'show state')).frontends.default.added, []);
+  },
+);
+
+t.test(
+  'regression: add backend srv+NAME works (it passed the parser, then failed in dns.lookup)',
+  async (t) => {
+    const dns = await dnsServer(t);
+    const server = await serveOn('127.0.0.1', 0);
+    t.teardown(() => server.close());
+    const port = (server.address() as net.AddressInfo).port;
+    const srv = '_x._tcp.added.test';
+    dns.state.zone.set(srv, [
+      {
+        type: 'SRV',
+        name: srv,
+        ttl: 30,
+        data: { priority: 1, weight: 3, port, target: 't.added.test' },
+      },
+    ] as dnsPacket.Answer[]);
+    dns.state.zone.set('t.added.test', a('t.added.test', '127.0.0.1'));
+    const stats = socketPath();
+    const first = await serveOn('127.0.0.1', 0);
+    t.teardown(() => first.close());
+    const fulcrum = await startFulcrum([
+      '--workers',
+      '1',
+      '--no-health-check',
+      '--stats-socket',
+      stats,
+      '--resolver',
+      dns.address,
+      '--backend',
+      `127.0.0.1:${(first.address() as net.AddressInfo).port}`,
+    ]);
+    t.teardown(() => fulcrum.stop());
+    t.equal(await query(stats, `add backend default srv+${srv}`), `added default/srv+${srv}`);
+    const added = (await showStat(stats))[0].backends[1];
+    t.same([added.name, added.weight], [`srv+${srv}@127.0.0.1:${port}`, 3]);
   },
 );

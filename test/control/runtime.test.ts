@@ -390,3 +390,52 @@ t.test('the state file keeps runtime changes across a reload and a restart', asy
     'started with the config alone',
   );
 });
+
+t.test(
+  'regression: a backend added with send-proxy=v2 and slowstart keeps both across a reload and a restart',
+  async (t) => {
+    // Answers "v2" when the connection starts with a PROXY v2 signature, "plain" otherwise.
+    const PROXY_V2 = Buffer.from('0d0a0d0a000d0a515549540a', 'hex');
+    const checker = await startBackend((socket) => {
+      socket.once('data', (chunk: Buffer) => {
+        socket.end(chunk.subarray(0, 12).equals(PROXY_V2) ? 'v2\n' : 'plain\n');
+      });
+    });
+    t.teardown(() => checker.close());
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-state-'));
+    const stateFile = join(dir, 'state.json');
+    const config = join(dir, 'fulcrum.yaml');
+    const stats = join(dir, 'stats.sock');
+    writeFileSync(
+      config,
+      `workers: 1\nstatsSocket: ${stats}\nstateFile: ${stateFile}\nfrontends:\n  - name: default\n    listen: [127.0.0.1:0]\n    health: false\n    backends: ["${checker.address},name=first"]\n`,
+    );
+    const ask = async (port: number) => {
+      const socket = await connect(port);
+      socket.write('hello');
+      const line = await readLine(socket);
+      socket.destroy();
+      return line;
+    };
+    const first = await startFulcrum(['--config', config]);
+    t.teardown(() => first.stop());
+    t.equal(await query(stats, 'disable default/first'), 'default/first disabled');
+    t.equal(
+      await query(
+        stats,
+        `add backend default ${checker.address},send-proxy=v2,slowstart=30s,name=added`,
+      ),
+      'added default/added',
+    );
+    t.equal(await ask(first.ports.default[0]), 'v2', 'added: the header is sent');
+    t.equal(await query(stats, 'reload'), 'reloaded (default: +0 -0 ~0)');
+    t.equal(await ask(first.ports.default[0]), 'v2', 'after a reload: still sent');
+    t.equal(await first.stop(), 0);
+    const second = await startFulcrum(['--config', config]);
+    t.teardown(() => second.stop());
+    t.equal(await ask(second.ports.default[0]), 'v2', 'after a restart: still sent');
+    const added = JSON.parse(await query(stats, 'show state')).frontends.default.added;
+    t.equal(added.length, 1);
+    t.match(JSON.stringify(added[0]), /30s|30000/, 'slowstart is kept in the state');
+  },
+);

@@ -7,11 +7,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import parsePrometheusTextFormat, { type MetricFamily } from 'parse-prometheus-text-format';
 import t from 'tap';
+import { query } from '../../src/stats/client.ts';
 import {
   closedPort,
   connect,
+  eventually,
   greet,
   readLine,
+  showStat,
+  socketPath,
   startBackend,
   startFulcrum,
   waitForLog,
@@ -127,5 +131,51 @@ t.test('--metrics on a taken port is exit 2 with one line', async (t) => {
   await t.rejects(
     startFulcrum(['--backend', taken.address, '--metrics', taken.address]),
     new RegExp(`--metrics ${taken.address}: address already in use`),
+  );
+});
+
+t.test('regression: fulcrum_backend_up is 0 for a backend that is disabled and down', async (t) => {
+  const a = await startBackend(greet);
+  t.teardown(() => a.close());
+  const dead = await closedPort();
+  const path = socketPath();
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '1',
+    '--metrics',
+    '127.0.0.1:0',
+    '--stats-socket',
+    path,
+    '--health-interval',
+    '100ms',
+    '--fall',
+    '1',
+    '--backend',
+    a.address,
+    '--backend',
+    `127.0.0.1:${dead},name=dead`,
+  ]);
+  t.teardown(() => fulcrum.stop());
+  const url = (await waitForLog(fulcrum, (l) => l.msg === 'metrics', 5000, 'the metrics url'))
+    .url as string;
+  await eventually(
+    async () => (await showStat(path))[0].backends[1].state === 'down',
+    5000,
+    'the dead backend to be down',
+  );
+  t.equal(await query(path, 'disable default/dead'), 'default/dead disabled');
+  const m = await scrape(url);
+  t.equal(
+    value(m.get('fulcrum_backend_up'), { backend: 'dead' }),
+    0,
+    'down, whatever its admin state',
+  );
+  t.equal(value(m.get('fulcrum_backend_state'), { backend: 'dead', state: 'disabled' }), 1);
+  t.equal(value(m.get('fulcrum_backend_up'), { backend: a.address }), 1);
+  t.equal(await query(path, `disable default/${a.address}`), `default/${a.address} disabled`);
+  t.equal(
+    value((await scrape(url)).get('fulcrum_backend_up'), { backend: a.address }),
+    1,
+    'disabled but healthy: still up',
   );
 });
