@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import type net from 'node:net';
 import { PerformanceObserver } from 'node:perf_hooks';
-import { startLocalFrontend } from '../src/data/local.ts';
+import { startLocalFrontend } from '../src/local.ts';
 
 const TOTAL = 1024 * 1024 * 1024;
 
@@ -51,11 +51,14 @@ async function run(hook: boolean, download: boolean): Promise<Result> {
   const [portLine] = (await once(backend.stdout, 'data')) as [Buffer];
   if (hook) delete process.env.FULCRUM_NO_ACCEPT_HOOK;
   else process.env.FULCRUM_NO_ACCEPT_HOOK = '1';
-  const frontend = await startLocalFrontend({
-    listen: ['127.0.0.1:0'],
-    backend: [`127.0.0.1:${portLine.toString().trim()}`],
-    retries: '0',
-  });
+  const frontend = await startLocalFrontend([
+    '--listen',
+    '127.0.0.1:0',
+    '--backend',
+    `127.0.0.1:${portLine.toString().trim()}`,
+    '--retries',
+    '0',
+  ]);
   if (frontend.hooked !== hook) throw new Error('the accept path is not the one asked for');
   const port = ([...frontend.servers.values()][0].address() as net.AddressInfo).port;
 

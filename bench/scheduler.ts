@@ -2,7 +2,7 @@
 // data path does) for each algorithm and table size. Usage: npm run bench:core
 
 import { ALGORITHMS, acquire, createScheduler, release } from '../src/core/scheduler.ts';
-import { createTable } from '../src/core/table.ts';
+import { createTable } from '../src/shared/table.ts';
 
 const PICKS = 5_000_000;
 

@@ -2,14 +2,14 @@
 // prints exactly one line to stderr, naming the flag and the problem, and exits with status 2.
 
 import { readFileSync } from 'node:fs';
-import { Command, CommanderError, Option } from 'commander';
-import type { Config, RunFlags } from './config.ts';
-import { ConfigError, configFromFlags, DEFAULTS, parseDuration, parseInteger } from './config.ts';
-import { loadConfigFile, overridesFromFlags } from './config-file.ts';
+import { Command, CommanderError } from 'commander';
+import { loadConfigFile } from './config/file.ts';
+import { addSettingOptions, configLoader, inputsFromFlags } from './config/flags.ts';
+import { ConfigError, parseDuration, parseInteger } from './config/parse.ts';
+import type { Config } from './config/types.ts';
 import { resolveConfig } from './control/discovery.ts';
 import { ListenError, Supervisor } from './control/supervisor.ts';
 import { ActivationError } from './control/systemd.ts';
-import { ALGORITHMS } from './core/scheduler.ts';
 import { createLogger } from './log.ts';
 import { ClientError, isError, query } from './stats/client.ts';
 import { StatsSocketError } from './stats/server.ts';
@@ -23,10 +23,6 @@ const VERSION = (
     version: string;
   }
 ).version;
-
-function collect(value: string, previous: string[] | undefined): string[] {
-  return previous === undefined ? [value] : [...previous, value];
-}
 
 function fail(message: string): never {
   process.stderr.write(`fulcrum: ${message}\n`);
@@ -52,172 +48,22 @@ export function buildProgram(): Command {
       },
     });
 
-  program
+  const run = program
     .command('run', { isDefault: true })
     .description('run the balancer (the default command)')
     .option(
       '-c, --config <file>',
-      'read frontends and settings from a YAML (or JSON) file; flags given with it override its top-level values',
-    )
-    .option(
-      '-l, --listen <host:port[,accept-proxy]>',
-      'address to accept clients on; repeatable ([::]:80 for IPv6); accept-proxy: clients come with a PROXY header',
-      collect,
-    )
-    .option(
-      '-b, --backend <host:port[,weight=N][,backup][,maxconn=N][,name=NAME]>',
-      'a backend; repeatable. weight 0..256 (default 1, 0 = never picked); backup = used only when no other is available; maxconn = most live connections; name = how stats call it',
-      collect,
-    )
-    .addOption(
-      new Option('-a, --algorithm <name>', 'how a backend is picked')
-        .choices(ALGORITHMS)
-        .default(DEFAULTS.algorithm),
-    )
-    .addOption(
-      new Option(
-        '--send-proxy <version>',
-        'write a PROXY protocol header to every backend',
-      ).choices(['v1', 'v2']),
-    )
-    .option(
-      '--proxy-timeout <duration>',
-      'on an accept-proxy listener, a client must send its PROXY header within',
-      DEFAULTS.proxyTimeout,
-    )
-    .addOption(
-      new Option('--hash-key <key>', 'what maglev hashes: the client address, or address and port')
-        .choices(['source-ip', 'source-ip-port'])
-        .default(DEFAULTS.hashKey),
-    )
-    .option(
-      '-w, --workers <n|auto>',
-      'data-plane threads (auto = available CPUs)',
-      DEFAULTS.workers,
-    )
-    .option(
-      '--connect-timeout <duration>',
-      'give up connecting to a backend after',
-      DEFAULTS.connectTimeout,
-    )
-    .option(
-      '--idle-timeout <duration>',
-      'close a connection with no traffic for',
-      DEFAULTS.idleTimeout,
-    )
-    .option('--allow <cidr>', 'only clients in these networks may connect; repeatable', collect)
-    .option(
-      '--deny <cidr>',
-      'clients in these networks are refused (wins over --allow); repeatable',
-      collect,
-    )
-    .option(
-      '--max-conns-per-source <n>',
-      'live connections one client address may hold; more are closed at once (0 = no limit)',
-    )
-    .option(
-      '--conn-rate-per-source <n/s>',
-      'new connections per second one client address may open; more are closed at once',
-    )
-    .option(
-      '--queue-timeout <duration>',
-      'when every backend is at its maxconn, a new client waits this long for room',
-      DEFAULTS.queueTimeout,
-    )
-    .option(
-      '--retries <n>',
-      'connect attempts on other backends after a refused or timed-out one',
-      DEFAULTS.retries,
-    )
-    .option(
-      '--health-interval <duration>',
-      'time between TCP probes of each backend',
-      DEFAULTS.healthInterval,
-    )
-    .option(
-      '--health-timeout <duration>',
-      'a probe not connected by then fails',
-      DEFAULTS.healthTimeout,
-    )
-    .option(
-      '--rise <n>',
-      'consecutive successful probes that mark a down backend up',
-      DEFAULTS.rise,
-    )
-    .option(
-      '--fall <n>',
-      'consecutive failures (probes or client connects) that mark an up backend down',
-      DEFAULTS.fall,
-    )
-    .option(
-      '--no-health-check',
-      'no probes: every backend counts as up (retries still cover failed connects)',
-    )
-    .option(
-      '--max-connections <n>',
-      'live connections over all workers; beyond it new clients are closed (0 = no limit)',
-      DEFAULTS.maxConnections,
-    )
-    .option(
-      '--drain-timeout <duration>',
-      'on SIGTERM/SIGINT, wait this long for connections to finish',
-      DEFAULTS.drainTimeout,
-    )
-    .option(
-      '--access-log',
-      'one JSON line per finished connection: client, backend, bytes, times, how it ended',
-    )
-    .option(
-      '--log-format <format>',
-      'json (for journald and shippers) or pretty (for a terminal)',
-      DEFAULTS.logFormat,
-    )
-    .option(
-      '--log-level <level>',
-      'fatal, error, warn, info, debug, trace or silent',
-      DEFAULTS.logLevel,
-    )
-    .option(
-      '--backlog <n>',
-      'listen backlog (the kernel caps it at net.core.somaxconn)',
-      DEFAULTS.backlog,
-    )
-    .option(
-      '--stats-socket <path>',
-      'serve stats and admin commands on this unix socket (mode 0600)',
-    )
-    .option(
-      '--stats-socket-mode <octal>',
-      'file mode of the stats socket (0660 lets a group in)',
-      DEFAULTS.statsSocketMode,
-    )
-    .addOption(
-      new Option('--stats-level <level>', 'what the stats socket allows')
-        .choices(['read', 'admin'])
-        .default(DEFAULTS.statsLevel),
-    )
-    .option('--metrics <host:port>', 'serve Prometheus metrics on http://HOST:PORT/metrics')
-    .option(
-      '--resolver <host:port>',
-      "a DNS server for hostname and srv+NAME backends (repeatable; default: the system's)",
-      collect,
-    )
-    .option(
-      '--resolve-interval <duration>',
-      'resolve hostname and SRV backends again this often (sooner if the TTL is shorter)',
-      DEFAULTS.resolveInterval,
-    )
-    .option(
-      '--state-file <path>',
-      'keep runtime changes (add/del backend, weights, disable/drain) here, across reloads and restarts',
-    )
+      'read frontends and settings from a YAML (or JSON) file; process-wide flags given with it override its values',
+    );
+  const options = addSettingOptions(run);
+  run
     .addHelpText(
       'after',
       '\nDurations: 500ms, 3s, 5m, 1h (a bare number is milliseconds).\n' +
         'Example: fulcrum --listen 0.0.0.0:5432 --backend 10.0.0.1:5432 --backend 10.0.0.2:5432,weight=2',
     )
-    .action(async (flags: RunFlags, command: Command) => {
-      await run(flags, (key) => command.getOptionValueSource(key) === 'cli');
+    .action(async (flags: { config?: string }, command: Command) => {
+      await runBalancer(configLoader(inputsFromFlags(command, options), flags.config));
     });
 
   program
@@ -281,17 +127,7 @@ export function buildProgram(): Command {
   return program;
 }
 
-/** Loads the config as the command line asks: from the file (flags override its top level) or
- *  from flags alone; hostnames are resolved by the supervisor. Called again on every reload. */
-function configLoader(flags: RunFlags, given: (key: string) => boolean): () => Promise<Config> {
-  if (flags.config === undefined) return async () => configFromFlags(flags);
-  const file = flags.config;
-  const overrides = overridesFromFlags(flags, given);
-  return () => loadConfigFile(file, overrides);
-}
-
-async function run(flags: RunFlags, given: (key: string) => boolean): Promise<void> {
-  const load = configLoader(flags, given);
+async function runBalancer(load: () => Promise<Config>): Promise<void> {
   const config = await load();
   const log = createLogger(config.logLevel, config.logFormat);
   const supervisor = new Supervisor(config, log, VERSION, load);

@@ -3,7 +3,7 @@
 
 import pino from 'pino';
 import pretty from 'pino-pretty';
-import type { LogFormat, LogLevel } from './config.ts';
+import type { LogFormat, LogLevel } from './config/types.ts';
 
 export type Logger = pino.Logger;
 

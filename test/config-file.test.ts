@@ -6,8 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { parse } from 'yaml';
-import { ConfigError } from '../src/config.ts';
-import { loadConfigFile, overridesFromFlags } from '../src/config-file.ts';
+import { loadConfigFile } from '../src/config/file.ts';
+import { loaderFromArgs } from '../src/config/flags.ts';
+import { ConfigError } from '../src/config/parse.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'fulcrum-config-'));
 let files = 0;
@@ -238,23 +239,33 @@ t.test('a missing file is named', async (t) => {
   );
 });
 
-t.test('top-level flags override the file, and take the blame for their own values', async (t) => {
-  const path = file(`workers: 3\n${ONE('127.0.0.1:1')}`);
-  const config = await loadConfigFile(path, { workers: '1', logLevel: 'debug' });
-  t.equal(config.workers, 1);
-  t.equal(config.logLevel, 'debug');
-  await t.rejects(loadConfigFile(path, { workers: 'many' }), /^--workers: "many"/);
-});
+t.test(
+  'process-wide flags override the file, and take the blame for their own values',
+  async (t) => {
+    const path = file(`workers: 3\n${ONE('127.0.0.1:1')}`);
+    const config = await loaderFromArgs([
+      '--config',
+      path,
+      '--workers',
+      '1',
+      '--log-level',
+      'debug',
+    ])();
+    t.equal(config.workers, 1);
+    t.equal(config.logLevel, 'debug');
+    await t.rejects(
+      loaderFromArgs(['--config', path, '--workers', 'many'])(),
+      /^--workers: "many"/,
+    );
+  },
+);
 
 t.test('frontend flags cannot be combined with --config', async (t) => {
-  const given = (keys: string[]) => (key: string) => keys.includes(key);
-  t.throws(() => overridesFromFlags({ listen: ['127.0.0.1:1'] }, given(['listen'])), {
+  const path = file(ONE('127.0.0.1:1'));
+  t.throws(() => loaderFromArgs(['--config', path, '--listen', '127.0.0.1:1']), {
     message: /^--listen: cannot be used with --config/,
   });
-  t.throws(() => overridesFromFlags({ healthCheck: false }, given(['healthCheck'])), {
+  t.throws(() => loaderFromArgs(['--config', path, '--no-health-check']), {
     message: /^--no-health-check: cannot/,
-  });
-  t.same(overridesFromFlags({ workers: '2', algorithm: 'least-conn' }, given(['workers'])), {
-    workers: '2',
   });
 });

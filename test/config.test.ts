@@ -3,13 +3,9 @@
 
 import { isIP } from 'node:net';
 import t from 'tap';
-import {
-  ConfigError,
-  configFromFlags,
-  parseBackend,
-  parseDuration,
-  parseEndpoint,
-} from '../src/config.ts';
+import { parseBackend } from '../src/config/backend.ts';
+import { loaderFromArgs } from '../src/config/flags.ts';
+import { ConfigError, parseDuration, parseEndpoint } from '../src/config/parse.ts';
 import { resolveConfig } from '../src/control/discovery.ts';
 
 t.test('durations', async (t) => {
@@ -42,7 +38,14 @@ t.test('endpoints and backends', async (t) => {
 
 t.test('a config error names where it is', async (t) => {
   try {
-    configFromFlags({ listen: ['127.0.0.1:0'], backend: ['127.0.0.1:1'], retries: 'x' });
+    await loaderFromArgs([
+      '--listen',
+      '127.0.0.1:0',
+      '--backend',
+      '127.0.0.1:1',
+      '--retries',
+      'x',
+    ])();
     t.fail('should throw');
   } catch (err) {
     t.ok(err instanceof ConfigError);
@@ -53,7 +56,14 @@ t.test('a config error names where it is', async (t) => {
 
 t.test('a hostname backend becomes one backend per address, named NAME@ADDRESS', async (t) => {
   const config = await resolveConfig(
-    configFromFlags({ listen: ['127.0.0.1:0'], backend: ['localhost:6000', '127.0.0.2:6001'] }),
+    await loaderFromArgs([
+      '--listen',
+      '127.0.0.1:0',
+      '--backend',
+      'localhost:6000',
+      '--backend',
+      '127.0.0.2:6001',
+    ])(),
   );
   const backends = config.frontends[0].backends;
   const fromName = backends.filter((b) => b.name.startsWith('localhost:6000@'));

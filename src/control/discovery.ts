@@ -8,11 +8,11 @@
 
 import dns from 'node:dns/promises';
 import { isIP } from 'node:net';
-import type { BackendConfig, Config, FrontendConfig } from '../config.ts';
-import { ConfigError } from '../config.ts';
-import { MAX_WEIGHT } from '../core/table.ts';
+import { ConfigError } from '../config/parse.ts';
+import type { BackendConfig, Config, FrontendConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { createLogger } from '../log.ts';
+import { MAX_WEIGHT } from '../shared/table.ts';
 
 /** What a name resolved to: addresses (with the port, weight and tier SRV gives). */
 interface Target {
@@ -70,33 +70,42 @@ export class Discovery {
     for (const frontend of config.frontends) {
       const backends: BackendConfig[] = [];
       for (const backend of frontend.backends) {
-        if (isIP(backend.host) !== 0) {
-          backends.push(backend);
-          continue;
-        }
         const where = `frontend ${frontend.name}: backend ${backend.name}`;
-        const answer = await this.answer(backend, where, strict);
-        const seen = new Set<string>();
-        for (const target of answer.targets) {
-          const port = backend.srv ? target.port : backend.port;
-          const host = target.address.includes(':') ? `[${target.address}]` : target.address;
-          const name = backend.srv ? `${backend.name}@${host}:${port}` : `${backend.name}@${host}`;
-          if (seen.has(name)) continue;
-          seen.add(name);
-          backends.push({
-            ...backend,
-            host: target.address,
-            port,
-            name,
-            weight: target.weight ?? backend.weight,
-            backup: backend.backup || target.backup,
-            srv: false,
-          });
-        }
+        backends.push(...(await this.expandBackend(backend, where, strict)));
       }
       frontends.push({ ...frontend, backends });
     }
     return { ...config, frontends };
+  }
+
+  /** One backend as it stands now: itself (an address), or one backend per address its name
+   *  has. `strict`: a name that never resolved is a ConfigError naming `where`. */
+  async expandBackend(
+    backend: BackendConfig,
+    where: string,
+    strict: boolean,
+  ): Promise<BackendConfig[]> {
+    if (isIP(backend.host) !== 0) return [backend];
+    const answer = await this.answer(backend, where, strict);
+    const seen = new Set<string>();
+    const backends: BackendConfig[] = [];
+    for (const target of answer.targets) {
+      const port = backend.srv ? target.port : backend.port;
+      const host = target.address.includes(':') ? `[${target.address}]` : target.address;
+      const name = backend.srv ? `${backend.name}@${host}:${port}` : `${backend.name}@${host}`;
+      if (seen.has(name)) continue;
+      seen.add(name);
+      backends.push({
+        ...backend,
+        host: target.address,
+        port,
+        name,
+        weight: target.weight ?? backend.weight,
+        backup: backend.backup || target.backup,
+        srv: false,
+      });
+    }
+    return backends;
   }
 
   private async answer(backend: BackendConfig, where: string, strict: boolean): Promise<Answer> {

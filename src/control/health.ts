@@ -3,10 +3,10 @@
 // backend's UP bit, and only transitions are logged, once each; a probe never touches a client.
 
 import net from 'node:net';
-import type { HealthConfig } from '../config.ts';
-import { UP } from '../core/table.ts';
+import type { HealthConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
-import { B_CONNECTIONS, B_FAILURES, backendOffset, sumSlots } from '../stats/counters.ts';
+import { B_CONNECTIONS, B_FAILURES, backendOffset, sumSlots } from '../shared/counters.ts';
+import { UP } from '../shared/table.ts';
 import type { Member, Pool } from './pool.ts';
 
 /** How often the data plane's connect failures are read: well under any sane --health-interval. */

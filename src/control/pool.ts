@@ -6,8 +6,12 @@
 // connection has finished in every worker; a new backend becomes pickable only after every worker
 // has acknowledged its address (acknowledged); a freed slot is cleared before it is reused.
 
-import type { BackendConfig, FrontendConfig } from '../config.ts';
-import type { BackendTable, SharedTable } from '../core/table.ts';
+import type { BackendConfig, FrontendConfig } from '../config/types.ts';
+import type { SharedCounters } from '../shared/counters.ts';
+import { allocateCounters, clearBackend } from '../shared/counters.ts';
+import type { PoolUpdate } from '../shared/messages.ts';
+import { allocateSources } from '../shared/sources.ts';
+import type { BackendTable, SharedTable } from '../shared/table.ts';
 import {
   allocateTable,
   BACKUP,
@@ -16,10 +20,7 @@ import {
   MAX_BACKENDS,
   openTable,
   UP,
-} from '../core/table.ts';
-import { allocateSources } from '../data/guard.ts';
-import type { SharedCounters } from '../stats/counters.ts';
-import { allocateCounters, clearBackend } from '../stats/counters.ts';
+} from '../shared/table.ts';
 
 /** A backend in a slot of a pool. Main-thread bookkeeping; workers see only `PoolMember`. */
 export interface Member {
@@ -42,23 +43,6 @@ export interface Member {
 }
 
 export type AdminChoice = 'enabled' | 'disabled' | 'draining';
-
-/** What a worker needs of one slot. */
-export interface PoolMember {
-  readonly id: number;
-  readonly config: BackendConfig;
-}
-
-/** One frontend as it is sent to a worker: plain data and shared memory. */
-export interface PoolUpdate {
-  readonly config: FrontendConfig;
-  readonly table: SharedTable;
-  readonly counters: SharedCounters;
-  /** By slot; null for a free slot. Its length is the number of slots in use (the table size). */
-  readonly members: readonly (PoolMember | null)[];
-  /** The per-source table, once the frontend has a per-source limit (it is kept from then on). */
-  readonly sources: SharedArrayBuffer | null;
-}
 
 /** What a reconfigure changed, by backend name, for the log. */
 export interface PoolChanges {

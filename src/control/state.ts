@@ -8,33 +8,50 @@
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
-import type { BackendConfig, Config } from '../config.ts';
-import { checkName, MAX_MAXCONN, parseBackend } from '../config.ts';
-import { MAX_WEIGHT } from '../core/table.ts';
+import { formatBackend, MAX_MAXCONN, parseBackend } from '../config/backend.ts';
+import type { BackendConfig, Config } from '../config/types.ts';
+import { PROXY_VERSIONS } from '../config/types.ts';
 import type { Logger } from '../log.ts';
+import { MAX_WEIGHT } from '../shared/table.ts';
 
 /** An operator's admin state for a backend; absent means enabled. */
 export type AdminState = 'disabled' | 'draining';
 
-const addedSchema = z.strictObject({
-  address: z.string(),
-  name: z.string(),
-  weight: z.number().int().min(0).max(MAX_WEIGHT),
-  backup: z.boolean(),
-  maxconn: z.number().int().min(0).max(MAX_MAXCONN),
-  slowstartMs: z.number().int().min(0).max(2_147_483_647).default(0),
-  sendProxy: z.union([z.literal(-1), z.literal(0), z.literal(1), z.literal(2)]).default(-1),
-});
+/** A backend as version 1 wrote it, field by field; version 2 writes its spec (formatBackend). */
+const addedV1 = z
+  .strictObject({
+    address: z.string(),
+    name: z.string(),
+    weight: z.number().int().min(0).max(MAX_WEIGHT),
+    backup: z.boolean(),
+    maxconn: z.number().int().min(0).max(MAX_MAXCONN),
+    slowstartMs: z.number().int().min(0).max(2_147_483_647).default(0),
+    sendProxy: z.union([z.literal(-1), z.literal(0), z.literal(1), z.literal(2)]).default(-1),
+  })
+  .transform((b) =>
+    [
+      b.address,
+      `name=${b.name}`,
+      `weight=${b.weight}`,
+      `maxconn=${b.maxconn}`,
+      `slowstart=${b.slowstartMs}ms`,
+      ...(b.backup ? ['backup'] : []),
+      ...(b.sendProxy === -1 ? [] : [`send-proxy=${PROXY_VERSIONS[b.sendProxy]}`]),
+    ].join(','),
+  );
+
+/** A backend added at runtime: its spec, as `add backend` takes it. */
+const added = z.union([z.string(), addedV1]);
 
 const frontendSchema = z.strictObject({
-  added: z.array(addedSchema),
+  added: z.array(added),
   deleted: z.array(z.string()),
   weights: z.record(z.string(), z.number().int().min(0).max(MAX_WEIGHT)),
   admin: z.record(z.string(), z.enum(['disabled', 'draining'])),
 });
 
 const fileSchema = z.strictObject({
-  version: z.literal(1),
+  version: z.union([z.literal(1), z.literal(2)]),
   frontends: z.record(z.string(), frontendSchema),
 });
 
@@ -75,7 +92,7 @@ export class RuntimeState {
       data = fileSchema.parse(JSON.parse(text));
       // Every added backend must still be a valid backend, as `add backend` checked it.
       for (const [frontend, state] of Object.entries(data.frontends)) {
-        for (const added of state.added) toBackend(added, `${frontend}: ${added.name}`);
+        for (const spec of state.added) parseBackend(spec, `${frontend}: added`);
       }
     } catch (err) {
       const reason =
@@ -104,10 +121,9 @@ export class RuntimeState {
         const state = this.frontends.get(frontend.name);
         if (state === undefined) return frontend;
         const backends = [...frontend.backends];
-        for (const added of state.added) {
-          if (!backends.some((b) => b.name === added.name)) {
-            backends.push(toBackend(added, `${frontend.name}: ${added.name}`));
-          }
+        for (const spec of state.added) {
+          const backend = parseBackend(spec, `${frontend.name}: added`);
+          if (!backends.some((b) => b.name === backend.name)) backends.push(backend);
         }
         return { ...frontend, backends };
       }),
@@ -127,7 +143,7 @@ export class RuntimeState {
         return {
           ...frontend,
           backends: frontend.backends
-            .filter((b) => !state.deleted.includes(b.name))
+            .filter((b) => !state.deleted.some((name) => isNamed(b.name, name)))
             .map((b) =>
               state.weights[b.name] === undefined ? b : { ...b, weight: state.weights[b.name] },
             ),
@@ -143,26 +159,24 @@ export class RuntimeState {
   added(frontend: string, backend: BackendConfig): void {
     const state = this.frontend(frontend);
     state.deleted = state.deleted.filter((name) => name !== backend.name);
-    state.added = state.added.filter((b) => b.name !== backend.name);
-    state.added.push({
-      address: backend.text,
-      name: backend.name,
-      weight: backend.weight,
-      backup: backend.backup,
-      maxconn: backend.maxconn,
-      slowstartMs: backend.slowstartMs,
-      sendProxy: backend.sendProxy,
-    });
+    state.added = state.added.filter((spec) => nameOf(spec) !== backend.name);
+    state.added.push(formatBackend(backend));
     delete state.weights[backend.name];
     delete state.admin[backend.name];
+  }
+
+  /** The backend named `name` that an operator added (as added: before DNS), or null. */
+  addedNamed(frontend: string, name: string): BackendConfig | null {
+    const spec = this.frontends.get(frontend)?.added.find((s) => nameOf(s) === name);
+    return spec === undefined ? null : parseBackend(spec, `${frontend}: added`);
   }
 
   /** A backend an operator deleted: forgotten if they had added it, else kept out from now on
    *  (whether the config or DNS brings it). */
   deleted(frontend: string, name: string): void {
     const state = this.frontend(frontend);
-    const added = state.added.some((b) => b.name === name);
-    state.added = state.added.filter((b) => b.name !== name);
+    const added = state.added.some((spec) => nameOf(spec) === name);
+    state.added = state.added.filter((spec) => nameOf(spec) !== name);
     if (!added && !state.deleted.includes(name)) state.deleted.push(name);
     delete state.weights[name];
     delete state.admin[name];
@@ -170,9 +184,12 @@ export class RuntimeState {
 
   weight(frontend: string, name: string, weight: number): void {
     const state = this.frontend(frontend);
-    const added = state.added.find((b) => b.name === name);
-    if (added !== undefined) added.weight = weight;
-    else state.weights[name] = weight;
+    const at = state.added.findIndex((spec) => nameOf(spec) === name);
+    if (at >= 0) {
+      state.added[at] = formatBackend({ ...parseBackend(state.added[at], frontend), weight });
+    } else {
+      state.weights[name] = weight;
+    }
   }
 
   admin(frontend: string, name: string, admin: AdminState | null): void {
@@ -191,7 +208,7 @@ export class RuntimeState {
   }
 
   toJSON(): StateFile {
-    return { version: 1, frontends: Object.fromEntries(this.frontends) };
+    return { version: 2, frontends: Object.fromEntries(this.frontends) };
   }
 
   /** Writes the state: a temporary file beside the real one, fsynced, renamed over it. */
@@ -230,13 +247,15 @@ export class RuntimeState {
   }
 }
 
-function toBackend(added: z.infer<typeof addedSchema>, where: string): BackendConfig {
-  const backend = parseBackend(added.address, where);
-  return {
-    ...backend,
-    name: checkName(added.name, where),
-    weight: added.weight,
-    backup: added.backup,
-    maxconn: added.maxconn,
-  };
+/** The name a spec gives its backend. */
+function nameOf(spec: string): string {
+  return parseBackend(spec, 'state').name;
+}
+
+/**
+ * Whether a backend named `backend` is what `name` deletes: that very backend, or, for a name
+ * DNS expands (`db.internal:5432`), every backend found under it (`db.internal:5432@10.0.0.1`).
+ */
+export function isNamed(backend: string, name: string): boolean {
+  return backend === name || backend.startsWith(`${name}@`);
 }

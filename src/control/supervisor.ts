@@ -7,21 +7,33 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { extname } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { BackendConfig, Config, Endpoint, FrontendConfig, ListenEndpoint } from '../config.ts';
-import { ConfigError, parseBackend, resolveBackend } from '../config.ts';
-import type { ListenFailure } from '../data/frontend.ts';
-import type { ControlMessage, WorkerInit, WorkerMessage } from '../data/worker.ts';
+import { parseBackend } from '../config/backend.ts';
+import { ConfigError } from '../config/parse.ts';
+import type {
+  BackendConfig,
+  Config,
+  Endpoint,
+  FrontendConfig,
+  ListenEndpoint,
+} from '../config/types.ts';
 import type { Logger } from '../log.ts';
-import { addFrontendFields, summarize, sumSlots } from '../stats/counters.ts';
+import { addFrontendFields, summarize, sumSlots } from '../shared/counters.ts';
+import type {
+  ControlMessage,
+  LatencyAnswer,
+  ListenFailure,
+  WorkerInit,
+  WorkerMessage,
+} from '../shared/messages.ts';
 import { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
-import type { BackendRef, LatencyAnswer } from '../stats/view.ts';
+import type { BackendRef } from '../stats/view.ts';
 import { StatsView } from '../stats/view.ts';
 import { Discovery } from './discovery.ts';
 import { HealthChecker } from './health.ts';
 import type { AdminChoice, Member, PoolChanges } from './pool.ts';
 import { Pool } from './pool.ts';
-import { RuntimeState } from './state.ts';
+import { isNamed, RuntimeState } from './state.ts';
 import type { ActivatedSocket } from './systemd.ts';
 import { ActivationError, notify, takeActivatedSockets } from './systemd.ts';
 
@@ -129,7 +141,7 @@ export class Supervisor {
       collectLatency: () => this.collectLatency(),
       reload: () => this.reload('stats socket'),
       addBackend: (frontend, spec) => this.addBackend(frontend, spec),
-      delBackend: (ref, now) => this.delBackend(ref, now),
+      delBackend: (frontend, backend, now) => this.delBackend(frontend, backend, now),
       setAdmin: (ref, admin) => this.setAdmin(ref, admin),
       setWeight: (ref, weight) => this.setWeight(ref, weight),
       showState: () => this.state.toJSON(),
@@ -392,45 +404,65 @@ export class Supervisor {
     }
   }
 
-  /** `add backend FRONTEND SPEC`: joins at once in every worker, and is kept in the state. */
+  /**
+   * `add backend FRONTEND SPEC`: kept in the runtime state and brought in by the same path as a
+   * configured backend (a hostname expands to its addresses and follows DNS, srv+NAME its SRV
+   * targets), joining at once in every worker. A name that does not resolve changes nothing.
+   */
   addBackend(frontendName: string, spec: string): Promise<ReloadResult> {
     return this.serially(async () => {
       if (this.stopping) return { ok: false, message: 'stopping' };
       const pool = this.pools.find((p) => p.name === frontendName);
       if (pool === undefined) return { ok: false, message: `no frontend "${frontendName}"` };
       let backend: BackendConfig;
+      let found: BackendConfig[];
       try {
-        backend = await resolveBackend(parseBackend(spec, 'add backend'), 'add backend');
+        backend = parseBackend(spec, 'add backend');
+        found = await this.discovery.expandBackend(backend, 'add backend', true);
       } catch (err) {
         if (err instanceof ConfigError) return { ok: false, message: err.message };
         throw err;
       }
       for (const member of pool.members()) {
         if (member.leaving) continue;
-        const same = member.config.host === backend.host && member.config.port === backend.port;
-        if (same || member.config.name === backend.name) {
+        const same = found.find(
+          (b) => b.host === member.config.host && b.port === member.config.port,
+        );
+        if (same !== undefined) {
           return {
             ok: false,
-            message: `${same ? backend.text : `name ${backend.name}`} is already in frontend ${pool.name} (as ${member.config.name})`,
+            message: `${same === backend ? backend.text : `${same.host}:${same.port}`} is already in frontend ${pool.name} (as ${member.config.name})`,
           };
         }
       }
-      let member: Member;
+      const configured = this.state.apply(this.loaded).frontends.find((f) => f.name === pool.name);
+      if (configured?.backends.some((b) => b.name === backend.name) || pool.find(backend.name)) {
+        return {
+          ok: false,
+          message: `name ${backend.name} is already in frontend ${pool.name}`,
+        };
+      }
+      this.state.added(pool.name, backend);
+      let changes: PoolChanges;
       try {
-        member = pool.add(backend);
+        const next = await this.effective(this.loaded, false);
+        const frontend = next.frontends.find((f) => f.name === pool.name) ?? pool.config;
+        changes = pool.reconfigure({ ...pool.config, backends: frontend.backends });
       } catch (err) {
+        this.state.deleted(pool.name, backend.name);
         return { ok: false, message: (err as Error).message };
       }
-      member.admin = 'enabled';
+      this.applyAdminState(pool);
       await this.publish();
-      this.state.added(pool.name, backend);
       await this.state.save();
+      // A name it brought in is followed from now on, like a configured one.
+      this.scheduleResolve();
       this.log.info(
         {
           frontend: pool.name,
           backend: backend.name,
           address: backend.text,
-          weight: backend.weight,
+          joined: changes.added,
         },
         'backend added',
       );
@@ -444,37 +476,57 @@ export class Supervisor {
     });
   }
 
-  /** `del backend FRONTEND/BACKEND [now]`: no new connection at once; leaves when its last one
-   *  ends (`now`: resets them). */
-  delBackend(ref: BackendRef, now: boolean): Promise<ReloadResult> {
+  /**
+   * `del backend FRONTEND/BACKEND [now]`: no new connection at once; leaves when its last one
+   * ends (`now`: resets them). A name DNS expanded deletes every backend found under it.
+   */
+  delBackend(frontendName: string, name: string, now: boolean): Promise<ReloadResult> {
     return this.serially(async () => {
-      const { pool, member } = ref;
-      if (member.leaving) return { ok: false, message: `${ref.name} is already leaving` };
-      pool.remove(member);
+      const pool = this.pools.find((p) => p.name === frontendName);
+      if (pool === undefined) return { ok: false, message: `no frontend "${frontendName}"` };
+      const ref = `${pool.name}/${name}`;
+      const members = pool.members().filter((m) => !m.leaving && isNamed(m.config.name, name));
+      if (members.length === 0) {
+        const leaving = pool.members().some((m) => isNamed(m.config.name, name));
+        return {
+          ok: false,
+          message: leaving
+            ? `${ref} is already leaving`
+            : `no backend "${name}" in frontend "${pool.name}"`,
+        };
+      }
+      for (const member of members) pool.remove(member);
       await this.publish();
       let killed = 0;
       if (now) {
-        const id = this.nextRequestId++;
-        const answers = await this.request(id, {
-          type: 'kill',
-          id,
-          frontend: pool.name,
-          slot: member.index,
-        });
-        for (const answer of answers) if (answer.type === 'killed') killed += answer.count;
+        for (const member of members) {
+          const id = this.nextRequestId++;
+          const answers = await this.request(id, {
+            type: 'kill',
+            id,
+            frontend: pool.name,
+            slot: member.index,
+          });
+          for (const answer of answers) if (answer.type === 'killed') killed += answer.count;
+        }
       }
-      this.state.deleted(pool.name, member.config.name);
+      this.state.deleted(pool.name, name);
       await this.state.save();
-      const live = Atomics.load(pool.table.active, member.index);
+      const live = members.reduce((n, m) => n + Atomics.load(pool.table.active, m.index), 0);
       this.log.info(
-        { frontend: pool.name, backend: member.config.name, live, killed },
+        {
+          frontend: pool.name,
+          backend: name,
+          removed: members.map((m) => m.config.name),
+          live,
+          killed,
+        },
         'backend deleted',
       );
-      if (now) return { ok: true, message: `${ref.name} deleted (${killed} connections reset)` };
+      if (now) return { ok: true, message: `${ref} deleted (${killed} connections reset)` };
       return {
         ok: true,
-        message:
-          live > 0 ? `${ref.name} draining (${live} live), then deleted` : `${ref.name} deleted`,
+        message: live > 0 ? `${ref} draining (${live} live), then deleted` : `${ref} deleted`,
       };
     });
   }

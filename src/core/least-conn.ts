@@ -4,8 +4,8 @@
 // Invariant: no allocation, no division; ties are broken from a start that rotates on every
 // pick, so that at low load (all counts equal) connections still spread over every backend.
 
+import type { BackendTable } from '../shared/table.ts';
 import type { Scheduler } from './scheduler.ts';
-import type { BackendTable } from './table.ts';
 import { isAvoided, isPickable, pickTiered } from './table.ts';
 
 export class LeastConnections implements Scheduler {

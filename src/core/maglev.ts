@@ -8,11 +8,12 @@
 // client (down, disabled, full, already tried) sends it on through a fixed sequence of other
 // entries, so clients of healthy backends never move when another fails.
 
+import type { BackendTable } from '../shared/table.ts';
+import { BACKUP } from '../shared/table.ts';
 import { mix } from './hash.ts';
 import { LeastConnections } from './least-conn.ts';
 import type { Scheduler } from './scheduler.ts';
-import type { BackendTable } from './table.ts';
-import { BACKUP, isAvoided, isPickable } from './table.ts';
+import { isAvoided, isPickable } from './table.ts';
 
 /** Entries in the lookup table: a prime, as the paper requires, about 256 per backend at 256. */
 export const MAGLEV_SIZE = 65537;

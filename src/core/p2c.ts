@@ -2,9 +2,9 @@
 // random and take the one with fewer active connections per unit of weight. Invariant: no
 // allocation; O(1) draws when most backends are pickable, a scan only when few are.
 
+import type { BackendTable } from '../shared/table.ts';
 import { Random } from './random.ts';
 import type { Scheduler } from './scheduler.ts';
-import type { BackendTable } from './table.ts';
 import { isAvoided, isPickable, pickTiered } from './table.ts';
 
 /** Random draws before falling back to a scan for a pickable backend. */

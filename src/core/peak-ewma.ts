@@ -6,10 +6,10 @@
 // scheduler (LatencyState) so they survive a rebuild; a backend with no sample yet is compared on
 // load alone, so a new backend is neither flooded nor starved.
 
+import type { BackendTable } from '../shared/table.ts';
 import { candidate } from './p2c.ts';
 import { Random } from './random.ts';
 import type { Scheduler } from './scheduler.ts';
-import type { BackendTable } from './table.ts';
 import { pickTiered } from './table.ts';
 
 /**

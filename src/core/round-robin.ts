@@ -1,8 +1,8 @@
 // Round-robin: each pickable backend in turn, weights ignored (but weight 0 is never picked).
 // Invariant: no allocation; the cursor is per worker, so each worker rotates on its own.
 
+import type { BackendTable } from '../shared/table.ts';
 import type { Scheduler } from './scheduler.ts';
-import type { BackendTable } from './table.ts';
 import { isAvoided, isPickable, pickTiered } from './table.ts';
 
 export class RoundRobin implements Scheduler {

@@ -2,13 +2,13 @@
 // Invariant: pick() allocates nothing, throws nothing and returns a backend index or -1;
 // every acquire(i) is matched by exactly one release(i), so active counts never go negative.
 
+import type { BackendTable } from '../shared/table.ts';
 import { LeastConnections } from './least-conn.ts';
 import { Maglev } from './maglev.ts';
 import { PowerOfTwoChoices } from './p2c.ts';
 import type { LatencyState } from './peak-ewma.ts';
 import { createLatencyState, PeakEwma } from './peak-ewma.ts';
 import { RoundRobin } from './round-robin.ts';
-import type { BackendTable } from './table.ts';
 import { WeightedRoundRobin } from './weighted-round-robin.ts';
 
 export interface Scheduler {

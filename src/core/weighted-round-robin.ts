@@ -1,8 +1,8 @@
 // Smooth weighted round-robin (nginx's algorithm): weights 5,1,1 give a a b a c a a, never a
 // burst of five a's. Invariant: no allocation; `current` is per worker and sized with the table.
 
+import type { BackendTable } from '../shared/table.ts';
 import type { Scheduler } from './scheduler.ts';
-import type { BackendTable } from './table.ts';
 import { isAvoided, isPickable, pickTiered } from './table.ts';
 
 export class WeightedRoundRobin implements Scheduler {

@@ -5,7 +5,7 @@
 // acquire() is released exactly once; a buffer is read into again only after its write finished.
 
 import net from 'node:net';
-import type { BackendConfig } from '../config.ts';
+import type { BackendConfig } from '../config/types.ts';
 import { acquire, release } from '../core/scheduler.ts';
 import { avoidBit } from '../core/table.ts';
 import type { Logger } from '../log.ts';
@@ -20,7 +20,7 @@ import {
   END_NAMES,
   LIVE,
   RETRIES,
-} from '../stats/counters.ts';
+} from '../shared/counters.ts';
 import { CONNECT, DURATION, FIRST_BYTE } from '../stats/latency.ts';
 import { giveLarge, giveSmall, LARGE_SIZE, SMALL_SIZE, takeLarge, takeSmall } from './buffers.ts';
 import type { Linked } from './clock.ts';

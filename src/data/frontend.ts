@@ -3,14 +3,12 @@
 // is one limit check, one Connection, one client socket and one pick; nothing is logged.
 
 import net from 'node:net';
-import type { BackendConfig, FrontendConfig, ListenEndpoint } from '../config.ts';
-import type { PoolUpdate } from '../control/pool.ts';
+import type { BackendConfig, FrontendConfig, ListenEndpoint } from '../config/types.ts';
 import { fnv1a } from '../core/hash.ts';
 import { createLatencyState } from '../core/peak-ewma.ts';
 import type { Scheduler, SchedulerContext } from '../core/scheduler.ts';
 import { createScheduler } from '../core/scheduler.ts';
-import type { BackendTable, SharedTable } from '../core/table.ts';
-import { anyFull, MAX_BACKENDS, openTable } from '../core/table.ts';
+import { anyFull } from '../core/table.ts';
 import type { Logger } from '../log.ts';
 import {
   ACCEPTED,
@@ -19,7 +17,16 @@ import {
   LIVE,
   openSlot,
   QUEUED as QUEUED_GAUGE,
-} from '../stats/counters.ts';
+} from '../shared/counters.ts';
+import type {
+  ActivatedListener,
+  EncodedLatency,
+  ListenFailure,
+  PoolUpdate,
+} from '../shared/messages.ts';
+import { releaseSource } from '../shared/sources.ts';
+import type { BackendTable, SharedTable } from '../shared/table.ts';
+import { MAX_BACKENDS, openTable } from '../shared/table.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
 import { BUFFER_RELEASE_MS, LinkedList, now } from './clock.ts';
 import {
@@ -41,17 +48,10 @@ import {
   QUEUED,
   releaseIdleBuffers,
 } from './connection.ts';
-import { Guard, REFUSED, releaseSource, UNTRACKED } from './guard.ts';
+import { Guard, REFUSED, UNTRACKED } from './guard.ts';
 import type { TcpHandle } from './internals.ts';
 import { adoptHandle, hookAccept } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
-
-/** One frontend's timings from one worker: [metric][slot] = [whole run, last minute]. */
-export interface EncodedLatency {
-  /** The member in each slot (0: free), so timings of a slot's earlier occupant are not mixed in. */
-  readonly ids: number[];
-  readonly metrics: Array<Array<[string, string] | null>>;
-}
 
 /** Most clients one worker holds in a frontend's queue; beyond, they are refused at once. */
 export const QUEUE_LIMIT = 10_000;
@@ -64,26 +64,12 @@ export interface WorkerLimits {
   readonly backlog: number;
 }
 
-/** A socket systemd passed, as one worker holds it: its own descriptor. */
-export interface ActivatedListener {
-  readonly text: string;
-  readonly fd: number;
-  readonly acceptProxy?: boolean;
-}
-
 function listenKey(endpoint: ListenEndpoint): string {
   return endpoint.acceptProxy ? `${endpoint.text},accept-proxy` : endpoint.text;
 }
 
 function activatedKey(socket: ActivatedListener): string {
   return `systemd ${socket.text}`;
-}
-
-/** A listener that could not be opened. */
-export interface ListenFailure {
-  readonly endpoint: string;
-  readonly code: string;
-  readonly message: string;
 }
 
 export class Frontend {

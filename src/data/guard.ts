@@ -7,28 +7,21 @@
 // neighbourhood of the table is full the client is let through untracked (fail open), counted.
 
 import net from 'node:net';
-import type { GuardConfig } from '../config.ts';
-import { parseCidr } from '../config.ts';
+import { parseCidr } from '../config/parse.ts';
+import type { GuardConfig } from '../config/types.ts';
 import { fnv1a } from '../core/hash.ts';
-import { END } from '../stats/counters.ts';
-
-/** Entries in the per-source table: a power of two. */
-export const SOURCE_SLOTS = 65536;
-/** Entries probed for one address before giving up (the client is then not tracked). */
-const PROBES = 16;
-/** Int32 fields per entry. */
-const KEY = 0;
-const LIVE = 1;
-const SECOND = 2;
-const COUNT = 3;
-const PREVIOUS = 4;
-const FIELDS = 5;
-
-export function allocateSources(): SharedArrayBuffer {
-  return new SharedArrayBuffer(SOURCE_SLOTS * FIELDS * 4);
-}
-
-export type { GuardConfig } from '../config.ts';
+import { END } from '../shared/counters.ts';
+import {
+  COUNT,
+  FIELDS,
+  KEY,
+  LIVE,
+  PREVIOUS,
+  PROBES,
+  releaseSource,
+  SECOND,
+  SOURCE_SLOTS,
+} from '../shared/sources.ts';
 
 /** admit() found no room to track the source: let through, not tracked. */
 export const UNTRACKED = -1;
@@ -151,9 +144,4 @@ function blockList(cidrs: readonly string[]): net.BlockList {
     list.addSubnet(address, prefix, type);
   }
   return list;
-}
-
-/** Gives back a live connection counted on `entry` of a per-source table. */
-export function releaseSource(table: Int32Array, entry: number): void {
-  if (entry >= 0) Atomics.sub(table, entry * FIELDS + LIVE, 1);
 }

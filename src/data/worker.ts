@@ -3,55 +3,22 @@
 // anything per connection; the main thread talks to it only to start, update, drain and cut.
 
 import { parentPort, workerData } from 'node:worker_threads';
-import type { LogFormat } from '../config.ts';
-import type { PoolUpdate } from '../control/pool.ts';
+import type { LogFormat } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { createAccessLogger } from '../log.ts';
-import { END, LIVE } from '../stats/counters.ts';
+import { END, LIVE } from '../shared/counters.ts';
+import type {
+  ActivatedListener,
+  ControlMessage,
+  LatencyAnswer,
+  ListenFailure,
+  PoolUpdate,
+  WorkerInit,
+  WorkerMessage,
+} from '../shared/messages.ts';
 import { SLOT_MS } from '../stats/latency.ts';
-import type { LatencyAnswer } from '../stats/view.ts';
 import { IDLE_SWEEP_TICKS, TICK_MS, updateNow } from './clock.ts';
-import type { ActivatedListener, ListenFailure } from './frontend.ts';
 import { Frontend } from './frontend.ts';
-
-export interface WorkerInit {
-  readonly index: number;
-  readonly pools: readonly PoolUpdate[];
-  /** Global live connections (Int32, Atomics), for maxConnections. */
-  readonly live: SharedArrayBuffer;
-  readonly maxConnections: number;
-  readonly backlog: number;
-  readonly accessLog: boolean;
-  readonly logFormat: LogFormat;
-  /** This worker's descriptors of the sockets systemd passed, by frontend name. */
-  readonly activated: Record<string, ActivatedListener[]>;
-}
-
-/** Messages from a worker to the main thread. */
-export type WorkerMessage =
-  | { type: 'ready'; hooked: boolean }
-  | { type: 'listen-error'; endpoint: string; code: string; message: string }
-  | { type: 'updated'; id: number; failures: ListenFailure[] }
-  | { type: 'killed'; id: number; count: number }
-  | { type: 'drained' }
-  | { type: 'latency'; id: number; latency: LatencyAnswer };
-
-/** A new state of every pool: frontends absent from `pools` are closed. */
-export interface UpdateMessage {
-  type: 'update';
-  id: number;
-  pools: PoolUpdate[];
-  maxConnections: number;
-  accessLog: boolean;
-}
-
-/** Messages from the main thread to a worker. */
-export type ControlMessage =
-  | { type: 'drain' }
-  | { type: 'cut' }
-  | { type: 'latency'; id: number }
-  | { type: 'kill'; id: number; frontend: string; slot: number }
-  | UpdateMessage;
 
 const init = workerData as WorkerInit;
 const port = parentPort;

@@ -2,12 +2,11 @@
 // never empty and never contains an empty line (the server ends each with one); an error answer
 // is one line starting with "error: ", and a refused or failed command changes nothing.
 
+import { BACKEND_GRAMMAR } from '../config/backend.ts';
+import type { StatsLevel } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import type { FrontendStat, LatencyStat, StatsView } from './view.ts';
 import { MAX_WEIGHT } from './view.ts';
-
-export type StatsLevel = 'read' | 'admin';
-export const STATS_LEVELS: readonly StatsLevel[] = ['read', 'admin'];
 
 const HELP = [
   'help                              this list',
@@ -19,8 +18,8 @@ const HELP = [
   'disable FRONTEND/BACKEND          admin: no new connections; live ones stay',
   'drain FRONTEND/BACKEND            admin: like disable, reported draining until its last connection ends',
   'set weight FRONTEND/BACKEND N     admin: weight 0..256',
-  'add backend FRONTEND HOST:PORT[,weight=N][,backup][,maxconn=N][,name=NAME]',
-  '                                  admin: a new backend, in every worker at once',
+  `add backend FRONTEND ${BACKEND_GRAMMAR}`,
+  '                                  admin: a new backend, in every worker at once (a hostname follows DNS)',
   'del backend FRONTEND/BACKEND [now] admin: no new connections; leaves after its last (now: resets them)',
   'reset counters                    admin: zero the cumulative counters',
   'reload                            admin: re-read the config file, as SIGHUP does',
@@ -112,9 +111,7 @@ async function admin(
   const [verb, second, third, fourth] = words;
   if (verb === 'add') {
     if (second !== 'backend' || words.length !== 4) {
-      return error(
-        'usage: add backend FRONTEND HOST:PORT[,weight=N][,backup][,maxconn=N][,name=NAME]',
-      );
+      return error(`usage: add backend FRONTEND ${BACKEND_GRAMMAR}`);
     }
     log.info({ command: 'add backend', frontend: third, backend: fourth }, 'admin command');
     const outcome = await view.source.addBackend(third, fourth);
@@ -125,10 +122,14 @@ async function admin(
     if (second !== 'backend' || words.length !== (now ? 4 : 3)) {
       return error('usage: del backend FRONTEND/BACKEND [now]');
     }
-    const ref = view.find(third);
-    if (typeof ref === 'string') return error(ref);
-    log.info({ command: 'del backend', backend: ref.name, now }, 'admin command');
-    const outcome = await view.source.delBackend(ref, now);
+    const slash = third.indexOf('/');
+    if (slash < 0) return error(`"${printable(third)}" is not FRONTEND/BACKEND`);
+    log.info({ command: 'del backend', backend: third, now }, 'admin command');
+    const outcome = await view.source.delBackend(
+      third.slice(0, slash),
+      third.slice(slash + 1),
+      now,
+    );
     return outcome.ok ? ok(outcome.message) : error(outcome.message);
   }
   if (verb === 'reset') {

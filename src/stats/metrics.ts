@@ -5,9 +5,9 @@
 
 import http from 'node:http';
 import { Counter, Gauge, type Metric, Registry } from 'prom-client';
-import type { Endpoint } from '../config.ts';
+import type { Endpoint } from '../config/types.ts';
 import type { Logger } from '../log.ts';
-import { END_BASE, END_NAMES, RETRIES } from './counters.ts';
+import { END_BASE, END_NAMES, RETRIES } from '../shared/counters.ts';
 import type { MetricName, Percentiles } from './latency.ts';
 import type { BackendStat, FrontendStat, LatencyStat, StatsView } from './view.ts';
 
@@ -302,9 +302,9 @@ export class MetricsServer {
     series(
       'gauge',
       'fulcrum_backend_up',
-      '1 when the backend passes its health checks.',
+      '1 when the backend passes its health checks, whatever its admin state.',
       BACKEND,
-      perBackend((b) => (b.state === 'down' ? 0 : 1)),
+      perBackend((b) => (b.up ? 1 : 0)),
     );
     series(
       'gauge',

@@ -5,8 +5,8 @@
 
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
+import type { StatsLevel } from '../config/types.ts';
 import type { Logger } from '../log.ts';
-import type { StatsLevel } from './commands.ts';
 import { execute } from './commands.ts';
 import type { StatsView } from './view.ts';
 

@@ -4,9 +4,6 @@
 
 import type { AdminChoice, Member, Pool } from '../control/pool.ts';
 import type { StateFile } from '../control/state.ts';
-import type { BackendTable } from '../core/table.ts';
-import { DRAINING, ENABLED, MAX_WEIGHT, UP } from '../core/table.ts';
-import type { EncodedLatency } from '../data/frontend.ts';
 import {
   ACCEPTED,
   addFrontendFields,
@@ -22,14 +19,14 @@ import {
   RETRIES,
   resetCounters,
   sumSlots,
-} from './counters.ts';
+} from '../shared/counters.ts';
+import type { EncodedLatency, LatencyAnswer } from '../shared/messages.ts';
+import type { BackendTable } from '../shared/table.ts';
+import { DRAINING, ENABLED, MAX_WEIGHT, UP } from '../shared/table.ts';
 import type { MetricName, Percentiles } from './latency.ts';
 import { decode, METRIC_NAMES, newHistogram, percentiles } from './latency.ts';
 
 export type BackendState = 'up' | 'down' | 'disabled' | 'draining';
-
-/** One worker's encoded histograms, by frontend name. */
-export type LatencyAnswer = Record<string, EncodedLatency>;
 
 export type LatencyStat = { name: string } & Record<
   MetricName,
@@ -40,6 +37,8 @@ export interface BackendStat {
   name: string;
   address: string;
   state: BackendState;
+  /** Passes its health checks (or has none), whatever an operator set. */
+  up: boolean;
   weight: number;
   active: number;
   total: number;
@@ -80,7 +79,7 @@ export interface ViewSource {
   /** Re-reads the config, as SIGHUP does. */
   reload(): Promise<Outcome>;
   addBackend(frontend: string, spec: string): Promise<Outcome>;
-  delBackend(ref: BackendRef, now: boolean): Promise<Outcome>;
+  delBackend(frontend: string, backend: string, now: boolean): Promise<Outcome>;
   setAdmin(ref: BackendRef, admin: AdminChoice): Promise<void>;
   setWeight(ref: BackendRef, weight: number): Promise<void>;
   /** What the state file holds (or would hold, without --state-file). */
@@ -190,6 +189,7 @@ export class StatsView {
               name: member.config.name,
               address: `${host.includes(':') ? `[${host}]` : host}:${port}`,
               state: StatsView.state(pool.table, member.index),
+              up: (Atomics.load(pool.table.state, member.index) & UP) !== 0,
               weight: member.config.weight,
               active: Atomics.load(pool.table.active, member.index),
               total: sums[o + B_CONNECTIONS],

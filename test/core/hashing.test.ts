@@ -11,7 +11,7 @@ import { PowerOfTwoChoices } from '../../src/core/p2c.ts';
 import { createLatencyState, PeakEwma } from '../../src/core/peak-ewma.ts';
 import { Random } from '../../src/core/random.ts';
 import { acquire, release } from '../../src/core/scheduler.ts';
-import { createTable, UP } from '../../src/core/table.ts';
+import { createTable, UP } from '../../src/shared/table.ts';
 
 t.test('p2c: 100k picks spread evenly over equal backends', async (t) => {
   const table = createTable([1, 1, 1, 1]);

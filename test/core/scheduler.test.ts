@@ -4,7 +4,8 @@
 import t from 'tap';
 import type { Algorithm } from '../../src/core/scheduler.ts';
 import { ALGORITHMS, acquire, createScheduler, release } from '../../src/core/scheduler.ts';
-import { avoidBit, createTable, DRAINING, ENABLED, UP } from '../../src/core/table.ts';
+import { avoidBit } from '../../src/core/table.ts';
+import { createTable, DRAINING, ENABLED, UP } from '../../src/shared/table.ts';
 
 /** Client keys spread over the hash space, for Maglev. */
 function spread(k: number): number {

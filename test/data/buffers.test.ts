@@ -7,7 +7,7 @@ import type net from 'node:net';
 import t from 'tap';
 import { largeBuffersInUse } from '../../src/data/buffers.ts';
 import { BUFFER_RELEASE_MS, updateNow } from '../../src/data/clock.ts';
-import { startLocalFrontend } from '../../src/data/local.ts';
+import { startLocalFrontend } from '../../src/local.ts';
 import { connect, startBackend } from '../helpers.ts';
 
 const CONNECTIONS = 100;
@@ -44,11 +44,14 @@ t.test('quiet connections give their large buffers back; data stays exact', asyn
     socket.write(bursts[0]);
     socket.on('data', () => socket.write(bursts[1]));
   });
-  const frontend = await startLocalFrontend({
-    listen: ['127.0.0.1:0'],
-    backend: [backend.address],
-    retries: '0',
-  });
+  const frontend = await startLocalFrontend([
+    '--listen',
+    '127.0.0.1:0',
+    '--backend',
+    backend.address,
+    '--retries',
+    '0',
+  ]);
   t.ok(frontend.hooked, 'the accept hook is in use, so both sides read through onread');
   const port = ([...frontend.servers.values()][0].address() as net.AddressInfo).port;
   const sockets: net.Socket[] = [];

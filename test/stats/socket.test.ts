@@ -70,6 +70,7 @@ t.test('mode 0600; stats --json has the documented shape and live counts', async
   for (const b of frontend.backends) {
     t.match(b, {
       state: 'up',
+      up: true,
       weight: 1,
       active: 0,
       failures: 0,

@@ -1,15 +1,15 @@
 // One frontend run in the calling thread, without worker threads or a control plane: for tests and
 // benchmarks that need to look inside the data plane (its buffer pool, its sweeps) while it runs.
+// It sits above control/ and data/ because it builds a pool (control) and runs it (data).
 
-import type { RunFlags } from '../config.ts';
-import { configFromFlags } from '../config.ts';
-import { Pool } from '../control/pool.ts';
-import { updateNow } from './clock.ts';
-import { Frontend } from './frontend.ts';
+import { loaderFromArgs } from './config/flags.ts';
+import { Pool } from './control/pool.ts';
+import { updateNow } from './data/clock.ts';
+import { Frontend } from './data/frontend.ts';
 
-/** Builds the frontend the CLI would build from `flags`, in this thread, and opens its listeners. */
-export async function startLocalFrontend(flags: RunFlags): Promise<Frontend> {
-  const config = configFromFlags({ workers: '1', ...flags }).frontends[0];
+/** Builds the frontend the CLI would build from `args`, in this thread, and opens its listeners. */
+export async function startLocalFrontend(args: readonly string[]): Promise<Frontend> {
+  const config = (await loaderFromArgs(['--workers', '1', ...args])()).frontends[0];
   updateNow();
   const pool = new Pool(config, 1, true);
   const frontend = new Frontend(pool.update(), 0, {

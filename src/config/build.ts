@@ -1,0 +1,128 @@
+// Inputs (flags or the file, as written) -> one validated Config. Every setting's value is
+// parsed by its entry in the settings table and put where the table says; then what spans
+// settings is checked here: required values, unique names, listeners, and the limits.
+// Invariant: `fulcrum check`, a start and a reload all build through buildConfig, so what one
+// accepts the others accept; the result is plain data, never mutated afterwards.
+
+import { MAX_BACKENDS } from '../shared/table.ts';
+import { backendFromObject } from './backend.ts';
+import { ConfigError } from './parse.ts';
+import type { Scope, Setting } from './settings.ts';
+import { settingsOf } from './settings.ts';
+import type { BackendConfig, Config, FrontendConfig } from './types.ts';
+
+/** A value as written, and where: `--retries`, or `FILE: frontends[0].retries`. */
+export interface Input {
+  /** Text for a value, a boolean for a switch, items (texts, or backend objects) for a list. */
+  readonly value: string | boolean | readonly unknown[];
+  readonly where: string;
+  /** From the file: a list item's place is named with its index (`backends[2]`). */
+  readonly indexed: boolean;
+}
+
+/** The settings of one scope as written, by setting key. */
+export type Inputs = ReadonlyMap<string, Input>;
+
+function itemWhere(input: Input | undefined, setting: Setting, i: number): string {
+  if (input === undefined) return setting.flag ?? setting.file;
+  return input.indexed ? `${input.where}[${i}]` : input.where;
+}
+
+/** The value of `setting`: parsed from what was written, else its default. */
+function settingValue(setting: Setting, input: Input | undefined): unknown {
+  const parse = setting.parse ?? ((text: string) => text);
+  if (setting.kind === 'switch')
+    return input === undefined ? setting.default === true : input.value === true;
+  if (setting.kind === 'list') {
+    const items = input === undefined ? [] : (input.value as readonly unknown[]);
+    return items.map((item, i) => {
+      const where = itemWhere(input, setting, i);
+      // A backend may be an object in the file: `{ address, weight, ... }`.
+      if (typeof item === 'object' && item !== null) {
+        return backendFromObject(item as Record<string, unknown>, (key) => `${where}.${key}`);
+      }
+      return parse(String(item), where);
+    });
+  }
+  if (input !== undefined) return parse(String(input.value), input.where);
+  if (setting.default === undefined) return null;
+  return parse(String(setting.default), setting.flag ?? setting.file);
+}
+
+/** Every setting of `scope` parsed and put at its target path. */
+function buildScope(scope: Scope, inputs: Inputs): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const setting of settingsOf(scope)) {
+    const path = setting.target.split('.');
+    let at = out;
+    for (const key of path.slice(0, -1)) {
+      at[key] ??= {};
+      at = at[key] as Record<string, unknown>;
+    }
+    at[path[path.length - 1]] = settingValue(setting, inputs.get(setting.key));
+  }
+  return out;
+}
+
+/** Where a frontend-level check points: the key as written for this frontend. */
+function whereIn(inputs: Inputs, key: string, fallback: string): string {
+  return inputs.get(key)?.where ?? fallback;
+}
+
+export function buildFrontend(inputs: Inputs): FrontendConfig {
+  const frontend = buildScope('frontend', inputs) as unknown as FrontendConfig;
+  const backendsWhere = whereIn(inputs, 'backends', '--backend');
+  if (frontend.backends.length === 0) {
+    throw new ConfigError(backendsWhere, 'at least one is required');
+  }
+  if (frontend.backends.length > MAX_BACKENDS) {
+    throw new ConfigError(
+      backendsWhere,
+      `${frontend.backends.length} backends; a frontend has at most ${MAX_BACKENDS}`,
+    );
+  }
+  const names = new Set<string>();
+  frontend.backends.forEach((backend: BackendConfig, i) => {
+    if (names.has(backend.name)) {
+      const input = inputs.get('backends');
+      throw new ConfigError(
+        input?.indexed === true ? `${input.where}[${i}]` : backendsWhere,
+        `${backend.name} is given twice`,
+      );
+    }
+    names.add(backend.name);
+  });
+  return frontend;
+}
+
+/** Checks the process-wide settings and every frontend, and builds the Config. */
+export function buildConfig(top: Inputs, frontends: readonly Inputs[], where: string): Config {
+  const built = frontends.map(buildFrontend);
+  if (built.length === 0) throw new ConfigError(where, 'at least one frontend is required');
+  const names = new Set<string>();
+  const listens = new Map<string, string>();
+  built.forEach((frontend, i) => {
+    const inputs = frontends[i];
+    if (names.has(frontend.name)) {
+      throw new ConfigError(whereIn(inputs, 'name', 'name'), `"${frontend.name}" is used twice`);
+    }
+    names.add(frontend.name);
+    frontend.listen.forEach((endpoint, l) => {
+      // Port 0 picks a free port each time it is written, except twice in one frontend.
+      const key =
+        endpoint.port === 0
+          ? `${frontend.name} ${endpoint.text}`
+          : `${endpoint.host}:${endpoint.port}`;
+      const other = listens.get(key);
+      if (other !== undefined) {
+        const input = inputs.get('listen');
+        throw new ConfigError(
+          input?.indexed === true ? `${input.where}[${l}]` : '--listen',
+          `${endpoint.text} is already a listener of ${other}`,
+        );
+      }
+      listens.set(key, frontend.name);
+    });
+  });
+  return { ...(buildScope('process', top) as unknown as Config), frontends: built };
+}

@@ -1,0 +1,124 @@
+// The config as the rest of fulcrum reads it: plain data, cloned into every worker thread and
+// never mutated once built. Invariant: this file declares shapes and the closed lists of words a
+// setting may take; it imports no code (only a type), so anything may import it.
+
+import type { Algorithm } from '../core/scheduler.ts';
+
+export type { Algorithm };
+
+export interface Endpoint {
+  /** As the user wrote it, e.g. `[::1]:80`: used in names and messages. */
+  readonly text: string;
+  /** Host without brackets; for a backend, an IP address once resolved. */
+  readonly host: string;
+  readonly port: number;
+}
+
+/** PROXY protocol version to send to backends: 0 none, 1 (text) or 2 (binary). */
+export type ProxyVersion = 0 | 1 | 2;
+
+/** How a PROXY protocol version is written, by version number. */
+export const PROXY_VERSIONS = ['none', 'v1', 'v2'] as const;
+
+export interface BackendConfig extends Endpoint {
+  /** How the stats, logs and admin commands name this backend (default: the address as written). */
+  readonly name: string;
+  readonly weight: number;
+  readonly backup: boolean;
+  /** Most live connections at once; 0: no limit. */
+  readonly maxconn: number;
+  /** After it comes up or joins, its weight ramps from 5% to full over this long; 0: at once. */
+  readonly slowstartMs: number;
+  /** PROXY protocol header to send it; -1: as its frontend says. */
+  readonly sendProxy: -1 | ProxyVersion;
+  /** `host` is a DNS SRV name (written `srv+NAME`): its targets give hosts, ports and weights. */
+  readonly srv: boolean;
+}
+
+/** A listen address; `acceptProxy`: clients arrive behind a balancer that sends a PROXY header. */
+export interface ListenEndpoint extends Endpoint {
+  readonly acceptProxy: boolean;
+}
+
+export const HASH_KEYS = ['source-ip', 'source-ip-port'] as const;
+export type HashKey = (typeof HASH_KEYS)[number];
+
+export interface FrontendConfig {
+  readonly name: string;
+  readonly listen: readonly ListenEndpoint[];
+  /** PROXY protocol header sent to every backend that does not say otherwise. */
+  readonly sendProxy: ProxyVersion;
+  /** How long a client on an accept-proxy listener has to send its PROXY header. */
+  readonly proxyTimeoutMs: number;
+  readonly algorithm: Algorithm;
+  /** What Maglev hashes: the client's address, or its address and port. */
+  readonly hashKey: HashKey;
+  readonly backends: readonly BackendConfig[];
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  /** How long a client may wait for a backend with room when every one is at its maxconn. */
+  readonly queueTimeoutMs: number;
+  readonly retries: number;
+  readonly health: HealthConfig;
+  readonly guard: GuardConfig;
+}
+
+/** Who may connect, and how much, per frontend: checked before any backend is contacted. */
+export interface GuardConfig {
+  /** CIDRs; when any is given, a client must match one. */
+  readonly allow: readonly string[];
+  /** CIDRs; a client that matches one is refused (deny wins over allow). */
+  readonly deny: readonly string[];
+  /** Live connections per client address; 0: no limit. */
+  readonly maxConnsPerSource: number;
+  /** New connections per second per client address; 0: no limit. */
+  readonly connRatePerSource: number;
+}
+
+export interface HealthConfig {
+  /** Active TCP probes on; passive health (failed connects) counts either way. */
+  readonly enabled: boolean;
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  /** Consecutive successes that mark a down backend up. */
+  readonly rise: number;
+  /** Consecutive failures that mark an up backend down. */
+  readonly fall: number;
+}
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export const LOG_FORMATS = ['json', 'pretty'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
+export const STATS_LEVELS = ['read', 'admin'] as const;
+export type StatsLevel = (typeof STATS_LEVELS)[number];
+
+export interface StatsConfig {
+  /** Path of the stats socket; null: no socket. */
+  readonly socket: string | null;
+  readonly mode: number;
+  readonly level: StatsLevel;
+}
+
+export interface Config {
+  readonly workers: number;
+  /** 0 means no limit. */
+  readonly maxConnections: number;
+  readonly drainTimeoutMs: number;
+  readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+  /** One log line per finished connection, written by the workers. */
+  readonly accessLog: boolean;
+  readonly backlog: number;
+  readonly stats: StatsConfig;
+  /** Where /metrics is served (Prometheus text format); null: not served. */
+  readonly metrics: Endpoint | null;
+  /** Where runtime changes are kept across reloads and restarts; null: not kept. */
+  readonly stateFile: string | null;
+  /** Name servers (`HOST:PORT`) for hostname and SRV backends; empty: the system's. */
+  readonly resolvers: readonly string[];
+  /** How often hostname and SRV backends are resolved again (sooner if their TTL is shorter). */
+  readonly resolveIntervalMs: number;
+  readonly frontends: readonly FrontendConfig[];
+}

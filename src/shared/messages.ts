@@ -1,0 +1,88 @@
+// What crosses threads: the messages between the control plane and the data-plane workers, and
+// the shapes they carry (a pool as a worker receives it, encoded histograms, listener failures).
+// Invariant: a contract between threads, like HAProxy's *-t.h headers: plain data and shared
+// memory only, and it imports nothing of control/, data/ or stats/.
+
+import type { BackendConfig, FrontendConfig, LogFormat } from '../config/types.ts';
+import type { SharedCounters } from './counters.ts';
+import type { SharedTable } from './table.ts';
+
+/** What a worker needs of one slot. */
+export interface PoolMember {
+  readonly id: number;
+  readonly config: BackendConfig;
+}
+
+/** One frontend as it is sent to a worker: plain data and shared memory. */
+export interface PoolUpdate {
+  readonly config: FrontendConfig;
+  readonly table: SharedTable;
+  readonly counters: SharedCounters;
+  /** By slot; null for a free slot. Its length is the number of slots in use (the table size). */
+  readonly members: readonly (PoolMember | null)[];
+  /** The per-source table, once the frontend has a per-source limit (it is kept from then on). */
+  readonly sources: SharedArrayBuffer | null;
+}
+
+/** One frontend's timings from one worker: [metric][slot] = [whole run, last minute]. */
+export interface EncodedLatency {
+  /** The member in each slot (0: free), so timings of a slot's earlier occupant are not mixed in. */
+  readonly ids: number[];
+  readonly metrics: Array<Array<[string, string] | null>>;
+}
+
+/** A socket systemd passed, as one worker holds it: its own descriptor. */
+export interface ActivatedListener {
+  readonly text: string;
+  readonly fd: number;
+  readonly acceptProxy?: boolean;
+}
+
+/** A listener that could not be opened. */
+export interface ListenFailure {
+  readonly endpoint: string;
+  readonly code: string;
+  readonly message: string;
+}
+
+/** One worker's encoded histograms, by frontend name. */
+export type LatencyAnswer = Record<string, EncodedLatency>;
+
+export interface WorkerInit {
+  readonly index: number;
+  readonly pools: readonly PoolUpdate[];
+  /** Global live connections (Int32, Atomics), for maxConnections. */
+  readonly live: SharedArrayBuffer;
+  readonly maxConnections: number;
+  readonly backlog: number;
+  readonly accessLog: boolean;
+  readonly logFormat: LogFormat;
+  /** This worker's descriptors of the sockets systemd passed, by frontend name. */
+  readonly activated: Record<string, ActivatedListener[]>;
+}
+
+/** Messages from a worker to the main thread. */
+export type WorkerMessage =
+  | { type: 'ready'; hooked: boolean }
+  | { type: 'listen-error'; endpoint: string; code: string; message: string }
+  | { type: 'updated'; id: number; failures: ListenFailure[] }
+  | { type: 'killed'; id: number; count: number }
+  | { type: 'drained' }
+  | { type: 'latency'; id: number; latency: LatencyAnswer };
+
+/** A new state of every pool: frontends absent from `pools` are closed. */
+export interface UpdateMessage {
+  type: 'update';
+  id: number;
+  pools: PoolUpdate[];
+  maxConnections: number;
+  accessLog: boolean;
+}
+
+/** Messages from the main thread to a worker. */
+export type ControlMessage =
+  | { type: 'drain' }
+  | { type: 'cut' }
+  | { type: 'latency'; id: number }
+  | { type: 'kill'; id: number; frontend: string; slot: number }
+  | UpdateMessage;

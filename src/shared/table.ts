@@ -1,0 +1,98 @@
+// The backend table's layout: one pool's backends as a struct of typed arrays over
+// SharedArrayBuffers, shared by the control plane and every worker.
+// Invariant: its memory is sized once, when built (a change rebuilds the schedulers over a new
+// size); every field is an integer read by index, so a scheduler scans it without allocating.
+// `active` is shared by every worker (Atomics); `state` and `weight` are written only by the
+// control plane and read racily by workers, which is benign.
+
+/** Health: the backend answers (probes or passive health flip it). */
+export const UP = 1;
+/** Admin: an operator has not disabled it. */
+export const ENABLED = 2;
+/** Admin: takes no new connection; live ones run to their end. */
+export const DRAINING = 4;
+/** Used only when no normal backend can take a connection. */
+export const BACKUP = 8;
+
+/** The bits a backend must show, besides BACKUP, to be picked. */
+export const PICKABLE_MASK = UP | ENABLED | DRAINING | BACKUP;
+
+/** Largest weight a backend may carry; 0 means never picked. */
+export const MAX_WEIGHT = 256;
+
+/** Slots in a frontend's table: its most backends at once, leaving ones included. */
+export const MAX_BACKENDS = 256;
+
+export interface BackendTable {
+  readonly size: number;
+  /** Live connections per backend, all workers together. Atomics only. */
+  readonly active: Int32Array;
+  /** Configured weight, 0..MAX_WEIGHT. */
+  readonly weight: Int32Array;
+  /** Flag bits: UP | ENABLED | DRAINING | BACKUP. */
+  readonly state: Int32Array;
+  /** Most live connections the backend may have; 0 means no limit. */
+  readonly maxconn: Int32Array;
+}
+
+/** The shared memory behind a table, as it is sent to a worker thread. */
+export interface SharedTable {
+  readonly size: number;
+  readonly active: SharedArrayBuffer;
+  readonly weight: SharedArrayBuffer;
+  readonly state: SharedArrayBuffer;
+  readonly maxconn: SharedArrayBuffer;
+}
+
+/** Allocates shared memory for `size` backends, all up and enabled with weight 1. */
+export function allocateTable(size: number): SharedTable {
+  const shared: SharedTable = {
+    size,
+    active: new SharedArrayBuffer(size * 4),
+    weight: new SharedArrayBuffer(size * 4),
+    state: new SharedArrayBuffer(size * 4),
+    maxconn: new SharedArrayBuffer(size * 4),
+  };
+  const table = openTable(shared);
+  table.weight.fill(1);
+  table.state.fill(UP | ENABLED);
+  return shared;
+}
+
+/** Shared memory for a pool: each backend's weight and backup flag as configured, all up. */
+export function buildTable(backends: readonly { weight: number; backup: boolean }[]): SharedTable {
+  const shared = allocateTable(backends.length);
+  const table = openTable(shared);
+  for (let i = 0; i < backends.length; i++) {
+    table.weight[i] = backends[i].weight;
+    if (backends[i].backup) table.state[i] |= BACKUP;
+  }
+  return shared;
+}
+
+/**
+ * Views shared memory as a table; the same call works on the main thread and in a worker.
+ * `size` is how many slots a scheduler scans (the slots in use); by default, all of them.
+ */
+export function openTable(shared: SharedTable, size = shared.size): BackendTable {
+  return {
+    size,
+    active: new Int32Array(shared.active),
+    weight: new Int32Array(shared.weight),
+    state: new Int32Array(shared.state),
+    maxconn: new Int32Array(shared.maxconn),
+  };
+}
+
+/** A table in plain memory, for tests and benchmarks that need no threads. */
+export function createTable(
+  weights: readonly number[],
+  backup: readonly boolean[] = [],
+): BackendTable {
+  const table = openTable(allocateTable(weights.length));
+  for (let i = 0; i < weights.length; i++) {
+    table.weight[i] = weights[i];
+    if (backup[i] === true) table.state[i] |= BACKUP;
+  }
+  return table;
+}

@@ -1,0 +1,130 @@
+// The settings table is the one definition of every setting: each flag goes through the real
+// commander and lands where the table says, alone and next to --config (process-wide ones
+// override the file, frontend ones are refused); each file key lands at the same place; the
+// README's table is the generated one.
+
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { loadConfigFile } from '../../src/config/file.ts';
+import { loaderFromArgs } from '../../src/config/flags.ts';
+import { SETTINGS } from '../../src/config/settings.ts';
+import { README, withTable } from '../fixtures/readme-settings.ts';
+
+/** For every setting: a value that is not its default, and what it becomes in the Config. */
+const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
+  name: { text: 'web', value: 'web' },
+  listen: {
+    text: '127.0.0.1:7001,accept-proxy',
+    value: [{ text: '127.0.0.1:7001', host: '127.0.0.1', port: 7001, acceptProxy: true }],
+  },
+  backends: { text: '127.0.0.1:9001,weight=3', value: [{ name: '127.0.0.1:9001', weight: 3 }] },
+  algorithm: { text: 'maglev', value: 'maglev' },
+  hashKey: { text: 'source-ip-port', value: 'source-ip-port' },
+  sendProxy: { text: 'v2', value: 2 },
+  proxyTimeout: { text: '2s', value: 2000 },
+  connectTimeout: { text: '750ms', value: 750 },
+  idleTimeout: { text: '1m', value: 60_000 },
+  queueTimeout: { text: '9s', value: 9000 },
+  retries: { text: '5', value: 5 },
+  allow: { text: '127.0.0.0/8', value: ['127.0.0.0/8'] },
+  deny: { text: '10.0.0.0/8', value: ['10.0.0.0/8'] },
+  maxConnsPerSource: { text: '12', value: 12 },
+  connRatePerSource: { text: '30/s', value: 30 },
+  healthCheck: { text: false, value: false },
+  healthInterval: { text: '700ms', value: 700 },
+  healthTimeout: { text: '300ms', value: 300 },
+  rise: { text: '4', value: 4 },
+  fall: { text: '6', value: 6 },
+  workers: { text: '3', value: 3 },
+  maxConnections: { text: '1000', value: 1000 },
+  drainTimeout: { text: '12s', value: 12_000 },
+  backlog: { text: '128', value: 128 },
+  accessLog: { text: true, value: true },
+  logFormat: { text: 'pretty', value: 'pretty' },
+  logLevel: { text: 'warn', value: 'warn' },
+  statsSocket: { text: '/tmp/fulcrum-settings.sock', value: '/tmp/fulcrum-settings.sock' },
+  statsSocketMode: { text: '0660', value: 0o660 },
+  statsLevel: { text: 'read', value: 'read' },
+  metrics: { text: '127.0.0.1:9100', value: { host: '127.0.0.1', port: 9100 } },
+  resolvers: { text: '127.0.0.1:53', value: ['127.0.0.1:53'] },
+  resolveInterval: { text: '10s', value: 10_000 },
+  stateFile: { text: '/tmp/fulcrum-settings.json', value: '/tmp/fulcrum-settings.json' },
+};
+
+function at(object: unknown, path: string): unknown {
+  let value = object;
+  for (const key of path.split('.')) value = (value as Record<string, unknown>)[key];
+  return value;
+}
+
+function argv(key: string): string[] {
+  const setting = SETTINGS.find((s) => s.key === key);
+  const sample = SAMPLES[key];
+  if (setting?.flag == null) return [];
+  return typeof sample.text === 'boolean' ? [setting.flag] : [setting.flag, sample.text];
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'fulcrum-settings-'));
+const FILE = join(dir, 'base.yaml');
+writeFileSync(
+  FILE,
+  'workers: 1\nlog: { level: error }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n',
+);
+const MINIMAL = ['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:1'];
+
+t.test('every setting has a sample here: a new one must show where it lands', async (t) => {
+  t.same(SETTINGS.map((s) => s.key).sort(), Object.keys(SAMPLES).sort());
+});
+
+for (const setting of SETTINGS) {
+  if (setting.flag === null) continue;
+  t.test(`${setting.flag} through commander lands at ${setting.target}`, async (t) => {
+    const args = argv(setting.key);
+    // The sample replaces the minimal value of the same flag.
+    const base =
+      setting.key === 'listen'
+        ? ['--backend', '127.0.0.1:1']
+        : setting.key === 'backends'
+          ? ['--listen', '127.0.0.1:0']
+          : MINIMAL;
+    const config = await loaderFromArgs([...base, ...args])();
+    const scope = setting.scope === 'process' ? config : config.frontends[0];
+    t.match(at(scope, setting.target), SAMPLES[setting.key].value);
+
+    if (setting.scope === 'process') {
+      const file = await loaderFromArgs(['--config', FILE, ...args])();
+      t.match(at(file, setting.target), SAMPLES[setting.key].value, 'next to --config: it wins');
+    } else {
+      t.throws(() => loaderFromArgs(['--config', FILE, ...args]), {
+        message: `${setting.flag}: cannot be used with --config (set it in the file, per frontend)`,
+      });
+    }
+  });
+}
+
+t.test('every file key lands where its flag does', async (t) => {
+  const top: Record<string, unknown> = {};
+  const frontend: Record<string, unknown> = {};
+  for (const setting of SETTINGS) {
+    const sample = SAMPLES[setting.key].text;
+    const [first, second] = setting.file.split('.');
+    const into = setting.scope === 'process' ? top : frontend;
+    const value = setting.kind === 'list' ? [sample] : sample;
+    if (second === undefined) into[first] = value;
+    else into[first] = { ...(into[first] as object), [second]: value };
+  }
+  const path = join(dir, 'every.json');
+  writeFileSync(path, JSON.stringify({ ...top, frontends: [frontend] }));
+  const config = await loadConfigFile(path);
+  for (const setting of SETTINGS) {
+    const scope = setting.scope === 'process' ? config : config.frontends[0];
+    t.match(at(scope, setting.target), SAMPLES[setting.key].value, setting.file);
+  }
+});
+
+t.test('the README table is the one the settings table makes (npm run docs)', async (t) => {
+  const readme = readFileSync(README, 'utf8');
+  t.equal(readme, withTable(readme));
+});
