@@ -13,6 +13,7 @@ import type { BackendConfig, Config, FrontendConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { createLogger } from '../log.ts';
 import { MAX_WEIGHT } from '../shared/table.ts';
+import type { RuntimeState } from './state.ts';
 
 /** What a name resolved to: addresses (with the port, weight and tier SRV gives). */
 interface Target {
@@ -52,6 +53,15 @@ export class Discovery {
       this.resolver = new dns.Resolver({ timeout: 2000, tries: 2 });
       this.resolver.setServers([...servers]);
     }
+  }
+
+  /**
+   * The config in force for a loaded one: what operators added (before DNS, so an added hostname
+   * expands like any other), then DNS, then what they deleted and the weights they set (which
+   * may name backends DNS found). The one path for start, reload, refresh and `add backend`.
+   */
+  async resolve(loaded: Config, state: RuntimeState, strict: boolean): Promise<Config> {
+    return state.settle(await this.expand(state.apply(loaded), strict));
   }
 
   /** True when a config has anything to resolve. */

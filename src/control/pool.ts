@@ -21,6 +21,7 @@ import {
   openTable,
   UP,
 } from '../shared/table.ts';
+import type { AdminChoice } from '../stats/commands.ts';
 
 /** A backend in a slot of a pool. Main-thread bookkeeping; workers see only `PoolMember`. */
 export interface Member {
@@ -42,7 +43,7 @@ export interface Member {
   rampStart: number | null;
 }
 
-export type AdminChoice = 'enabled' | 'disabled' | 'draining';
+export type { AdminChoice };
 
 /** What a reconfigure changed, by backend name, for the log. */
 export interface PoolChanges {

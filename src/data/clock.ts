@@ -26,37 +26,3 @@ export function updateNow(): number {
   clockCell[0] = now;
   return now;
 }
-
-/** An element of an intrusive list: a connection links itself, so no node is allocated. */
-export interface Linked<T> {
-  prev: T | null;
-  next: T | null;
-  /** The list it is in, or null. */
-  list: object | null;
-}
-
-/** Doubly linked intrusive list: O(1) add and remove, walked by the timer sweep. */
-export class LinkedList<T extends Linked<T>> {
-  head: T | null = null;
-  size = 0;
-
-  add(item: T): void {
-    item.list = this;
-    item.prev = null;
-    item.next = this.head;
-    if (this.head !== null) this.head.prev = item;
-    this.head = item;
-    this.size++;
-  }
-
-  remove(item: T): void {
-    if (item.list !== this) return;
-    if (item.prev !== null) item.prev.next = item.next;
-    else this.head = item.next;
-    if (item.next !== null) item.next.prev = item.prev;
-    item.prev = null;
-    item.next = null;
-    item.list = null;
-    this.size--;
-  }
-}

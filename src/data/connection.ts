@@ -5,7 +5,8 @@
 // acquire() is released exactly once; a buffer is read into again only after its write finished.
 
 import net from 'node:net';
-import type { BackendConfig } from '../config/types.ts';
+import type { BackendConfig, FrontendConfig } from '../config/types.ts';
+import type { Scheduler } from '../core/scheduler.ts';
 import { acquire, release } from '../core/scheduler.ts';
 import { avoidBit } from '../core/table.ts';
 import type { Logger } from '../log.ts';
@@ -21,14 +22,15 @@ import {
   LIVE,
   RETRIES,
 } from '../shared/counters.ts';
+import type { BackendTable } from '../shared/table.ts';
+import type { LatencyRecorder } from '../stats/latency.ts';
 import { CONNECT, DURATION, FIRST_BYTE } from '../stats/latency.ts';
 import { giveLarge, giveSmall, LARGE_SIZE, SMALL_SIZE, takeLarge, takeSmall } from './buffers.ts';
-import type { Linked } from './clock.ts';
 import { now } from './clock.ts';
-import type { Frontend } from './frontend.ts';
 import { repointReadBuffer } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import { buildV1, buildV2, parseProxyHeader } from './proxy-protocol.ts';
+import type { Linked, LinkedList } from './queue.ts';
 
 /**
  * Node emits 'drain' only after a write() that reached the high-water mark. A relay stops reading
@@ -54,8 +56,36 @@ export class BackendSocket extends net.Socket {
   conn: Connection | null = null;
 }
 
+/**
+ * What a connection sees of its frontend (data/frontend.ts): settings, the table and scheduler
+ * it picks with, counters and timings it writes, the lists it sits in, and the steps only the
+ * frontend can take (queueing, admitting a PROXY header's client, the end of a connection).
+ */
+export interface ConnectionFrontend {
+  readonly config: FrontendConfig;
+  readonly table: BackendTable;
+  readonly scheduler: Scheduler;
+  /** This worker's counter slot for the frontend. */
+  readonly slot: Float64Array;
+  /** Timings by metric, then table slot. */
+  readonly latency: readonly (readonly LatencyRecorder[])[];
+  /** By table slot: where each backend is. */
+  readonly backends: readonly (BackendConfig | null)[];
+  readonly connecting: LinkedList<Connection>;
+  readonly established: LinkedList<Connection>;
+  /** null: no access log (no cost). */
+  readonly accessLog: Logger | null;
+  /** Waits for a backend with room; false when waiting would not help. */
+  enqueue(conn: Connection): boolean;
+  /** Leaves the queue (the client closed while waiting). */
+  unqueue(conn: Connection): void;
+  afterProxyHeader(conn: Connection, addresses: ProxyAddresses | null): void;
+  /** The connection has finished: give back what the frontend counted for it. */
+  onFinish(conn: Connection): void;
+}
+
 export class Connection implements Linked<Connection> {
-  readonly frontend: Frontend;
+  readonly frontend: ConnectionFrontend;
   /** Set right after construction, by the accept path. */
   client!: ClientSocket;
   backend: BackendSocket | null = null;
@@ -109,7 +139,7 @@ export class Connection implements Linked<Connection> {
   next: Connection | null = null;
   list: object | null = null;
 
-  constructor(frontend: Frontend) {
+  constructor(frontend: ConnectionFrontend) {
     this.frontend = frontend;
     this.clientSmall = takeSmall();
     this.backendSmall = takeSmall();

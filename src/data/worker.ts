@@ -3,12 +3,10 @@
 // anything per connection; the main thread talks to it only to start, update, drain and cut.
 
 import { parentPort, workerData } from 'node:worker_threads';
-import type { LogFormat } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { createAccessLogger } from '../log.ts';
 import { END, LIVE } from '../shared/counters.ts';
 import type {
-  ActivatedListener,
   ControlMessage,
   LatencyAnswer,
   ListenFailure,

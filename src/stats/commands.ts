@@ -5,8 +5,8 @@
 import { BACKEND_GRAMMAR } from '../config/backend.ts';
 import type { StatsLevel } from '../config/types.ts';
 import type { Logger } from '../log.ts';
+import { MAX_WEIGHT } from '../shared/table.ts';
 import type { FrontendStat, LatencyStat, StatsView } from './view.ts';
-import { MAX_WEIGHT } from './view.ts';
 
 const HELP = [
   'help                              this list',
@@ -26,6 +26,32 @@ const HELP = [
   'quit                              close this connection',
 ].join('\n');
 
+/** The answer to a change: done (with what was done), or why not. */
+export interface Outcome {
+  ok: boolean;
+  message: string;
+}
+
+/** What the admin commands act through; the view itself is read-only. */
+export interface AdminInterface {
+  /** Re-reads the config, as SIGHUP does. */
+  reload(): Promise<Outcome>;
+  addBackend(frontend: string, spec: string): Promise<Outcome>;
+  delBackend(frontend: string, backend: string, now: boolean): Promise<Outcome>;
+  setAdmin(ref: string, admin: AdminChoice): Promise<Outcome>;
+  setWeight(ref: string, weight: number): Promise<Outcome>;
+  resetCounters(): Outcome;
+  /** What the state file holds (or would hold, without --state-file). */
+  showState(): unknown;
+}
+
+/** An operator's admin state for a backend. */
+export type AdminChoice = 'enabled' | 'disabled' | 'draining';
+
+function answer(outcome: Outcome): Answer {
+  return outcome.ok ? ok(outcome.message) : error(outcome.message);
+}
+
 /** What the server should do after answering. */
 export interface Answer {
   text: string;
@@ -43,6 +69,7 @@ function ok(text: string): Answer {
 export async function execute(
   line: string,
   view: StatsView,
+  admin: AdminInterface,
   level: StatsLevel,
   version: string,
   log: Logger,
@@ -76,7 +103,7 @@ export async function execute(
         );
       }
       if (second === 'state' && words.length === 2) {
-        return ok(JSON.stringify(view.source.showState(), null, 2));
+        return ok(JSON.stringify(admin.showState(), null, 2));
       }
       return error('usage: show info [json] | show stat [json] | show latency [json] | show state');
     case 'enable':
@@ -86,23 +113,22 @@ export async function execute(
     case 'reset':
     case 'add':
     case 'del':
-      return admin(words, view, level, log);
+      return change(words, admin, level, log);
     case 'reload': {
       if (level !== 'admin')
         return error('"reload" needs the admin level; this socket is read-only');
       if (words.length !== 1) return error('usage: reload');
       log.info({ command: 'reload' }, 'admin command');
-      const result = await view.source.reload();
-      return result.ok ? ok(result.message) : error(result.message);
+      return answer(await admin.reload());
     }
     default:
       return error(`unknown command "${printable(verb ?? '')}" (try help)`);
   }
 }
 
-async function admin(
+async function change(
   words: string[],
-  view: StatsView,
+  admin: AdminInterface,
   level: StatsLevel,
   log: Logger,
 ): Promise<Answer> {
@@ -114,8 +140,7 @@ async function admin(
       return error(`usage: add backend FRONTEND ${BACKEND_GRAMMAR}`);
     }
     log.info({ command: 'add backend', frontend: third, backend: fourth }, 'admin command');
-    const outcome = await view.source.addBackend(third, fourth);
-    return outcome.ok ? ok(outcome.message) : error(outcome.message);
+    return answer(await admin.addBackend(third, fourth));
   }
   if (verb === 'del') {
     const now = words[3] === 'now';
@@ -125,40 +150,30 @@ async function admin(
     const slash = third.indexOf('/');
     if (slash < 0) return error(`"${printable(third)}" is not FRONTEND/BACKEND`);
     log.info({ command: 'del backend', backend: third, now }, 'admin command');
-    const outcome = await view.source.delBackend(
-      third.slice(0, slash),
-      third.slice(slash + 1),
-      now,
-    );
-    return outcome.ok ? ok(outcome.message) : error(outcome.message);
+    return answer(await admin.delBackend(third.slice(0, slash), third.slice(slash + 1), now));
   }
   if (verb === 'reset') {
     if (second !== 'counters' || words.length !== 2) return error('usage: reset counters');
-    view.resetCounters();
     log.info({ command: 'reset counters' }, 'admin command');
-    return ok('counters reset');
+    return answer(admin.resetCounters());
   }
   if (verb === 'set') {
     if (second !== 'weight' || words.length !== 4)
       return error('usage: set weight FRONTEND/BACKEND N');
-    const ref = view.find(third);
-    if (typeof ref === 'string') return error(ref);
     if (!/^\d+$/.test(fourth) || Number(fourth) > MAX_WEIGHT) {
       return error(`weight "${printable(fourth)}" is out of range (0..${MAX_WEIGHT})`);
     }
-    await view.source.setWeight(ref, Number(fourth));
-    log.info({ command: 'set weight', backend: ref.name, weight: Number(fourth) }, 'admin command');
-    return ok(`${ref.name} weight ${fourth}`);
+    log.info({ command: 'set weight', backend: third, weight: Number(fourth) }, 'admin command');
+    return answer(await admin.setWeight(third, Number(fourth)));
   }
   if (words.length !== 2) return error(`usage: ${verb} FRONTEND/BACKEND`);
-  const ref = view.find(second);
-  if (typeof ref === 'string') return error(ref);
-  await view.source.setAdmin(
-    ref,
-    verb === 'enable' ? 'enabled' : verb === 'disable' ? 'disabled' : 'draining',
+  log.info({ command: verb, backend: second }, 'admin command');
+  return answer(
+    await admin.setAdmin(
+      second,
+      verb === 'enable' ? 'enabled' : verb === 'disable' ? 'disabled' : 'draining',
+    ),
   );
-  log.info({ command: verb, backend: ref.name }, 'admin command');
-  return ok(`${ref.name} ${verb === 'drain' ? 'draining' : `${verb}d`}`);
 }
 
 /** A word as it may be echoed in an error: printable ASCII, and not too long. */

@@ -7,6 +7,7 @@ import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { StatsLevel } from '../config/types.ts';
 import type { Logger } from '../log.ts';
+import type { AdminInterface } from './commands.ts';
 import { execute } from './commands.ts';
 import type { StatsView } from './view.ts';
 
@@ -38,13 +39,15 @@ export interface StatsSocketOptions {
 export class StatsServer {
   private readonly options: StatsSocketOptions;
   private readonly view: StatsView;
+  private readonly admin: AdminInterface;
   private readonly log: Logger;
   private readonly server: net.Server;
   private clients = 0;
 
-  constructor(options: StatsSocketOptions, view: StatsView, log: Logger) {
+  constructor(options: StatsSocketOptions, view: StatsView, admin: AdminInterface, log: Logger) {
     this.options = options;
     this.view = view;
+    this.admin = admin;
     this.log = log;
     this.server = net.createServer((socket) => this.serve(socket));
   }
@@ -111,6 +114,7 @@ export class StatsServer {
           const answer = await execute(
             line,
             this.view,
+            this.admin,
             this.options.level,
             this.options.version,
             this.log,

@@ -1,9 +1,8 @@
 // What the stats socket reports: a snapshot of the shared tables and counters, read on the main
-// thread when asked, and the admin changes it applies to the tables. Invariant: it allocates only
-// when asked (never on the data path), and every change it makes is a single store to a table.
+// thread when asked. Invariant: read-only (admin commands act through control/admin.ts), and it
+// allocates only when asked, never on the data path.
 
-import type { AdminChoice, Member, Pool } from '../control/pool.ts';
-import type { StateFile } from '../control/state.ts';
+import type { Pool } from '../control/pool.ts';
 import {
   ACCEPTED,
   addFrontendFields,
@@ -17,12 +16,11 @@ import {
   LIVE,
   QUEUED,
   RETRIES,
-  resetCounters,
   sumSlots,
 } from '../shared/counters.ts';
-import type { EncodedLatency, LatencyAnswer } from '../shared/messages.ts';
+import type { LatencyAnswer } from '../shared/messages.ts';
 import type { BackendTable } from '../shared/table.ts';
-import { DRAINING, ENABLED, MAX_WEIGHT, UP } from '../shared/table.ts';
+import { DRAINING, ENABLED, UP } from '../shared/table.ts';
 import type { MetricName, Percentiles } from './latency.ts';
 import { decode, METRIC_NAMES, newHistogram, percentiles } from './latency.ts';
 
@@ -62,34 +60,13 @@ export interface FrontendStat {
   backends: BackendStat[];
 }
 
-/** A reference to one backend, resolved from `FRONTEND/BACKEND`. */
-export interface BackendRef {
-  pool: Pool;
-  member: Member;
-  name: string;
-}
-
-/** What the view needs of the control plane; the pools change with every reload. */
+/** What the view reads of the control plane; the pools change with every reload. */
 export interface ViewSource {
   workers(): number;
   pools(): readonly Pool[];
   /** Counter sums of frontends a reload removed, so process totals never go backwards. */
   retiredTotals(): Float64Array;
   collectLatency(): Promise<LatencyAnswer[]>;
-  /** Re-reads the config, as SIGHUP does. */
-  reload(): Promise<Outcome>;
-  addBackend(frontend: string, spec: string): Promise<Outcome>;
-  delBackend(frontend: string, backend: string, now: boolean): Promise<Outcome>;
-  setAdmin(ref: BackendRef, admin: AdminChoice): Promise<void>;
-  setWeight(ref: BackendRef, weight: number): Promise<void>;
-  /** What the state file holds (or would hold, without --state-file). */
-  showState(): StateFile;
-}
-
-/** The answer to a change: done (with what was done), or why not. */
-export interface Outcome {
-  ok: boolean;
-  message: string;
 }
 
 /** How many one-second samples the connection rate averages over. */
@@ -222,29 +199,9 @@ export class StatsView {
     for (let r = 0; r < END_NAMES.length; r++) info[`ended_${END_NAMES[r]}`] = sums[END_BASE + r];
     return info;
   }
-
-  /** Resolves `FRONTEND/BACKEND`; a string is the error to answer. */
-  find(ref: string): BackendRef | string {
-    const slash = ref.indexOf('/');
-    if (slash < 0) return `"${ref}" is not FRONTEND/BACKEND`;
-    const frontendName = ref.slice(0, slash);
-    const backendName = ref.slice(slash + 1);
-    const pool = this.source.pools().find((p) => p.name === frontendName);
-    if (pool === undefined) return `no frontend "${frontendName}"`;
-    const member = pool.find(backendName);
-    if (member === null) return `no backend "${backendName}" in frontend "${frontendName}"`;
-    return { pool, member, name: ref };
-  }
-
-  /** Zeroes every frontend's cumulative counters. */
-  resetCounters(): void {
-    for (const pool of this.source.pools()) resetCounters(pool.counters);
-  }
 }
 
 function withoutCount(p: Percentiles): Omit<Percentiles, 'count'> {
   const { count: _, ...rest } = p;
   return rest;
 }
-
-export { MAX_WEIGHT };

@@ -1,0 +1,220 @@
+// What operators change at runtime (the stats socket's admin commands): backends added and
+// deleted, weights, enable/disable/drain, counters reset. Invariants: every change that touches
+// pool membership runs through the supervisor's one change queue and reaches the workers by the
+// same publish() as a reload; an added backend comes in by the discovery path, exactly as a
+// configured one would; a command that cannot be done changes nothing and says why; what must
+// outlive a restart is recorded in the runtime state and saved.
+
+import { parseBackend } from '../config/backend.ts';
+import { ConfigError } from '../config/parse.ts';
+import type { BackendConfig, Config } from '../config/types.ts';
+import type { Logger } from '../log.ts';
+import { resetCounters } from '../shared/counters.ts';
+import type { AdminInterface, Outcome } from '../stats/commands.ts';
+import type { Discovery } from './discovery.ts';
+import type { AdminChoice, Member, Pool, PoolChanges } from './pool.ts';
+import type { RuntimeState } from './state.ts';
+import { isNamed } from './state.ts';
+
+/** What the admin commands need of the supervisor. */
+export interface AdminContext {
+  readonly log: Logger;
+  readonly state: RuntimeState;
+  readonly discovery: Discovery;
+  pools(): readonly Pool[];
+  /** The config as last loaded, before the runtime state and DNS. */
+  loaded(): Config;
+  stopping(): boolean;
+  /** Runs a pool change after the ones before it. */
+  serially<T>(change: () => Promise<T>): Promise<T>;
+  /** Makes the pools' changes real in every worker. */
+  publish(): Promise<unknown>;
+  /** The config in force for a loaded one: runtime state, then DNS. */
+  effective(loaded: Config, strict: boolean): Promise<Config>;
+  /** The operators' admin states onto a pool's members. */
+  applyAdminState(pool: Pool): void;
+  /** Names to follow may have changed: schedule the next DNS round. */
+  scheduleResolve(): void;
+  /** Resets every connection to `slot` of `frontend` in every worker; how many. */
+  kill(frontend: string, slot: number): Promise<number>;
+  reload(source: string): Promise<Outcome>;
+}
+
+export class Admin implements AdminInterface {
+  private readonly control: AdminContext;
+
+  constructor(control: AdminContext) {
+    this.control = control;
+  }
+
+  reload(): Promise<Outcome> {
+    return this.control.reload('stats socket');
+  }
+
+  showState(): unknown {
+    return this.control.state.toJSON();
+  }
+
+  /** Zeroes every frontend's cumulative counters. */
+  resetCounters(): Outcome {
+    for (const pool of this.control.pools()) resetCounters(pool.counters);
+    return { ok: true, message: 'counters reset' };
+  }
+
+  /** Resolves `FRONTEND/BACKEND`; a string is the error to answer. */
+  private find(ref: string): { pool: Pool; member: Member } | string {
+    const slash = ref.indexOf('/');
+    if (slash < 0) return `"${ref}" is not FRONTEND/BACKEND`;
+    const frontendName = ref.slice(0, slash);
+    const backendName = ref.slice(slash + 1);
+    const pool = this.control.pools().find((p) => p.name === frontendName);
+    if (pool === undefined) return `no frontend "${frontendName}"`;
+    const member = pool.find(backendName);
+    if (member === null) return `no backend "${backendName}" in frontend "${frontendName}"`;
+    return { pool, member };
+  }
+
+  /** `enable`, `disable`, `drain`: at once in every worker (a store to the shared table). */
+  async setAdmin(ref: string, admin: AdminChoice): Promise<Outcome> {
+    const found = this.find(ref);
+    if (typeof found === 'string') return { ok: false, message: found };
+    found.pool.setAdmin(found.member, admin);
+    const state = this.control.state;
+    state.admin(found.pool.name, found.member.config.name, admin === 'enabled' ? null : admin);
+    await state.save();
+    return { ok: true, message: `${ref} ${admin}` };
+  }
+
+  async setWeight(ref: string, weight: number): Promise<Outcome> {
+    const found = this.find(ref);
+    if (typeof found === 'string') return { ok: false, message: found };
+    found.pool.setWeight(found.member, weight);
+    this.control.state.weight(found.pool.name, found.member.config.name, weight);
+    await this.control.state.save();
+    return { ok: true, message: `${ref} weight ${weight}` };
+  }
+
+  /**
+   * `add backend FRONTEND SPEC`: kept in the runtime state and brought in by the same path as a
+   * configured backend (a hostname expands to its addresses and follows DNS, srv+NAME its SRV
+   * targets), joining at once in every worker. A name that does not resolve changes nothing.
+   */
+  addBackend(frontendName: string, spec: string): Promise<Outcome> {
+    const control = this.control;
+    return control.serially(async () => {
+      if (control.stopping()) return { ok: false, message: 'stopping' };
+      const pool = control.pools().find((p) => p.name === frontendName);
+      if (pool === undefined) return { ok: false, message: `no frontend "${frontendName}"` };
+      let backend: BackendConfig;
+      let found: BackendConfig[];
+      try {
+        backend = parseBackend(spec, 'add backend');
+        found = await control.discovery.expandBackend(backend, 'add backend', true);
+      } catch (err) {
+        if (err instanceof ConfigError) return { ok: false, message: err.message };
+        throw err;
+      }
+      const clash = clashOf(pool, backend, found, control.state.apply(control.loaded()));
+      if (clash !== null) return { ok: false, message: clash };
+      control.state.added(pool.name, backend);
+      let changes: PoolChanges;
+      try {
+        const next = await control.effective(control.loaded(), false);
+        const frontend = next.frontends.find((f) => f.name === pool.name) ?? pool.config;
+        changes = pool.reconfigure({ ...pool.config, backends: frontend.backends });
+      } catch (err) {
+        control.state.deleted(pool.name, backend.name);
+        return { ok: false, message: (err as Error).message };
+      }
+      control.applyAdminState(pool);
+      await control.publish();
+      await control.state.save();
+      // A name it brought in is followed from now on, like a configured one.
+      control.scheduleResolve();
+      control.log.info(
+        {
+          frontend: pool.name,
+          backend: backend.name,
+          address: backend.text,
+          joined: changes.added,
+        },
+        'backend added',
+      );
+      const ref = `${pool.name}/${backend.name}`;
+      return {
+        ok: true,
+        message: pool.config.health.enabled
+          ? `added ${ref} (takes connections once its first probe succeeds)`
+          : `added ${ref}`,
+      };
+    });
+  }
+
+  /**
+   * `del backend FRONTEND/BACKEND [now]`: no new connection at once; leaves when its last one
+   * ends (`now`: resets them). A name DNS expanded deletes every backend found under it.
+   */
+  delBackend(frontendName: string, name: string, now: boolean): Promise<Outcome> {
+    const control = this.control;
+    return control.serially(async () => {
+      const pool = control.pools().find((p) => p.name === frontendName);
+      if (pool === undefined) return { ok: false, message: `no frontend "${frontendName}"` };
+      const ref = `${pool.name}/${name}`;
+      const members = pool.members().filter((m) => !m.leaving && isNamed(m.config.name, name));
+      if (members.length === 0) {
+        const leaving = pool.members().some((m) => isNamed(m.config.name, name));
+        return {
+          ok: false,
+          message: leaving
+            ? `${ref} is already leaving`
+            : `no backend "${name}" in frontend "${pool.name}"`,
+        };
+      }
+      for (const member of members) pool.remove(member);
+      await control.publish();
+      let killed = 0;
+      if (now) for (const member of members) killed += await control.kill(pool.name, member.index);
+      control.state.deleted(pool.name, name);
+      await control.state.save();
+      const live = members.reduce((n, m) => n + Atomics.load(pool.table.active, m.index), 0);
+      control.log.info(
+        {
+          frontend: pool.name,
+          backend: name,
+          removed: members.map((m) => m.config.name),
+          live,
+          killed,
+        },
+        'backend deleted',
+      );
+      if (now) return { ok: true, message: `${ref} deleted (${killed} connections reset)` };
+      return {
+        ok: true,
+        message: live > 0 ? `${ref} draining (${live} live), then deleted` : `${ref} deleted`,
+      };
+    });
+  }
+}
+
+/** Why `backend` (resolving to `found`) cannot join `pool`, or null: an address or a name it
+ *  already has. `configured` is the config with the runtime additions, before DNS. */
+function clashOf(
+  pool: Pool,
+  backend: BackendConfig,
+  found: readonly BackendConfig[],
+  configured: Config,
+): string | null {
+  for (const member of pool.members()) {
+    if (member.leaving) continue;
+    const same = found.find((b) => b.host === member.config.host && b.port === member.config.port);
+    if (same !== undefined) {
+      const address = same === backend ? backend.text : `${same.host}:${same.port}`;
+      return `${address} is already in frontend ${pool.name} (as ${member.config.name})`;
+    }
+  }
+  const frontend = configured.frontends.find((f) => f.name === pool.name);
+  if (frontend?.backends.some((b) => b.name === backend.name) || pool.find(backend.name)) {
+    return `name ${backend.name} is already in frontend ${pool.name}`;
+  }
+  return null;
+}

@@ -1,0 +1,176 @@
+// Where the frontends listen, as the control plane decides it: the sockets systemd passed
+// (matched to frontends by FileDescriptorName=), the port picked once for a `:0` address so every
+// worker binds the same, and a trial bind of each address a reload adds. Invariant: nothing here
+// accepts a connection; a port a reload cannot have is found before anything changes.
+
+import { once } from 'node:events';
+import net from 'node:net';
+import { ConfigError } from '../config/parse.ts';
+import type { Config, Endpoint, FrontendConfig, ListenEndpoint } from '../config/types.ts';
+import type { ActivatedListener } from '../shared/messages.ts';
+import type { ActivatedSocket } from './systemd.ts';
+import { ActivationError, takeActivatedSockets } from './systemd.ts';
+
+/** A listener could not be opened: the CLI reports it as bad input (exit status 2). */
+export class ListenError extends Error {
+  readonly code = 'FULCRUM_LISTEN';
+  constructor(endpoint: string, reason: string, flag = '--listen') {
+    super(`${flag} ${endpoint}: ${reason}`);
+    this.name = 'ListenError';
+  }
+}
+
+const REASONS = new Map([
+  ['EADDRINUSE', 'address already in use'],
+  ['EACCES', 'permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)'],
+  ['EADDRNOTAVAIL', 'address not available on this host'],
+]);
+
+/** Why a listener could not open, in words, from its error code. */
+export function listenReason(code: string | undefined, message: string): string {
+  return REASONS.get(code ?? '') ?? message;
+}
+
+/** A host as it is written before `:PORT`: IPv6 in brackets. */
+export function hostText(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+export class Listeners {
+  /** Sockets systemd passed, by frontend: taken once at start, kept across reloads. */
+  private activated = new Map<string, ActivatedSocket[]>();
+  /** `FRONTEND ADDRESS` as written (port 0 included) -> as bound, so a reload keeps the port. */
+  private bound = new Map<string, Endpoint>();
+
+  /** Takes the sockets systemd passed (one descriptor per worker) and gives them to frontends. */
+  async activate(workers: number, frontends: readonly FrontendConfig[]): Promise<void> {
+    this.activated = assignActivated(await takeActivatedSockets(workers), frontends);
+  }
+
+  /** Checks every frontend has something to listen on. */
+  checkEveryFrontendListens(config: Config): void {
+    for (const frontend of config.frontends) {
+      if (frontend.listen.length === 0 && !this.activated.has(frontend.name)) {
+        throw new ConfigError(
+          `frontend ${frontend.name}`,
+          'nothing to listen on (no listen address, and no socket from systemd named after it)',
+        );
+      }
+    }
+  }
+
+  /** Worker `index`'s descriptors of the passed sockets, by frontend; `loaded` says which take
+   *  PROXY headers. */
+  forWorker(index: number, loaded: Config): Record<string, ActivatedListener[]> {
+    return Object.fromEntries(
+      [...this.activated].map(([name, sockets]) => [
+        name,
+        sockets.map((s) => ({
+          text: s.address,
+          fd: s.fds[index],
+          acceptProxy:
+            loaded.frontends
+              .find((f) => f.name === name)
+              ?.listen.some((l) => l.host === s.host && l.port === s.port && l.acceptProxy) ??
+            false,
+        })),
+      ]),
+    );
+  }
+
+  /** The addresses systemd passed for a frontend, for the log. */
+  activatedFor(frontend: string): string[] {
+    return (this.activated.get(frontend) ?? []).map((s) => s.address);
+  }
+
+  /**
+   * Port 0 means "any free port", but each worker binding port 0 would get a different one. Pick
+   * the port here, once, and give every worker the same; a reload keeps the port picked before.
+   * (Another process could take it between this check and the workers' bind; the workers' bind
+   * then fails with a clear error.)
+   */
+  async fixPorts(config: Config): Promise<Config> {
+    const bound = new Map<string, Endpoint>();
+    const frontends: FrontendConfig[] = [];
+    for (const frontend of config.frontends) {
+      const listen: ListenEndpoint[] = [];
+      const activated = this.activated.get(frontend.name) ?? [];
+      for (const endpoint of frontend.listen) {
+        // The socket systemd passed for this address takes the place of binding it here.
+        if (activated.some((s) => s.host === endpoint.host && s.port === endpoint.port)) continue;
+        const key = `${frontend.name} ${endpoint.text}`;
+        let fixed = this.bound.get(key) ?? endpoint;
+        if (fixed.port === 0) fixed = await withFreePort(endpoint);
+        bound.set(key, fixed);
+        listen.push({ ...fixed, acceptProxy: endpoint.acceptProxy });
+      }
+      frontends.push({ ...frontend, listen });
+    }
+    this.bound = bound;
+    return { ...config, frontends };
+  }
+}
+
+/** Binds each listener `next` adds to `current`, once, to find a taken port before changing
+ *  anything. */
+export async function checkNewListeners(current: Config, next: Config): Promise<void> {
+  const open = new Set(current.frontends.flatMap((f) => f.listen.map((l) => l.text)));
+  for (const frontend of next.frontends) {
+    for (const endpoint of frontend.listen) {
+      if (open.has(endpoint.text)) continue;
+      const probe = net.createServer();
+      probe.listen({ host: endpoint.host, port: endpoint.port, exclusive: true });
+      try {
+        await once(probe, 'listening');
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        throw new ListenError(endpoint.text, listenReason(e.code, e.message));
+      }
+      probe.close();
+      await once(probe, 'close');
+    }
+  }
+}
+
+async function withFreePort(endpoint: Endpoint): Promise<Endpoint> {
+  const probe = net.createServer();
+  probe.listen({ host: endpoint.host, port: 0 });
+  try {
+    await once(probe, 'listening');
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new ListenError(endpoint.text, listenReason(e.code, e.message));
+  }
+  const port = (probe.address() as net.AddressInfo).port;
+  probe.close();
+  await once(probe, 'close');
+  return { text: `${hostText(endpoint.host)}:${port}`, host: endpoint.host, port };
+}
+
+/**
+ * Gives each socket systemd passed to the frontend named by its FileDescriptorName=; unnamed
+ * sockets go to the only frontend, if there is only one.
+ */
+function assignActivated(
+  sockets: readonly ActivatedSocket[],
+  frontends: readonly FrontendConfig[],
+): Map<string, ActivatedSocket[]> {
+  const byFrontend = new Map<string, ActivatedSocket[]>();
+  for (const socket of sockets) {
+    let name = socket.name;
+    if (name === '') {
+      if (frontends.length !== 1) {
+        throw new ActivationError(
+          `${socket.address} has no FileDescriptorName= and there are ${frontends.length} frontends: name it after one`,
+        );
+      }
+      name = frontends[0].name;
+    } else if (!frontends.some((f) => f.name === name)) {
+      throw new ActivationError(
+        `${socket.address} is named "${name}" (FileDescriptorName=), but no frontend is`,
+      );
+    }
+    byFrontend.set(name, [...(byFrontend.get(name) ?? []), socket]);
+  }
+  return byFrontend;
+}
