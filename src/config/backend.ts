@@ -97,11 +97,6 @@ export const OPTIONS: readonly BackendOption[] = [
 /** The spec grammar, for help texts and usage lines. */
 export const BACKEND_GRAMMAR = `HOST:PORT|srv+NAME${OPTIONS.map((o) => `[,${o.key}${o.arg === null ? '' : `=${o.arg}`}]`).join('')}`;
 
-/** Each option with what it does, for help texts. */
-export const BACKEND_OPTIONS_HELP = OPTIONS.map(
-  (o) => `${o.key}${o.arg === null ? '' : `=${o.arg}`}: ${o.help}`,
-).join('; ');
-
 /** `HOST:PORT`, or `srv+NAME` for a DNS SRV name (port 0 until resolved). */
 function parseAddress(text: string, where: string): Endpoint {
   const trimmed = text.trim();

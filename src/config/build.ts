@@ -23,8 +23,8 @@ export interface Input {
 /** The settings of one scope as written, by setting key. */
 export type Inputs = ReadonlyMap<string, Input>;
 
-function itemWhere(input: Input | undefined, setting: Setting, i: number): string {
-  if (input === undefined) return setting.flag ?? setting.file;
+/** Where list item `i` was written: `FILE: ...backends[2]`, or the flag. */
+function itemWhere(input: Input, i: number): string {
   return input.indexed ? `${input.where}[${i}]` : input.where;
 }
 
@@ -34,9 +34,9 @@ function settingValue(setting: Setting, input: Input | undefined): unknown {
   if (setting.kind === 'switch')
     return input === undefined ? setting.default === true : input.value === true;
   if (setting.kind === 'list') {
-    const items = input === undefined ? [] : (input.value as readonly unknown[]);
-    return items.map((item, i) => {
-      const where = itemWhere(input, setting, i);
+    if (input === undefined) return [];
+    return (input.value as readonly unknown[]).map((item, i) => {
+      const where = itemWhere(input, i);
       // A backend may be an object in the file: `{ address, weight, ... }`.
       if (typeof item === 'object' && item !== null) {
         return backendFromObject(item as Record<string, unknown>, (key) => `${where}.${key}`);
@@ -86,7 +86,7 @@ export function buildFrontend(inputs: Inputs): FrontendConfig {
     if (names.has(backend.name)) {
       const input = inputs.get('backends');
       throw new ConfigError(
-        input?.indexed === true ? `${input.where}[${i}]` : backendsWhere,
+        input === undefined ? backendsWhere : itemWhere(input, i),
         `${backend.name} is given twice`,
       );
     }
@@ -117,7 +117,7 @@ export function buildConfig(top: Inputs, frontends: readonly Inputs[], where: st
       if (other !== undefined) {
         const input = inputs.get('listen');
         throw new ConfigError(
-          input?.indexed === true ? `${input.where}[${l}]` : '--listen',
+          input === undefined ? '--listen' : itemWhere(input, l),
           `${endpoint.text} is already a listener of ${other}`,
         );
       }

@@ -74,9 +74,10 @@ export function configLoader(flags: FlagInputs, file: string | undefined): () =>
     }
     return async () => buildConfig(flags.process, [flags.frontend], '--listen');
   }
-  for (const key of flags.frontend.keys()) {
+  const [frontendFlag] = flags.frontend.values();
+  if (frontendFlag !== undefined) {
     throw new ConfigError(
-      (flags.frontend.get(key) as Input).where,
+      frontendFlag.where,
       'cannot be used with --config (set it in the file, per frontend)',
     );
   }

@@ -165,12 +165,6 @@ export class RuntimeState {
     delete state.admin[backend.name];
   }
 
-  /** The backend named `name` that an operator added (as added: before DNS), or null. */
-  addedNamed(frontend: string, name: string): BackendConfig | null {
-    const spec = this.frontends.get(frontend)?.added.find((s) => nameOf(s) === name);
-    return spec === undefined ? null : parseBackend(spec, `${frontend}: added`);
-  }
-
   /** A backend an operator deleted: forgotten if they had added it, else kept out from now on
    *  (whether the config or DNS brings it). */
   deleted(frontend: string, name: string): void {

@@ -26,9 +26,6 @@ import { WorkerGroup } from './workers.ts';
 
 export { ListenError };
 
-/** What a reload did, for the answer on the stats socket. */
-export type ReloadResult = Outcome;
-
 /** How often removed backends are checked for their last connection. */
 const SWEEP_MS = 100;
 
@@ -219,7 +216,7 @@ export class Supervisor {
    * their sockets, backends that stay keep their slot and counters, removed ones drain. A config
    * that does not load, or a new listener that cannot open, changes nothing.
    */
-  async reload(source: string): Promise<ReloadResult> {
+  async reload(source: string): Promise<Outcome> {
     if (!this.started || this.stopping) {
       this.log.warn({ source }, 'reload ignored: not running (starting or stopping)');
       return { ok: false, message: 'not running (starting or stopping)' };
@@ -235,7 +232,7 @@ export class Supervisor {
     }
   }
 
-  private async applyReload(source: string): Promise<ReloadResult> {
+  private async applyReload(source: string): Promise<Outcome> {
     let next: Config;
     try {
       const loaded = await this.load();

@@ -59,17 +59,6 @@ export function allocateTable(size: number): SharedTable {
   return shared;
 }
 
-/** Shared memory for a pool: each backend's weight and backup flag as configured, all up. */
-export function buildTable(backends: readonly { weight: number; backup: boolean }[]): SharedTable {
-  const shared = allocateTable(backends.length);
-  const table = openTable(shared);
-  for (let i = 0; i < backends.length; i++) {
-    table.weight[i] = backends[i].weight;
-    if (backends[i].backup) table.state[i] |= BACKUP;
-  }
-  return shared;
-}
-
 /**
  * Views shared memory as a table; the same call works on the main thread and in a worker.
  * `size` is how many slots a scheduler scans (the slots in use); by default, all of them.
