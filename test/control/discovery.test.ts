@@ -75,6 +75,16 @@ async function serveOn(host: string, port: number): Promise<net.Server> {
   return server;
 }
 
+/** A config file (and a stats socket path beside it) in a directory of its own; `yaml` is the
+ *  file's text, given the socket's path. */
+function writeConfig(yaml: (stats: string) => string): { config: string; stats: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'fulcrum-discovery-'));
+  const config = join(dir, 'fulcrum.yaml');
+  const stats = join(dir, 'stats.sock');
+  writeFileSync(config, yaml(stats));
+  return { config, stats };
+}
+
 t.test('a hostname backend follows its A records; failures keep the last good set', async (t) => {
   const dns = await dnsServer(t);
   const { two, three, port } = await loopbackPair(t);
@@ -267,12 +277,9 @@ t.test(
     const dns = await dnsServer(t);
     const { port } = await loopbackPair(t);
     dns.state.zone.set('only-here.test', a('only-here.test', '127.0.0.2'));
-    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-resolver-'));
-    const config = join(dir, 'fulcrum.yaml');
-    const stats = join(dir, 'stats.sock');
-    writeFileSync(
-      config,
-      `workers: 1\nstatsSocket: ${stats}\nfrontends:\n  - name: default\n    listen: [127.0.0.1:0]\n    health: false\n    backends: ["only-here.test:${port}"]\n`,
+    const { config, stats } = writeConfig(
+      (stats) =>
+        `workers: 1\nstatsSocket: ${stats}\nfrontends:\n  - name: default\n    listen: [127.0.0.1:0]\n    health: false\n    backends: ["only-here.test:${port}"]\n`,
     );
     // Only the test's DNS server knows the name: the system resolver would fail the start.
     const fulcrum = await startFulcrum(['--config', config, '--resolver', dns.address]);
@@ -290,15 +297,12 @@ t.test(
     const dns = await dnsServer(t);
     const { port } = await loopbackPair(t);
     dns.state.zone.set('added.test', a('added.test', '127.0.0.2'));
-    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-added-'));
-    const config = join(dir, 'fulcrum.yaml');
-    const stats = join(dir, 'stats.sock');
     const other = await serveOn('127.0.0.1', 0);
     t.teardown(() => other.close());
     const otherAddress = `127.0.0.1:${(other.address() as net.AddressInfo).port}`;
-    writeFileSync(
-      config,
-      `workers: 2\nstatsSocket: ${stats}\nresolvers: ["${dns.address}"]\nresolveInterval: 300ms\nfrontends:\n  - name: default\n    listen: [127.0.0.1:0]\n    health: false\n    backends: ["${otherAddress}"]\n`,
+    const { config, stats } = writeConfig(
+      (stats) =>
+        `workers: 2\nstatsSocket: ${stats}\nresolvers: ["${dns.address}"]\nresolveInterval: 300ms\nfrontends:\n  - name: default\n    listen: [127.0.0.1:0]\n    health: false\n    backends: ["${otherAddress}"]\n`,
     );
     const fulcrum = await startFulcrum(['--config', config]);
     t.teardown(() => fulcrum.stop());
