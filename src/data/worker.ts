@@ -106,6 +106,12 @@ const timer = setInterval(() => {
 }, TICK_MS);
 timer.unref();
 
+/**
+ * Fault injection for the crash test: the worker whose index this names throws, uncaught, when
+ * it is first asked for its timings (a `show stat`). Read once; costs nothing on the data path.
+ */
+const THROW_ON_STATS = process.env.FULCRUM_FAULT_WORKER_THROW;
+
 // Updates run one at a time, in the order sent, even though opening listeners is asynchronous.
 let updating: Promise<void> = Promise.resolve();
 
@@ -118,6 +124,9 @@ port.on('message', (message: ControlMessage) => {
     for (const frontend of frontends.values()) frontend.cutAll(END.DRAIN_CUT);
     for (const frontend of retired) frontend.cutAll(END.DRAIN_CUT);
   } else if (message.type === 'latency') {
+    if (THROW_ON_STATS === String(init.index)) {
+      throw new Error('injected fault (FULCRUM_FAULT_WORKER_THROW)');
+    }
     const latency: LatencyAnswer = {};
     for (const [name, frontend] of frontends) latency[name] = frontend.encodeLatency();
     port.postMessage({ type: 'latency', id: message.id, latency } satisfies WorkerMessage);
