@@ -27,10 +27,12 @@ type Zone = Map<string, dnsPacket.Answer[]>;
 /** A DNS server answering from `zone` (name -> records); `failing` answers SERVFAIL. */
 async function dnsServer(t: { teardown(fn: () => unknown): void }) {
   const zone: Zone = new Map();
-  const state = { failing: false, zone };
+  // `asked`: questions received so far, so a test can wait for DNS rounds instead of sleeping.
+  const state = { failing: false, zone, asked: 0 };
   const socket = dgram.createSocket('udp4');
   socket.on('message', (message, peer) => {
     const request = dnsPacket.decode(message);
+    state.asked++;
     const question = request.questions?.[0];
     const answers = state.failing
       ? []
@@ -161,7 +163,9 @@ t.test('a hostname backend follows its A records; failures keep the last good se
   await once(held, 'end');
 
   dns.state.failing = true;
-  await new Promise((resolve) => setTimeout(resolve, 2000));
+  // Two rounds at least: each asks A and AAAA, and the resolver tries each question twice.
+  const asked = dns.state.asked;
+  await waitFor(() => dns.state.asked >= asked + 8, 10_000, 'several failed rounds');
   const warnings = fulcrum.logs.filter(
     (l) => l.msg === 'name does not resolve: keeping its last good addresses',
   );
@@ -262,8 +266,9 @@ t.test(
     const names = async () => (await showStat(stats))[0].backends.map((b) => b.name);
     t.same(await names(), [`pair.test:${port}@127.0.0.2`, `pair.test:${port}@127.0.0.3`]);
     t.match(await query(stats, `del backend default/pair.test:${port}@127.0.0.2`), /deleted/);
-    // Several DNS rounds later (each at most a second apart), it has not come back.
-    await new Promise((resolve) => setTimeout(resolve, 2500));
+    // Several DNS rounds later (each asks A and AAAA), it has not come back.
+    const asked = dns.state.asked;
+    await waitFor(() => dns.state.asked >= asked + 6, 10_000, 'three more DNS rounds');
     t.same(await names(), [`pair.test:${port}@127.0.0.3`]);
     t.same(JSON.parse(await query(stats, 'show state')).frontends.default.deleted, [
       `pair.test:${port}@127.0.0.2`,

@@ -195,6 +195,8 @@ t.test(
       t.equal(await readLine(socket), String(a.port));
       socket.destroy();
     }
+    // An observation window, not a synchronization: five probe intervals in which a probe, had
+    // there been one, would have marked the dead backend down (fall 1).
     await new Promise((resolve) => setTimeout(resolve, 500));
     t.notOk(
       fulcrum.logs.some((l) => l.msg === 'backend down'),

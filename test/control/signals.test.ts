@@ -4,7 +4,7 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import t from 'tap';
-import { connect, greet, readLine, startBackend, startFulcrum } from '../helpers.ts';
+import { connect, greet, readLine, startBackend, startFulcrum, waitForLog } from '../helpers.ts';
 
 t.test('SIGTERM with nothing live: exit 0 at once', async (t) => {
   const backend = await startBackend(greet);
@@ -31,7 +31,7 @@ t.test('SIGINT drains: live connections finish, new ones are refused, then exit 
   const exited = once(fulcrum.proc, 'exit');
   const started = Date.now();
   fulcrum.proc.kill('SIGINT');
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  await waitForLog(fulcrum, (l) => l.msg === 'stopping: draining', 5000, 'the drain to start');
   t.equal(fulcrum.proc.exitCode, null, 'still running while a connection is live');
   const late = net.connect(fulcrum.port, '127.0.0.1');
   const [err] = (await once(late, 'error')) as [NodeJS.ErrnoException];
@@ -74,7 +74,7 @@ t.test('a second signal exits at once', async (t) => {
   t.teardown(() => live.destroy());
   const exited = once(fulcrum.proc, 'exit');
   fulcrum.proc.kill('SIGTERM');
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  await waitForLog(fulcrum, (l) => l.msg === 'stopping: draining', 5000, 'the drain to start');
   const started = Date.now();
   fulcrum.proc.kill('SIGTERM');
   const [code] = (await exited) as [number];

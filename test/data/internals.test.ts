@@ -6,6 +6,7 @@ import net from 'node:net';
 import t from 'tap';
 import type { TcpHandle } from '../../src/data/internals.ts';
 import { adoptHandle, hookAccept } from '../../src/data/internals.ts';
+import { waitFor } from '../helpers.ts';
 
 t.test('on this Node the hook installs, and an adopted socket reads into our buffer', async (t) => {
   const server = net.createServer({ pauseOnConnect: true });
@@ -43,7 +44,7 @@ t.test('on this Node the hook installs, and an adopted socket reads into our buf
   const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
   await once(client, 'connect');
   client.end('through the hook');
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  await waitFor(() => reads.join('') === 'through the hook', 5000, 'the bytes through the hook');
   t.same(reads.join(''), 'through the hook');
   t.ok(adopted !== null, 'the connection came through our accept function');
   (adopted as net.Socket | null)?.destroy();

@@ -13,6 +13,7 @@ import t from 'tap';
 import {
   BIN,
   connect,
+  eventually,
   greet,
   readLine,
   socketPath,
@@ -54,10 +55,14 @@ t.test('mode 0600; stats --json has the documented shape and live counts', async
   for (let k = 0; k < 10; k++) await ask(fulcrum.port);
   // The last clients may still be closing: read until every connection has been counted out.
   let run = cli(['stats', '--socket', path, '--json']);
-  for (let k = 0; k < 20 && run.stdout.includes('"active":1'); k++) {
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    run = cli(['stats', '--socket', path, '--json']);
-  }
+  await eventually(
+    async () => {
+      run = cli(['stats', '--socket', path, '--json']);
+      return !run.stdout.includes('"active":1');
+    },
+    5000,
+    'every connection to be counted out',
+  );
   t.equal(run.status, 0, run.stderr);
   const stat = JSON.parse(run.stdout);
   t.equal(stat.frontends.length, 1);
@@ -146,7 +151,7 @@ t.test('drain: draining while a connection lives, then disabled', async (t) => {
   const other = backends.find((b) => b.port !== port)!;
   for (let k = 0; k < 4; k++) t.equal(await ask(fulcrum.port), String(other.port));
   held.destroy();
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  await eventually(async () => state() === 'disabled', 5000, 'its last connection to end');
   t.equal(state(), 'disabled', 'once its last connection ended');
 });
 
