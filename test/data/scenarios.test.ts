@@ -151,6 +151,8 @@ t.test(
       sent.update(chunk);
       written += chunk.length;
       if (!client.write(chunk)) {
+        // A bounded observation: a 'drain' that does not come within 2 s means fulcrum has
+        // stopped reading this client (the backend reads nothing, so nothing makes room).
         const drained = await Promise.race([
           once(client, 'drain').then(() => true),
           new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 2000)),
