@@ -3,7 +3,7 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -102,11 +102,11 @@ export interface Fulcrum {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Runs fulcrum with `args` (plus `--listen 127.0.0.1:0` unless given) and waits until ready. */
 function portOf(address: string): number {
   return Number(address.slice(address.lastIndexOf(':') + 1));
 }
 
+/** Runs fulcrum with `args` (plus `--listen 127.0.0.1:0` unless given) and waits until ready. */
 export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Fulcrum> {
   const full =
     args.includes('--listen') || args.includes('--config')
@@ -250,13 +250,62 @@ export function readLine(socket: net.Socket): Promise<string> {
   });
 }
 
-/** Resolves with the first log line that `match` accepts, waiting up to `ms` for it. */
 /** `show stat json` on a stats socket: every frontend, with its backends. */
 export async function showStat(path: string): Promise<FrontendStat[]> {
   return (JSON.parse(await query(path, 'show stat json')) as { frontends: FrontendStat[] })
     .frontends;
 }
 
+/**
+ * TCP connections (any state but LISTEN) the process `pid` holds open, from the kernel's own
+ * tables: its descriptors' socket inodes, looked up in /proc/net/tcp and tcp6. A socket fulcrum
+ * lost track of still holds its descriptor, so it is counted here even when every counter says 0.
+ */
+export function heldConnections(pid: number): number {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      if (link.startsWith('socket:[')) inodes.add(link.slice(8, -1));
+    } catch {
+      // closed between the listing and the read
+    }
+  }
+  let held = 0;
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      // fields[3] is the state (0A: LISTEN), fields[9] the inode.
+      if (fields.length > 9 && fields[3] !== '0A' && inodes.has(fields[9])) held++;
+    }
+  }
+  return held;
+}
+
+/**
+ * The invariant after every scenario: fulcrum holds no connection. Live and queued counts and
+ * each backend's active count are back at zero, and, given the process, the kernel agrees: it
+ * holds no TCP connection (none leaked past its counters).
+ */
+export async function settled(stats: string, fulcrum?: Fulcrum): Promise<void> {
+  await eventually(
+    async () => {
+      const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
+      const frontends = await showStat(stats);
+      return (
+        info.connections_now === 0 &&
+        frontends.every(
+          (f) => f.live === 0 && f.queued === 0 && f.backends.every((b) => b.active === 0),
+        ) &&
+        (fulcrum?.proc.pid === undefined || heldConnections(fulcrum.proc.pid) === 0)
+      );
+    },
+    5000,
+    'live counts back at zero',
+  );
+}
+
+/** Resolves with the first log line that `match` accepts, waiting up to `ms` for it. */
 export async function waitForLog(
   fulcrum: Fulcrum,
   match: (line: Record<string, unknown>) => boolean,

@@ -3,6 +3,14 @@
 // function reading `this.conn`, so no closure is made per connection or per chunk; bytes are
 // written from the buffer they were read into and never copied; a backend slot taken with
 // acquire() is released exactly once; a buffer is read into again only after its write finished.
+//
+// How a connection ends (the invariant every close order keeps): a connection finishes exactly
+// once, in finish(), when both of its sockets have emitted 'close' (or the client has and no
+// backend was connected); finish() gives back the live count, the backend's active slot, the
+// per-source count and the buffers, and is a no-op the second time. So every path that ends a
+// connection only has to make both sockets close: end() (a FIN, then close once both ways are
+// done), destroy() (close now), or reset() (an RST) -- and reset() falls back to destroy() where
+// libuv cannot reset (a shutdown pending), since a failed reset never emits 'close'.
 
 import net from 'node:net';
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
@@ -304,7 +312,7 @@ function onClientError(this: ClientSocket, err: NodeJS.ErrnoException): void {
   if (conn === null) return;
   if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
     if (conn.end < 0) conn.end = END.CLIENT_RESET;
-    if (conn.backend !== null && conn.phase === ESTABLISHED) conn.backend.resetAndDestroy();
+    if (conn.backend !== null && conn.phase === ESTABLISHED) reset(conn.backend);
   }
 }
 
@@ -475,7 +483,7 @@ function onBackendError(this: BackendSocket, err: NodeJS.ErrnoException): void {
   }
   if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
     if (conn.end < 0) conn.end = END.BACKEND_RESET;
-    if (!conn.client.destroyed) conn.client.resetAndDestroy();
+    if (!conn.client.destroyed) reset(conn.client);
   }
 }
 
@@ -549,8 +557,21 @@ export function cut(conn: Connection, reason: number): void {
 /** Resets both sides now (an operator's `del backend ... now`). */
 export function kill(conn: Connection): void {
   if (conn.end < 0) conn.end = END.KILLED;
-  conn.backend?.resetAndDestroy();
-  conn.client.resetAndDestroy();
+  if (conn.backend !== null) reset(conn.backend);
+  reset(conn.client);
+}
+
+/**
+ * Resets `socket` (an RST, so its peer sees the cut) where a reset is possible, and closes it
+ * where it is not: libuv refuses a reset while a shutdown is pending (after end(), our FIN
+ * waiting behind queued bytes) and Node then drops the handle without closing it, so 'close'
+ * never fires and the connection never finishes. A connecting socket would reset only after
+ * connecting; it is closed now instead.
+ */
+function reset(socket: net.Socket): void {
+  if (socket.destroyed) return;
+  if (socket.writableEnded || socket.connecting) socket.destroy();
+  else socket.resetAndDestroy();
 }
 
 /** The access log line, HAProxy's log line and termination state in JSON. */

@@ -15,29 +15,12 @@ import {
   type Fulcrum,
   greet,
   readLine,
+  settled,
   showStat,
   socketPath,
   startBackend,
   startFulcrum,
 } from '../helpers.ts';
-
-/** Waits until fulcrum and its backends hold no connection: live, queued and per backend. */
-async function settled(stats: string): Promise<void> {
-  await eventually(
-    async () => {
-      const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
-      const frontends = await showStat(stats);
-      return (
-        info.connections_now === 0 &&
-        frontends.every(
-          (f) => f.live === 0 && f.queued === 0 && f.backends.every((b) => b.active === 0),
-        )
-      );
-    },
-    5000,
-    'live counts back at zero',
-  );
-}
 
 async function start(
   t: { teardown(fn: () => unknown): void },
@@ -81,7 +64,7 @@ t.test(
     const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
     t.equal(info['ended_queue-timeout'], 1, 'it ended as a queue timeout');
     held.destroy();
-    await settled(stats);
+    await settled(stats, fulcrum);
     t.equal(backend.accepted, 1, 'the one that left never reached the backend');
   },
 );
@@ -118,7 +101,7 @@ t.test('room made by a connection in one worker serves a client queued in anothe
     queued.map(() => String(backend.port)),
     'all ten served',
   );
-  await settled(stats);
+  await settled(stats, fulcrum);
   const workers = fulcrum.logs.filter((l) => l.msg === 'connection').map((l) => l.worker);
   t.equal(workers.length, 11);
   t.equal(new Set(workers).size, 2, 'both workers served some of them');
@@ -172,7 +155,7 @@ t.test(
     t.equal(hash.digest('hex'), sent.digest('hex'), 'byte for byte');
     (paused as unknown as net.Socket).end();
     await once(client, 'close');
-    await settled(stats);
+    await settled(stats, fulcrum);
   },
 );
 
@@ -213,7 +196,7 @@ t.test('accept-proxy on the public-API fallback path (FULCRUM_NO_ACCEPT_HOOK=1)'
     'the claimed client goes on',
   );
   client.destroy();
-  await settled(stats);
+  await settled(stats, fulcrum);
 });
 
 async function answers(fulcrum: Fulcrum): Promise<string> {
