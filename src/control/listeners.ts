@@ -61,8 +61,8 @@ export class Listeners {
 
   /** Worker `index`'s descriptors of the passed sockets, by frontend; `loaded` says which take
    *  PROXY headers. */
-  forWorker(index: number, loaded: Config): Record<string, ActivatedListener[]> {
-    return Object.fromEntries(
+  forWorker(index: number, loaded: Config): Map<string, ActivatedListener[]> {
+    return new Map(
       [...this.activated].map(([name, sockets]) => [
         name,
         sockets.map((s) => ({

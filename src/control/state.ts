@@ -43,23 +43,66 @@ const addedV1 = z
 /** A backend added at runtime: its spec, as `add backend` takes it. */
 const added = z.union([z.string(), addedV1]);
 
+/**
+ * A JSON object keyed by names, read into a Map. Not z.record: names are operators' words, and
+ * `__proto__` or `constructor` are valid names, which a plain object drops or reads as Object's
+ * own (z.record silently loses `__proto__`). JSON.parse gives every key as an own property.
+ */
+function byName<T>(value: z.ZodType<T>) {
+  return z
+    .custom<object>((v) => typeof v === 'object' && v !== null && !Array.isArray(v), {
+      message: 'expected an object keyed by name',
+    })
+    .transform((raw, ctx) => {
+      const map = new Map<string, T>();
+      for (const [name, item] of Object.entries(raw)) {
+        const checked = value.safeParse(item);
+        if (!checked.success) {
+          ctx.addIssue({ code: 'custom', message: `${name}: ${checked.error.issues[0]?.message}` });
+          return z.NEVER;
+        }
+        map.set(name, checked.data);
+      }
+      return map;
+    });
+}
+
 const frontendSchema = z.strictObject({
   added: z.array(added),
   deleted: z.array(z.string()),
-  weights: z.record(z.string(), z.number().int().min(0).max(MAX_WEIGHT)),
-  admin: z.record(z.string(), z.enum(['disabled', 'draining'])),
+  weights: byName(z.number().int().min(0).max(MAX_WEIGHT)),
+  admin: byName(z.enum(['disabled', 'draining'])),
 });
 
 const fileSchema = z.strictObject({
   version: z.union([z.literal(1), z.literal(2)]),
-  frontends: z.record(z.string(), frontendSchema),
+  frontends: byName(frontendSchema),
 });
 
-type FrontendState = z.infer<typeof frontendSchema>;
-export type StateFile = z.infer<typeof fileSchema>;
+/** One frontend's changes; every map is keyed by backend name. */
+interface FrontendState {
+  added: string[];
+  deleted: string[];
+  weights: Map<string, number>;
+  admin: Map<string, AdminState>;
+}
+
+/** The file as written: the maps as JSON objects (Object.fromEntries keeps every name own). */
+export interface StateFile {
+  version: 2;
+  frontends: Record<
+    string,
+    {
+      added: string[];
+      deleted: string[];
+      weights: Record<string, number>;
+      admin: Record<string, AdminState>;
+    }
+  >;
+}
 
 function emptyFrontend(): FrontendState {
-  return { added: [], deleted: [], weights: {}, admin: {} };
+  return { added: [], deleted: [], weights: new Map(), admin: new Map() };
 }
 
 export class RuntimeState {
@@ -87,11 +130,11 @@ export class RuntimeState {
       this.ignore(`cannot be read (${code ?? 'error'})`);
       return;
     }
-    let data: StateFile;
+    let data: z.infer<typeof fileSchema>;
     try {
       data = fileSchema.parse(JSON.parse(text));
       // Every added backend must still be a valid backend, as `add backend` checked it.
-      for (const [frontend, state] of Object.entries(data.frontends)) {
+      for (const [frontend, state] of data.frontends) {
         for (const spec of state.added) parseBackend(spec, `${frontend}: added`);
       }
     } catch (err) {
@@ -102,7 +145,7 @@ export class RuntimeState {
       this.ignore(`is not a valid state file (${reason.split('\n')[0]})`);
       return;
     }
-    this.frontends = new Map(Object.entries(data.frontends));
+    this.frontends = data.frontends;
     this.log.info({ stateFile: this.path }, 'runtime state loaded');
   }
 
@@ -144,16 +187,17 @@ export class RuntimeState {
           ...frontend,
           backends: frontend.backends
             .filter((b) => !state.deleted.some((name) => isNamed(b.name, name)))
-            .map((b) =>
-              state.weights[b.name] === undefined ? b : { ...b, weight: state.weights[b.name] },
-            ),
+            .map((b) => {
+              const weight = state.weights.get(b.name);
+              return weight === undefined ? b : { ...b, weight };
+            }),
         };
       }),
     };
   }
 
   adminOf(frontend: string, backend: string): AdminState | undefined {
-    return this.frontends.get(frontend)?.admin[backend];
+    return this.frontends.get(frontend)?.admin.get(backend);
   }
 
   added(frontend: string, backend: BackendConfig): void {
@@ -161,8 +205,8 @@ export class RuntimeState {
     state.deleted = state.deleted.filter((name) => name !== backend.name);
     state.added = state.added.filter((spec) => nameOf(spec) !== backend.name);
     state.added.push(formatBackend(backend));
-    delete state.weights[backend.name];
-    delete state.admin[backend.name];
+    state.weights.delete(backend.name);
+    state.admin.delete(backend.name);
   }
 
   /** A backend an operator deleted: forgotten if they had added it, else kept out from now on
@@ -172,8 +216,8 @@ export class RuntimeState {
     const added = state.added.some((spec) => nameOf(spec) === name);
     state.added = state.added.filter((spec) => nameOf(spec) !== name);
     if (!added && !state.deleted.includes(name)) state.deleted.push(name);
-    delete state.weights[name];
-    delete state.admin[name];
+    state.weights.delete(name);
+    state.admin.delete(name);
   }
 
   weight(frontend: string, name: string, weight: number): void {
@@ -182,14 +226,14 @@ export class RuntimeState {
     if (at >= 0) {
       state.added[at] = formatBackend({ ...parseBackend(state.added[at], frontend), weight });
     } else {
-      state.weights[name] = weight;
+      state.weights.set(name, weight);
     }
   }
 
   admin(frontend: string, name: string, admin: AdminState | null): void {
     const state = this.frontend(frontend);
-    if (admin === null) delete state.admin[name];
-    else state.admin[name] = admin;
+    if (admin === null) state.admin.delete(name);
+    else state.admin.set(name, admin);
   }
 
   private frontend(name: string): FrontendState {
@@ -202,7 +246,16 @@ export class RuntimeState {
   }
 
   toJSON(): StateFile {
-    return { version: 2, frontends: Object.fromEntries(this.frontends) };
+    const frontends = [...this.frontends].map(([name, state]) => [
+      name,
+      {
+        added: state.added,
+        deleted: state.deleted,
+        weights: Object.fromEntries(state.weights),
+        admin: Object.fromEntries(state.admin),
+      },
+    ]);
+    return { version: 2, frontends: Object.fromEntries(frontends) };
   }
 
   /** Writes the state: a temporary file beside the real one, fsynced, renamed over it. */

@@ -246,24 +246,24 @@ export class Supervisor {
     }
     this.warnFixed(next);
     const previous = new Map(this.pools.map((p) => [p.name, p]));
-    const changes: Record<string, PoolChanges> = {};
+    const changes = new Map<string, PoolChanges>();
     const pools = next.frontends.map((frontend) => {
       const pool = previous.get(frontend.name);
       if (pool !== undefined) {
         const listenChanged =
           pool.config.listen.map((l) => l.text).join() !==
           frontend.listen.map((l) => l.text).join();
-        changes[frontend.name] = pool.reconfigure(frontend);
+        changes.set(frontend.name, pool.reconfigure(frontend));
         if (listenChanged) this.logListening(frontend);
         previous.delete(frontend.name);
         return pool;
       }
       const pool2 = new Pool(frontend, this.config.workers, false);
-      changes[frontend.name] = {
+      changes.set(frontend.name, {
         added: frontend.backends.map((b) => b.name),
         removed: [],
         changed: [],
-      };
+      });
       this.logListening(frontend);
       return pool2;
     });
@@ -293,11 +293,11 @@ export class Supervisor {
       );
     }
     this.log.info(
-      { source, removedFrontends: [...previous.keys()], frontends: changes },
+      { source, removedFrontends: [...previous.keys()], frontends: Object.fromEntries(changes) },
       'reloaded',
     );
     this.scheduleResolve();
-    const summary = Object.entries(changes)
+    const summary = [...changes]
       .map(([name, c]) => `${name}: +${c.added.length} -${c.removed.length} ~${c.changed.length}`)
       .join(', ');
     return failures.length === 0
@@ -325,7 +325,7 @@ export class Supervisor {
     await this.serially(async () => {
       if (this.stopping) return;
       const expanded = await this.effective(this.loaded, false);
-      const changes: Record<string, PoolChanges> = {};
+      const changes = new Map<string, PoolChanges>();
       for (const pool of this.pools) {
         const frontend = expanded.frontends.find((f) => f.name === pool.name);
         if (frontend === undefined) continue;
@@ -337,12 +337,12 @@ export class Supervisor {
         );
         const next = new Set(frontend.backends.map((b) => b.name));
         if (now.size === next.size && [...next].every((n) => now.has(n))) continue;
-        changes[pool.name] = pool.reconfigure({ ...pool.config, backends: frontend.backends });
+        changes.set(pool.name, pool.reconfigure({ ...pool.config, backends: frontend.backends }));
       }
-      if (Object.keys(changes).length === 0) return;
+      if (changes.size === 0) return;
       for (const pool of this.pools) this.applyAdminState(pool);
       await this.publish();
-      this.log.info({ frontends: changes }, 'discovery: backends changed');
+      this.log.info({ frontends: Object.fromEntries(changes) }, 'discovery: backends changed');
     });
     this.scheduleResolve();
   }
@@ -447,7 +447,7 @@ export class Supervisor {
   /** Every worker's histograms, encoded, by frontend. */
   async collectLatency(): Promise<LatencyAnswer[]> {
     const answers = await this.group.request((id) => ({ type: 'latency', id }));
-    return answers.map((a) => (a.type === 'latency' ? a.latency : {}));
+    return answers.map((a) => (a.type === 'latency' ? a.latency : new Map()));
   }
 
   private onDrained(): void {

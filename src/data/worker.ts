@@ -77,7 +77,7 @@ async function update(pools: readonly PoolUpdate[]): Promise<ListenFailure[]> {
   for (const pool of pools) {
     let frontend = frontends.get(pool.config.name);
     if (frontend === undefined) {
-      frontend = new Frontend(pool, init.index, limits, init.activated[pool.config.name] ?? []);
+      frontend = new Frontend(pool, init.index, limits, init.activated.get(pool.config.name) ?? []);
       frontend.onIdle = onIdle;
       frontend.accessLog = accessLog;
       frontends.set(pool.config.name, frontend);
@@ -127,8 +127,8 @@ port.on('message', (message: ControlMessage) => {
     if (THROW_ON_STATS === String(init.index)) {
       throw new Error('injected fault (FULCRUM_FAULT_WORKER_THROW)');
     }
-    const latency: LatencyAnswer = {};
-    for (const [name, frontend] of frontends) latency[name] = frontend.encodeLatency();
+    const latency: LatencyAnswer = new Map();
+    for (const [name, frontend] of frontends) latency.set(name, frontend.encodeLatency());
     port.postMessage({ type: 'latency', id: message.id, latency } satisfies WorkerMessage);
   } else if (message.type === 'kill') {
     const count = frontends.get(message.frontend)?.killBackend(message.slot) ?? 0;

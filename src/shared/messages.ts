@@ -45,8 +45,9 @@ export interface ListenFailure {
   readonly message: string;
 }
 
-/** One worker's encoded histograms, by frontend name. */
-export type LatencyAnswer = Record<string, EncodedLatency>;
+/** One worker's encoded histograms, by frontend name. (Maps, not objects, wherever names are keys:
+ *  a frontend may be called `constructor`, and Maps cross postMessage intact.) */
+export type LatencyAnswer = Map<string, EncodedLatency>;
 
 export interface WorkerInit {
   readonly index: number;
@@ -58,7 +59,7 @@ export interface WorkerInit {
   readonly accessLog: boolean;
   readonly logFormat: LogFormat;
   /** This worker's descriptors of the sockets systemd passed, by frontend name. */
-  readonly activated: Record<string, ActivatedListener[]>;
+  readonly activated: Map<string, ActivatedListener[]>;
 }
 
 /** Messages from a worker to the main thread. */

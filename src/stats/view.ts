@@ -126,7 +126,7 @@ export class StatsView {
           const total = newHistogram();
           const minute = newHistogram();
           for (const answer of answers) {
-            const encoded = answer[pool.name];
+            const encoded = answer.get(pool.name);
             // A worker that has not seen this member yet has no timings for it.
             if (encoded?.ids[member.index] !== member.id) continue;
             const pair = encoded.metrics[m][member.index];
