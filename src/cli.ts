@@ -127,7 +127,20 @@ export function buildProgram(): Command {
   return program;
 }
 
+/**
+ * Signals that came before the balancer existed. bin/fulcrum catches SIGHUP before it loads
+ * anything (its default action would kill the process); `onHup` is its handler, to take over.
+ */
+export interface EarlySignals {
+  hup: boolean;
+  onHup: () => void;
+}
+
+let early: EarlySignals = { hup: false, onHup: () => {} };
+
 async function runBalancer(load: () => Promise<Config>): Promise<void> {
+  // Until the config is loaded a SIGHUP is only noted: there is nothing to reload yet.
+  process.on('SIGHUP', early.onHup);
   const config = await load();
   const log = createLogger(config.logLevel, config.logFormat);
   const supervisor = new Supervisor(config, log, VERSION, load);
@@ -135,10 +148,18 @@ async function runBalancer(load: () => Promise<Config>): Promise<void> {
   process.on('SIGTERM', () => supervisor.stop('SIGTERM'));
   process.on('SIGINT', () => supervisor.stop('SIGINT'));
   process.on('SIGHUP', () => void supervisor.reload('SIGHUP'));
+  process.off('SIGHUP', early.onHup);
+  // Noted while loading: the file may have changed since it was read, so reload once ready.
+  if (early.hup) void supervisor.reload('SIGHUP');
   await supervisor.start();
 }
 
-export async function main(argv: string[]): Promise<void> {
+export async function main(argv: string[], signals?: EarlySignals): Promise<void> {
+  if (signals !== undefined) {
+    early = signals;
+    // Only `run` has a use for SIGHUP; the other commands take its default again.
+    process.off('SIGHUP', signals.onHup);
+  }
   try {
     await buildProgram().parseAsync(argv);
   } catch (err) {

@@ -124,7 +124,8 @@ export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}):
     stderr += chunk.toString();
   });
   let pending = '';
-  const ports: Record<string, number[]> = {};
+  // Frontend names may be `constructor` or `__proto__`: no prototype to collide with.
+  const ports: Record<string, number[]> = Object.create(null);
   const ready = new Promise<string>((resolve, reject) => {
     let listen = '';
     proc.stdout?.on('data', (chunk: Buffer) => {

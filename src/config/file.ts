@@ -4,7 +4,8 @@
 // and types, then the table's parsers check values exactly as they check flags. Loading never
 // binds or connects anything.
 
-import { readFile } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { OPTIONS } from './backend.ts';
@@ -113,22 +114,71 @@ function inputsOf(scope: Scope, data: Record<string, unknown>, prefix: string): 
   return inputs;
 }
 
-/** Reads and checks a config file. `overrides` are the process-wide flags given with it. */
-export async function loadConfigFile(file: string, overrides: Inputs = new Map()): Promise<Config> {
-  let text: string;
+/** The largest config file read; a bigger one is refused, not read into memory. */
+export const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+/** How long a config read may take before it is given up (a hung network filesystem). */
+export const CONFIG_READ_TIMEOUT_MS = 5000;
+/** Aliases a config file may expand: YAML's own default; a billion-laughs file needs millions. */
+const MAX_ALIASES = 100;
+
+/** `reading`, or a ConfigError once `ms` pass without an answer. The read itself may go on in
+ *  libuv's thread pool, but nobody waits for it: not a reload, not an admin command, not exit. */
+export function readBounded(reading: Promise<string>, file: string, ms: number): Promise<string> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new ConfigError(file, `cannot read the config file (no answer in ${ms}ms)`)),
+      ms,
+    );
+    timer.unref();
+  });
+  return Promise.race([reading, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * The file's text. Only a regular file of at most MAX_CONFIG_BYTES: opened without blocking (a
+ * FIFO would wait for a writer forever) and checked before reading.
+ */
+async function readConfigText(file: string): Promise<string> {
+  let handle: Awaited<ReturnType<typeof open>> | undefined;
   try {
-    text = await readFile(file, 'utf8');
+    handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK);
+    const stat = await handle.stat();
+    if (!stat.isFile())
+      throw new ConfigError(file, 'cannot read the config file (not a regular file)');
+    if (stat.size > MAX_CONFIG_BYTES) {
+      throw new ConfigError(
+        file,
+        `cannot read the config file (${stat.size} bytes; at most ${MAX_CONFIG_BYTES})`,
+      );
+    }
+    return await handle.readFile('utf8');
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     throw new ConfigError(file, `cannot read the config file (${code})`);
+  } finally {
+    await handle?.close();
   }
+}
+
+/** Reads and checks a config file. `overrides` are the process-wide flags given with it. */
+export async function loadConfigFile(file: string, overrides: Inputs = new Map()): Promise<Config> {
+  const text = await readBounded(readConfigText(file), file, CONFIG_READ_TIMEOUT_MS);
   const doc = parseDocument(text, { uniqueKeys: true });
   if (doc.errors.length > 0) {
     // The message reads "... at line 3, column 4:" followed by a code excerpt: keep one line.
     const message = doc.errors[0].message.split('\n')[0].replace(/:$/, '');
     throw new ConfigError(file, `not valid YAML: ${message}`);
   }
-  const checked = schema.safeParse(doc.toJS());
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: MAX_ALIASES });
+  } catch (err) {
+    // The library throws (a ReferenceError) on an alias bomb: bad input like any other.
+    throw new ConfigError(file, `not valid YAML: ${(err as Error).message.split('\n')[0]}`);
+  }
+  const checked = schema.safeParse(raw);
   if (!checked.success) {
     const issue = deepest(checked.error.issues[0]);
     const path = keyPath(issue.path);

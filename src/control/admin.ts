@@ -121,6 +121,8 @@ export class Admin implements AdminInterface {
       try {
         const next = await control.effective(control.loaded(), false);
         const frontend = next.frontends.find((f) => f.name === pool.name) ?? pool.config;
+        const refused = pool.roomFor(frontend);
+        if (refused !== null) throw new ConfigError('add backend', refused);
         changes = pool.reconfigure({ ...pool.config, backends: frontend.backends });
       } catch (err) {
         control.state.deleted(pool.name, backend.name);

@@ -12,7 +12,7 @@ import { ConfigError } from '../config/parse.ts';
 import type { BackendConfig, Config, FrontendConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { createLogger } from '../log.ts';
-import { MAX_WEIGHT } from '../shared/table.ts';
+import { MAX_BACKENDS, MAX_WEIGHT } from '../shared/table.ts';
 import type { RuntimeState } from './state.ts';
 
 /** What a name resolved to: addresses (with the port, weight and tier SRV gives). */
@@ -33,6 +33,15 @@ interface Answer {
 
 /** A resolution failure that does not stop a refresh: the caller keeps what it had. */
 class ResolveError extends Error {}
+
+/** An answer with more addresses than a frontend may have backends: refused like a failure. */
+class TooManyAddresses extends Error {
+  readonly count: number;
+  constructor(count: number) {
+    super(`${count} addresses; a frontend has at most ${MAX_BACKENDS} backends`);
+    this.count = count;
+  }
+}
 
 export class Discovery {
   private readonly resolver: dns.Resolver | null;
@@ -125,6 +134,7 @@ export class Discovery {
         ? await this.srv(backend.host)
         : await this.addresses(backend.host);
       if (answer.targets.length === 0) throw new ResolveError('no address');
+      if (answer.targets.length > MAX_BACKENDS) throw new TooManyAddresses(answer.targets.length);
       this.lastGood.set(key, answer);
       if (this.failing.delete(key)) {
         this.log.info({ name: backend.host }, 'name resolves again');
@@ -136,15 +146,29 @@ export class Discovery {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
       const last = this.lastGood.get(key);
+      const tooMany = err instanceof TooManyAddresses;
       if (last === undefined && strict) {
-        throw new ConfigError(where, `cannot resolve ${backend.host} (${code})`);
+        throw new ConfigError(
+          where,
+          tooMany
+            ? `${backend.host} has ${err.message}`
+            : `cannot resolve ${backend.host} (${code})`,
+        );
       }
       if (!this.failing.has(key)) {
         this.failing.add(key);
-        this.log.warn(
-          { name: backend.host, reason: code, kept: last?.targets.map((t) => t.address) ?? [] },
-          'name does not resolve: keeping its last good addresses',
-        );
+        const kept = last?.targets.map((t) => t.address) ?? [];
+        if (tooMany) {
+          this.log.warn(
+            { name: backend.host, addresses: err.count, limit: MAX_BACKENDS, kept },
+            'discovery: too many addresses for one frontend: keeping the last good set',
+          );
+        } else {
+          this.log.warn(
+            { name: backend.host, reason: code, kept },
+            'name does not resolve: keeping its last good addresses',
+          );
+        }
       }
       return last ?? { targets: [], ttl: null };
     }

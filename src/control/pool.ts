@@ -19,6 +19,7 @@ import {
   ENABLED,
   MAX_BACKENDS,
   openTable,
+  TABLE_SLOTS,
   UP,
 } from '../shared/table.ts';
 import type { AdminChoice } from '../stats/commands.ts';
@@ -79,10 +80,10 @@ export class Pool {
    */
   constructor(config: FrontendConfig, workers: number, startUp: boolean) {
     this.config = config;
-    this.shared = allocateTable(MAX_BACKENDS);
+    this.shared = allocateTable(TABLE_SLOTS);
     this.table = openTable(this.shared);
     this.table.state.fill(0);
-    this.counters = allocateCounters(workers, MAX_BACKENDS);
+    this.counters = allocateCounters(workers, TABLE_SLOTS);
     for (const backend of config.backends) this.add(backend);
     if (startUp) {
       for (const member of this.members()) {
@@ -131,9 +132,8 @@ export class Pool {
   add(config: BackendConfig): Member {
     let index = this.slots.indexOf(null);
     if (index < 0) {
-      if (this.slots.length >= MAX_BACKENDS) {
-        throw new Error(`frontend ${this.name} is full (${MAX_BACKENDS} backends)`);
-      }
+      // roomFor() said there is room; this would be a bug, not bad input.
+      if (this.slots.length >= TABLE_SLOTS) throw new Error(`frontend ${this.name}: no free slot`);
       index = this.slots.length;
       this.slots.push(null);
     }
@@ -251,7 +251,27 @@ export class Pool {
   }
 
   /**
-   * Applies a new config of this frontend in place: a backend keeps its slot (and counters) when
+   * Whether reconfigure(config) fits: null when it does, else why not, in one line. Checked
+   * before anything changes, so a change that does not fit changes nothing. A removed backend
+   * keeps its slot until its last connection finishes, so what fits depends on what drains.
+   */
+  roomFor(config: FrontendConfig): string | null {
+    if (config.backends.length > MAX_BACKENDS) {
+      return `frontend ${this.name}: ${config.backends.length} backends; a frontend has at most ${MAX_BACKENDS}`;
+    }
+    let kept = 0;
+    for (const b of config.backends) {
+      const member = this.find(b.name);
+      if (member !== null && member.config.host === b.host && member.config.port === b.port) kept++;
+    }
+    const needed = this.members().length + config.backends.length - kept;
+    if (needed <= TABLE_SLOTS) return null;
+    const draining = this.members().filter((m) => m.leaving).length;
+    return `frontend ${this.name}: no room for ${config.backends.length - kept} new backends while ${draining} removed ones still drain (${TABLE_SLOTS} slots); retry once they have drained`;
+  }
+
+  /**
+   * Applies a new config of this frontend in place (roomFor() must have said it fits): a backend keeps its slot (and counters) when
    * its name and address are unchanged, and takes its new weight and backup flag; others leave
    * or join. Admin state (disabled, drained) of a kept backend is kept.
    */

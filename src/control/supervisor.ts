@@ -57,8 +57,14 @@ export class Supervisor {
   private view: StatsView | null = null;
   private sweeper: NodeJS.Timeout | null = null;
   private stopping = false;
+  /** Frontends whose discovered backends would not fit: logged once until they fit again. */
+  private readonly overfull = new Set<string>();
   private started = false;
-  private reloading = false;
+  /** The reload running now, and the one more that follows it for every request made meanwhile. */
+  private reloadRunning: Promise<Outcome> | null = null;
+  private reloadNext: Promise<Outcome> | null = null;
+  /** A reload asked for while starting: it runs once ready (the config may have changed since). */
+  private reloadWhenReady: string | null = null;
   private drained = 0;
 
   /** `config` is as loaded (hostnames unresolved); `load` reads it again for a reload. */
@@ -152,6 +158,11 @@ export class Supervisor {
     this.log.info({ workers: config.workers, node: process.version }, 'ready');
     this.scheduleResolve();
     await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
+    if (this.reloadWhenReady !== null) {
+      const source = this.reloadWhenReady;
+      this.reloadWhenReady = null;
+      void this.reload(source);
+    }
   }
 
   /** The admin commands' access to the pools, the state and the change queue. */
@@ -216,18 +227,43 @@ export class Supervisor {
    * their sockets, backends that stay keep their slot and counters, removed ones drain. A config
    * that does not load, or a new listener that cannot open, changes nothing.
    */
-  async reload(source: string): Promise<Outcome> {
-    if (!this.started || this.stopping) {
-      this.log.warn({ source }, 'reload ignored: not running (starting or stopping)');
-      return { ok: false, message: 'not running (starting or stopping)' };
+  reload(source: string): Promise<Outcome> {
+    if (this.stopping) {
+      this.log.warn({ source }, 'reload ignored: stopping');
+      return Promise.resolve({ ok: false, message: 'stopping' });
     }
-    if (this.reloading) return { ok: false, message: 'a reload is already running' };
-    this.reloading = true;
+    if (!this.started) {
+      this.reloadWhenReady = source;
+      this.log.info({ source }, 'reload requested while starting: it runs once ready');
+      return Promise.resolve({ ok: false, message: 'starting: the reload runs once ready' });
+    }
+    if (this.reloadRunning === null) return this.startReload(source);
+    // One running already: every request until it ends shares one more reload after it, which
+    // reads the file as it is then (so an edit made during the first is never missed).
+    this.reloadNext ??= this.reloadRunning.then(() => {
+      this.reloadNext = null;
+      return this.startReload(source);
+    });
+    return this.reloadNext;
+  }
+
+  private startReload(source: string): Promise<Outcome> {
+    const run = this.runReload(source).finally(() => {
+      if (this.reloadRunning === run) this.reloadRunning = null;
+    });
+    this.reloadRunning = run;
+    return run;
+  }
+
+  /** One reload, start to end. Never rejects: whatever goes wrong is a logged, failed reload. */
+  private async runReload(source: string): Promise<Outcome> {
     await notify(this.log, 'RELOADING=1', `MONOTONIC_USEC=${monotonicMicros()}`);
     try {
       return await this.serially(() => this.applyReload(source));
+    } catch (err) {
+      this.log.error({ source, err }, 'reload failed: internal error');
+      return { ok: false, message: `reload failed: ${(err as Error).message}` };
     } finally {
-      this.reloading = false;
       await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
     }
   }
@@ -237,6 +273,12 @@ export class Supervisor {
     try {
       const loaded = await this.load();
       next = await this.listeners.fixPorts(await this.effective(loaded, true));
+      // Every pool must have room before any changes: a reload is whole or nothing.
+      for (const frontend of next.frontends) {
+        const pool = this.pools.find((p) => p.name === frontend.name);
+        const refused = pool?.roomFor(frontend) ?? null;
+        if (refused !== null) throw new ConfigError('reload', refused);
+      }
       this.loaded = loaded;
       await checkNewListeners(this.config, next);
     } catch (err) {
@@ -320,31 +362,50 @@ export class Supervisor {
     this.resolveTimer.unref();
   }
 
-  /** Resolves every name again; addresses that appeared join, those that vanished drain. */
+  /** Resolves every name again; addresses that appeared join, those that vanished drain.
+   *  Never rejects: a refresh that fails is logged and the pools stay as they were. */
   private async resolveAgain(): Promise<void> {
-    await this.serially(async () => {
-      if (this.stopping) return;
-      const expanded = await this.effective(this.loaded, false);
-      const changes = new Map<string, PoolChanges>();
-      for (const pool of this.pools) {
-        const frontend = expanded.frontends.find((f) => f.name === pool.name);
-        if (frontend === undefined) continue;
-        const now = new Set(
-          pool
-            .members()
-            .filter((m) => !m.leaving)
-            .map((m) => m.config.name),
-        );
-        const next = new Set(frontend.backends.map((b) => b.name));
-        if (now.size === next.size && [...next].every((n) => now.has(n))) continue;
-        changes.set(pool.name, pool.reconfigure({ ...pool.config, backends: frontend.backends }));
-      }
-      if (changes.size === 0) return;
-      for (const pool of this.pools) this.applyAdminState(pool);
-      await this.publish();
-      this.log.info({ frontends: Object.fromEntries(changes) }, 'discovery: backends changed');
+    await this.serially(() => this.refresh()).catch((err: Error) => {
+      this.log.error({ err }, 'discovery: refresh failed: the backends stay as they were');
     });
     this.scheduleResolve();
+  }
+
+  /** One round of DNS: the pools follow what the names resolve to now. */
+  private async refresh(): Promise<void> {
+    if (this.stopping) return;
+    const expanded = await this.effective(this.loaded, false);
+    const changes = new Map<string, PoolChanges>();
+    for (const pool of this.pools) {
+      const frontend = expanded.frontends.find((f) => f.name === pool.name);
+      if (frontend === undefined) continue;
+      const now = new Set(
+        pool
+          .members()
+          .filter((m) => !m.leaving)
+          .map((m) => m.config.name),
+      );
+      const next = new Set(frontend.backends.map((b) => b.name));
+      if (now.size === next.size && [...next].every((n) => now.has(n))) continue;
+      const refused = pool.roomFor(frontend);
+      if (refused !== null) {
+        // Only a sum of several names gets here (one name's answer is checked on its own).
+        if (!this.overfull.has(pool.name)) {
+          this.overfull.add(pool.name);
+          this.log.warn(
+            { reason: refused },
+            'discovery: too many backends: keeping the last good set',
+          );
+        }
+        continue;
+      }
+      this.overfull.delete(pool.name);
+      changes.set(pool.name, pool.reconfigure({ ...pool.config, backends: frontend.backends }));
+    }
+    if (changes.size === 0) return;
+    for (const pool of this.pools) this.applyAdminState(pool);
+    await this.publish();
+    this.log.info({ frontends: Object.fromEntries(changes) }, 'discovery: backends changed');
   }
 
   /** The config in force for a loaded one (see Discovery.resolve). */

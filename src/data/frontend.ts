@@ -20,7 +20,7 @@ import type {
 } from '../shared/messages.ts';
 import { releaseSource } from '../shared/sources.ts';
 import type { BackendTable, SharedTable } from '../shared/table.ts';
-import { MAX_BACKENDS, openTable } from '../shared/table.ts';
+import { openTable, TABLE_SLOTS } from '../shared/table.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
 import { admitProxied } from './accept.ts';
 import { BUFFER_RELEASE_MS, now } from './clock.ts';
@@ -66,8 +66,8 @@ export class Frontend {
   private memberIds: number[] = [];
   /** What the schedulers keep across rebuilds: backend name hashes, latency observations. */
   private readonly context: SchedulerContext = {
-    keys: new Uint32Array(MAX_BACKENDS),
-    latency: createLatencyState(MAX_BACKENDS),
+    keys: new Uint32Array(TABLE_SLOTS),
+    latency: createLatencyState(TABLE_SLOTS),
   };
   readonly limits: WorkerLimits;
   readonly connecting = new LinkedList<Connection>();

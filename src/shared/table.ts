@@ -20,8 +20,19 @@ export const PICKABLE_MASK = UP | ENABLED | DRAINING | BACKUP;
 /** Largest weight a backend may carry; 0 means never picked. */
 export const MAX_WEIGHT = 256;
 
-/** Slots in a frontend's table: its most backends at once, leaving ones included. */
+/**
+ * Most backends in one frontend, configured, added and discovered together. A frontend of 256
+ * replicas is already far past what one L4 pool in front of a service usually holds; the limit
+ * keeps every per-backend array small and fixed, and a DNS answer larger than it is refused.
+ */
 export const MAX_BACKENDS = 256;
+
+/**
+ * Slots in a frontend's table: twice MAX_BACKENDS, so that a reload may replace every backend at
+ * once while the removed ones still drain in their own slots (a slot is freed only when its last
+ * connection has finished).
+ */
+export const TABLE_SLOTS = 2 * MAX_BACKENDS;
 
 export interface BackendTable {
   readonly size: number;

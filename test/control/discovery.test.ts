@@ -2,15 +2,15 @@
 // records (addresses that appear join, those that vanish drain), resolution failures keep the
 // last good set and are logged once, and an SRV name gives hosts, ports, weights and backups.
 
-import dgram from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import dnsPacket from 'dns-packet';
+import type dnsPacket from 'dns-packet';
 import t from 'tap';
 import { query } from '../../src/stats/client.ts';
+import { a, dnsServer } from '../dns.ts';
 import {
   connect,
   eventually,
@@ -22,36 +22,6 @@ import {
   waitFor,
 } from '../helpers.ts';
 
-type Zone = Map<string, dnsPacket.Answer[]>;
-
-/** A DNS server answering from `zone` (name -> records); `failing` answers SERVFAIL. */
-async function dnsServer(t: { teardown(fn: () => unknown): void }) {
-  const zone: Zone = new Map();
-  // `asked`: questions received so far, so a test can wait for DNS rounds instead of sleeping.
-  const state = { failing: false, zone, asked: 0 };
-  const socket = dgram.createSocket('udp4');
-  socket.on('message', (message, peer) => {
-    const request = dnsPacket.decode(message);
-    state.asked++;
-    const question = request.questions?.[0];
-    const answers = state.failing
-      ? []
-      : (zone.get(question?.name ?? '') ?? []).filter((a) => a.type === question?.type);
-    const response = dnsPacket.encode({
-      type: 'response',
-      id: request.id,
-      flags: state.failing ? 2 : dnsPacket.AUTHORITATIVE_ANSWER, // 2: SERVFAIL
-      questions: request.questions,
-      answers,
-    });
-    socket.send(response, peer.port, peer.address);
-  });
-  socket.bind(0, '127.0.0.1');
-  await once(socket, 'listening');
-  t.teardown(() => socket.close());
-  return { state, address: `127.0.0.1:${socket.address().port}` };
-}
-
 /** Greeting servers on 127.0.0.2 and 127.0.0.3, on one port: what a name's two A records reach. */
 async function loopbackPair(t: { teardown(fn: () => unknown): void }) {
   const two = await serveOn('127.0.0.2', 0);
@@ -62,10 +32,6 @@ async function loopbackPair(t: { teardown(fn: () => unknown): void }) {
     three.close();
   });
   return { two, three, port };
-}
-
-function a(name: string, ...addresses: string[]): dnsPacket.Answer[] {
-  return addresses.map((data) => ({ type: 'A', name, ttl: 1, data }) as dnsPacket.Answer);
 }
 
 /** A greeting server on a given loopback address and port (0: any). */

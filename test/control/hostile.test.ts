@@ -3,18 +3,26 @@
 // a DNS answer that grows past it, and a SIGHUP before the config is loaded. Each is refused or
 // handled with one clear line, and the balancer goes on serving.
 
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { readBounded } from '../../src/config/file.ts';
+import { ConfigError } from '../../src/config/parse.ts';
+import { MAX_BACKENDS } from '../../src/shared/table.ts';
 import { query } from '../../src/stats/client.ts';
+import { a, dnsServer } from '../dns.ts';
 import {
+  BIN,
   connect,
   greet,
   readLine,
   showStat,
   startBackend,
   startFulcrum,
+  waitFor,
   waitForLog,
 } from '../helpers.ts';
 
@@ -28,6 +36,8 @@ function workdir(): { dir: string; config: string; stats: string; stateFile: str
   };
 }
 
+/** A frontend's name that is also Object's own (typed as a string, as fulcrum sees it). */
+const OTHER: string = 'constructor';
 const OBJECT_NAMES = ['constructor', 'toString', 'hasOwnProperty', '__proto__', 'valueOf'];
 
 t.test(
@@ -72,7 +82,7 @@ t.test(
     const second = await startFulcrum(['--config', config]);
     t.teardown(() => second.stop());
     t.same(await rows(), expected, 'after a restart with the state file');
-    const other = await connect(second.ports.constructor[0]);
+    const other = await connect(second.ports[OTHER][0]);
     t.equal(await readLine(other), String(backends[0].port), 'a frontend named constructor serves');
     other.destroy();
     const latency = JSON.parse(await query(stats, 'show latency json')) as {
@@ -95,3 +105,276 @@ t.test(
     t.equal(await second.stop(), 0);
   },
 );
+
+/** `fulcrum check --config FILE`, as a process: its status and its output. */
+function check(config: string) {
+  const ran = spawnSync(process.execPath, [BIN, 'check', '--config', config], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  return { status: ran.status, stdout: ran.stdout, stderr: ran.stderr };
+}
+
+/** Runs node with `args` until it exits; its status and stderr. */
+async function runToExit(args: string[]): Promise<{ status: number | null; stderr: string }> {
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const [status] = (await once(child, 'exit')) as [number | null];
+  return { status, stderr };
+}
+
+/** A config file with one frontend and `backends` (specs), health checks off. */
+function configWith(config: string, stats: string, backends: string[], extra = ''): void {
+  writeFileSync(
+    config,
+    `workers: 1\nstatsSocket: ${stats}\n${extra}frontends:\n  - name: default\n    listen: [127.0.0.1:0]\n    health: false\n    backends: [${backends.map((b) => `"${b}"`).join(', ')}]\n`,
+  );
+}
+
+/** `n` backend specs on loopback ports nothing needs to serve (health checks are off). */
+function many(n: number, from = 20_000): string[] {
+  return Array.from({ length: n }, (_, i) => `127.0.0.1:${from + i}`);
+}
+
+/** Asks for a reload over the stats socket and returns the answer. */
+async function reload(stats: string): Promise<string> {
+  return query(stats, 'reload');
+}
+
+t.test(
+  'a YAML alias bomb is one error line: check exits 2, a reload fails and changes nothing',
+  async (t) => {
+    const backend = await startBackend(greet);
+    t.teardown(() => backend.close());
+    const { config, stats } = workdir();
+    configWith(config, stats, [backend.address]);
+    const running = await startFulcrum(['--config', config]);
+    t.teardown(() => running.stop());
+    const rows = ['a: &a ["x","x","x","x","x","x","x","x","x"]'];
+    for (let i = 1; i < 12; i++) {
+      const previous = String.fromCharCode(96 + i);
+      const name = String.fromCharCode(97 + i);
+      rows.push(`${name}: &${name} [${Array(9).fill(`*${previous}`).join(',')}]`);
+    }
+    writeFileSync(config, `${rows.join('\n')}\n`);
+    const checked = check(config);
+    t.equal(checked.status, 2, 'check exits 2');
+    t.equal(checked.stderr.trim().split('\n').length, 1, 'one line');
+    t.match(checked.stderr, /^fulcrum: .*fulcrum\.yaml: .*alias/);
+
+    running.proc.kill('SIGHUP');
+    const failed = await waitForLog(
+      running,
+      (l) => l.msg === 'reload failed: the running config stays',
+      10_000,
+      'the reload to fail',
+    );
+    t.match(failed.error, /alias/);
+    t.match(await reload(stats), /^error: .*alias/, 'the stats socket says the same');
+    const socket = await connect(running.port);
+    t.equal(await readLine(socket), String(backend.port), 'still serving');
+    socket.destroy();
+    t.equal(await running.stop(), 0);
+  },
+);
+
+t.test('a config path that is a FIFO is refused at once: check, and a reload', async (t) => {
+  const backend = await startBackend(greet);
+  t.teardown(() => backend.close());
+  const { dir, config, stats } = workdir();
+  configWith(config, stats, [backend.address]);
+  const running = await startFulcrum(['--config', config]);
+  t.teardown(() => running.stop());
+  const fifo = join(dir, 'fifo.yaml');
+  spawnSync('mkfifo', [fifo]);
+  const checked = check(fifo);
+  t.equal(checked.status, 2, 'check exits 2');
+  t.match(
+    checked.stderr,
+    /^fulcrum: .*fifo\.yaml: cannot read the config file \(not a regular file\)\n$/,
+  );
+  // The running balancer's config becomes the FIFO: its reload fails, and it still stops at once.
+  rmSync(config);
+  symlinkSync(fifo, config);
+  t.match(await reload(stats), /^error: .*not a regular file/);
+  t.equal(
+    await query(stats, `disable default/${backend.address}`),
+    `default/${backend.address} disabled`,
+  );
+  const started = Date.now();
+  t.equal(await running.stop(), 0);
+  t.ok(Date.now() - started < 5000, 'SIGTERM exits at once');
+});
+
+t.test('a read of the config that hangs is given up after a timeout', async (t) => {
+  // A hung network filesystem, as a read that never completes. (The timeout does not keep a
+  // process alive; a running balancer has its listeners for that, this test an interval.)
+  const alive = setInterval(() => {}, 1000);
+  t.teardown(() => clearInterval(alive));
+  await t.rejects(
+    readBounded(new Promise<string>(() => {}), 'fulcrum.yaml', 50),
+    new ConfigError('fulcrum.yaml', 'cannot read the config file (no answer in 50ms)'),
+  );
+});
+
+t.test(
+  'more backends than a frontend holds: one error line at check, at start and at reload',
+  async (t) => {
+    const { config, stats } = workdir();
+    configWith(config, stats, many(MAX_BACKENDS + 1));
+    const checked = check(config);
+    t.equal(checked.status, 2);
+    t.match(checked.stderr, `${MAX_BACKENDS + 1} backends; a frontend has at most ${MAX_BACKENDS}`);
+    const run = spawnSync(process.execPath, [BIN, '--config', config], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    t.equal(run.status, 2, 'run exits 2');
+    t.equal(run.stderr.trim().split('\n').length, 1, 'with one line');
+
+    configWith(config, stats, many(MAX_BACKENDS));
+    const running = await startFulcrum(['--config', config]);
+    t.teardown(() => running.stop());
+    t.equal((await showStat(stats))[0].backends.length, MAX_BACKENDS, 'the most it holds');
+    configWith(config, stats, many(MAX_BACKENDS + 1));
+    t.match(await reload(stats), /^error: .*at most 256/);
+    t.equal((await showStat(stats))[0].backends.length, MAX_BACKENDS, 'nothing changed');
+    // Every backend replaced at once: the leaving ones hold their slots while the new ones join.
+    configWith(config, stats, many(MAX_BACKENDS, 30_000));
+    t.match(await reload(stats), /^reloaded/);
+    running.proc.kill('SIGHUP');
+    await waitForLog(
+      running,
+      (l) => l.msg === 'reloaded' && l.source === 'SIGHUP',
+      10_000,
+      'SIGHUP',
+    );
+    const names = (await showStat(stats))[0].backends.map((b) => b.name);
+    t.same(
+      names.filter((n) => !n.startsWith('127.0.0.1:3')),
+      [],
+      'only the new set is left',
+    );
+    t.equal(names.length, MAX_BACKENDS);
+    t.equal(await running.stop(), 0);
+  },
+);
+
+t.test(
+  'a DNS answer beyond the limit: refused at start; at a refresh the last good set stays',
+  async (t) => {
+    const dns = await dnsServer(t);
+    const backend = await startBackend(greet);
+    t.teardown(() => backend.close());
+    const addresses = (n: number) =>
+      Array.from({ length: n }, (_, i) => `127.0.${1 + (i >> 8)}.${1 + (i & 255)}`);
+    dns.state.zone.set('big.test', a('big.test', ...addresses(MAX_BACKENDS + 1)));
+    const { config, stats } = workdir();
+    configWith(
+      config,
+      stats,
+      [`big.test:${backend.port}`],
+      `resolvers: ["${dns.address}"]\nresolveInterval: 1s\n`,
+    );
+    // Not spawnSync: the DNS server answering it runs in this process.
+    const run = await runToExit([BIN, '--config', config]);
+    t.equal(run.status, 2, 'exits 2 at start');
+    t.match(
+      run.stderr,
+      /^fulcrum: .*big\.test.* 257 addresses; a frontend has at most 256 backends\n$/,
+    );
+
+    dns.state.zone.set('big.test', a('big.test', '127.0.0.1'));
+    const running = await startFulcrum(['--config', config]);
+    t.teardown(() => running.stop());
+    dns.state.zone.set('big.test', a('big.test', ...addresses(MAX_BACKENDS + 44)));
+    const asked = dns.state.asked;
+    await waitFor(() => dns.state.asked >= asked + 3, 10_000, 'three more DNS rounds');
+    const warned = running.logs.filter((l) => String(l.msg).startsWith('discovery: too many'));
+    t.equal(warned.length, 1, 'logged once');
+    t.match(warned[0].msg, /keeping the last good set/);
+    const socket = await connect(running.port);
+    t.equal(await readLine(socket), String(backend.port), 'the last good set serves');
+    socket.destroy();
+    t.equal((await showStat(stats))[0].backends.length, 1);
+    t.equal(await running.stop(), 0);
+  },
+);
+
+/** Whether process `pid` catches `signal` (its bit in /proc/PID/status's SigCgt). */
+function catches(pid: number, signal: number): boolean {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const mask = BigInt(`0x${/^SigCgt:\s*([0-9a-f]+)$/m.exec(status)?.[1] ?? '0'}`);
+    return (mask & (1n << BigInt(signal - 1))) !== 0n;
+  } catch {
+    return false;
+  }
+}
+
+t.test('a SIGHUP as soon as the process can take it, before ready, is not lost', async (t) => {
+  const backend = await startBackend(greet);
+  t.teardown(() => backend.close());
+  const { config, stats } = workdir();
+  configWith(config, stats, [backend.address]);
+  const proc = spawn(process.execPath, [BIN, '--config', config], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  t.teardown(() => proc.kill('SIGKILL'));
+  let out = '';
+  proc.stdout.on('data', (chunk: Buffer) => {
+    out += chunk.toString();
+  });
+  let exited: number | null = null;
+  proc.on('exit', (code, signal) => {
+    exited = code ?? (signal === 'SIGHUP' ? -1 : -2);
+  });
+  await waitFor(
+    () => catches(proc.pid as number, 1) || exited !== null,
+    10_000,
+    'a SIGHUP handler',
+  );
+  t.notOk(out.includes('"ready"'), 'sent before the balancer was ready');
+  proc.kill('SIGHUP');
+  await waitFor(() => out.includes('"msg":"reloaded"') || exited !== null, 10_000, 'the reload');
+  t.equal(exited, null, 'still running');
+  t.match(out, /"source":"SIGHUP"/, 'the SIGHUP reloaded once the balancer was ready');
+  proc.kill('SIGTERM');
+  await waitFor(() => exited !== null, 10_000, 'exit');
+  t.equal(exited, 0);
+});
+
+t.test('SIGHUPs during a running reload are coalesced into one more reload after it', async (t) => {
+  const dns = await dnsServer(t);
+  const backend = await startBackend(greet);
+  t.teardown(() => backend.close());
+  dns.state.zone.set('slow.test', a('slow.test', '127.0.0.1'));
+  const { config, stats } = workdir();
+  configWith(config, stats, [`slow.test:${backend.port}`], `resolvers: ["${dns.address}"]\n`);
+  const running = await startFulcrum(['--config', config]);
+  t.teardown(() => running.stop());
+  // The first reload waits on DNS while three more SIGHUPs come.
+  dns.state.holding = true;
+  const asked = dns.state.asked;
+  running.proc.kill('SIGHUP');
+  await waitFor(() => dns.state.asked > asked, 10_000, 'the reload to ask DNS');
+  running.proc.kill('SIGHUP');
+  running.proc.kill('SIGHUP');
+  running.proc.kill('SIGHUP');
+  t.equal(
+    await query(stats, 'show info json').then((s) => typeof s),
+    'string',
+    'answers meanwhile',
+  );
+  dns.release();
+  const reloads = () => running.logs.filter((l) => l.msg === 'reloaded').length;
+  await waitFor(() => reloads() === 2, 10_000, 'two reloads');
+  t.equal(running.logs.filter((l) => String(l.msg).startsWith('reload failed')).length, 0);
+  // Nothing more is pending: a stats `reload` now runs by itself.
+  t.match(await reload(stats), /^reloaded/);
+  t.equal(reloads(), 3);
+  t.equal(await running.stop(), 0);
+});
