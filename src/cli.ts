@@ -12,7 +12,7 @@ import { ListenError, Supervisor } from './control/supervisor.ts';
 import { ActivationError } from './control/systemd.ts';
 import { createLogger } from './log.ts';
 import { ClientError, isError, query } from './stats/client.ts';
-import { StatsSocketError } from './stats/server.ts';
+import { controlCharacter, StatsSocketError } from './stats/server.ts';
 import { runTop } from './stats/top.ts';
 
 /** Exit status for bad input (flags, config, a listener that cannot open). */
@@ -101,6 +101,11 @@ export function buildProgram(): Command {
     .requiredOption('-s, --socket <path>', 'the stats socket')
     .argument('<words...>', 'the command, e.g. disable default/10.0.0.2:5432 (try: help)')
     .action(async (words: string[], flags: { socket: string }) => {
+      // One argument must not smuggle a second command (a newline) or anything unprintable.
+      for (const word of words) {
+        const control = controlCharacter(word);
+        if (control !== null) fail(`ctl: a word contains a control character (${control})`);
+      }
       const answer = await query(flags.socket, words.join(' '));
       process.stdout.write(`${answer}\n`);
       if (isError(answer)) process.exitCode = 1;

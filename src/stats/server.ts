@@ -1,7 +1,9 @@
 // The stats socket: a unix socket on the main thread speaking commands.ts's language. Invariants:
 // the file is created with the asked mode (0600 by default) and removed on close; whatever a
 // client sends (over-long lines, binary garbage, silence, a thousand clients at once) costs at
-// most MAX_CLIENTS * (MAX_LINE + MAX_UNREAD) bytes and never disturbs the balancer or the others.
+// most MAX_CLIENTS * (MAX_QUEUED * MAX_LINE + MAX_UNREAD + one answer) bytes and never disturbs
+// the balancer or the others; a client that half-closes (a FIN after its commands) still gets
+// every answer; a client that does not read its answers is slowed (back-pressure), not reset.
 
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
@@ -17,8 +19,10 @@ export const MAX_LINE = 4096;
 export const MAX_CLIENTS = 64;
 /** A client that says nothing for this long is closed. */
 export const IDLE_MS = 30_000;
-/** Answers a client has not read yet, at most: one that sends but never reads is closed. */
+/** Answers a client has not read yet, at most: past it, its next commands wait (back-pressure). */
 export const MAX_UNREAD = 256 * 1024;
+/** Commands read ahead of their answers, at most: past it, the client is not read from. */
+export const MAX_QUEUED = 64;
 
 export class StatsSocketError extends Error {
   readonly code = 'FULCRUM_STATS_SOCKET';
@@ -49,7 +53,8 @@ export class StatsServer {
     this.view = view;
     this.admin = admin;
     this.log = log;
-    this.server = net.createServer((socket) => this.serve(socket));
+    // allowHalfOpen: `echo CMD | socat - UNIX-CONNECT:SOCK` sends its FIN before the answer.
+    this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.serve(socket));
   }
 
   async start(): Promise<void> {
@@ -96,52 +101,118 @@ export class StatsServer {
     this.clients++;
     socket.once('close', () => this.clients--);
     socket.setTimeout(IDLE_MS, () => socket.destroy());
-    let pending = '';
-    // Answers go out in the order the lines came in: each waits for the one before.
-    let answered: Promise<void> = Promise.resolve();
-    let closing = false;
     socket.setEncoding('latin1');
+    let pending = '';
+    /** Commands read and not yet answered, oldest first; answered one at a time, in order. */
+    const lines: string[] = [];
+    let working = false;
+    /** The client has sent its last command (a FIN): answer what is left, then end. */
+    let ended = false;
+    /** No more commands are read: a line was too long, or an answer closes the connection. */
+    let closing = false;
+    /** An answer that closes the connection was sent: nothing more is answered. */
+    let finished = false;
+
+    const pump = async (): Promise<void> => {
+      if (working) return;
+      working = true;
+      while (lines.length > 0 && !finished && !socket.destroyed) {
+        // Back-pressure: a client that does not read its answers is not read from either.
+        if (socket.writableLength > MAX_UNREAD) await drained(socket);
+        if (socket.destroyed) break;
+        const line = lines.shift() as string;
+        if (lines.length < MAX_QUEUED) socket.resume();
+        const answer = await this.answer(line);
+        if (socket.destroyed) break;
+        socket.write(`${answer.text}\n\n`);
+        if (answer.close) finished = closing = true;
+      }
+      working = false;
+      if ((finished || ((closing || ended) && lines.length === 0)) && !socket.destroyed) {
+        socket.end();
+      }
+    };
+
     socket.on('data', (chunk: string) => {
+      if (closing) return;
       pending += chunk;
-      for (;;) {
-        const nl = pending.indexOf('\n');
-        if (nl < 0) break;
+      for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
         const line = pending.slice(0, nl).replace(/\r$/, '');
         pending = pending.slice(nl + 1);
-        if (line.trim() === '') continue;
-        answered = answered.then(async () => {
-          if (closing) return;
-          const answer = await execute(
-            line,
-            this.view,
-            this.admin,
-            this.options.level,
-            this.options.version,
-            this.log,
-          ).catch((err: Error) => ({ text: `error: ${err.message}`, close: false }));
-          if (socket.destroyed) return;
-          if (socket.writableLength > MAX_UNREAD) {
-            closing = true;
-            socket.destroy();
-            return;
-          }
-          socket.write(`${answer.text}\n\n`);
-          if (answer.close) {
-            closing = true;
-            socket.end();
-          }
-        });
+        if (line.trim() !== '') lines.push(line);
       }
       if (pending.length > MAX_LINE) {
-        closing = true;
         pending = '';
+        lines.push(LINE_TOO_LONG);
+        closing = true; // once the commands before it are answered
         socket.pause();
-        answered = answered.then(() => {
-          socket.end(`error: line longer than ${MAX_LINE} bytes\n\n`);
-        });
+      } else if (lines.length >= MAX_QUEUED) {
+        socket.pause();
       }
+      void pump();
+    });
+    socket.on('end', () => {
+      ended = true;
+      void pump();
     });
   }
+
+  /** One command's answer; an admin command that throws is logged and answered as an error. */
+  private async answer(line: string): Promise<{ text: string; close: boolean }> {
+    if (line === LINE_TOO_LONG) {
+      return { text: `error: line longer than ${MAX_LINE} bytes`, close: true };
+    }
+    const control = controlCharacter(line);
+    if (control !== null) {
+      return { text: `error: control character in the command (${control})`, close: false };
+    }
+    try {
+      return await execute(
+        line,
+        this.view,
+        this.admin,
+        this.options.level,
+        this.options.version,
+        this.log,
+      );
+    } catch (err) {
+      this.log.error({ command: line.split(' ', 1)[0], err }, 'stats command failed');
+      return { text: `error: ${(err as Error).message}`, close: false };
+    }
+  }
+}
+
+/** Stands in the queue for a line that was too long (no command can be this string: a NUL). */
+const LINE_TOO_LONG = '\u0000';
+
+/** Resolves when `socket` has written what it holds, or is gone. */
+function drained(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      socket.off('drain', done);
+      socket.off('close', done);
+      resolve();
+    };
+    socket.on('drain', done);
+    socket.on('close', done);
+  });
+}
+
+/**
+ * The first control character in `text`, named, or null. Words are printable: a control
+ * character in one is a mistake or an attempt to smuggle something (a second command through a
+ * carriage return, an escape sequence into a terminal or a log). Tabs separate words like spaces.
+ */
+export function controlCharacter(text: string): string | null {
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if ((code < 0x20 && code !== 0x09) || code === 0x7f) {
+      if (code === 0x0a) return 'newline';
+      if (code === 0x0d) return 'carriage return';
+      return `0x${code.toString(16).padStart(2, '0')}`;
+    }
+  }
+  return null;
 }
 
 /** A socket file left by a crashed run is removed; a live one, or any other file, is an error. */

@@ -72,15 +72,67 @@ export interface ViewSource {
 /** How many one-second samples the connection rate averages over. */
 const RATE_WINDOW = 10;
 
+/**
+ * How old a collection of every worker's timings may be and still answer. Collecting asks every
+ * worker thread to encode its histograms, time taken from connections: a client asking in a loop
+ * (or a crowd of them) costs the data plane at most one collection per this period.
+ */
+export const LATENCY_MIN_AGE_MS = 250;
+
+/**
+ * A value that is costly to get: askers at the same time share one fetch, and an answer younger
+ * than `minAgeMs` is given again. A failed fetch is not kept.
+ */
+export class Coalesced<T> {
+  private readonly fetch: () => Promise<T>;
+  private readonly minAgeMs: number;
+  private readonly now: () => number;
+  private pending: Promise<T> | null = null;
+  private last: { value: T; at: number } | null = null;
+
+  constructor(
+    fetch: () => Promise<T>,
+    minAgeMs: number,
+    now: () => number = performance.now.bind(performance),
+  ) {
+    this.fetch = fetch;
+    this.minAgeMs = minAgeMs;
+    this.now = now;
+  }
+
+  get(): Promise<T> {
+    if (this.last !== null && this.now() - this.last.at < this.minAgeMs) {
+      return Promise.resolve(this.last.value);
+    }
+    if (this.pending === null) {
+      const at = this.now();
+      this.pending = this.fetch().then(
+        (value) => {
+          this.pending = null;
+          this.last = { value, at };
+          return value;
+        },
+        (err: unknown) => {
+          this.pending = null;
+          throw err;
+        },
+      );
+    }
+    return this.pending;
+  }
+}
+
 export class StatsView {
   readonly source: ViewSource;
   readonly startedAt = Date.now();
   /** Accepted-connection totals, one a second, newest last: the rate is their slope. */
   private readonly samples: number[] = [];
   private readonly sampler: NodeJS.Timeout;
+  private readonly latencies: Coalesced<LatencyAnswer[]>;
 
   constructor(source: ViewSource) {
     this.source = source;
+    this.latencies = new Coalesced(() => source.collectLatency(), LATENCY_MIN_AGE_MS);
     this.sampler = setInterval(() => {
       this.samples.push(this.totals()[ACCEPTED]);
       if (this.samples.length > RATE_WINDOW + 1) this.samples.shift();
@@ -114,7 +166,7 @@ export class StatsView {
 
   /** Every timing per frontend (all its backends) and per backend, merged over every worker. */
   async latency(): Promise<Array<LatencyStat & { backends: LatencyStat[] }>> {
-    const answers = await this.source.collectLatency();
+    const answers = await this.latencies.get();
     return this.source.pools().map((pool) => {
       const members = pool.members();
       const backends = members.map((m) => ({ name: m.config.name }) as LatencyStat);
