@@ -81,8 +81,7 @@ export class Admin implements AdminInterface {
     found.pool.setAdmin(found.member, admin);
     const state = this.control.state;
     state.admin(found.pool.name, found.member.config.name, admin === 'enabled' ? null : admin);
-    await state.save();
-    return { ok: true, message: `${ref} ${admin}` };
+    return saved({ ok: true, message: `${ref} ${admin}` }, await state.save());
   }
 
   async setWeight(ref: string, weight: number): Promise<Outcome> {
@@ -90,8 +89,7 @@ export class Admin implements AdminInterface {
     if (typeof found === 'string') return { ok: false, message: found };
     found.pool.setWeight(found.member, weight);
     this.control.state.weight(found.pool.name, found.member.config.name, weight);
-    await this.control.state.save();
-    return { ok: true, message: `${ref} weight ${weight}` };
+    return saved({ ok: true, message: `${ref} weight ${weight}` }, await this.control.state.save());
   }
 
   /**
@@ -130,7 +128,7 @@ export class Admin implements AdminInterface {
       }
       control.applyAdminState(pool);
       await control.publish();
-      await control.state.save();
+      const unsaved = await control.state.save();
       // A name it brought in is followed from now on, like a configured one.
       control.scheduleResolve();
       control.log.info(
@@ -143,12 +141,15 @@ export class Admin implements AdminInterface {
         'backend added',
       );
       const ref = `${pool.name}/${backend.name}`;
-      return {
-        ok: true,
-        message: pool.config.health.enabled
-          ? `added ${ref} (takes connections once its first probe succeeds)`
-          : `added ${ref}`,
-      };
+      return saved(
+        {
+          ok: true,
+          message: pool.config.health.enabled
+            ? `added ${ref} (takes connections once its first probe succeeds)`
+            : `added ${ref}`,
+        },
+        unsaved,
+      );
     });
   }
 
@@ -177,7 +178,7 @@ export class Admin implements AdminInterface {
       let killed = 0;
       if (now) for (const member of members) killed += await control.kill(pool.name, member.index);
       control.state.deleted(pool.name, name);
-      await control.state.save();
+      const unsaved = await control.state.save();
       const live = members.reduce((n, m) => n + Atomics.load(pool.table.active, m.index), 0);
       control.log.info(
         {
@@ -189,11 +190,18 @@ export class Admin implements AdminInterface {
         },
         'backend deleted',
       );
-      if (now) return { ok: true, message: `${ref} deleted (${killed} connections reset)` };
-      return {
-        ok: true,
-        message: live > 0 ? `${ref} draining (${live} live), then deleted` : `${ref} deleted`,
-      };
+      if (now)
+        return saved(
+          { ok: true, message: `${ref} deleted (${killed} connections reset)` },
+          unsaved,
+        );
+      return saved(
+        {
+          ok: true,
+          message: live > 0 ? `${ref} draining (${live} live), then deleted` : `${ref} deleted`,
+        },
+        unsaved,
+      );
     });
   }
 }
@@ -219,4 +227,16 @@ function clashOf(
     return `name ${backend.name} is already in frontend ${pool.name}`;
   }
   return null;
+}
+
+/**
+ * A change that is live; when the state file could not be written (`unsaved`: why), the answer
+ * is an error the caller can see: the change holds until a restart, which will not have it.
+ */
+function saved(outcome: Outcome, unsaved: string | null): Outcome {
+  if (unsaved === null) return outcome;
+  return {
+    ok: false,
+    message: `${outcome.message}: live, but not saved to the state file (${unsaved})`,
+  };
 }

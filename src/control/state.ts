@@ -1,10 +1,11 @@
 // The runtime state: what operators changed over the stats socket (backends added or deleted,
 // weights set, backends disabled or drained), kept in a file so it outlives reloads and restarts,
-// like HAProxy's server-state-file. Invariants: the file is replaced atomically (temporary file,
-// fsync, rename) after every change, one write at a time; it records only changes, so a config
+// like HAProxy's server-state-file. Invariants: the file is replaced atomically (temporary file
+// created exclusively under a random name, fsync, rename) after every change, one write at a time; it records only changes, so a config
 // edit still takes effect for everything the operator did not touch; a file that cannot be read
 // as a whole is ignored (and said so once), never fatal.
 
+import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { z } from 'zod';
@@ -258,16 +259,22 @@ export class RuntimeState {
     return { version: 2, frontends: Object.fromEntries(frontends) };
   }
 
-  /** Writes the state: a temporary file beside the real one, fsynced, renamed over it. */
-  save(): Promise<void> {
+  /**
+   * Writes the state: a temporary file beside the real one (created exclusively, with a random
+   * name, so nothing planted there in advance is followed or overwritten), fsynced, renamed over
+   * it. Resolves with why it could not be saved (logged too), or null once it is.
+   */
+  save(): Promise<string | null> {
     const path = this.path;
-    if (path === null) return Promise.resolve();
+    if (path === null) return Promise.resolve(null);
     const text = `${JSON.stringify(this.toJSON(), null, 2)}\n`;
-    this.saving = this.saving.then(async () => {
-      const temporary = `${path}.${process.pid}.tmp`;
+    const saved = this.saving.then(async (): Promise<string | null> => {
+      const temporary = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+      let created = false;
       try {
         await mkdir(dirname(path), { recursive: true });
-        const file = await open(temporary, 'w', 0o600);
+        const file = await open(temporary, 'wx', 0o600);
+        created = true;
         try {
           await file.writeFile(text);
           await file.sync();
@@ -275,6 +282,7 @@ export class RuntimeState {
           await file.close();
         }
         await rename(temporary, path);
+        created = false;
         // The rename itself is durable only once the directory is synced.
         const dir = await open(dirname(path), 'r');
         try {
@@ -282,15 +290,16 @@ export class RuntimeState {
         } finally {
           await dir.close();
         }
+        return null;
       } catch (err) {
-        this.log.error(
-          { stateFile: path, err: (err as Error).message },
-          'cannot save the runtime state',
-        );
-        await unlink(temporary).catch(() => {});
+        const reason = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        this.log.error({ stateFile: path, reason }, 'cannot save the runtime state');
+        if (created) await unlink(temporary).catch(() => {});
+        return reason;
       }
     });
-    return this.saving;
+    this.saving = saved.then(() => {});
+    return saved;
   }
 }
 

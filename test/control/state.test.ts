@@ -1,7 +1,17 @@
 // The runtime state file: what `add backend` recorded is what is read back, every field of it,
-// from the current format and from version 1's.
+// from the current format and from version 1's; it is written safely (a fresh temporary file),
+// and a change that cannot be saved says so.
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import {
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -9,6 +19,8 @@ import { parseBackend } from '../../src/config/backend.ts';
 import { loaderFromArgs } from '../../src/config/flags.ts';
 import { RuntimeState } from '../../src/control/state.ts';
 import { createLogger } from '../../src/log.ts';
+import { query } from '../../src/stats/client.ts';
+import { BIN, greet, showStat, startBackend, startFulcrum } from '../helpers.ts';
 
 const log = createLogger('silent', 'json');
 
@@ -61,4 +73,64 @@ t.test('regression: a version 1 record keeps its slowstart and send-proxy', asyn
   await state.load();
   const backend = state.apply(await base()).frontends[0].backends[1];
   t.match(backend, { name: 'spare', weight: 7, slowstartMs: 30_000, sendProxy: 2 });
+});
+
+t.test(
+  'the temporary file is created afresh: a file planted at a guessable name is not followed',
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-state-'));
+    const path = join(dir, 'state.json');
+    const victim = join(dir, 'victim');
+    writeFileSync(victim, 'precious\n');
+    // Every name the old scheme could use (path.PID.tmp) and a few more, as links to the victim.
+    for (const name of [`${path}.${process.pid}.tmp`, `${path}.tmp`]) symlinkSync(victim, name);
+    const state = new RuntimeState(path, log);
+    state.weight('default', 'a', 3);
+    t.equal(await state.save(), null, 'saved');
+    t.equal(readFileSync(victim, 'utf8'), 'precious\n', 'the victim is untouched');
+    t.equal(JSON.parse(readFileSync(path, 'utf8')).frontends.default.weights.a, 3);
+    t.same(
+      readdirSync(dir).filter(
+        (f) => f.endsWith('.tmp') && !lstatSync(join(dir, f)).isSymbolicLink(),
+      ),
+      [],
+      'no temporary file is left behind',
+    );
+  },
+);
+
+t.test('an admin change that cannot be saved answers an error: live, but not saved', async (t) => {
+  const backend = await startBackend(greet);
+  t.teardown(() => backend.close());
+  const dir = mkdtempSync(join(tmpdir(), 'fulcrum-state-'));
+  const stateFile = join(dir, 'state.json');
+  mkdirSync(stateFile); // a directory where the file should be: every save fails (EISDIR)
+  const stats = join(dir, 'stats.sock');
+  const fulcrum = await startFulcrum([
+    '--no-health-check',
+    '--stats-socket',
+    stats,
+    '--state-file',
+    stateFile,
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(() => fulcrum.stop());
+  const ref = `default/${backend.address}`;
+  const ctl = spawnSync(process.execPath, [BIN, 'ctl', '--socket', stats, 'disable', ref], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  t.equal(ctl.status, 1, 'ctl exits 1, as for any error answer');
+  t.match(
+    ctl.stdout,
+    new RegExp(`^error: ${ref} disabled: live, but not saved to the state file \\(E[A-Z]+\\)`),
+  );
+  t.equal((await showStat(stats))[0].backends[0].state, 'disabled', 'the change is live');
+  t.match(await query(stats, `set weight ${ref} 4`), /^error: .* weight 4: live, but not saved/);
+  t.ok(
+    fulcrum.logs.some((l) => l.msg === 'cannot save the runtime state'),
+    'and logged',
+  );
+  t.equal(await fulcrum.stop(), 0);
 });
