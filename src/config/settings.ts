@@ -215,6 +215,17 @@ export const SETTINGS: readonly Setting[] = [
     parse: checkCidr,
   },
   {
+    key: 'acceptProxyFrom',
+    flag: '--accept-proxy-from',
+    arg: '<cidr>',
+    file: 'acceptProxyFrom',
+    scope: 'frontend',
+    kind: 'list',
+    target: 'guard.proxyFrom',
+    help: 'on accept-proxy listeners, only peers in these networks may send a PROXY header (others are refused); repeatable',
+    parse: checkCidr,
+  },
+  {
     key: 'deny',
     flag: '--deny',
     arg: '<cidr>',

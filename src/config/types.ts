@@ -69,6 +69,8 @@ export interface GuardConfig {
   readonly allow: readonly string[];
   /** CIDRs; a client that matches one is refused (deny wins over allow). */
   readonly deny: readonly string[];
+  /** CIDRs of the peers that may send a PROXY header on an accept-proxy listener; empty: any. */
+  readonly proxyFrom: readonly string[];
   /** Live connections per client address; 0: no limit. */
   readonly maxConnsPerSource: number;
   /** New connections per second per client address; 0: no limit. */

@@ -205,6 +205,12 @@ export class Supervisor {
   }
 
   private logListening(frontend: FrontendConfig): void {
+    if (frontend.listen.some((l) => l.acceptProxy) && frontend.guard.proxyFrom.length === 0) {
+      this.log.warn(
+        { frontend: frontend.name },
+        'accept-proxy trusts every peer to name its client: set acceptProxyFrom (--accept-proxy-from)',
+      );
+    }
     this.log.info(
       {
         frontend: frontend.name,

@@ -22,6 +22,7 @@ import {
   prepareClientRead,
 } from './connection.ts';
 import type { Frontend } from './frontend.ts';
+import type { Guard } from './guard.ts';
 import { REFUSED, UNTRACKED } from './guard.ts';
 import type { TcpHandle } from './internals.ts';
 import { adoptHandle } from './internals.ts';
@@ -49,10 +50,10 @@ export function acceptHandle(
   if (status < 0) return; // accept() failed (EMFILE...): nothing was accepted.
   let source = UNTRACKED;
   // Behind a PROXY header the peer is the upstream balancer: check the client once it is known.
-  if (frontend.guard !== null && !acceptProxy) {
+  if (frontend.guard !== null) {
     const peer: { address?: string; family?: string } = {};
     handle.getpeername(peer);
-    source = frontend.guard.admit(peer.address ?? '', peer.family ?? 'IPv4');
+    source = check(frontend.guard, peer.address ?? '', peer.family ?? 'IPv4', acceptProxy);
     if (source === REFUSED) {
       refuse(frontend, frontend.guard.reason);
       handle.close();
@@ -74,8 +75,9 @@ export function acceptHandle(
 
 export function acceptSocket(frontend: Frontend, socket: net.Socket, acceptProxy: boolean): void {
   let source = UNTRACKED;
-  if (frontend.guard !== null && !acceptProxy) {
-    source = frontend.guard.admit(socket.remoteAddress ?? '', socket.remoteFamily ?? 'IPv4');
+  if (frontend.guard !== null) {
+    const address = socket.remoteAddress ?? '';
+    source = check(frontend.guard, address, socket.remoteFamily ?? 'IPv4', acceptProxy);
     if (source === REFUSED) {
       refuse(frontend, frontend.guard.reason);
       socket.destroy();
@@ -93,6 +95,17 @@ export function acceptSocket(frontend: Frontend, socket: net.Socket, acceptProxy
   const conn = new Connection(frontend);
   conn.source = source;
   start(frontend, conn, client, acceptProxy);
+}
+
+/**
+ * The guard's word on a new peer. On an accept-proxy listener the peer is an upstream balancer:
+ * only whether it may send PROXY headers is checked now, the client once its header names it.
+ */
+function check(guard: Guard, address: string, family: string, acceptProxy: boolean): number {
+  if (!acceptProxy) return guard.admit(address, family);
+  if (guard.trustsProxy(address, family)) return UNTRACKED;
+  guard.reason = END.UNTRUSTED_PROXY;
+  return REFUSED;
 }
 
 /** Counts a client closed at the door, before it became a connection. */

@@ -1,5 +1,5 @@
-// Protection at the edge, before any backend is contacted: allow/deny lists (net.BlockList) and
-// per-source limits (live connections, and new connections per second, per client address).
+// Protection at the edge, before any backend is contacted: allow/deny lists (net.BlockList), the
+// peers trusted to send PROXY headers, and per-source limits (live connections, and new connections per second, per client address).
 // Invariants: the per-source table is shared by every worker (Atomics over a SharedArrayBuffer),
 // fixed in size (SOURCE_SLOTS entries, 1 MiB), and needs no sweep: an entry with no live
 // connection and no recent connect is free to be taken by another address. Sources are told
@@ -31,6 +31,7 @@ export const REFUSED = -2;
 export class Guard {
   private readonly allow: net.BlockList | null;
   private readonly deny: net.BlockList | null;
+  private readonly proxyFrom: net.BlockList | null;
   private readonly maxConns: number;
   private readonly rate: number;
   private readonly table: Int32Array;
@@ -41,6 +42,7 @@ export class Guard {
   constructor(config: GuardConfig, sources: SharedArrayBuffer | null) {
     this.allow = config.allow.length > 0 ? blockList(config.allow) : null;
     this.deny = config.deny.length > 0 ? blockList(config.deny) : null;
+    this.proxyFrom = config.proxyFrom.length > 0 ? blockList(config.proxyFrom) : null;
     this.maxConns = config.maxConnsPerSource;
     this.rate = config.connRatePerSource;
     this.table = sources === null ? new Int32Array(0) : new Int32Array(sources);
@@ -51,9 +53,17 @@ export class Guard {
     return (
       config.allow.length > 0 ||
       config.deny.length > 0 ||
+      config.proxyFrom.length > 0 ||
       config.maxConnsPerSource > 0 ||
       config.connRatePerSource > 0
     );
+  }
+
+  /** Whether the real peer of an accept-proxy listener may speak for a client (a PROXY header). */
+  trustsProxy(address: string, family: string): boolean {
+    if (this.proxyFrom === null) return true;
+    const [plain, type] = plainAddress(address, family);
+    return this.proxyFrom.check(plain, type);
   }
 
   /**
@@ -61,13 +71,7 @@ export class Guard {
    * live count, to be given back with release() when the connection ends.
    */
   admit(address: string, family: string): number {
-    // A dual-stack listener shows IPv4 clients as ::ffff:a.b.c.d: check them as IPv4.
-    let type: 'ipv4' | 'ipv6' = family === 'IPv6' ? 'ipv6' : 'ipv4';
-    let plain = address;
-    if (type === 'ipv6' && address.startsWith('::ffff:') && address.includes('.')) {
-      plain = address.slice(7);
-      type = 'ipv4';
-    }
+    const [plain, type] = plainAddress(address, family);
     if (this.deny?.check(plain, type) === true || this.allow?.check(plain, type) === false) {
       this.reason = END.DENIED;
       return REFUSED;
@@ -135,6 +139,14 @@ export class Guard {
     }
     return -1;
   }
+}
+
+/** A dual-stack listener shows IPv4 clients as ::ffff:a.b.c.d: they are checked as IPv4. */
+function plainAddress(address: string, family: string): [string, 'ipv4' | 'ipv6'] {
+  if (family === 'IPv6' && address.startsWith('::ffff:') && address.includes('.')) {
+    return [address.slice(7), 'ipv4'];
+  }
+  return [address, family === 'IPv6' ? 'ipv6' : 'ipv4'];
 }
 
 function blockList(cidrs: readonly string[]): net.BlockList {

@@ -18,6 +18,7 @@ export const END = {
   DENIED: 11,
   SOURCE_LIMIT: 12,
   BAD_PROXY: 13,
+  UNTRUSTED_PROXY: 14,
 } as const;
 
 export const END_NAMES = [
@@ -35,6 +36,7 @@ export const END_NAMES = [
   'denied',
   'source-limit',
   'bad-proxy-header',
+  'untrusted-proxy',
 ] as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */

@@ -27,6 +27,7 @@ const REFUSALS: Array<[string, (typeof END_NAMES)[number]]> = [
   ['no-backend', 'no-backend'],
   ['denied', 'denied'],
   ['source-limit', 'source-limit'],
+  ['untrusted-proxy', 'untrusted-proxy'],
 ];
 
 /** One sample: its labels and value. */

@@ -30,6 +30,7 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   retries: { text: '5', value: 5 },
   allow: { text: '127.0.0.0/8', value: ['127.0.0.0/8'] },
   deny: { text: '10.0.0.0/8', value: ['10.0.0.0/8'] },
+  acceptProxyFrom: { text: '127.0.0.0/8', value: ['127.0.0.0/8'] },
   maxConnsPerSource: { text: '12', value: 12 },
   connRatePerSource: { text: '30/s', value: 30 },
   healthCheck: { text: false, value: false },

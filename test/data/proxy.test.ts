@@ -5,7 +5,8 @@
 import net from 'node:net';
 import t from 'tap';
 import { parseProxyHeader } from '../../src/data/proxy-protocol.ts';
-import { echo, startBackend, startFulcrum, waitFor } from '../helpers.ts';
+import { query } from '../../src/stats/client.ts';
+import { echo, settled, socketPath, startBackend, startFulcrum, waitFor } from '../helpers.ts';
 
 /** A backend that reads a PROXY header and answers with what it said, then echoes. */
 function proxyAware(socket: net.Socket): void {
@@ -187,4 +188,69 @@ t.test('accept-proxy: --deny applies to the client the header names', async (t) 
   );
   t.match(allowed.text, /hi/, 'another client behind the same upstream is served');
   t.equal(backend.accepted, 1);
+});
+
+t.test(
+  'accept-proxy-from: only the trusted upstream may send a header; others are closed and counted',
+  async (t) => {
+    const backend = await startBackend(proxyAware);
+    t.teardown(() => backend.close());
+    const stats = socketPath();
+    const fulcrum = await startFulcrum([
+      '--workers',
+      '1',
+      '--no-health-check',
+      '--stats-socket',
+      stats,
+      '--accept-proxy-from',
+      '127.0.0.2/32',
+      '--listen',
+      '127.0.0.1:0,accept-proxy',
+      '--backend',
+      `${backend.address},send-proxy=v1`,
+    ]);
+    t.teardown(() => fulcrum.stop());
+    const header = 'PROXY TCP4 203.0.113.7 192.0.2.1 40000 5432\r\n';
+    /** Sends the header from `local` and collects what comes back until the close. */
+    const from = (local: string) =>
+      new Promise<string>((resolve) => {
+        const socket = net.connect({ port: fulcrum.port, host: '127.0.0.1', localAddress: local });
+        let text = '';
+        socket.on('data', (chunk: Buffer) => {
+          text += chunk.toString();
+          if (text.includes('\n')) socket.end();
+        });
+        socket.on('error', () => {});
+        socket.on('close', () => resolve(text));
+        socket.on('connect', () => socket.write(header));
+      });
+    t.equal(await from('127.0.0.1'), '', 'an untrusted peer is closed');
+    t.equal(backend.accepted, 0, 'without touching a backend');
+    const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
+    t.equal(info['ended_untrusted-proxy'], 1, 'counted');
+    t.equal(
+      (await from('127.0.0.2')).split('\n')[0],
+      '203.0.113.7:40000 -> 5432',
+      'the trusted upstream speaks for its client',
+    );
+    t.ok(
+      !fulcrum.logs.some((l) => String(l.msg).startsWith('accept-proxy trusts every peer')),
+      'no warning when the list is set',
+    );
+    await settled(stats, fulcrum);
+  },
+);
+
+t.test('accept-proxy without a trusted list: a warning at start', async (t) => {
+  const backend = await startBackend(echo);
+  t.teardown(() => backend.close());
+  const fulcrum = await startFulcrum([
+    '--no-health-check',
+    '--listen',
+    '127.0.0.1:0,accept-proxy',
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(() => fulcrum.stop());
+  t.ok(fulcrum.logs.some((l) => String(l.msg).startsWith('accept-proxy trusts every peer')));
 });
