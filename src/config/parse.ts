@@ -47,6 +47,16 @@ export function positiveDuration(text: string, where: string): number {
   return ms;
 }
 
+/** A duration of at least `min` ms: a floor where a smaller one would only burn CPU and a
+ *  backend's patience (probing a backend every millisecond). */
+export function durationAtLeast(min: number): (text: string, where: string) => number {
+  return (text, where) => {
+    const ms = parseDuration(text, where);
+    if (ms < min) throw new ConfigError(where, `must be at least ${min}ms`);
+    return ms;
+  };
+}
+
 /** A whole number in [min, max]. */
 export function parseInteger(text: string, where: string, min: number, max: number): number {
   const trimmed = text.trim();
@@ -200,4 +210,23 @@ export function parseResolver(text: string, where: string): string {
     throw new ConfigError(where, `"${text}": a name server is an IP address`);
   }
   return endpoint.text;
+}
+
+/**
+ * An IP address in one spelling, so that two spellings of one destination compare equal: an
+ * IPv4-mapped IPv6 address as IPv4, IPv6 in its compressed form, and the unspecified address
+ * (0.0.0.0, ::), which a connect reaches as this host, as loopback. A hostname is unchanged.
+ */
+export function canonicalHost(host: string): string {
+  const family = isIP(host);
+  if (family === 4) return host === '0.0.0.0' ? '127.0.0.1' : host;
+  if (family !== 6) return host;
+  const compressed = new URL(`http://[${host}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(compressed);
+  if (mapped !== null) {
+    const high = Number.parseInt(mapped[1], 16);
+    const low = Number.parseInt(mapped[2], 16);
+    return canonicalHost(`${high >> 8}.${high & 255}.${low >> 8}.${low & 255}`);
+  }
+  return compressed === '::' ? '::1' : compressed;
 }

@@ -9,6 +9,7 @@ import { BACKEND_GRAMMAR, parseBackend } from './backend.ts';
 import {
   checkCidr,
   checkName,
+  durationAtLeast,
   integer,
   parseChoice,
   parseDuration,
@@ -63,6 +64,9 @@ export interface Setting {
 function choice(choices: readonly string[], what: string) {
   return (text: string, where: string) => parseChoice(text, where, choices, what);
 }
+
+/** The shortest time between probes of one backend: ten a second is already a lot of probing. */
+export const MIN_HEALTH_INTERVAL_MS = 100;
 
 export const SETTINGS: readonly Setting[] = [
   // ---- frontend: what to listen on and where to send it
@@ -279,8 +283,8 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'value',
     target: 'health.intervalMs',
     default: '2s',
-    help: 'time between TCP probes of each backend',
-    parse: positiveDuration,
+    help: `time between TCP probes of each backend (at least ${MIN_HEALTH_INTERVAL_MS}ms)`,
+    parse: durationAtLeast(MIN_HEALTH_INTERVAL_MS),
   },
   {
     key: 'healthTimeout',

@@ -5,9 +5,11 @@
 // configured one would; a command that cannot be done changes nothing and says why; what must
 // outlive a restart is recorded in the runtime state and saved.
 
+import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { parseBackend } from '../config/backend.ts';
-import { ConfigError } from '../config/parse.ts';
-import type { BackendConfig, Config } from '../config/types.ts';
+import { ConfigError, canonicalHost } from '../config/parse.ts';
+import type { BackendConfig, Config, Endpoint, ListenEndpoint } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { resetCounters } from '../shared/counters.ts';
 import type { AdminInterface, Outcome } from '../stats/commands.ts';
@@ -112,7 +114,8 @@ export class Admin implements AdminInterface {
         if (err instanceof ConfigError) return { ok: false, message: err.message };
         throw err;
       }
-      const clash = clashOf(pool, backend, found, control.state.apply(control.loaded()));
+      const configured = control.state.apply(control.loaded());
+      const clash = clashOf(pool, control.pools(), backend, found, configured);
       if (clash !== null) return { ok: false, message: clash };
       control.state.added(pool.name, backend);
       let changes: PoolChanges;
@@ -210,13 +213,22 @@ export class Admin implements AdminInterface {
  *  already has. `configured` is the config with the runtime additions, before DNS. */
 function clashOf(
   pool: Pool,
+  pools: readonly Pool[],
   backend: BackendConfig,
   found: readonly BackendConfig[],
   configured: Config,
 ): string | null {
+  const listeners = pools.flatMap((p) => p.config.listen);
+  for (const b of found) {
+    const listener = listeners.find((l) => reaches(b, l));
+    if (listener !== undefined) {
+      const address = b === backend ? backend.text : `${b.host}:${b.port}`;
+      return `${address} is fulcrum's own listener ${listener.text}: a backend there would loop`;
+    }
+  }
   for (const member of pool.members()) {
     if (member.leaving) continue;
-    const same = found.find((b) => b.host === member.config.host && b.port === member.config.port);
+    const same = found.find((b) => sameEndpoint(b, member.config));
     if (same !== undefined) {
       const address = same === backend ? backend.text : `${same.host}:${same.port}`;
       return `${address} is already in frontend ${pool.name} (as ${member.config.name})`;
@@ -239,4 +251,25 @@ function saved(outcome: Outcome, unsaved: string | null): Outcome {
     ok: false,
     message: `${outcome.message}: live, but not saved to the state file (${unsaved})`,
   };
+}
+
+/** Whether two endpoints are one destination, however each address is spelled. */
+function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
+  return a.port === b.port && canonicalHost(a.host) === canonicalHost(b.host);
+}
+
+/**
+ * Whether a connection to `backend` would reach `listener`: the same endpoint, or the listener
+ * takes every address of this host (0.0.0.0, ::) and the backend is one of them.
+ */
+function reaches(backend: Endpoint, listener: ListenEndpoint): boolean {
+  if (sameEndpoint(backend, listener)) return true;
+  if (backend.port !== listener.port || (listener.host !== '0.0.0.0' && listener.host !== '::')) {
+    return false;
+  }
+  const host = canonicalHost(backend.host);
+  if (host === '::1' || (isIP(host) === 4 && host.startsWith('127.'))) return true;
+  return Object.values(networkInterfaces()).some((addresses) =>
+    (addresses ?? []).some((a) => canonicalHost(a.address) === host),
+  );
 }

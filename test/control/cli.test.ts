@@ -53,6 +53,11 @@ const cases: Array<[string, string[], string]> = [
     '--health-interval',
   ],
   [
+    'a health interval under the floor (a probe every millisecond)',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-interval', '1ms'],
+    '--health-interval',
+  ],
+  [
     'a zero health timeout',
     [...OK_LISTEN, ...OK_BACKEND, '--health-timeout', '0'],
     '--health-timeout',

@@ -251,6 +251,24 @@ t.test('bad commands change nothing and answer one error line', async (t) => {
       `add backend default ${b.address},name=${a.address}`,
       /^error: name .* is already in frontend default/,
     ],
+    // The same backend spelled other ways: IPv4-mapped IPv6, and the unspecified address.
+    [
+      `add backend default [::ffff:127.0.0.1]:${a.port}`,
+      new RegExp(`^error: \\[::ffff:127\\.0\\.0\\.1\\]:${a.port} is already in frontend default`),
+    ],
+    [
+      `add backend default 0.0.0.0:${a.port}`,
+      new RegExp(`^error: 0\\.0\\.0\\.0:${a.port} is already in frontend default`),
+    ],
+    // fulcrum's own listener: every probe and client would loop back into fulcrum.
+    [
+      `add backend default 127.0.0.1:${fulcrum.port}`,
+      /^error: 127\.0\.0\.1:\d+ is fulcrum's own listener 127\.0\.0\.1:\d+: a backend there would loop$/,
+    ],
+    [
+      `add backend default [::ffff:127.0.0.1]:${fulcrum.port}`,
+      /^error: .* is fulcrum's own listener/,
+    ],
     [
       `add backend default ${b.address},weight=999`,
       /^error: add backend .*weight: 999 is out of range \(0\.\.256\)$/,
