@@ -106,13 +106,24 @@ function portOf(address: string): number {
   return Number(address.slice(address.lastIndexOf(':') + 1));
 }
 
-/** Runs fulcrum with `args` (plus `--listen 127.0.0.1:0` unless given) and waits until ready. */
-export async function startFulcrum(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Fulcrum> {
+/**
+ * Runs fulcrum with `args` (plus `--listen 127.0.0.1:0` unless given) and waits until ready.
+ * `fdLimit`: run it under `ulimit -n` (the shell execs node, so the pid is fulcrum's).
+ */
+export async function startFulcrum(
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  fdLimit?: number,
+): Promise<Fulcrum> {
   const full =
     args.includes('--listen') || args.includes('--config')
       ? args
       : ['--listen', '127.0.0.1:0', ...args];
-  const proc = spawn(process.execPath, [BIN, ...full], {
+  const command =
+    fdLimit === undefined
+      ? [process.execPath, BIN, ...full]
+      : ['sh', '-c', `ulimit -n ${fdLimit} && exec "$@"`, 'sh', process.execPath, BIN, ...full];
+  const proc = spawn(command[0], command.slice(1), {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
   });

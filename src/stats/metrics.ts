@@ -2,8 +2,11 @@
 // Invariant: nothing is counted twice and nothing here runs on the data path: each scrape takes
 // one snapshot of the shared counters and the workers' histograms (the same the stats socket
 // shows) and every metric reads that snapshot. Labels: frontend, and backend where it applies.
+// The port is a side channel and must never starve the data plane: it holds at most
+// MAX_METRICS_CLIENTS connections, and closes silent or idle ones within seconds.
 
 import http from 'node:http';
+import type net from 'node:net';
 import { Counter, Gauge, type Metric, Registry } from 'prom-client';
 import type { Endpoint } from '../config/types.ts';
 import type { Logger } from '../log.ts';
@@ -96,6 +99,13 @@ const QUANTILES: Array<[number, keyof Percentiles]> = [
   [0.999, 'p999'],
 ];
 
+/** Connections the metrics port holds at most (Prometheus needs one or two). */
+export const MAX_METRICS_CLIENTS = 16;
+/** A connection that has not sent its request headers by then is closed. */
+export const HEADERS_TIMEOUT_MS = 5000;
+/** A kept-alive connection idle this long is closed. */
+export const IDLE_TIMEOUT_MS = 5000;
+
 export class MetricsServer {
   private readonly view: StatsView;
   private readonly log: Logger;
@@ -104,15 +114,46 @@ export class MetricsServer {
   private snapshot: Snapshot | null = null;
   /** One scrape at a time builds the snapshot; concurrent scrapes share it. */
   private pending: Promise<string> | null = null;
+  /** Open connections, oldest first, and those with a request in progress. */
+  private readonly sockets = new Set<net.Socket>();
+  private readonly busy = new Set<net.Socket>();
 
   constructor(view: StatsView, log: Logger) {
     this.view = view;
     this.log = log;
     this.define();
-    this.server = http.createServer((req, res) => void this.serve(req, res));
-    this.server.keepAliveTimeout = 5000;
-    this.server.headersTimeout = 10_000;
-    this.server.requestTimeout = 10_000;
+    // Timeouts are checked every second (Node's default is 30 s): a client that opens a
+    // connection and says nothing holds its descriptor for HEADERS_TIMEOUT_MS at most.
+    this.server = http.createServer({ connectionsCheckingInterval: 1000 }, (req, res) => {
+      void this.serve(req, res);
+    });
+    this.server.keepAliveTimeout = IDLE_TIMEOUT_MS;
+    this.server.headersTimeout = HEADERS_TIMEOUT_MS;
+    this.server.requestTimeout = HEADERS_TIMEOUT_MS * 2;
+    this.server.on('connection', (socket: net.Socket) => this.admit(socket));
+  }
+
+  /**
+   * At most MAX_METRICS_CLIENTS connections: a new one takes the place of the oldest idle one
+   * (so idle clients cannot lock a scraper out), and is closed when all are busy. Descriptors
+   * are the data plane's: the metrics port may never take more than this many.
+   */
+  private admit(socket: net.Socket): void {
+    socket.on('error', () => {});
+    if (this.sockets.size >= MAX_METRICS_CLIENTS) {
+      const idle = [...this.sockets].find((s) => !this.busy.has(s));
+      if (idle === undefined) {
+        socket.destroy();
+        return;
+      }
+      idle.destroy();
+      this.sockets.delete(idle);
+    }
+    this.sockets.add(socket);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      this.busy.delete(socket);
+    });
   }
 
   async start(endpoint: Endpoint): Promise<number> {
@@ -130,6 +171,9 @@ export class MetricsServer {
   }
 
   private async serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const socket = req.socket;
+    this.busy.add(socket);
+    res.once('close', () => this.busy.delete(socket));
     const path = (req.url ?? '').split('?')[0];
     if (path !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');

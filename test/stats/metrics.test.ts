@@ -2,17 +2,21 @@
 // series whose values agree with what was done, latency summaries from the HDR histograms, and
 // series that follow a reload.
 
+import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import parsePrometheusTextFormat, { type MetricFamily } from 'parse-prometheus-text-format';
 import t from 'tap';
 import { query } from '../../src/stats/client.ts';
+import { HEADERS_TIMEOUT_MS, MAX_METRICS_CLIENTS } from '../../src/stats/metrics.ts';
 import {
   closedPort,
   connect,
   eventually,
   greet,
+  heldConnections,
   readLine,
   showStat,
   socketPath,
@@ -179,3 +183,65 @@ t.test('regression: fulcrum_backend_up is 0 for a backend that is disabled and d
     'disabled but healthy: still up',
   );
 });
+
+t.test(
+  'idle connections to the metrics port cannot take the descriptors of the data plane',
+  async (t) => {
+    const a = await startBackend(greet);
+    t.teardown(() => a.close());
+    const path = socketPath();
+    // 256 descriptors, as in the report: 300 idle metrics clients used to take every one.
+    const fulcrum = await startFulcrum(
+      [
+        '--workers',
+        '1',
+        '--metrics',
+        '127.0.0.1:0',
+        '--stats-socket',
+        path,
+        '--health-interval',
+        '100ms',
+        '--backend',
+        a.address,
+      ],
+      {},
+      256,
+    );
+    t.teardown(() => fulcrum.stop());
+    const url = (await waitForLog(fulcrum, (l) => l.msg === 'metrics', 5000, 'the metrics url'))
+      .url as string;
+    const { port } = new URL(url);
+    const idle: net.Socket[] = [];
+    for (let i = 0; i < 300; i++) {
+      const socket = net.connect({ port: Number(port), host: '127.0.0.1' });
+      socket.on('error', () => {});
+      idle.push(socket);
+      await once(socket, 'connect');
+    }
+    t.teardown(() => {
+      for (const socket of idle) socket.destroy();
+    });
+    await eventually(
+      async () => heldConnections(fulcrum.proc.pid as number) <= MAX_METRICS_CLIENTS,
+      5000,
+      'fulcrum to hold no more than the cap',
+    );
+    const m = await scrape(url);
+    t.equal(value(m.get('fulcrum_backend_up'), { backend: a.address }), 1, 'a scrape gets in');
+    const clients = await Promise.all(Array.from({ length: 50 }, () => connect(fulcrum.port)));
+    const lines = await Promise.all(clients.map((c) => readLine(c)));
+    t.ok(
+      lines.every((l) => l === String(a.port)),
+      '50 data-plane clients are served',
+    );
+    for (const c of clients) c.destroy();
+    t.equal(await query(path, 'show info').then((s) => s.startsWith('version')), true);
+    t.equal((await showStat(path))[0].backends[0].state, 'up', 'the backend stays up');
+    // The idle ones are closed once they have said nothing for the headers timeout.
+    await eventually(
+      async () => heldConnections(fulcrum.proc.pid as number) === 0,
+      HEADERS_TIMEOUT_MS + 5000,
+      'the silent clients to be closed',
+    );
+  },
+);
