@@ -6,6 +6,7 @@ import net from 'node:net';
 import type { HealthConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { B_CONNECTIONS, B_FAILURES, backendOffset, sumSlots } from '../shared/counters.ts';
+import { isLocalError } from '../shared/errors.ts';
 import { UP } from '../shared/table.ts';
 import type { Member, Pool } from './pool.ts';
 
@@ -34,6 +35,8 @@ export class HealthChecker {
   private readonly log: Logger;
   private wake: NodeJS.Timeout | null = null;
   private passive: NodeJS.Timeout | null = null;
+  /** The local error probes last met, until one gets through; null: none. */
+  private troubled: string | null = null;
   private stopped = false;
   private started = false;
 
@@ -128,10 +131,30 @@ export class HealthChecker {
       // A backend that left while its probe ran is no longer ours to judge.
       if (!this.stopped && this.backends.includes(b)) this.record(b, ok, reason);
     };
-    socket.once('connect', () => done(true, 'probe succeeded'));
+    socket.once('connect', () => {
+      this.troubled = null;
+      done(true, 'probe succeeded');
+    });
     socket.once('timeout', () => done(false, `probe timed out after ${b.health.timeoutMs} ms`));
-    socket.once('error', (err: NodeJS.ErrnoException) =>
-      done(false, `probe failed: ${err.code ?? err.message}`),
+    socket.once('error', (err: NodeJS.ErrnoException) => {
+      if (isLocalError(err.code)) {
+        // fulcrum could not even try: the probe says nothing about the backend.
+        b.probing = false;
+        socket.destroy();
+        this.localTrouble(err.code as string);
+        return;
+      }
+      done(false, `probe failed: ${err.code ?? err.message}`);
+    });
+  }
+
+  /** A probe could not be made for want of a local resource: logged once until probes work. */
+  private localTrouble(code: string): void {
+    if (this.troubled === code) return;
+    this.troubled = code;
+    this.log.error(
+      { reason: code },
+      'health checks cannot probe: fulcrum is out of a local resource (not counted against any backend)',
     );
   }
 

@@ -8,7 +8,7 @@
 import { ConfigError } from '../config/parse.ts';
 import type { Config, FrontendConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
-import { addFrontendFields, summarize, sumSlots } from '../shared/counters.ts';
+import { addFrontendFields, END, END_BASE, summarize, sumSlots } from '../shared/counters.ts';
 import type { LatencyAnswer, ListenFailure, WorkerInit } from '../shared/messages.ts';
 import type { Outcome } from '../stats/commands.ts';
 import { MetricsServer } from '../stats/metrics.ts';
@@ -28,6 +28,9 @@ export { ListenError };
 
 /** How often removed backends are checked for their last connection. */
 const SWEEP_MS = 100;
+
+/** Local resource errors are logged at most this often (they come in floods). */
+const LOCAL_ERROR_LOG_MS = 10_000;
 
 export class Supervisor {
   /** The config in force, listen ports fixed. */
@@ -66,6 +69,9 @@ export class Supervisor {
   /** A reload asked for while starting: it runs once ready (the config may have changed since). */
   private reloadWhenReady: string | null = null;
   private drained = 0;
+  /** Clients closed by local resource errors, as last logged, and when (at most every 10 s). */
+  private localErrors = 0;
+  private localErrorsAt = Number.NEGATIVE_INFINITY;
 
   /** `config` is as loaded (hostnames unresolved); `load` reads it again for a reload. */
   constructor(config: Config, log: Logger, version: string, load: () => Promise<Config>) {
@@ -481,6 +487,17 @@ export class Supervisor {
       for (const name of pool.sweepLeaving()) {
         this.log.info({ frontend: pool.name, backend: name }, 'backend removed');
       }
+    }
+    if (now - this.localErrorsAt >= LOCAL_ERROR_LOG_MS && this.view !== null) {
+      const total = this.view.totals()[END_BASE + END.LOCAL_ERROR];
+      if (total > this.localErrors) {
+        this.localErrorsAt = now;
+        this.log.error(
+          { connections: total - this.localErrors },
+          'clients closed for want of a local resource (descriptors, ports): not counted against any backend',
+        );
+      }
+      this.localErrors = total;
     }
   }
 

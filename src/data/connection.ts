@@ -30,6 +30,7 @@ import {
   LIVE,
   RETRIES,
 } from '../shared/counters.ts';
+import { isLocalError } from '../shared/errors.ts';
 import type { BackendTable } from '../shared/table.ts';
 import type { LatencyRecorder } from '../stats/latency.ts';
 import { CONNECT, DURATION, FIRST_BYTE } from '../stats/latency.ts';
@@ -478,6 +479,15 @@ function onBackendError(this: BackendSocket, err: NodeJS.ErrnoException): void {
   const conn = this.conn;
   if (conn === null) return;
   if (conn.phase === CONNECTING) {
+    if (isLocalError(err.code)) {
+      // Out of descriptors or local ports: our trouble, not the backend's. No failure is
+      // counted against it, and no retry (another backend would meet the same shortage).
+      conn.frontend.connecting.remove(conn);
+      detachBackend(conn);
+      if (conn.clientClosed) finish(conn);
+      else closeClient(conn, END.LOCAL_ERROR);
+      return;
+    }
     failConnect(conn, false);
     return;
   }

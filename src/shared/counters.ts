@@ -19,6 +19,7 @@ export const END = {
   SOURCE_LIMIT: 12,
   BAD_PROXY: 13,
   UNTRUSTED_PROXY: 14,
+  LOCAL_ERROR: 15,
 } as const;
 
 export const END_NAMES = [
@@ -37,6 +38,7 @@ export const END_NAMES = [
   'source-limit',
   'bad-proxy-header',
   'untrusted-proxy',
+  'local-error',
 ] as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */
