@@ -15,6 +15,7 @@ import { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
 import { StatsView } from '../stats/view.ts';
 import { Admin } from './admin.ts';
+import { connectionBudget, descriptorLimit } from './descriptors.ts';
 import { Discovery } from './discovery.ts';
 import { HealthChecker } from './health.ts';
 import { checkNewListeners, hostText, ListenError, Listeners, listenReason } from './listeners.ts';
@@ -69,6 +70,8 @@ export class Supervisor {
   /** A reload asked for while starting: it runs once ready (the config may have changed since). */
   private reloadWhenReady: string | null = null;
   private drained = 0;
+  /** The last note about the connection budget, so it is logged once, not at every change. */
+  private budgetSaid = '';
   /** Clients closed by local resource errors, as last logged, and when (at most every 10 s). */
   private localErrors = 0;
   private localErrorsAt = Number.NEGATIVE_INFINITY;
@@ -135,7 +138,7 @@ export class Supervisor {
         index,
         pools: this.pools.map((p) => p.update()),
         live: this.live,
-        maxConnections: config.maxConnections,
+        maxConnections: this.maxConnections(),
         backlog: config.backlog,
         accessLog: config.accessLog,
         logFormat: config.logFormat,
@@ -472,7 +475,7 @@ export class Supervisor {
       type: 'update',
       id,
       pools: this.pools.map((p) => p.update()),
-      maxConnections: this.config.maxConnections,
+      maxConnections: this.maxConnections(),
       accessLog: this.config.accessLog,
     }));
     return answers.flatMap((a) => (a.type === 'updated' ? a.failures : []));
@@ -526,6 +529,18 @@ export class Supervisor {
       setTimeout(() => this.exit(), 200).unref();
     }, this.config.drainTimeoutMs);
     deadline.unref();
+  }
+
+  /** The live-connection limit the workers enforce: the configured one, or the one the
+   *  descriptor limit allows (see descriptors.ts); said once per distinct answer. */
+  private maxConnections(): number {
+    const budget = connectionBudget(this.config, descriptorLimit());
+    const said = JSON.stringify(budget.note);
+    if (budget.note !== null && said !== this.budgetSaid) {
+      this.log[budget.note.level](budget.note.fields, budget.note.message);
+    }
+    this.budgetSaid = said;
+    return budget.maxConnections;
   }
 
   /** Every worker's histograms, encoded, by frontend. */

@@ -32,6 +32,9 @@ t.test(
       [
         '--workers',
         '1',
+        // Past what the descriptor limit allows (a warning): so the shortage can happen.
+        '--max-connections',
+        '1000',
         '--stats-socket',
         stats,
         '--health-interval',
@@ -117,6 +120,55 @@ t.test(
     const socket = await connect(fulcrum.port);
     t.match(await readLine(socket), /^\d+$/);
     socket.destroy();
+    await settled(stats, fulcrum);
+  },
+);
+
+t.test(
+  'without --max-connections, the limit comes from the descriptor limit and keeps a reserve',
+  async (t) => {
+    const backend = await startBackend(greet);
+    t.teardown(() => backend.close());
+    const stats = socketPath();
+    const fulcrum = await startFulcrum(
+      [
+        '--workers',
+        '1',
+        '--stats-socket',
+        stats,
+        '--health-interval',
+        '100ms',
+        '--backend',
+        backend.address,
+      ],
+      {},
+      FD_LIMIT + 100,
+    );
+    t.teardown(() => fulcrum.stop());
+    const said = fulcrum.logs.find((l) => String(l.msg).startsWith('max connections from'));
+    t.ok(said, 'said at start');
+    const limit = said?.maxConnections as number;
+    t.ok(limit > 0 && limit < (FD_LIMIT + 100) / 2, `${limit} connections, two descriptors each`);
+    const held: net.Socket[] = [];
+    t.teardown(() => {
+      for (const socket of held) socket.destroy();
+    });
+    for (let i = 0; i < limit; i++) {
+      const socket = await connect(fulcrum.port);
+      held.push(socket);
+      t.equal(await readLine(socket), String(backend.port));
+    }
+    const over = await connect(fulcrum.port);
+    over.on('error', () => {});
+    await t.rejects(readLine(over), 'one more is refused');
+    const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
+    t.equal(info['ended_refused-limit'], 1, 'as over the limit');
+    t.equal(info['ended_local-error'], 0, 'never short of a descriptor');
+    // The reserve is there: probes still reach the backend, and the stats socket answers.
+    const probes = backend.accepted;
+    await waitFor(() => backend.accepted > probes + 2, 5000, 'probes to go on');
+    t.equal((await showStat(stats))[0].backends[0].state, 'up');
+    for (const socket of held) socket.destroy();
     await settled(stats, fulcrum);
   },
 );
