@@ -3,7 +3,15 @@
 // on SIGTERM/SIGINT. Its helpers each keep one job: listeners.ts (ports, systemd's sockets),
 // workers.ts (threads, requests), discovery.ts (names), admin.ts (runtime changes), state.ts.
 // Invariants: the main thread never touches a client connection; every change to the pools
-// (reload, DNS, admin) runs one at a time (serially) and reaches the workers by publish().
+// (reload, DNS, admin) runs one at a time (serially) and reaches the workers by publish(); a
+// reload, a DNS refresh or an admin command that fails is a logged error with nothing changed,
+// never a rejection nobody handles.
+//
+// How fulcrum stops (the stop path's invariant): SIGTERM/SIGINT closes the listeners and asks
+// every worker to drain; the process exits 0 as soon as every worker says it holds no live
+// connection (at once when nothing is live), and in any case at the drain timeout, when what is
+// left is cut and the exit follows 200 ms later; a second signal exits 1 at once. Nothing on
+// the way out waits for a reload, a config read, DNS or a state save.
 
 import { ConfigError } from '../config/parse.ts';
 import type { Config, FrontendConfig } from '../config/types.ts';
