@@ -101,7 +101,7 @@ t.test('SIGTERM with such connections open exits by the drain timeout', async (t
     backend.address,
   ]);
   for (let i = 0; i < 200; i++) flood(fulcrum.port, () => {});
-  await waitFor(() => backend.accepted >= 100, 10_000, 'a hundred connections through');
+  await waitFor(() => backend.accepted >= 20, 20_000, 'twenty connections through');
   t.ok(heldConnections(fulcrum.proc.pid as number) > 0, 'connections are open at SIGTERM');
   t.ok((await stopTime(t, fulcrum)) < 6000, 'exits soon after the 1 s drain timeout');
 });
