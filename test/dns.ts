@@ -35,8 +35,7 @@ export async function dnsServer(t: { teardown(fn: () => unknown): void }) {
     if (state.holding) held.push(() => send(response));
     else send(response);
   };
-  const socket = dgram.createSocket('udp4');
-  socket.on('message', (message, peer) => {
+  const onDatagram = (socket: dgram.Socket) => (message: Buffer, peer: dgram.RemoteInfo) => {
     answer(message, (response) => {
       // Too big for a datagram: say it is truncated, and the resolver asks again over TCP.
       if (response.length > 512) {
@@ -53,11 +52,9 @@ export async function dnsServer(t: { teardown(fn: () => unknown): void }) {
       }
       socket.send(response, peer.port, peer.address);
     });
-  });
-  socket.bind(0, '127.0.0.1');
-  await once(socket, 'listening');
-  // The same port over TCP, for answers too big for UDP: each message has a 2-byte length.
-  const tcp = net.createServer((conn) => {
+  };
+  // Over TCP too, for answers too big for UDP: each message has a 2-byte length.
+  const onStream = (conn: net.Socket) => {
     conn.on('error', () => {});
     let pending = Buffer.alloc(0);
     conn.on('data', (chunk: Buffer) => {
@@ -72,19 +69,36 @@ export async function dnsServer(t: { teardown(fn: () => unknown): void }) {
         });
       }
     });
-  });
-  tcp.listen(socket.address().port, '127.0.0.1');
-  await once(tcp, 'listening');
-  t.teardown(() => {
-    socket.close();
-    tcp.close();
-  });
-  /** Stops holding and sends every answer held so far. */
-  const release = () => {
-    state.holding = false;
-    for (const send of held.splice(0)) send();
   };
-  return { state, release, address: `127.0.0.1:${socket.address().port}` };
+  // One port for both: TCP takes a free one, UDP follows; taken for UDP, both try again.
+  for (let attempt = 1; ; attempt++) {
+    const tcp = net.createServer(onStream);
+    tcp.listen(0, '127.0.0.1');
+    await once(tcp, 'listening');
+    const port = (tcp.address() as net.AddressInfo).port;
+    const socket = dgram.createSocket('udp4');
+    socket.on('message', onDatagram(socket));
+    const bound = await new Promise<boolean>((resolve) => {
+      socket.once('error', () => resolve(false));
+      socket.bind(port, '127.0.0.1', () => resolve(true));
+    });
+    if (!bound) {
+      tcp.close();
+      socket.close();
+      if (attempt === 20) throw new Error('no port free for both UDP and TCP');
+      continue;
+    }
+    t.teardown(() => {
+      socket.close();
+      tcp.close();
+    });
+    /** Stops holding and sends every answer held so far. */
+    const release = () => {
+      state.holding = false;
+      for (const send of held.splice(0)) send();
+    };
+    return { state, release, address: `127.0.0.1:${port}` };
+  }
 }
 
 /** A records for `name`, with a TTL of a second. */
