@@ -86,9 +86,17 @@ export async function closedPort(): Promise<number> {
 
 // A test that fails half-way must not leave a balancer running: kill them all when the test exits.
 const spawned = new Set<ChildProcess>();
-process.on('exit', () => {
+function killSpawned(): void {
   for (const child of spawned) child.kill('SIGKILL');
-});
+}
+process.on('exit', killSpawned);
+// Killed from outside (tap's timeout, a `timeout` around the run): no 'exit' event would come.
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(signal, () => {
+    killSpawned();
+    process.exit(1);
+  });
+}
 
 export interface Fulcrum {
   readonly proc: ChildProcess;
