@@ -104,7 +104,7 @@ export class StatsServer {
     socket.setEncoding('latin1');
     let pending = '';
     /** Commands read and not yet answered, oldest first; answered one at a time, in order. */
-    const lines: string[] = [];
+    const lines: (string | typeof LINE_TOO_LONG)[] = [];
     let working = false;
     /** The client has sent its last command (a FIN): answer what is left, then end. */
     let ended = false;
@@ -120,7 +120,7 @@ export class StatsServer {
         // Back-pressure: a client that does not read its answers is not read from either.
         if (socket.writableLength > MAX_UNREAD) await drained(socket);
         if (socket.destroyed) break;
-        const line = lines.shift() as string;
+        const line = lines.shift() as string | typeof LINE_TOO_LONG;
         if (lines.length < MAX_QUEUED) socket.resume();
         const answer = await this.answer(line);
         if (socket.destroyed) break;
@@ -158,7 +158,9 @@ export class StatsServer {
   }
 
   /** One command's answer; an admin command that throws is logged and answered as an error. */
-  private async answer(line: string): Promise<{ text: string; close: boolean }> {
+  private async answer(
+    line: string | typeof LINE_TOO_LONG,
+  ): Promise<{ text: string; close: boolean }> {
     if (line === LINE_TOO_LONG) {
       return { text: `error: line longer than ${MAX_LINE} bytes`, close: true };
     }
@@ -182,8 +184,8 @@ export class StatsServer {
   }
 }
 
-/** Stands in the queue for a line that was too long (no command can be this string: a NUL). */
-const LINE_TOO_LONG = '\u0000';
+/** Stands in the queue for a line that was too long: not a string, so no command can be it. */
+const LINE_TOO_LONG: unique symbol = Symbol('line too long');
 
 /** Resolves when `socket` has written what it holds, or is gone. */
 function drained(socket: net.Socket): Promise<void> {

@@ -75,6 +75,8 @@ t.test('a word with a control character is refused: by ctl, and by the server', 
   t.equal(server, 'error: control character in the command (carriage return)\n\n');
   const nul = await halfOpen(path, 'show\u0000 stat\n');
   t.equal(nul, 'error: control character in the command (0x00)\n\n');
+  const alone = await halfOpen(path, '\u0000\nshow info\n');
+  t.match(alone, /^error: control character in the command \(0x00\)\n\nversion: /, 'and goes on');
   const stat = spawnSync(process.execPath, [BIN, 'stats', '--socket', path, '--json'], {
     encoding: 'utf8',
   });
