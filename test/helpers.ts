@@ -310,8 +310,13 @@ export function heldConnections(pid: number): number {
 export async function settled(stats: string, fulcrum?: Fulcrum): Promise<void> {
   await eventually(
     async () => {
-      const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
-      const frontends = await showStat(stats);
+      // A query refused for a moment (fulcrum just out of descriptors) is asked again.
+      const answers = await Promise.all([query(stats, 'show info json'), showStat(stats)]).catch(
+        () => null,
+      );
+      if (answers === null) return false;
+      const info = JSON.parse(answers[0]) as Record<string, number>;
+      const frontends = answers[1];
       return (
         info.connections_now === 0 &&
         frontends.every(

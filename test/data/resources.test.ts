@@ -80,7 +80,10 @@ t.test(
       JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
     await eventually(
       async () => {
-        const info = await ended();
+        // The stats socket shares the shortage (--max-connections was set past the reserve on
+        // purpose): a query it cannot accept is simply asked again.
+        const info = await ended().catch(() => null);
+        if (info === null) return false;
         return (info['ended_local-error'] ?? 0) + info['ended_connect-failed'] > 0;
       },
       10_000,
