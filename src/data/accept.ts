@@ -50,7 +50,7 @@ export function acceptHandle(
   if (status < 0) return; // accept() failed (EMFILE...): nothing was accepted.
   let source = UNTRACKED;
   // Behind a PROXY header the peer is the upstream balancer: check the client once it is known.
-  if (frontend.guard !== null) {
+  if (frontend.guard !== null && (!acceptProxy || frontend.guard.checksProxyPeers)) {
     const peer: { address?: string; family?: string } = {};
     handle.getpeername(peer);
     source = check(frontend.guard, peer.address ?? '', peer.family ?? 'IPv4', acceptProxy);
@@ -75,7 +75,7 @@ export function acceptHandle(
 
 export function acceptSocket(frontend: Frontend, socket: net.Socket, acceptProxy: boolean): void {
   let source = UNTRACKED;
-  if (frontend.guard !== null) {
+  if (frontend.guard !== null && (!acceptProxy || frontend.guard.checksProxyPeers)) {
     const address = socket.remoteAddress ?? '';
     source = check(frontend.guard, address, socket.remoteFamily ?? 'IPv4', acceptProxy);
     if (source === REFUSED) {

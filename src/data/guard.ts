@@ -1,5 +1,6 @@
 // Protection at the edge, before any backend is contacted: allow/deny lists (net.BlockList), the
-// peers trusted to send PROXY headers, and per-source limits (live connections, and new connections per second, per client address).
+// peers trusted to send PROXY headers, and per-source limits (live connections, and new
+// connections per second, per client address).
 // Invariants: the per-source table is shared by every worker (Atomics over a SharedArrayBuffer),
 // fixed in size (SOURCE_SLOTS entries, 1 MiB), and needs no sweep: an entry with no live
 // connection and no recent connect is free to be taken by another address. Sources are told
@@ -32,6 +33,8 @@ export class Guard {
   private readonly allow: net.BlockList | null;
   private readonly deny: net.BlockList | null;
   private readonly proxyFrom: net.BlockList | null;
+  /** Whether accept-proxy peers are checked at all: if not, their accept reads no address. */
+  readonly checksProxyPeers: boolean;
   private readonly maxConns: number;
   private readonly rate: number;
   private readonly table: Int32Array;
@@ -43,6 +46,7 @@ export class Guard {
     this.allow = config.allow.length > 0 ? blockList(config.allow) : null;
     this.deny = config.deny.length > 0 ? blockList(config.deny) : null;
     this.proxyFrom = config.proxyFrom.length > 0 ? blockList(config.proxyFrom) : null;
+    this.checksProxyPeers = this.proxyFrom !== null;
     this.maxConns = config.maxConnsPerSource;
     this.rate = config.connRatePerSource;
     this.table = sources === null ? new Int32Array(0) : new Int32Array(sources);
