@@ -144,15 +144,10 @@ export class Admin implements AdminInterface {
         'backend added',
       );
       const ref = `${pool.name}/${backend.name}`;
-      return saved(
-        {
-          ok: true,
-          message: pool.config.health.enabled
-            ? `added ${ref} (takes connections once its first probe succeeds)`
-            : `added ${ref}`,
-        },
-        unsaved,
-      );
+      const message = pool.config.health.enabled
+        ? `added ${ref} (takes connections once its first probe succeeds)`
+        : `added ${ref}`;
+      return saved({ ok: true, message }, unsaved);
     });
   }
 
@@ -193,18 +188,9 @@ export class Admin implements AdminInterface {
         },
         'backend deleted',
       );
-      if (now)
-        return saved(
-          { ok: true, message: `${ref} deleted (${killed} connections reset)` },
-          unsaved,
-        );
-      return saved(
-        {
-          ok: true,
-          message: live > 0 ? `${ref} draining (${live} live), then deleted` : `${ref} deleted`,
-        },
-        unsaved,
-      );
+      let message = live > 0 ? `${ref} draining (${live} live), then deleted` : `${ref} deleted`;
+      if (now) message = `${ref} deleted (${killed} connections reset)`;
+      return saved({ ok: true, message }, unsaved);
     });
   }
 }

@@ -27,7 +27,7 @@ export function descriptorLimit(): number | null {
 }
 
 /** Descriptors kept out of the clients' reach for `config`. */
-export function reserve(config: Config): number {
+function reserve(config: Config): number {
   let kept = BASE_RESERVE;
   if (config.stats !== null) kept += MAX_CLIENTS;
   if (config.metrics !== null) kept += MAX_METRICS_CLIENTS;

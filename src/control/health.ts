@@ -124,12 +124,13 @@ export class HealthChecker {
     b.probing = true;
     const socket = net.connect({ host: b.member.config.host, port: b.member.config.port });
     socket.setTimeout(b.health.timeoutMs);
-    const done = (ok: boolean, reason: string) => {
+    /** `ok` null: no verdict (fulcrum could not even try: the probe says nothing). */
+    const done = (ok: boolean | null, reason: string) => {
       if (!b.probing) return;
       b.probing = false;
       socket.destroy();
       // A backend that left while its probe ran is no longer ours to judge.
-      if (!this.stopped && this.backends.includes(b)) this.record(b, ok, reason);
+      if (ok !== null && !this.stopped && this.backends.includes(b)) this.record(b, ok, reason);
     };
     socket.once('connect', () => {
       this.troubled = null;
@@ -137,14 +138,9 @@ export class HealthChecker {
     });
     socket.once('timeout', () => done(false, `probe timed out after ${b.health.timeoutMs} ms`));
     socket.once('error', (err: NodeJS.ErrnoException) => {
-      if (isLocalError(err.code)) {
-        // fulcrum could not even try: the probe says nothing about the backend.
-        b.probing = false;
-        socket.destroy();
-        this.localTrouble(err.code as string);
-        return;
-      }
-      done(false, `probe failed: ${err.code ?? err.message}`);
+      const local = isLocalError(err.code);
+      if (local) this.localTrouble(err.code as string);
+      done(local ? null : false, `probe failed: ${err.code ?? err.message}`);
     });
   }
 

@@ -262,7 +262,7 @@ export class Pool {
     let kept = 0;
     for (const b of config.backends) {
       const member = this.find(b.name);
-      if (member !== null && member.config.host === b.host && member.config.port === b.port) kept++;
+      if (member !== null && keeps(member, b)) kept++;
     }
     const needed = this.members().length + config.backends.length - kept;
     if (needed <= TABLE_SLOTS) return null;
@@ -271,9 +271,10 @@ export class Pool {
   }
 
   /**
-   * Applies a new config of this frontend in place (roomFor() must have said it fits): a backend keeps its slot (and counters) when
-   * its name and address are unchanged, and takes its new weight and backup flag; others leave
-   * or join. Admin state (disabled, drained) of a kept backend is kept.
+   * Applies a new config of this frontend in place (roomFor() must have said it fits): a backend
+   * keeps its slot (and counters) when its name and address are unchanged, and takes its new
+   * weight and backup flag; others leave or join. Admin state (disabled, drained) of a kept
+   * backend is kept.
    */
   reconfigure(config: FrontendConfig): PoolChanges {
     const changes: PoolChanges = { added: [], removed: [], changed: [] };
@@ -281,11 +282,7 @@ export class Pool {
     for (const member of this.members()) {
       if (member.leaving) continue;
       const next = wanted.get(member.config.name);
-      if (
-        next === undefined ||
-        next.host !== member.config.host ||
-        next.port !== member.config.port
-      ) {
+      if (next === undefined || !keeps(member, next)) {
         this.remove(member);
         changes.removed.push(member.config.name);
         continue;
@@ -322,4 +319,9 @@ export class Pool {
     }
     return changes;
   }
+}
+
+/** Whether `member` stays in its slot as `next`: the same address (the name matched already). */
+function keeps(member: Member, next: BackendConfig): boolean {
+  return next.host === member.config.host && next.port === member.config.port;
 }

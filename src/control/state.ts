@@ -1,9 +1,10 @@
 // The runtime state: what operators changed over the stats socket (backends added or deleted,
 // weights set, backends disabled or drained), kept in a file so it outlives reloads and restarts,
-// like HAProxy's server-state-file. Invariants: the file is replaced atomically (temporary file
-// created exclusively under a random name, fsync, rename) after every change, one write at a time; it records only changes, so a config
-// edit still takes effect for everything the operator did not touch; a file that cannot be read
-// as a whole is ignored (and said so once), never fatal.
+// like HAProxy's server-state-file. Invariants: the file is replaced atomically (a temporary file
+// created exclusively under a random name, fsync, rename) after every change, one write at a
+// time; it records only changes, so a config edit still takes effect for everything the operator
+// did not touch; a file that cannot be read as a whole is ignored (and said so once), never
+// fatal; names are Map keys, never plain-object keys (`__proto__` is a valid name).
 
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
