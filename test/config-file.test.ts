@@ -6,9 +6,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { parse } from 'yaml';
+import { OPTIONS } from '../src/config/backend.ts';
 import { loadConfigFile } from '../src/config/file.ts';
 import { loaderFromArgs } from '../src/config/flags.ts';
 import { ConfigError } from '../src/config/parse.ts';
+import { settingsOf } from '../src/config/settings.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'fulcrum-config-'));
 let files = 0;
@@ -106,41 +108,12 @@ t.test(
       }
     };
     walk(parse(text), '');
+    // Every key the settings table and the backend options give a file, derived, not listed.
     const every = [
-      'workers',
-      'maxConnections',
-      'drainTimeout',
-      'backlog',
-      'statsSocket.path',
-      'statsSocket.mode',
-      'statsSocket.level',
-      'metrics',
-      'log.level',
-      'log.format',
-      'log.access',
-      'frontends[].name',
-      'frontends[].listen',
-      'frontends[].algorithm',
-      'frontends[].hashKey',
-      'frontends[].queueTimeout',
-      'frontends[].sendProxy',
-      'frontends[].proxyTimeout',
-      'frontends[].allow',
-      'frontends[].deny',
-      'frontends[].maxConnsPerSource',
-      'frontends[].connRatePerSource',
-      'frontends[].connectTimeout',
-      'frontends[].idleTimeout',
-      'frontends[].retries',
-      'frontends[].health.enabled',
-      'frontends[].health.interval',
-      'frontends[].health.timeout',
-      'frontends[].health.rise',
-      'frontends[].health.fall',
+      ...settingsOf('process').map((s) => s.file),
+      ...settingsOf('frontend').map((s) => `frontends[].${s.file}`),
       'frontends[].backends[].address',
-      'frontends[].backends[].name',
-      'frontends[].backends[].weight',
-      'frontends[].backends[].backup',
+      ...OPTIONS.map((o) => `frontends[].backends[].${o.fileKey}`),
     ];
     t.same(
       every.filter((key) => !seen.has(key)),
