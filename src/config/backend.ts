@@ -11,6 +11,7 @@ import {
   integer,
   parseDuration,
   parseEndpoint,
+  parsePort,
   parseProxyVersion,
 } from './parse.ts';
 import type { BackendConfig, Endpoint } from './types.ts';
@@ -20,7 +21,14 @@ import { PROXY_VERSIONS } from './types.ts';
 export const MAX_MAXCONN = 1_000_000;
 
 /** The fields of a backend an option may set. */
-type OptionField = 'weight' | 'backup' | 'maxconn' | 'slowstartMs' | 'sendProxy' | 'name';
+type OptionField =
+  | 'weight'
+  | 'backup'
+  | 'maxconn'
+  | 'slowstartMs'
+  | 'sendProxy'
+  | 'agentPort'
+  | 'name';
 
 /** One backend option: `key=VALUE` in a spec, `fileKey: VALUE` in a file object. */
 export interface BackendOption {
@@ -84,6 +92,15 @@ export const OPTIONS: readonly BackendOption[] = [
     format: (v) => (v === -1 ? null : PROXY_VERSIONS[v as number]),
   },
   {
+    key: 'agent',
+    fileKey: 'agent',
+    arg: 'PORT',
+    field: 'agentPort',
+    help: "its agent's port (HAProxy's agent protocol: it reports weight, drain, maint, up/down)",
+    parse: parsePort,
+    format: (v) => (v === null ? null : String(v)),
+  },
+  {
     key: 'name',
     fileKey: 'name',
     arg: 'NAME',
@@ -123,6 +140,7 @@ function withDefaults(endpoint: Endpoint): BackendConfig {
     slowstartMs: 0,
     sendProxy: -1,
     srv: endpoint.port === 0,
+    agentPort: null,
   };
 }
 

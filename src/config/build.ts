@@ -8,7 +8,7 @@ import { MAX_BACKENDS } from '../shared/table.ts';
 import { backendFromObject } from './backend.ts';
 import { ConfigError } from './parse.ts';
 import type { Scope, Setting } from './settings.ts';
-import { settingsOf } from './settings.ts';
+import { SETTINGS, settingsOf } from './settings.ts';
 import type { BackendConfig, Config, FrontendConfig } from './types.ts';
 
 /** A value as written, and where: `--retries`, or `FILE: frontends[0].retries`. */
@@ -92,7 +92,62 @@ export function buildFrontend(inputs: Inputs): FrontendConfig {
     }
     names.add(backend.name);
   });
+  checkChecks(frontend, inputs);
   return frontend;
+}
+
+/** How a setting is named to someone who writes flags (`--health-http`) or a file (`health.http`). */
+function settingName(key: string, file: boolean): string {
+  const setting = SETTINGS.find((s) => s.key === key) as Setting;
+  return file || setting.flag === null ? setting.file : setting.flag;
+}
+
+/** The health, agent and load settings that only make sense together, or not together. */
+function checkChecks(frontend: FrontendConfig, inputs: Inputs): void {
+  const file = [...inputs.values()].some((input) => input.indexed);
+  const where = (key: string) => inputs.get(key)?.where ?? null;
+  const kinds = [
+    where('healthHttp'),
+    where('healthGrpc'),
+    where('healthExpect') ?? where('healthSend'),
+  ].filter((w): w is string => w !== null);
+  if (kinds.length > 1) {
+    throw new ConfigError(
+      kinds[1],
+      `cannot be used with ${kinds[0]}: one kind of probe per frontend`,
+    );
+  }
+  const needs: Array<[string, string]> = [
+    ['healthHost', 'healthHttp'],
+    ['healthExpectStatus', 'healthHttp'],
+    ['healthSend', 'healthExpect'],
+    ['loadMetricsPath', 'loadMetric'],
+    ['loadMetricsPort', 'loadMetric'],
+    ['loadInterval', 'loadMetric'],
+  ];
+  for (const [key, needed] of needs) {
+    const at = where(key);
+    if (at !== null && !inputs.has(needed)) {
+      throw new ConfigError(at, `needs ${settingName(needed, file)}`);
+    }
+  }
+  const agentAt = where('agentInterval') ?? where('agentSend');
+  if (
+    agentAt !== null &&
+    frontend.agent.port === null &&
+    frontend.backends.every((b) => b.agentPort === null)
+  ) {
+    throw new ConfigError(
+      agentAt,
+      `needs ${settingName('agentPort', file)}, or agent=PORT on a backend`,
+    );
+  }
+  if (frontend.algorithm === 'least-load' && frontend.load.metric === null) {
+    throw new ConfigError(
+      whereIn(inputs, 'algorithm', '--algorithm'),
+      `least-load needs ${settingName('loadMetric', file)} (the load each backend reports)`,
+    );
+  }
 }
 
 /** Checks the process-wide settings and every frontend, and builds the Config. */

@@ -31,7 +31,11 @@ const backendObject = z.strictObject({
 
 function valueSchema(setting: Setting): z.ZodType {
   if (setting.kind === 'switch') return z.boolean();
-  if (setting.kind === 'value') return scalar;
+  if (setting.kind === 'value') {
+    const bare = setting.bare;
+    // A flag that may be given bare is `true` in the file.
+    return bare === undefined ? scalar : z.union([scalar, z.literal(true).transform(() => bare)]);
+  }
   const item = setting.key === 'backends' ? z.union([z.string(), backendObject]) : z.string();
   // A list of one may be written as that one item.
   return z.union([item.transform((one) => [one]), z.array(item)]);

@@ -52,8 +52,10 @@ export function inputsFromFlags(command: Command, options: Map<Setting, Option>)
   for (const [setting, option] of options) {
     const attribute = option.attributeName();
     if (command.getOptionValueSource(attribute) !== 'cli') continue;
+    const typed = values[attribute] as Input['value'];
     const input: Input = {
-      value: values[attribute] as Input['value'],
+      // An optional-value flag given bare: commander says `true`; the table says what it means.
+      value: typed === true && setting.bare !== undefined ? setting.bare : typed,
       where: setting.flag as string,
       indexed: false,
     };

@@ -4,7 +4,7 @@
 
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
-import type { Endpoint, ListenEndpoint, ProxyVersion } from './types.ts';
+import type { Endpoint, ListenEndpoint, MetricSelector, ProxyVersion } from './types.ts';
 import { PROXY_VERSIONS } from './types.ts';
 
 export class ConfigError extends Error {
@@ -229,4 +229,148 @@ export function canonicalHost(host: string): string {
     return canonicalHost(`${high >> 8}.${high & 255}.${low >> 8}.${low & 255}`);
   }
   return compressed === '::' ? '::1' : compressed;
+}
+
+/** The longest text a probe or an agent check may send or expect. */
+export const MAX_PROBE_TEXT = 1024;
+
+/**
+ * Text with C-style escapes (`\r \n \t \\ \xHH`) -> the bytes it stands for, one char per byte
+ * (0..255): what a send/expect probe writes or looks for. Anything else after `\` is refused
+ * rather than guessed.
+ */
+export function parseEscaped(text: string, where: string): string {
+  const bytes: number[] = [];
+  const literal = Buffer.from(text, 'utf8');
+  for (let i = 0; i < literal.length; i++) {
+    const c = literal[i];
+    if (c !== 0x5c) {
+      bytes.push(c);
+      continue;
+    }
+    const next = String.fromCharCode(literal[i + 1] ?? 0);
+    const simple = ESCAPES.get(next);
+    if (simple !== undefined) {
+      bytes.push(simple);
+      i++;
+    } else if (next === 'x' && /^[0-9a-fA-F]{2}$/.test(literal.subarray(i + 2, i + 4).toString())) {
+      bytes.push(Number.parseInt(literal.subarray(i + 2, i + 4).toString(), 16));
+      i += 3;
+    } else {
+      throw new ConfigError(
+        where,
+        `"${printableText(text)}": unknown escape "\\${printableText(next)}" (expected \\r \\n \\t \\\\ \\xHH)`,
+      );
+    }
+  }
+  if (bytes.length === 0) throw new ConfigError(where, 'empty text');
+  if (bytes.length > MAX_PROBE_TEXT) {
+    throw new ConfigError(where, `${bytes.length} bytes; at most ${MAX_PROBE_TEXT}`);
+  }
+  return Buffer.from(bytes).toString('latin1');
+}
+
+const ESCAPES = new Map([
+  ['r', 0x0d],
+  ['n', 0x0a],
+  ['t', 0x09],
+  ['\\', 0x5c],
+]);
+
+/** Text for a message: control characters shown as escapes, so the line stays one line. */
+export function printableText(text: string): string {
+  let out = '';
+  for (const c of text) {
+    const code = c.charCodeAt(0);
+    out += code < 0x20 || code === 0x7f ? `\\x${code.toString(16).padStart(2, '0')}` : c;
+  }
+  return out;
+}
+
+/** An HTTP request path: starts with `/`, printable, no spaces (it goes into a request line). */
+export function parseHttpPath(text: string, where: string): string {
+  if (!/^\/[\x21-\x7e]*$/.test(text) || text.length > MAX_PROBE_TEXT) {
+    throw new ConfigError(
+      where,
+      `"${printableText(text)}" is not a request path (expected /PATH, printable, no spaces)`,
+    );
+  }
+  return text;
+}
+
+/** A `Host:` header value: a host name or address, optionally with a port. */
+export function parseHostHeader(text: string, where: string): string {
+  if (!/^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:\d{1,5})?$/.test(text) || text.length > 255) {
+    throw new ConfigError(
+      where,
+      `"${printableText(text)}" is not a host name (expected e.g. api.internal or api.internal:8080)`,
+    );
+  }
+  return text;
+}
+
+/** `200-399`, `200,204`, `200-299,301`: HTTP statuses as inclusive ranges. */
+export function parseStatusRanges(text: string, where: string): Array<[number, number]> {
+  const ranges: Array<[number, number]> = [];
+  for (const part of text.split(',')) {
+    const match = /^\s*(\d{3})(?:\s*-\s*(\d{3}))?\s*$/.exec(part);
+    const low = Number(match?.[1]);
+    const high = match?.[2] === undefined ? low : Number(match[2]);
+    if (match === null || low < 100 || high > 599 || high < low) {
+      throw new ConfigError(
+        where,
+        `"${printableText(text)}" is not a list of HTTP statuses (expected e.g. 200-399 or 200,204)`,
+      );
+    }
+    ranges.push([low, high]);
+  }
+  return ranges;
+}
+
+/** A gRPC service name as the health protocol takes it ('' for the whole server). */
+export function parseGrpcService(text: string, where: string): string {
+  if (!/^[A-Za-z0-9_.-]*$/.test(text) || text.length > 127) {
+    throw new ConfigError(
+      where,
+      `"${printableText(text)}" is not a gRPC service name (expected e.g. grpc.health.v1.Health or my.pkg.Service)`,
+    );
+  }
+  return text;
+}
+
+/** A TCP port, 1..65535. */
+export function parsePort(text: string, where: string): number {
+  return parseInteger(text, where, 1, 65535);
+}
+
+const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+const LABEL = /^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*$/;
+
+/**
+ * A Prometheus series selector: `NAME` or `NAME{label="value",...}` (equality matchers only).
+ * The series of the page that match are summed.
+ */
+export function parseMetricSelector(text: string, where: string): MetricSelector {
+  const trimmed = text.trim();
+  const brace = trimmed.indexOf('{');
+  const name = brace < 0 ? trimmed : trimmed.slice(0, brace);
+  const fail = () =>
+    new ConfigError(
+      where,
+      `"${printableText(text)}" is not a metric selector (expected NAME or NAME{label="value"})`,
+    );
+  if (!METRIC_NAME.test(name)) throw fail();
+  const labels: Array<[string, string]> = [];
+  if (brace >= 0) {
+    if (!trimmed.endsWith('}')) throw fail();
+    const inner = trimmed.slice(brace + 1, -1);
+    // Commas inside quoted values are part of the value: split only outside quotes.
+    for (const part of inner.match(/(?:[^,"]|"(?:[^"\\]|\\.)*")+/g) ?? []) {
+      const match = LABEL.exec(part);
+      if (match === null) throw fail();
+      labels.push([match[1], match[2].replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c))]);
+    }
+    if (labels.length === 0) throw fail();
+  }
+  return { text: trimmed, name, labels };
 }

@@ -33,6 +33,8 @@ export interface BackendConfig extends Endpoint {
   readonly sendProxy: -1 | ProxyVersion;
   /** `host` is a DNS SRV name (written `srv+NAME`): its targets give hosts, ports and weights. */
   readonly srv: boolean;
+  /** Port of its agent (HAProxy's agent protocol); null: the frontend's --agent-port, if any. */
+  readonly agentPort: number | null;
 }
 
 /** A listen address; `acceptProxy`: clients arrive behind a balancer that sends a PROXY header. */
@@ -60,6 +62,8 @@ export interface FrontendConfig {
   readonly queueTimeoutMs: number;
   readonly retries: number;
   readonly health: HealthConfig;
+  readonly agent: AgentConfig;
+  readonly load: LoadConfig;
   readonly guard: GuardConfig;
 }
 
@@ -78,14 +82,56 @@ export interface GuardConfig {
 }
 
 export interface HealthConfig {
-  /** Active TCP probes on; passive health (failed connects) counts either way. */
+  /** Active probes on; passive health (failed connects) counts either way. */
   readonly enabled: boolean;
   readonly intervalMs: number;
+  /** The whole probe (connect, send, reply) must be done by then. */
   readonly timeoutMs: number;
   /** Consecutive successes that mark a down backend up. */
   readonly rise: number;
   /** Consecutive failures that mark an up backend down. */
   readonly fall: number;
+  /** HTTP probe: `GET` this path; null: not an HTTP probe. */
+  readonly http: string | null;
+  /** The HTTP probe's `Host:`; null: the backend's address. */
+  readonly host: string | null;
+  /** HTTP statuses that count as healthy, as inclusive ranges. */
+  readonly expectStatus: readonly (readonly [number, number])[];
+  /** Bytes to write once connected (one char per byte, 0..255); null: nothing is sent. */
+  readonly send: string | null;
+  /** Bytes the reply must contain (one char per byte); null: not a send/expect probe. */
+  readonly expect: string | null;
+  /** gRPC health probe of this service ('' asks about the whole server); null: not gRPC. */
+  readonly grpc: string | null;
+  /** Probe this port instead of the backend's own; null: the backend's. */
+  readonly port: number | null;
+}
+
+/** HAProxy's agent check: a backend's own agent says its weight, admin and operational state. */
+export interface AgentConfig {
+  /** Agent port of every backend that names none; null: only backends with `agent=PORT`. */
+  readonly port: number | null;
+  readonly intervalMs: number;
+  /** Written to the agent once connected (one char per byte); null: nothing. */
+  readonly send: string | null;
+}
+
+/** A Prometheus series selector: a metric name and label values every summed series must have. */
+export interface MetricSelector {
+  /** As written, for messages: `vllm:num_requests_waiting{model_name="m"}`. */
+  readonly text: string;
+  readonly name: string;
+  readonly labels: readonly (readonly [string, string])[];
+}
+
+/** Load the backends report on their metrics page, for least-load and the stats. */
+export interface LoadConfig {
+  /** What to read; null: no scraping. */
+  readonly metric: MetricSelector | null;
+  readonly path: string;
+  /** Scrape this port instead of the backend's own; null: the backend's. */
+  readonly port: number | null;
+  readonly intervalMs: number;
 }
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;

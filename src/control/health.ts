@@ -1,39 +1,40 @@
-// Health: active TCP probes from the main thread, and passive health from the data plane's own
-// connect failures (read from the workers' counter slots). Invariant: only a transition changes a
-// backend's UP bit, and only transitions are logged, once each; a probe never touches a client.
+// Health: active probes from the main thread (TCP, HTTP, send/expect or gRPC: probes.ts), and
+// passive health from the data plane's own connect failures (read from the workers' counter
+// slots). Invariant: only a transition changes a backend's UP bit, and only transitions are
+// logged, once each; a probe never touches a client; every backend's last probe result is kept
+// on its member for the stats.
 
-import net from 'node:net';
 import type { HealthConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { B_CONNECTIONS, B_FAILURES, backendOffset, sumSlots } from '../shared/counters.ts';
-import { isLocalError } from '../shared/errors.ts';
 import { UP } from '../shared/table.ts';
 import type { Member, Pool } from './pool.ts';
+import { probe } from './probes.ts';
+import type { Round } from './rounds.ts';
+import { Rounds } from './rounds.ts';
 
 /** How often the data plane's connect failures are read: well under any sane --health-interval. */
 const PASSIVE_POLL_MS = 100;
 
-interface BackendHealth {
+interface BackendHealth extends Round {
   readonly pool: Pool;
   readonly member: Member;
   health: HealthConfig;
+  intervalMs: number;
   up: boolean;
   /** Added while running: the first good probe brings it up, whatever `rise` says. */
   fresh: boolean;
   /** Consecutive results of one kind; the other kind resets it. */
   successes: number;
   failures: number;
-  nextProbeAt: number;
-  probing: boolean;
   /** Counter sums at the last passive poll. */
   seenFailures: number;
   seenConnections: number;
 }
 
 export class HealthChecker {
-  private backends: BackendHealth[] = [];
+  private readonly rounds = new Rounds<BackendHealth>((b) => this.probe(b));
   private readonly log: Logger;
-  private wake: NodeJS.Timeout | null = null;
   private passive: NodeJS.Timeout | null = null;
   /** The local error probes last met, until one gets through; null: none. */
   private troubled: string | null = null;
@@ -50,7 +51,7 @@ export class HealthChecker {
    * ones and frontends without health checks are dropped.
    */
   sync(pools: readonly Pool[]): void {
-    const known = new Map(this.backends.map((b) => [b.member, b]));
+    const known = new Map(this.rounds.all.map((b) => [b.member, b]));
     const next: BackendHealth[] = [];
     const now = performance.now();
     for (const pool of pools) {
@@ -61,6 +62,7 @@ export class HealthChecker {
         const kept = known.get(member);
         if (kept !== undefined) {
           kept.health = pool.config.health;
+          kept.intervalMs = pool.config.health.intervalMs;
           next.push(kept);
           return;
         }
@@ -70,86 +72,59 @@ export class HealthChecker {
           pool,
           member,
           health: pool.config.health,
+          intervalMs: pool.config.health.intervalMs,
           up,
           fresh: !up,
           successes: 0,
           failures: 0,
           // Spread a frontend's first probes over its interval rather than firing them together;
           // a backend that is waiting to join is probed at once.
-          nextProbeAt: up ? now + (pool.config.health.intervalMs * i) / members.length : now,
-          probing: false,
+          nextAt: up ? now + (pool.config.health.intervalMs * i) / members.length : now,
+          busy: false,
           seenFailures: sums[offset + B_FAILURES],
           seenConnections: sums[offset + B_CONNECTIONS],
         });
       });
     }
-    this.backends = next;
+    this.rounds.set(next);
     if (!this.started) {
       this.started = true;
       this.passive = setInterval(() => this.pollPassive(), PASSIVE_POLL_MS);
       this.passive.unref();
     }
-    if (this.wake !== null) clearTimeout(this.wake);
-    this.schedule();
   }
 
   stop(): void {
     this.stopped = true;
-    if (this.wake !== null) clearTimeout(this.wake);
+    this.rounds.stop();
     if (this.passive !== null) clearInterval(this.passive);
   }
 
-  /** One loop for every probe: sleep until the earliest one is due. */
-  private schedule(): void {
-    if (this.stopped) return;
-    if (this.backends.length === 0) return;
-    let next = Number.POSITIVE_INFINITY;
-    for (const b of this.backends) next = Math.min(next, b.nextProbeAt);
-    this.wake = setTimeout(() => this.run(), Math.max(0, next - performance.now()));
-    this.wake.unref();
-  }
-
-  private run(): void {
-    const now = performance.now();
-    for (const b of this.backends) {
-      if (b.nextProbeAt > now) continue;
-      b.nextProbeAt += b.health.intervalMs;
-      if (b.nextProbeAt <= now) b.nextProbeAt = now + b.health.intervalMs; // fell behind: no burst
-      if (!b.probing) this.probe(b);
-    }
-    this.schedule();
-  }
-
   private probe(b: BackendHealth): void {
-    b.probing = true;
-    const socket = net.connect({ host: b.member.config.host, port: b.member.config.port });
-    socket.setTimeout(b.health.timeoutMs);
-    /** `ok` null: no verdict (fulcrum could not even try: the probe says nothing). */
-    const done = (ok: boolean | null, reason: string) => {
-      if (!b.probing) return;
-      b.probing = false;
-      socket.destroy();
-      // A backend that left while its probe ran is no longer ours to judge.
-      if (ok !== null && !this.stopped && this.backends.includes(b)) this.record(b, ok, reason);
-    };
-    socket.once('connect', () => {
+    b.busy = true;
+    const started = performance.now();
+    const { host, port } = b.member.config;
+    probe({ host, port: b.health.port ?? port }, b.health, (ok, result) => {
+      b.busy = false;
+      if (ok === null) {
+        this.localTrouble(result);
+        return;
+      }
       this.troubled = null;
-      done(true, 'probe succeeded');
-    });
-    socket.once('timeout', () => done(false, `probe timed out after ${b.health.timeoutMs} ms`));
-    socket.once('error', (err: NodeJS.ErrnoException) => {
-      const local = isLocalError(err.code);
-      if (local) this.localTrouble(err.code as string);
-      done(local ? null : false, `probe failed: ${err.code ?? err.message}`);
+      const ms = Math.round(performance.now() - started);
+      // A backend that left while its probe ran is no longer ours to judge.
+      if (this.stopped || !this.rounds.all.includes(b)) return;
+      b.member.check = { ok, result, ms };
+      this.record(b, ok, result);
     });
   }
 
   /** A probe could not be made for want of a local resource: logged once until probes work. */
-  private localTrouble(code: string): void {
-    if (this.troubled === code) return;
-    this.troubled = code;
+  private localTrouble(reason: string): void {
+    if (this.troubled === reason) return;
+    this.troubled = reason;
     this.log.error(
-      { reason: code },
+      { reason },
       'health checks cannot probe: fulcrum is out of a local resource (not counted against any backend)',
     );
   }
@@ -157,7 +132,7 @@ export class HealthChecker {
   /** Connect failures the workers saw since the last poll count as failed probes. */
   private pollPassive(): void {
     const sums = new Map<Pool, Float64Array>();
-    for (const b of this.backends) {
+    for (const b of this.rounds.all) {
       let sum = sums.get(b.pool);
       if (sum === undefined) {
         sum = sumSlots(b.pool.counters);
@@ -209,11 +184,13 @@ export class HealthChecker {
       from: up ? 'down' : 'up',
       to: up ? 'up' : 'down',
       reason,
+      // How long the probe that decided took (a passive strike has no probe of its own).
+      checkMs: b.member.check?.result === reason ? b.member.check.ms : undefined,
       checks,
     };
     if (up) this.log.info(line, 'backend up');
     else this.log.warn(line, 'backend down');
-    if (!up && this.backends.every((x) => x.pool !== b.pool || !x.up)) {
+    if (!up && this.rounds.all.every((x) => x.pool !== b.pool || !x.up)) {
       this.log.error({ frontend: b.pool.name }, 'no backend available: new clients are closed');
     }
   }

@@ -13,11 +13,13 @@ import type { PoolUpdate } from '../shared/messages.ts';
 import { allocateSources } from '../shared/sources.ts';
 import type { BackendTable, SharedTable } from '../shared/table.ts';
 import {
+  AGENT_DOWN,
   allocateTable,
   BACKUP,
   DRAINING,
   ENABLED,
   MAX_BACKENDS,
+  MAX_WEIGHT,
   openTable,
   TABLE_SLOTS,
   UP,
@@ -42,9 +44,50 @@ export interface Member {
   admin: AdminChoice;
   /** When its slow-start ramp began (performance.now()), or null when not ramping. */
   rampStart: number | null;
+  /** What its agent last set; a reload or restart starts again from none. */
+  agent: AgentEffect;
+  /** Its last health probe, or null before the first. */
+  check: CheckResult | null;
+  /** Its last load report (also in the table while fresh), or null. */
+  load: LoadReport | null;
+  /** Why its load could not be read last time, or null. */
+  loadError: string | null;
 }
 
 export type { AdminChoice };
+
+/** What a backend's agent (HAProxy's agent protocol) has set, on top of the config. */
+export interface AgentEffect {
+  /** Effective weight as a share of the configured one, in percent; null: 100. */
+  weightPercent: number | null;
+  /** `drain` or `maint` (taken out like an operator's drain or disable); null: ready. */
+  admin: 'drain' | 'maint' | null;
+  /** `down`, `stopped` or `fail`, with the agent's `#reason` if any; null: up (as far as the
+   *  agent goes: health checks still decide). */
+  down: string | null;
+  /** maxconn the agent set; null: the configured one. */
+  maxconn: number | null;
+  /** The agent's last answer, as it said it (or why it could not be asked); null: not yet. */
+  said: string | null;
+}
+
+/** One health probe: its verdict, in words (`HTTP 503`, `connect refused`), and how long. */
+export interface CheckResult {
+  readonly ok: boolean;
+  readonly result: string;
+  readonly ms: number;
+}
+
+/** A backend's load as it last reported it on its metrics page. */
+export interface LoadReport {
+  readonly value: number;
+  /** performance.now() when it was read. */
+  readonly at: number;
+}
+
+export function noAgentEffect(): AgentEffect {
+  return { weightPercent: null, admin: null, down: null, maxconn: null, said: null };
+}
 
 /** What a reconfigure changed, by backend name, for the log. */
 export interface PoolChanges {
@@ -142,6 +185,7 @@ export class Pool {
     Atomics.store(this.table.weight, index, config.weight * WEIGHT_SCALE);
     Atomics.store(this.table.maxconn, index, config.maxconn);
     Atomics.store(this.table.state, index, config.backup ? BACKUP : 0);
+    this.table.load[index] = Number.NaN;
     const member: Member = {
       id: nextMemberId++,
       index,
@@ -152,6 +196,10 @@ export class Pool {
       transitions: 0,
       admin: 'enabled',
       rampStart: null,
+      agent: noAgentEffect(),
+      check: null,
+      load: null,
+      loadError: null,
     };
     this.slots[index] = member;
     return member;
@@ -184,13 +232,25 @@ export class Pool {
     if (!member.joining && !member.leaving) this.applyAdmin(member);
   }
 
+  /**
+   * The stricter of the operator's choice and the agent's: an agent's `ready` lifts only what the
+   * agent set, never an operator's disable or drain (nor does an operator's enable lift the
+   * agent's maint: the agent says it again at its next answer anyway).
+   */
   private applyAdmin(member: Member): void {
     const state = this.table.state;
     const i = member.index;
-    if (member.admin === 'enabled') {
+    const agent = member.agent.admin;
+    const admin =
+      member.admin === 'disabled' || agent === 'maint'
+        ? 'disabled'
+        : member.admin === 'draining' || agent === 'drain'
+          ? 'draining'
+          : 'enabled';
+    if (admin === 'enabled') {
       Atomics.and(state, i, ~DRAINING);
       Atomics.or(state, i, ENABLED);
-    } else if (member.admin === 'disabled') {
+    } else if (admin === 'disabled') {
       Atomics.and(state, i, ~(ENABLED | DRAINING));
     } else {
       Atomics.or(state, i, ENABLED | DRAINING);
@@ -203,9 +263,50 @@ export class Pool {
     Atomics.store(this.table.weight, member.index, this.effectiveWeight(member, performance.now()));
   }
 
-  /** The weight the schedulers see: the configured one, scaled, and ramped while in slow start. */
+  /**
+   * What an agent said, applied: weight share, admin state, down or not, maxconn. Only what
+   * changed is written.
+   */
+  setAgent(member: Member, effect: AgentEffect): void {
+    const before = member.agent;
+    member.agent = effect;
+    if (member.leaving) return;
+    const i = member.index;
+    if (effect.weightPercent !== before.weightPercent) {
+      Atomics.store(this.table.weight, i, this.effectiveWeight(member, performance.now()));
+    }
+    if (effect.maxconn !== before.maxconn) {
+      Atomics.store(this.table.maxconn, i, effect.maxconn ?? member.config.maxconn);
+    }
+    if (effect.admin !== before.admin && !member.joining) this.applyAdmin(member);
+    if (effect.down !== null) Atomics.or(this.table.state, i, AGENT_DOWN);
+    else Atomics.and(this.table.state, i, ~AGENT_DOWN);
+  }
+
+  /** A load report read from the backend's metrics page (null: none, failed or stale). */
+  setLoad(member: Member, value: number | null): void {
+    const i = member.index;
+    if (value === null) {
+      member.load = null;
+      this.table.load[i] = Number.NaN;
+      return;
+    }
+    member.load = { value, at: performance.now() };
+    // The base first: a pick between the two writes sees the new base with the old load, which
+    // undercounts for an instant; the other order would count twice.
+    Atomics.store(this.table.loadBase, i, Atomics.load(this.table.sent, i));
+    this.table.load[i] = value;
+  }
+
+  /** The weight the schedulers see: the configured one, scaled, times the agent's share (at
+   *  most MAX_WEIGHT's), and ramped while in slow start. */
   effectiveWeight(member: Member, now: number): number {
-    const full = member.config.weight * WEIGHT_SCALE;
+    const percent = member.agent.weightPercent;
+    const configured = member.config.weight * WEIGHT_SCALE;
+    const full =
+      percent === null
+        ? configured
+        : Math.min(MAX_WEIGHT * WEIGHT_SCALE, Math.round((configured * percent) / 100));
     if (member.rampStart === null || full === 0) return full;
     const fraction = (now - member.rampStart) / member.config.slowstartMs;
     if (fraction >= 1) return full;
@@ -290,6 +391,9 @@ export class Pool {
       wanted.delete(next.name);
       const previous = member.config;
       member.config = next;
+      // A reload starts from the config: the agent, if any, says its piece again at its next
+      // answer.
+      this.setAgent(member, noAgentEffect());
       if (
         next.weight !== previous.weight ||
         next.backup !== previous.backup ||

@@ -23,10 +23,12 @@ import { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
 import { StatsView } from '../stats/view.ts';
 import { Admin } from './admin.ts';
+import { AgentChecker } from './agent.ts';
 import { connectionBudget, descriptorLimit } from './descriptors.ts';
 import { Discovery } from './discovery.ts';
 import { HealthChecker } from './health.ts';
 import { checkNewListeners, hostText, ListenError, Listeners, listenReason } from './listeners.ts';
+import { LoadScraper } from './load.ts';
 import type { PoolChanges } from './pool.ts';
 import { Pool } from './pool.ts';
 import { RuntimeState } from './state.ts';
@@ -63,7 +65,9 @@ export class Supervisor {
   /** Frontends a reload removed: kept so process totals never go backwards. */
   private readonly retired: Pool[] = [];
   readonly live = new SharedArrayBuffer(4);
-  private health: HealthChecker | null = null;
+  /** What watches the backends from the main thread: health probes, agents, load reports. Each
+   *  follows the pools on every change (sync) and ends with stop. */
+  private watchers: Array<HealthChecker | AgentChecker | LoadScraper> = [];
   private stats: StatsServer | null = null;
   private metrics: MetricsServer | null = null;
   private view: StatsView | null = null;
@@ -163,8 +167,12 @@ export class Supervisor {
       this.stats?.close();
       throw err;
     }
-    this.health = new HealthChecker(this.log);
-    this.health.sync(this.pools);
+    this.watchers = [
+      new HealthChecker(this.log),
+      new AgentChecker(this.log),
+      new LoadScraper(this.log),
+    ];
+    for (const watcher of this.watchers) watcher.sync(this.pools);
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
     if (!hooked.every(Boolean)) {
@@ -468,12 +476,12 @@ export class Supervisor {
 
   /**
    * Makes the pools' changes real: every worker applies them, then joining backends become
-   * pickable, removals settle, and health checks follow the new members.
+   * pickable, removals settle, and health checks, agents and load reports follow the new members.
    */
   private async publish(): Promise<ListenFailure[]> {
     const failures = await this.sendUpdate();
     for (const pool of this.pools) pool.acknowledged();
-    this.health?.sync(this.pools);
+    for (const watcher of this.watchers) watcher.sync(this.pools);
     return failures;
   }
 
@@ -526,7 +534,7 @@ export class Supervisor {
       process.exit(1);
     }
     this.stopping = true;
-    this.health?.stop();
+    for (const watcher of this.watchers) watcher.stop();
     void notify(this.log, 'STOPPING=1');
     this.log.info({ signal, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');
     this.group.broadcast({ type: 'drain' });

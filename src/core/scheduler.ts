@@ -4,6 +4,7 @@
 
 import type { BackendTable } from '../shared/table.ts';
 import { LeastConnections } from './least-conn.ts';
+import { LeastLoad } from './least-load.ts';
 import { Maglev } from './maglev.ts';
 import { PowerOfTwoChoices } from './p2c.ts';
 import type { LatencyState } from './peak-ewma.ts';
@@ -40,6 +41,7 @@ export const ALGORITHMS = [
   'p2c',
   'maglev',
   'peak-ewma',
+  'least-load',
 ] as const;
 export type Algorithm = (typeof ALGORITHMS)[number];
 
@@ -66,6 +68,8 @@ export function createScheduler(
       return new RoundRobin(table);
     case 'weighted-round-robin':
       return new WeightedRoundRobin(table);
+    case 'least-load':
+      return new LeastLoad(table);
   }
 }
 

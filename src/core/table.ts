@@ -3,7 +3,7 @@
 // layout itself lives in shared/table.ts, which the control plane reads too).
 
 import type { BackendTable } from '../shared/table.ts';
-import { BACKUP, DRAINING, ENABLED, PICKABLE_MASK, UP } from '../shared/table.ts';
+import { AGENT_DOWN, BACKUP, DRAINING, ENABLED, PICKABLE_MASK, UP } from '../shared/table.ts';
 
 /**
  * True when backend `i` may take a new connection in the tier `tier` (0 for normal, BACKUP for
@@ -27,7 +27,7 @@ export function isFull(table: BackendTable, i: number): boolean {
   return (
     max > 0 &&
     table.active[i] >= max &&
-    (table.state[i] & (UP | ENABLED | DRAINING)) === (UP | ENABLED) &&
+    (table.state[i] & (UP | ENABLED | DRAINING | AGENT_DOWN)) === (UP | ENABLED) &&
     table.weight[i] > 0
   );
 }
@@ -60,9 +60,10 @@ export function pickTiered(
   return i >= 0 ? i : scheduler.pickIn(BACKUP, avoid);
 }
 
-/** Counts a new connection on backend `i`. */
+/** Counts a new connection on backend `i` (live now, and placed since its last load report). */
 export function acquire(table: BackendTable, i: number): void {
   Atomics.add(table.active, i, 1);
+  Atomics.add(table.sent, i, 1);
 }
 
 /** Counts a finished connection on backend `i`; the caller guarantees one release per acquire. */

@@ -13,9 +13,12 @@ export const ENABLED = 2;
 export const DRAINING = 4;
 /** Used only when no normal backend can take a connection. */
 export const BACKUP = 8;
+/** Its agent said down, stopped or fail: not picked whatever the health checks say. */
+export const AGENT_DOWN = 16;
 
-/** The bits a backend must show, besides BACKUP, to be picked. */
-export const PICKABLE_MASK = UP | ENABLED | DRAINING | BACKUP;
+/** The bits a backend must show, besides BACKUP, to be picked (and must not: DRAINING,
+ *  AGENT_DOWN). */
+export const PICKABLE_MASK = UP | ENABLED | DRAINING | BACKUP | AGENT_DOWN;
 
 /** Largest weight a backend may carry; 0 means never picked. */
 export const MAX_WEIGHT = 256;
@@ -44,6 +47,14 @@ export interface BackendTable {
   readonly state: Int32Array;
   /** Most live connections the backend may have; 0 means no limit. */
   readonly maxconn: Int32Array;
+  /** Connections placed on the backend so far (wraps; compare by difference). Atomics only. */
+  readonly sent: Int32Array;
+  /** The load the backend last reported on its metrics page; NaN: no report (none, failed or
+   *  stale). Written by the control plane only; a worker's plain read of an aligned double is
+   *  whole on every platform Node runs on, and a report read one pick late is harmless. */
+  readonly load: Float64Array;
+  /** `sent` when that report was read: connections placed since are not in the report yet. */
+  readonly loadBase: Int32Array;
 }
 
 /** The shared memory behind a table, as it is sent to a worker thread. */
@@ -53,6 +64,9 @@ export interface SharedTable {
   readonly weight: SharedArrayBuffer;
   readonly state: SharedArrayBuffer;
   readonly maxconn: SharedArrayBuffer;
+  readonly sent: SharedArrayBuffer;
+  readonly load: SharedArrayBuffer;
+  readonly loadBase: SharedArrayBuffer;
 }
 
 /** Allocates shared memory for `size` backends, all up and enabled with weight 1. */
@@ -63,9 +77,13 @@ export function allocateTable(size: number): SharedTable {
     weight: new SharedArrayBuffer(size * 4),
     state: new SharedArrayBuffer(size * 4),
     maxconn: new SharedArrayBuffer(size * 4),
+    sent: new SharedArrayBuffer(size * 4),
+    load: new SharedArrayBuffer(size * 8),
+    loadBase: new SharedArrayBuffer(size * 4),
   };
   const table = openTable(shared);
   table.weight.fill(1);
+  table.load.fill(Number.NaN);
   table.state.fill(UP | ENABLED);
   return shared;
 }
@@ -81,6 +99,9 @@ export function openTable(shared: SharedTable, size = shared.size): BackendTable
     weight: new Int32Array(shared.weight),
     state: new Int32Array(shared.state),
     maxconn: new Int32Array(shared.maxconn),
+    sent: new Int32Array(shared.sent),
+    load: new Float64Array(shared.load),
+    loadBase: new Int32Array(shared.loadBase),
   };
 }
 

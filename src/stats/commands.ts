@@ -6,7 +6,7 @@ import { BACKEND_GRAMMAR } from '../config/backend.ts';
 import type { StatsLevel } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { MAX_WEIGHT } from '../shared/table.ts';
-import type { FrontendStat, LatencyStat, StatsView } from './view.ts';
+import type { BackendStat, FrontendStat, LatencyStat, StatsView } from './view.ts';
 
 const HELP = [
   'help                              this list',
@@ -194,6 +194,17 @@ function table(rows: string[][]): string {
     .join('\n');
 }
 
+/** The weight in force, and the configured one when an agent or a slow start changed it. */
+export function weightText(b: BackendStat): string {
+  return b.effectiveWeight === b.weight ? String(b.weight) : `${b.effectiveWeight}/${b.weight}`;
+}
+
+/** The reported load, or why there is none (`-`: nothing is asked). */
+export function loadText(b: BackendStat): string {
+  if (b.load !== null) return String(Math.round(b.load * 1000) / 1000);
+  return b.loadError === null ? '-' : `none (${b.loadError})`;
+}
+
 function formatStat(frontends: FrontendStat[]): string {
   const rows: string[][] = [
     [
@@ -207,6 +218,9 @@ function formatStat(frontends: FrontendStat[]): string {
       'BYTES_OUT',
       'CONNECT_P50',
       'CONNECT_P99',
+      'CHECK',
+      'LOAD',
+      'AGENT',
     ],
   ];
   for (const frontend of frontends) {
@@ -223,12 +237,15 @@ function formatStat(frontends: FrontendStat[]): string {
       '',
       '',
       '',
+      '',
+      '',
+      '',
     ]);
     for (const b of frontend.backends) {
       rows.push([
         `  ${frontend.name}/${b.name}`,
         b.state,
-        String(b.weight),
+        weightText(b),
         String(b.active),
         String(b.total),
         String(b.failures),
@@ -236,6 +253,9 @@ function formatStat(frontends: FrontendStat[]): string {
         String(b.bytesOut),
         `${b.connectMs.p50}ms`,
         `${b.connectMs.p99}ms`,
+        b.check === null ? '-' : `${b.check.result} (${b.check.ms}ms)`,
+        loadText(b),
+        b.agent?.said ?? '-',
       ]);
     }
   }

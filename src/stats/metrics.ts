@@ -376,6 +376,37 @@ export class MetricsServer {
       perBackend((b) => b.weight),
     );
     series(
+      'gauge',
+      'fulcrum_backend_effective_weight',
+      'The weight picks use now: configured, times what its agent set, ramped in slow start.',
+      BACKEND,
+      perBackend((b) => b.effectiveWeight),
+    );
+    series(
+      'gauge',
+      'fulcrum_backend_reported_load',
+      'The load the backend last reported on its metrics page (--load-metric); absent while it has no fresh report.',
+      BACKEND,
+      (s) =>
+        s.frontends.flatMap((f) =>
+          f.backends.flatMap((b): Row[] =>
+            b.load === null ? [] : [[{ frontend: f.name, backend: b.name }, b.load]],
+          ),
+        ),
+    );
+    series(
+      'gauge',
+      'fulcrum_backend_check_duration_seconds',
+      "How long the backend's last health probe took.",
+      BACKEND,
+      (s) =>
+        s.frontends.flatMap((f) =>
+          f.backends.flatMap((b): Row[] =>
+            b.check === null ? [] : [[{ frontend: f.name, backend: b.name }, b.check.ms / 1000]],
+          ),
+        ),
+    );
+    series(
       'counter',
       'fulcrum_backend_health_transitions_total',
       'Health transitions of the backend (up to down, and back).',

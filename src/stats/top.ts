@@ -3,6 +3,7 @@
 // signal, the balancer going away); without a terminal it prints plain frames, no escape codes.
 
 import { query } from './client.ts';
+import { loadText, weightText } from './commands.ts';
 import type { FrontendStat, LatencyStat } from './view.ts';
 
 export interface TopOptions {
@@ -79,12 +80,16 @@ export function render(now: Snapshot, previous: Snapshot | null): string[] {
       'OUT',
       'CONNECT p50/p99',
       'FIRST BYTE p99',
+      'LOAD',
+      'CHECK',
     ],
   ];
   now.frontends.forEach((frontend, f) => {
     const before = previous?.frontends[f];
     rows.push([
       `${frontend.name} ${frontend.listen.join(',')} ${frontend.algorithm}`,
+      '',
+      '',
       '',
       '',
       '',
@@ -102,7 +107,7 @@ export function render(now: Snapshot, previous: Snapshot | null): string[] {
       rows.push([
         `  ${frontend.name}/${b.name}`,
         b.state,
-        String(b.weight),
+        weightText(b),
         String(b.active),
         rate(b.total, old?.total).toFixed(1),
         String(b.total),
@@ -111,6 +116,8 @@ export function render(now: Snapshot, previous: Snapshot | null): string[] {
         bytes(rate(b.bytesOut, old?.bytesOut)),
         l ? `${l.connectMs.total.p50}/${l.connectMs.total.p99}ms` : '',
         l ? `${l.firstByteMs.total.p99}ms` : '',
+        b.load === null ? '-' : loadText(b),
+        b.check?.result ?? '-',
       ]);
     });
   });

@@ -2,7 +2,8 @@
 // thread when asked. Invariant: read-only (admin commands act through control/admin.ts), and it
 // allocates only when asked, never on the data path.
 
-import type { Pool } from '../control/pool.ts';
+import type { CheckResult, Member, Pool } from '../control/pool.ts';
+import { WEIGHT_SCALE } from '../control/pool.ts';
 import {
   ACCEPTED,
   addFrontendFields,
@@ -20,7 +21,7 @@ import {
 } from '../shared/counters.ts';
 import type { LatencyAnswer } from '../shared/messages.ts';
 import type { BackendTable } from '../shared/table.ts';
-import { DRAINING, ENABLED, UP } from '../shared/table.ts';
+import { AGENT_DOWN, DRAINING, ENABLED, UP } from '../shared/table.ts';
 import type { MetricName, Percentiles } from './latency.ts';
 import { decode, METRIC_NAMES, newHistogram, percentiles } from './latency.ts';
 
@@ -37,7 +38,22 @@ export interface BackendStat {
   state: BackendState;
   /** Passes its health checks (or has none), whatever an operator set. */
   up: boolean;
+  /** Configured weight. */
   weight: number;
+  /** The weight picks use now: configured, times its agent's share, ramped in slow start. */
+  effectiveWeight: number;
+  /** The maxconn in force (its agent's, else the configured one); 0: no limit. */
+  maxconn: number;
+  /** Its last health probe: verdict, what happened in words, how long; null: none yet. */
+  check: CheckResult | null;
+  /** What its agent said last and what that set; null: it has no agent. */
+  agent: AgentStat | null;
+  /** The load it reported last, while fresh; null: none (see loadError). */
+  load: number | null;
+  /** How old that report is. */
+  loadAgeMs: number | null;
+  /** Why its load could not be read last time; null: it reads, or nothing is asked. */
+  loadError: string | null;
   active: number;
   total: number;
   failures: number;
@@ -47,6 +63,15 @@ export interface BackendStat {
   transitions: number;
   /** Time to connect, over the whole run. */
   connectMs: Omit<Percentiles, 'count'>;
+}
+
+export interface AgentStat {
+  /** The agent's last line, or why it could not be asked. */
+  said: string | null;
+  weightPercent: number | null;
+  admin: 'drain' | 'maint' | null;
+  down: string | null;
+  maxconn: number | null;
 }
 
 export interface FrontendStat {
@@ -161,7 +186,7 @@ export class StatsView {
     const bits = Atomics.load(table.state, i);
     if ((bits & DRAINING) !== 0) return Atomics.load(table.active, i) > 0 ? 'draining' : 'disabled';
     if ((bits & ENABLED) === 0) return 'disabled';
-    return (bits & UP) !== 0 ? 'up' : 'down';
+    return (bits & UP) !== 0 && (bits & AGENT_DOWN) === 0 ? 'up' : 'down';
   }
 
   /** Every timing per frontend (all its backends) and per backend, merged over every worker. */
@@ -220,6 +245,7 @@ export class StatsView {
               state: StatsView.state(pool.table, member.index),
               up: (Atomics.load(pool.table.state, member.index) & UP) !== 0,
               weight: member.config.weight,
+              ...checksOf(pool, member),
               active: Atomics.load(pool.table.active, member.index),
               total: sums[o + B_CONNECTIONS],
               failures: sums[o + B_FAILURES],
@@ -251,6 +277,30 @@ export class StatsView {
     for (let r = 0; r < END_NAMES.length; r++) info[`ended_${END_NAMES[r]}`] = sums[END_BASE + r];
     return info;
   }
+}
+
+/** What health checks, the agent and load reports say of a backend now. */
+function checksOf(pool: Pool, member: Member) {
+  const i = member.index;
+  const agent = member.agent;
+  const hasAgent = (member.config.agentPort ?? pool.config.agent.port) !== null;
+  return {
+    effectiveWeight: Math.round((Atomics.load(pool.table.weight, i) / WEIGHT_SCALE) * 100) / 100,
+    maxconn: Atomics.load(pool.table.maxconn, i),
+    check: member.check,
+    agent: hasAgent
+      ? {
+          said: agent.said,
+          weightPercent: agent.weightPercent,
+          admin: agent.admin,
+          down: agent.down,
+          maxconn: agent.maxconn,
+        }
+      : null,
+    load: member.load?.value ?? null,
+    loadAgeMs: member.load === null ? null : Math.round(performance.now() - member.load.at),
+    loadError: member.loadError,
+  };
 }
 
 function withoutCount(p: Percentiles): Omit<Percentiles, 'count'> {

@@ -6,7 +6,7 @@
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { loadConfigFile } from '../../src/config/file.ts';
 import { loaderFromArgs } from '../../src/config/flags.ts';
 import { SETTINGS } from '../../src/config/settings.ts';
@@ -38,6 +38,29 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   healthTimeout: { text: '300ms', value: 300 },
   rise: { text: '4', value: 4 },
   fall: { text: '6', value: 6 },
+  healthHttp: { text: '/ready', value: '/ready' },
+  healthHost: { text: 'api.internal', value: 'api.internal' },
+  healthExpectStatus: {
+    text: '200,204-206',
+    value: [
+      [200, 200],
+      [204, 206],
+    ],
+  },
+  healthSend: { text: 'PING\\r\\n', value: 'PING\r\n' },
+  healthExpect: { text: '+PONG', value: '+PONG' },
+  healthGrpc: { text: 'my.pkg.Service', value: 'my.pkg.Service' },
+  healthPort: { text: '8081', value: 8081 },
+  agentPort: { text: '9777', value: 9777 },
+  agentInterval: { text: '3s', value: 3000 },
+  agentSend: { text: 'hello\\n', value: 'hello\n' },
+  loadMetric: {
+    text: 'vllm:num_requests_waiting{model_name="m"}',
+    value: { name: 'vllm:num_requests_waiting', labels: [['model_name', 'm']] },
+  },
+  loadMetricsPath: { text: '/stats/prometheus', value: '/stats/prometheus' },
+  loadMetricsPort: { text: '9400', value: 9400 },
+  loadInterval: { text: '2s', value: 2000 },
   workers: { text: '3', value: 3 },
   maxConnections: { text: '1000', value: 1000 },
   drainTimeout: { text: '12s', value: 12_000 },
@@ -53,6 +76,26 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   resolveInterval: { text: '10s', value: 10_000 },
   stateFile: { text: '/tmp/fulcrum-settings.json', value: '/tmp/fulcrum-settings.json' },
 };
+
+/** What a setting needs beside it to mean anything (`--health-host` is for `--health-http`). */
+const COMPANIONS: Record<string, string[]> = {
+  healthHost: ['--health-http', '/ready'],
+  healthExpectStatus: ['--health-http', '/ready'],
+  healthSend: ['--health-expect', '+PONG'],
+  agentInterval: ['--agent-port', '9777'],
+  agentSend: ['--agent-port', '9777'],
+  loadMetricsPath: ['--load-metric', 'queue'],
+  loadMetricsPort: ['--load-metric', 'queue'],
+  loadInterval: ['--load-metric', 'queue'],
+};
+
+/** One frontend has one kind of probe: the file test writes every key but these, then each
+ *  group of these in turn. */
+const PROBE_KINDS = [
+  ['healthHttp', 'healthHost', 'healthExpectStatus'],
+  ['healthGrpc'],
+  ['healthSend', 'healthExpect'],
+];
 
 function at(object: unknown, path: string): unknown {
   let value = object;
@@ -90,7 +133,7 @@ for (const setting of SETTINGS) {
         : setting.key === 'backends'
           ? ['--listen', '127.0.0.1:0']
           : MINIMAL;
-    const config = await loaderFromArgs([...base, ...args])();
+    const config = await loaderFromArgs([...base, ...(COMPANIONS[setting.key] ?? []), ...args])();
     const scope = setting.scope === 'process' ? config : config.frontends[0];
     t.match(at(scope, setting.target), SAMPLES[setting.key].value);
 
@@ -105,10 +148,18 @@ for (const setting of SETTINGS) {
   });
 }
 
-t.test('every file key lands where its flag does', async (t) => {
+for (const kind of PROBE_KINDS) {
+  const others = PROBE_KINDS.flat().filter((key) => !kind.includes(key));
+  const settings = SETTINGS.filter((s) => !others.includes(s.key));
+  t.test(`every file key lands where its flag does (probe: ${kind[0]})`, async (t) => {
+    await everyFileKey(t, settings, kind[0]);
+  });
+}
+
+async function everyFileKey(t: Test, settings: typeof SETTINGS, variant: string) {
   const top: Record<string, unknown> = {};
   const frontend: Record<string, unknown> = {};
-  for (const setting of SETTINGS) {
+  for (const setting of settings) {
     const sample = SAMPLES[setting.key].text;
     const [first, second] = setting.file.split('.');
     const into = setting.scope === 'process' ? top : frontend;
@@ -116,14 +167,14 @@ t.test('every file key lands where its flag does', async (t) => {
     if (second === undefined) into[first] = value;
     else into[first] = { ...(into[first] as object), [second]: value };
   }
-  const path = join(dir, 'every.json');
+  const path = join(dir, `every-${variant}.json`);
   writeFileSync(path, JSON.stringify({ ...top, frontends: [frontend] }));
   const config = await loadConfigFile(path);
-  for (const setting of SETTINGS) {
+  for (const setting of settings) {
     const scope = setting.scope === 'process' ? config : config.frontends[0];
     t.match(at(scope, setting.target), SAMPLES[setting.key].value, setting.file);
   }
-});
+}
 
 t.test('the README table is the one the settings table makes (npm run docs)', async (t) => {
   const readme = readFileSync(README, 'utf8');

@@ -1,4 +1,4 @@
-// Types for the Prometheus text-format parser the metrics test reads /metrics with.
+// Types for the Prometheus text-format parser: load reports (control/load.ts) and the metrics test.
 declare module 'parse-prometheus-text-format' {
   export interface Sample {
     labels?: Record<string, string>;

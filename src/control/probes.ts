@@ -1,0 +1,335 @@
+// One health probe of one backend, of the kind its frontend asks for: a TCP connect, an HTTP
+// GET, a send/expect exchange, or gRPC's standard health check. Each ends in a verdict and a few
+// words a person can act on (`HTTP 503`, `expect timeout`, `connect refused`).
+// Invariants: `done` is called exactly once; the whole probe (connect, request, reply) is over by
+// the health timeout, whatever the backend trickles; no more than MAX_PROBE_REPLY bytes of a
+// reply are ever kept; every socket and session is destroyed when the verdict is in.
+
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import { printableText } from '../config/parse.ts';
+import type { HealthConfig } from '../config/types.ts';
+import { isLocalError } from '../shared/errors.ts';
+
+/** The most of a reply a probe reads: a readiness answer is a few bytes, not a memory sink. */
+export const MAX_PROBE_REPLY = 8192;
+
+/** Which probe a frontend's health settings ask for. */
+export type ProbeKind = 'tcp' | 'http' | 'expect' | 'grpc';
+
+export function probeKind(health: HealthConfig): ProbeKind {
+  if (health.http !== null) return 'http';
+  if (health.grpc !== null) return 'grpc';
+  if (health.expect !== null) return 'expect';
+  return 'tcp';
+}
+
+/**
+ * A probe's verdict: `ok` true or false, or null when fulcrum could not even try (out of a local
+ * resource: the probe says nothing of the backend). `result` says what happened, in words.
+ */
+export type ProbeDone = (ok: boolean | null, result: string) => void;
+
+export interface ProbeTarget {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Starts a probe of `target`; `done` gets its verdict, once. */
+export function probe(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
+  PROBES[probeKind(health)](target, health, done);
+}
+
+/** A failed connect in words: `connect refused`, `connect unreachable`, ... */
+export function connectFailure(err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case 'ECONNREFUSED':
+      return 'connect refused';
+    case 'ECONNRESET':
+      return 'connect reset';
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+      return 'connect unreachable';
+    case 'ETIMEDOUT':
+      return 'connect timeout';
+    default:
+      return `connect error ${err.code ?? err.message}`;
+  }
+}
+
+/**
+ * The probe's clock and its single exit: `finish` runs the cleanup, then `done`, once; the timer
+ * ends a probe the backend keeps waiting, with `connect timeout` or, once connected, `late`.
+ */
+function verdict(timeoutMs: number, done: ProbeDone, cleanup: () => void) {
+  let over = false;
+  const state = { connected: false };
+  const finish = (ok: boolean | null, result: string) => {
+    if (over) return;
+    over = true;
+    clearTimeout(timer);
+    cleanup();
+    done(ok, result);
+  };
+  const failed = (err: NodeJS.ErrnoException, after: string) => {
+    if (isLocalError(err.code)) finish(null, `probe failed: ${err.code}`);
+    else finish(false, state.connected ? after : connectFailure(err));
+  };
+  let late = 'timeout';
+  const timer = setTimeout(
+    () => finish(false, state.connected ? late : 'connect timeout'),
+    timeoutMs,
+  );
+  timer.unref();
+  return {
+    state,
+    finish,
+    failed,
+    /** What the timeout says once connected (`HTTP timeout`). */
+    lateIs(words: string) {
+      late = words;
+    },
+  };
+}
+
+function probeTcp(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
+  const socket = net.connect({ host: target.host, port: target.port });
+  const v = verdict(health.timeoutMs, done, () => socket.destroy());
+  socket.once('connect', () => v.finish(true, 'connect ok'));
+  socket.once('error', (err: NodeJS.ErrnoException) => v.failed(err, 'connect reset'));
+}
+
+/** `[::1]` for an IPv6 address in a URL or a Host header. */
+function hostText(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+function inRanges(status: number, ranges: HealthConfig['expectStatus']): boolean {
+  for (const [low, high] of ranges) if (status >= low && status <= high) return true;
+  return false;
+}
+
+/** What an HTTP GET came to: a status and the whole body, or why not, in words. */
+export type HttpOutcome =
+  | { readonly status: number; readonly body: Buffer }
+  | { readonly failed: string; readonly local: boolean };
+
+/**
+ * `GET path` over HTTP/1.1 with `Connection: close`, bounded: the whole exchange within
+ * `timeoutMs`, at most `limit` bytes of headers and again of body. `done` is called once.
+ */
+export function httpGet(
+  target: ProbeTarget,
+  path: string,
+  host: string | null,
+  timeoutMs: number,
+  limit: number,
+  done: (outcome: HttpOutcome) => void,
+): void {
+  const request = http.request({
+    host: target.host,
+    port: target.port,
+    method: 'GET',
+    path,
+    agent: false,
+    setHost: false,
+    maxHeaderSize: Math.min(limit, MAX_PROBE_REPLY),
+    headers: {
+      host: host ?? hostText(target.host, target.port),
+      connection: 'close',
+      'user-agent': 'fulcrum',
+      accept: '*/*',
+    },
+  });
+  let answer: HttpOutcome | null = null;
+  const v = verdict(
+    timeoutMs,
+    (ok, words) =>
+      done(ok === true && answer !== null ? answer : { failed: words, local: ok === null }),
+    () => request.destroy(),
+  );
+  v.lateIs('HTTP timeout');
+  request.on('socket', (socket) => {
+    socket.once('connect', () => {
+      v.state.connected = true;
+    });
+  });
+  request.on('error', (err: NodeJS.ErrnoException) =>
+    v.failed(
+      err,
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? 'HTTP response too large'
+        : err.code?.startsWith('HPE_')
+          ? 'HTTP bad response'
+          : 'HTTP closed before a response',
+    ),
+  );
+  request.on('response', (response) => {
+    const status = response.statusCode ?? 0;
+    const chunks: Buffer[] = [];
+    let size = 0;
+    response.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) v.finish(false, 'HTTP response too large');
+      else chunks.push(chunk);
+    });
+    response.on('end', () => {
+      answer = { status, body: Buffer.concat(chunks) };
+      v.finish(true, `HTTP ${status}`);
+    });
+    response.on('error', () => v.finish(false, 'HTTP closed mid-response'));
+  });
+  request.end();
+}
+
+function probeHttp(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
+  httpGet(target, health.http as string, health.host, health.timeoutMs, MAX_PROBE_REPLY, (out) => {
+    if ('failed' in out) done(out.local ? null : false, out.failed);
+    else done(inRanges(out.status, health.expectStatus), `HTTP ${out.status}`);
+  });
+}
+
+/** What a reply began with, for the words of a mismatch: short and on one line. */
+function excerpt(text: string): string {
+  const head = printableText(text.slice(0, 32));
+  return text.length > 32 ? `${head}...` : head;
+}
+
+function probeExpect(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
+  const expect = health.expect as string;
+  const socket = net.connect({ host: target.host, port: target.port });
+  const v = verdict(health.timeoutMs, done, () => socket.destroy());
+  v.lateIs('expect timeout');
+  let reply = '';
+  socket.once('connect', () => {
+    v.state.connected = true;
+    if (health.send !== null) socket.write(Buffer.from(health.send, 'latin1'));
+  });
+  socket.on('data', (chunk: Buffer) => {
+    reply += chunk.toString('latin1');
+    if (reply.includes(expect)) v.finish(true, 'expect ok');
+    else if (reply.length > MAX_PROBE_REPLY) {
+      v.finish(false, `expect not found in ${MAX_PROBE_REPLY} bytes`);
+    }
+  });
+  socket.once('end', () =>
+    v.finish(
+      false,
+      reply === '' ? 'expect: closed, no reply' : `expect mismatch: "${excerpt(reply)}"`,
+    ),
+  );
+  socket.once('error', (err: NodeJS.ErrnoException) => v.failed(err, 'expect: connection reset'));
+}
+
+/** grpc.health.v1.HealthCheckResponse.ServingStatus, by number. */
+const SERVING_STATUS = ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN'];
+
+/** gRPC status codes a health check meets, by number, in words. */
+const GRPC_CODES = new Map([
+  [4, 'deadline exceeded'],
+  [5, 'SERVICE_UNKNOWN'],
+  [12, 'unimplemented'],
+  [14, 'unavailable'],
+]);
+
+/** A HealthCheckRequest for `service`, framed as one gRPC message. */
+export function healthRequest(service: string): Buffer {
+  const name = Buffer.from(service, 'utf8');
+  // proto3 leaves an empty string out; field 1, wire type 2 (length-delimited) is tag 0x0a.
+  const body =
+    name.length === 0 ? Buffer.alloc(0) : Buffer.concat([Buffer.from([0x0a, name.length]), name]);
+  const frame = Buffer.alloc(5 + body.length);
+  frame.writeUInt32BE(body.length, 1);
+  body.copy(frame, 5);
+  return frame;
+}
+
+/**
+ * The `status` of a framed HealthCheckResponse, or null when it is not one. Field 1 is a varint
+ * (tag 0x08); a message without it holds the default, UNKNOWN (0).
+ */
+export function servingStatus(frame: Buffer): number | null {
+  if (frame.length < 5 || frame[0] !== 0) return null;
+  const length = frame.readUInt32BE(1);
+  if (frame.length !== 5 + length) return null;
+  let status = 0;
+  for (let at = 5; at < frame.length; ) {
+    const tag = frame[at++];
+    const wire = tag & 7;
+    if (wire === 0) {
+      let value = 0;
+      let shift = 0;
+      for (;;) {
+        if (at >= frame.length || shift > 28) return null;
+        const byte = frame[at++];
+        value |= (byte & 0x7f) << shift;
+        shift += 7;
+        if ((byte & 0x80) === 0) break;
+      }
+      if (tag >> 3 === 1) status = value;
+    } else if (wire === 2) {
+      if (at >= frame.length) return null;
+      at += 1 + frame[at]; // short fields only: a health response has none longer than 127
+    } else {
+      return null;
+    }
+  }
+  return status;
+}
+
+const PROBES: Record<ProbeKind, typeof probe> = {
+  tcp: probeTcp,
+  http: probeHttp,
+  expect: probeExpect,
+  grpc: probeGrpc,
+};
+
+function probeGrpc(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
+  const session = http2.connect(`http://${hostText(target.host, target.port)}`, {
+    maxSessionMemory: 1,
+    maxHeaderListPairs: 64,
+    settings: { maxHeaderListSize: MAX_PROBE_REPLY, enablePush: false },
+  });
+  const v = verdict(health.timeoutMs, done, () => session.destroy());
+  v.lateIs('gRPC timeout');
+  session.on('error', (err: NodeJS.ErrnoException) => v.failed(err, 'gRPC connection error'));
+  session.once('connect', () => {
+    v.state.connected = true;
+  });
+  const stream = session.request({
+    ':method': 'POST',
+    ':path': '/grpc.health.v1.Health/Check',
+    'content-type': 'application/grpc',
+    te: 'trailers',
+  });
+  stream.on('error', () => v.finish(false, 'gRPC stream error'));
+  let httpStatus = 0;
+  let grpcStatus: string | undefined;
+  const chunks: Buffer[] = [];
+  let size = 0;
+  stream.on('response', (headers) => {
+    httpStatus = Number(headers[':status']);
+    // A trailers-only answer (an error) carries grpc-status with the headers.
+    if (headers['grpc-status'] !== undefined) grpcStatus = String(headers['grpc-status']);
+  });
+  stream.on('trailers', (trailers) => {
+    if (trailers['grpc-status'] !== undefined) grpcStatus = String(trailers['grpc-status']);
+  });
+  stream.on('data', (chunk: Buffer) => {
+    size += chunk.length;
+    if (size > MAX_PROBE_REPLY) v.finish(false, 'gRPC response too large');
+    else chunks.push(chunk);
+  });
+  stream.on('end', () => {
+    if (httpStatus !== 200) return v.finish(false, `gRPC: HTTP ${httpStatus}`);
+    if (grpcStatus !== undefined && grpcStatus !== '0') {
+      const code = Number(grpcStatus);
+      return v.finish(false, `gRPC ${GRPC_CODES.get(code) ?? `status ${code}`}`);
+    }
+    const status = servingStatus(Buffer.concat(chunks));
+    if (status === null) return v.finish(false, 'gRPC bad response');
+    v.finish(status === 1, `gRPC ${SERVING_STATUS[status] ?? `status ${status}`}`);
+  });
+  stream.end(healthRequest(health.grpc as string));
+}

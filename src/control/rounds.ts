@@ -1,0 +1,60 @@
+// Rounds: one timer for many periodic per-backend tasks (health probes, agent questions, load
+// scrapes). Invariants: a task is never started while its previous run is still busy (a slow
+// backend is asked less often, never twice at once); a task that fell behind runs once, not in
+// a burst; one timer is armed at a time, for the earliest task due; stop() ends every future run.
+
+export interface Round {
+  /** performance.now() when it is next due. */
+  nextAt: number;
+  /** Its last run has not finished yet. */
+  busy: boolean;
+  readonly intervalMs: number;
+}
+
+export class Rounds<T extends Round> {
+  private tasks: T[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private readonly start: (task: T) => void;
+
+  /** `start` begins one run of a task; it sets `busy` and clears it when the run is over. */
+  constructor(start: (task: T) => void) {
+    this.start = start;
+  }
+
+  get all(): readonly T[] {
+    return this.tasks;
+  }
+
+  /** Replaces the tasks (a reload, a DNS change) and rearms the timer. */
+  set(tasks: T[]): void {
+    this.tasks = tasks;
+    this.arm();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+  }
+
+  private arm(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    if (this.stopped || this.tasks.length === 0) return;
+    let next = Number.POSITIVE_INFINITY;
+    for (const task of this.tasks) next = Math.min(next, task.nextAt);
+    this.timer = setTimeout(() => this.run(), Math.max(0, next - performance.now()));
+    this.timer.unref();
+  }
+
+  private run(): void {
+    const now = performance.now();
+    for (const task of this.tasks) {
+      if (task.nextAt > now) continue;
+      task.nextAt += task.intervalMs;
+      if (task.nextAt <= now) task.nextAt = now + task.intervalMs; // fell behind: no burst
+      if (!task.busy) this.start(task);
+    }
+    this.arm();
+  }
+}
