@@ -208,6 +208,7 @@ function probeExpect(target: ProbeTarget, health: HealthConfig, done: ProbeDone)
   });
   socket.on('data', (chunk: Buffer) => {
     reply += chunk.toString('latin1');
+    v.lateIs(`expect timeout, got "${excerpt(reply)}"`);
     if (reply.includes(expect)) v.finish(true, 'expect ok');
     else if (reply.length > MAX_PROBE_REPLY) {
       v.finish(false, `expect not found in ${MAX_PROBE_REPLY} bytes`);
@@ -303,7 +304,11 @@ function probeGrpc(target: ProbeTarget, health: HealthConfig, done: ProbeDone): 
     'content-type': 'application/grpc',
     te: 'trailers',
   });
-  stream.on('error', () => v.finish(false, 'gRPC stream error'));
+  // A stream cancelled because its session failed carries the session's error (a refused
+  // connect) as its cause: that is the one worth naming.
+  stream.on('error', (err: NodeJS.ErrnoException) =>
+    v.failed((err.cause as NodeJS.ErrnoException | undefined) ?? err, 'gRPC stream error'),
+  );
   let httpStatus = 0;
   let grpcStatus: string | undefined;
   const chunks: Buffer[] = [];

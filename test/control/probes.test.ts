@@ -1,0 +1,434 @@
+// Health that knows the service: HTTP probes against a server that answers 503 then 200,
+// send/expect against a real redis-server and an impostor, gRPC's health protocol against a
+// minimal HTTP/2 server; every probe bounded (a trickle, a flood, garbage); the last check's words
+// and duration in `show stat json` and in the transition log line.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import http from 'node:http';
+import http2 from 'node:http2';
+import net from 'node:net';
+import t from 'tap';
+import type { HealthConfig } from '../../src/config/types.ts';
+import { MAX_PROBE_REPLY, probe, servingStatus } from '../../src/control/probes.ts';
+import {
+  closedPort,
+  connect,
+  eventually,
+  greet,
+  readLine,
+  settled,
+  showStat,
+  socketPath,
+  startBackend,
+  startFulcrum,
+  waitForLog,
+} from '../helpers.ts';
+
+const HEALTH: HealthConfig = {
+  enabled: true,
+  intervalMs: 100,
+  timeoutMs: 400,
+  rise: 1,
+  fall: 1,
+  http: null,
+  host: null,
+  expectStatus: [[200, 399]],
+  send: null,
+  expect: null,
+  grpc: null,
+  port: null,
+};
+
+/** One probe's verdict, awaited. */
+function probeOnce(port: number, health: Partial<HealthConfig>) {
+  return new Promise<{ ok: boolean | null; result: string; ms: number }>((resolve) => {
+    const started = performance.now();
+    probe({ host: '127.0.0.1', port }, { ...HEALTH, ...health }, (ok, result) =>
+      resolve({ ok, result, ms: performance.now() - started }),
+    );
+  });
+}
+
+/** An HTTP backend: `/ready` answers `ready.status`; anything else says which backend it is. */
+async function httpBackend(name: string, status: number) {
+  const ready = { status, hosts: [] as string[] };
+  const server = http.createServer((req, res) => {
+    if (req.url === '/ready') {
+      ready.hosts.push(String(req.headers.host));
+      res.writeHead(ready.status).end('ready?\n');
+    } else {
+      res.end(name);
+    }
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    ready,
+    port,
+    address: `127.0.0.1:${port}`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+/** A GET through fulcrum: the body (the backend's name). */
+async function whoAnswers(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: '/who', agent: false }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => {
+          body += c.toString();
+        });
+        res.on('end', () => resolve(body));
+      })
+      .on('error', reject);
+  });
+}
+
+t.test('HTTP: a backend answering 503 is down with its words, and up again on 200', async (t) => {
+  const a = await httpBackend('a', 503);
+  const b = await httpBackend('b', 200);
+  const stats = socketPath();
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '2',
+    '--stats-socket',
+    stats,
+    '--health-http',
+    '/ready',
+    '--health-interval',
+    '100ms',
+    '--rise',
+    '1',
+    '--fall',
+    '1',
+    '--backend',
+    `${a.address},name=a`,
+    '--backend',
+    `${b.address},name=b`,
+  ]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await a.close();
+    await b.close();
+  });
+  const down = await waitForLog(
+    fulcrum,
+    (l) => l.msg === 'backend down' && l.backend === 'a',
+    5000,
+    'a down',
+  );
+  t.match(down, { reason: 'HTTP 503', checkMs: Number, from: 'up', to: 'down' });
+  await eventually(
+    async () => (await showStat(stats))[0].backends.every((b) => b.check !== null),
+    5000,
+    'both backends probed',
+  );
+  const [statA, statB] = (await showStat(stats))[0].backends;
+  t.match(statA, { state: 'down', check: { ok: false, result: 'HTTP 503', ms: Number } });
+  t.match(statB, { state: 'up', check: { ok: true, result: 'HTTP 200' } });
+  t.equal(a.ready.hosts[0], a.address, "Host: the backend's address");
+  for (let i = 0; i < 6; i++) t.equal(await whoAnswers(fulcrum.port), 'b', 'only b gets clients');
+
+  a.ready.status = 200;
+  const up = await waitForLog(
+    fulcrum,
+    (l) => l.msg === 'backend up' && l.backend === 'a',
+    5000,
+    'a up',
+  );
+  t.match(up, { reason: 'HTTP 200' });
+  const seen = new Set<string>();
+  for (let i = 0; i < 6; i++) seen.add(await whoAnswers(fulcrum.port));
+  t.same([...seen].sort(), ['a', 'b'], 'a gets clients again');
+  await settled(stats, fulcrum);
+});
+
+t.test('HTTP: --health-host, --health-expect-status, --health-port', async (t) => {
+  const sidecar = await httpBackend('sidecar', 204);
+  const backend = await startBackend(greet);
+  const stats = socketPath();
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '1',
+    '--stats-socket',
+    stats,
+    '--health-http',
+    '/ready',
+    '--health-host',
+    'api.internal',
+    '--health-expect-status',
+    '200,204',
+    '--health-port',
+    String(sidecar.port),
+    '--health-interval',
+    '100ms',
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await backend.close();
+    await sidecar.close();
+  });
+  await eventually(async () => sidecar.ready.hosts.length > 0, 5000, 'a probe of the sidecar');
+  t.equal(sidecar.ready.hosts[0], 'api.internal');
+  await eventually(
+    async () => (await showStat(stats))[0].backends[0].check?.result === 'HTTP 204',
+    5000,
+    'the check result',
+  );
+  t.equal((await showStat(stats))[0].backends[0].state, 'up', '204 is in the expected list');
+  sidecar.ready.status = 301;
+  await waitForLog(fulcrum, (l) => l.msg === 'backend down', 5000, '301 is not in it');
+  await settled(stats, fulcrum);
+});
+
+t.test('HTTP probes are bounded: a trickle, a flood and garbage all fail in time', async (t) => {
+  const trickle = await startBackend((socket) => {
+    socket.write('HTTP/1.1 200 OK\r\n');
+    const timer = setInterval(() => socket.write('X'), 20);
+    socket.on('close', () => clearInterval(timer));
+  });
+  const flood = await startBackend((socket) => {
+    socket.once('data', () => {
+      socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${4 * MAX_PROBE_REPLY}\r\n\r\n`);
+      socket.write(Buffer.alloc(4 * MAX_PROBE_REPLY, 0x61));
+    });
+  });
+  const garbage = await startBackend((socket) => {
+    socket.once('data', () => socket.end('SSH-2.0-OpenSSH_9.2\r\n'));
+  });
+  const silent = await startBackend(() => {});
+  const chatty = await startBackend((socket) => {
+    socket.write(Buffer.alloc(4 * MAX_PROBE_REPLY, 0x61));
+  });
+  t.teardown(async () => {
+    for (const b of [trickle, flood, garbage, silent, chatty]) await b.close();
+  });
+  const http = { http: '/ready', timeoutMs: 400 };
+  const slow = await probeOnce(trickle.port, http);
+  t.match(slow, { ok: false, result: 'HTTP timeout' });
+  t.ok(slow.ms < 1500, `a trickle cannot hold the probe past its timeout (${slow.ms} ms)`);
+  t.match(await probeOnce(flood.port, http), { ok: false, result: 'HTTP response too large' });
+  t.match(await probeOnce(garbage.port, http), { ok: false, result: 'HTTP bad response' });
+  t.match(await probeOnce(silent.port, http), { ok: false, result: 'HTTP timeout' });
+  t.match(await probeOnce(await closedPort(), http), { ok: false, result: 'connect refused' });
+  t.match(await probeOnce(await closedPort(), {}), { ok: false, result: 'connect refused' });
+  t.match(await probeOnce(silent.port, {}), { ok: true, result: 'connect ok' });
+  const expect = { expect: 'never said' };
+  t.match(await probeOnce(chatty.port, expect), {
+    ok: false,
+    result: `expect not found in ${MAX_PROBE_REPLY} bytes`,
+  });
+  t.match(await probeOnce(silent.port, expect), { ok: false, result: 'expect timeout' });
+  t.match(await probeOnce(trickle.port, expect), {
+    ok: false,
+    result: /^expect timeout, got "HTTP\/1.1 200 OK\\x0d\\x0aXX/,
+  });
+  t.match(await probeOnce(garbage.port, { send: 'PING\r\n', expect: '+PONG' }), {
+    ok: false,
+    result: 'expect mismatch: "SSH-2.0-OpenSSH_9.2\\x0d\\x0a"',
+  });
+});
+
+/** A free port for a server fulcrum does not start (redis-server takes a number, not 0). */
+async function freePort(): Promise<number> {
+  const server = net.createServer().listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
+
+t.test(
+  'send/expect: a real redis-server is up, an impostor on a live port is down',
+  // CI installs redis-server (.ci/run) and so always runs this; elsewhere it needs
+  // `apt-get install redis-server`.
+  { skip: hasRedis || process.env.CI === 'true' ? false : 'redis-server is not installed' },
+  async (t) => {
+    const port = await freePort();
+    const redis = spawn(
+      'redis-server',
+      ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      { stdio: 'ignore' },
+    );
+    t.teardown(() => redis.kill('SIGKILL'));
+    await eventually(
+      async () => {
+        const socket = net.connect(port, '127.0.0.1');
+        const ok = await once(socket, 'connect').then(
+          () => true,
+          () => false,
+        );
+        socket.destroy();
+        return ok;
+      },
+      10_000,
+      'redis-server to listen',
+    );
+    // A live port, and a real service, but not Redis: it answers PING with 400 and closes.
+    const impostor = await httpBackend('impostor', 200);
+    const stats = socketPath();
+    const fulcrum = await startFulcrum([
+      '--workers',
+      '1',
+      '--stats-socket',
+      stats,
+      '--health-send',
+      'PING\\r\\n',
+      '--health-expect',
+      '+PONG',
+      '--health-interval',
+      '100ms',
+      '--fall',
+      '1',
+      '--backend',
+      `127.0.0.1:${port},name=redis`,
+      '--backend',
+      `${impostor.address},name=impostor`,
+    ]);
+    t.teardown(async () => {
+      await fulcrum.stop();
+      await impostor.close();
+    });
+    const down = await waitForLog(
+      fulcrum,
+      (l) => l.msg === 'backend down' && l.backend === 'impostor',
+      5000,
+      'the impostor down',
+    );
+    t.match(down.reason, /^expect mismatch: "HTTP\/1.1 400 Bad Request/);
+    const [redisStat] = (await showStat(stats))[0].backends;
+    t.match(redisStat, { state: 'up', check: { ok: true, result: 'expect ok' } });
+    for (let i = 0; i < 4; i++) {
+      const client = await connect(fulcrum.port);
+      client.write('PING\r\n');
+      t.equal(await readLine(client), '+PONG\r', 'every client reaches redis');
+      client.destroy();
+    }
+    await settled(stats, fulcrum);
+  },
+);
+
+t.test('expect alone matches a greeting, and sends nothing', async (t) => {
+  let received = 0;
+  const smtp = await startBackend((socket) => {
+    socket.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+    });
+    socket.write('220 mail.test ESMTP ready\r\n');
+  });
+  t.teardown(() => smtp.close());
+  t.match(await probeOnce(smtp.port, { expect: '220 ' }), { ok: true, result: 'expect ok' });
+  t.equal(received, 0, 'nothing was sent');
+});
+
+/** A gRPC health server: `status` by service name; an unknown service gets NOT_FOUND. */
+async function grpcServer(status: Map<string, number>) {
+  const server = http2.createServer();
+  server.on('stream', (stream, headers) => {
+    if (headers[':path'] !== '/grpc.health.v1.Health/Check') {
+      stream.respond({ ':status': 200, 'content-type': 'text/plain' });
+      stream.end('hello from grpc');
+      return;
+    }
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.on('end', () => {
+      const frame = Buffer.concat(chunks);
+      const service = frame.length > 7 ? frame.subarray(7, 7 + frame[6]).toString() : '';
+      const value = status.get(service);
+      if (value === undefined) {
+        stream.respond(
+          { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '5' },
+          { endStream: true },
+        );
+        return;
+      }
+      stream.respond(
+        { ':status': 200, 'content-type': 'application/grpc' },
+        { waitForTrailers: true },
+      );
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      // HealthCheckResponse { status = value }: field 1, varint.
+      stream.end(Buffer.from([0, 0, 0, 0, 2, 0x08, value]));
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    port,
+    address: `127.0.0.1:${port}`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+t.test('gRPC: SERVING is up, NOT_SERVING is down, an unknown service is named', async (t) => {
+  const serviceA = new Map([['my.Service', 1]]);
+  const serviceB = new Map([['my.Service', 2]]);
+  const a = await grpcServer(serviceA);
+  const b = await grpcServer(serviceB);
+  const stats = socketPath();
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '1',
+    '--stats-socket',
+    stats,
+    '--health-grpc',
+    'my.Service',
+    '--health-interval',
+    '100ms',
+    '--rise',
+    '1',
+    '--fall',
+    '1',
+    '--backend',
+    `${a.address},name=a`,
+    '--backend',
+    `${b.address},name=b`,
+  ]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await a.close();
+    await b.close();
+  });
+  const down = await waitForLog(
+    fulcrum,
+    (l) => l.msg === 'backend down' && l.backend === 'b',
+    5000,
+    'b down',
+  );
+  t.equal(down.reason, 'gRPC NOT_SERVING');
+  t.match((await showStat(stats))[0].backends[0], {
+    state: 'up',
+    check: { result: 'gRPC SERVING' },
+  });
+  serviceB.set('my.Service', 1);
+  await waitForLog(fulcrum, (l) => l.msg === 'backend up' && l.backend === 'b', 5000, 'b up');
+
+  const grpc = { grpc: 'my.Service', timeoutMs: 1000 };
+  t.match(await probeOnce(a.port, { ...grpc, grpc: 'other.Service' }), {
+    ok: false,
+    result: 'gRPC SERVICE_UNKNOWN',
+  });
+  const plain = await httpBackend('plain', 200);
+  t.teardown(() => plain.close());
+  t.match(await probeOnce(plain.port, grpc), { ok: false });
+  t.match(await probeOnce(await closedPort(), grpc), { ok: false, result: 'connect refused' });
+  await settled(stats, fulcrum);
+});
+
+t.test('a HealthCheckResponse decodes; anything else is not one', async (t) => {
+  t.equal(servingStatus(Buffer.from([0, 0, 0, 0, 2, 0x08, 1])), 1);
+  t.equal(servingStatus(Buffer.from([0, 0, 0, 0, 0])), 0, 'empty: the default, UNKNOWN');
+  t.equal(servingStatus(Buffer.from([0, 0, 0, 0, 9, 0x08, 1])), null, 'short');
+  t.equal(servingStatus(Buffer.from([1, 0, 0, 0, 2, 0x08, 1])), null, 'compressed');
+  t.equal(servingStatus(Buffer.from('hello')), null);
+});
