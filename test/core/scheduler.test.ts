@@ -61,6 +61,42 @@ t.test('least-conn picks the lowest (active+1)/weight, cross-multiplied', async 
   t.equal(scheduler.pick(0, 0), 1);
 });
 
+t.test(
+  'least-load: (reported load + placed since + 1) / weight; no report: live connections',
+  async (t) => {
+    const table = createTable([1, 1, 2]);
+    const scheduler = createScheduler('least-load', table);
+    t.same(sequence('least-load', [1, 1, 1], 6), [0, 1, 2, 0, 1, 2], 'no report: least-conn');
+    table.load.fill(Number.NaN);
+    table.load[0] = 10;
+    table.load[1] = 0;
+    table.load[2] = 4; // (4+1)/2 > (0+1)/1
+    t.equal(scheduler.pick(0, 0), 1, 'the smallest report wins');
+    // Connections placed on 1 since its report count against it: after 2, (0+2+1)/1 > 5/2.
+    acquire(table, 1);
+    acquire(table, 1);
+    t.equal(scheduler.pick(0, 0), 2);
+    // A new report of 1 starts counting again from there.
+    table.loadBase[1] = table.sent[1];
+    table.load[1] = 0;
+    t.equal(scheduler.pick(0, 0), 1, 'a fresh report: placed-since starts from zero');
+    // A backend without a report is judged by its live connections: 2 live on 1 after its report
+    // is dropped, (2+1)/1 against (4+1)/2 and (10+1)/1.
+    table.load[1] = Number.NaN;
+    t.equal(scheduler.pick(0, 0), 2);
+    table.active[1] = 0;
+    t.equal(scheduler.pick(0, 0), 1, 'no report and no connection: 1/1 < 5/2');
+    // `sent` wraps: the count since the report is still right.
+    table.active[1] = 10;
+    table.sent[0] = 0x7fffffff;
+    table.loadBase[0] = 0x7ffffffe;
+    table.load[0] = 0;
+    t.equal(scheduler.pick(0, 0), 0, '(0+1+1)/1 < (4+1)/2');
+    Atomics.add(table.sent, 0, 3); // wraps to negative
+    t.equal(scheduler.pick(0, 0), 2, '(0+4+1)/1 > (4+1)/2 across the wrap');
+  },
+);
+
 t.test('held connections follow weights within 1% over 100k picks', async (t) => {
   const weights = [1, 2, 3, 4];
   const total = 10;

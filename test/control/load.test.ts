@@ -1,0 +1,253 @@
+// Load the backends report: least-load follows changed /metrics values within two intervals; a
+// failed scrape drops the report (the backend is judged by its live connections) and is logged
+// once; a page that is huge, not Prometheus, or lacks the metric is a scrape failure, never a
+// crash; the load shows in `show stat json`, `show stat` and /metrics.
+
+import { once } from 'node:events';
+import http from 'node:http';
+import net from 'node:net';
+import t from 'tap';
+import { parseMetricSelector } from '../../src/config/parse.ts';
+import { MAX_METRICS_PAGE, readMetric } from '../../src/control/load.ts';
+import { query } from '../../src/stats/client.ts';
+import {
+  connect,
+  eventually,
+  readLine,
+  settled,
+  showStat,
+  socketPath,
+  startFulcrum,
+  waitFor,
+  waitForLog,
+} from '../helpers.ts';
+
+/** A server on `host`, port `port` (0: any): resolves once it listens. */
+async function listen(server: net.Server, host: string, port: number): Promise<number> {
+  server.listen(port, host);
+  await once(server, 'listening');
+  return (server.address() as net.AddressInfo).port;
+}
+
+/**
+ * Backends on their own loopback addresses (127.0.0.2, .3, ...): each a TCP service that greets
+ * a client with its name and holds it, and a metrics page on one port shared by all (fulcrum's
+ * --load-metrics-port) that answers `page.text`.
+ */
+async function reportingBackends(names: string[]) {
+  const servers: net.Server[] = [];
+  let metricsPort = 0;
+  const backends = [];
+  for (const [i, name] of names.entries()) {
+    const host = `127.0.0.${i + 2}`;
+    const page = { text: '', status: 200, scrapes: 0 };
+    const metrics = http.createServer((_req, res) => {
+      page.scrapes++;
+      res.writeHead(page.status, { 'content-type': 'text/plain; version=0.0.4' }).end(page.text);
+    });
+    metricsPort = await listen(metrics, host, metricsPort);
+    const service = net.createServer((socket) => {
+      socket.on('error', () => {});
+      socket.resume();
+      socket.write(`${name}\n`);
+    });
+    const port = await listen(service, host, 0);
+    servers.push(metrics, service);
+    backends.push({
+      page,
+      address: `${host}:${port}`,
+      /** Sets the queue this backend reports, beside series that must not count. */
+      queue(n: number) {
+        page.text = [
+          '# HELP queue_depth Requests waiting.',
+          '# TYPE queue_depth gauge',
+          `queue_depth{model="m",engine="0"} ${n}`,
+          `queue_depth{model="other",engine="0"} 1000`,
+          'queue_depth_total 5000',
+          '',
+        ].join('\n');
+      },
+    });
+  }
+  const close = async () => {
+    for (const server of servers) {
+      if (server instanceof http.Server) server.closeAllConnections();
+      server.close();
+    }
+  };
+  return { backends, metricsPort, close };
+}
+
+t.test('least-load follows changed /metrics values within two intervals', async (t) => {
+  const pool = await reportingBackends(['a', 'b']);
+  const [a, b] = pool.backends;
+  a.queue(10);
+  b.queue(0);
+  const stats = socketPath();
+  const intervalMs = 500;
+  const fulcrum = await startFulcrum([
+    '--workers',
+    '2',
+    '--stats-socket',
+    stats,
+    '--algorithm',
+    'least-load',
+    '--load-metric',
+    'queue_depth{model="m"}',
+    '--load-interval',
+    `${intervalMs}ms`,
+    '--load-metrics-port',
+    String(pool.metricsPort),
+    '--backend',
+    `${a.address},name=a`,
+    '--backend',
+    `${b.address},name=b`,
+  ]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await pool.close();
+  });
+  const loads = async () => (await showStat(stats))[0].backends.map((x) => x.load);
+  await eventually(async () => (await loads()).join() === '10,0', 5000, 'the first reports');
+
+  /** Opens `n` clients and holds them: which backend greeted each. */
+  const held: net.Socket[] = [];
+  const open = async (n: number) => {
+    const names: string[] = [];
+    for (let i = 0; i < n; i++) {
+      const socket = await connect(fulcrum.port);
+      held.push(socket);
+      names.push(await readLine(socket));
+    }
+    return names;
+  };
+  t.same(await open(5), ['b', 'b', 'b', 'b', 'b'], 'a reports a queue of 10: b takes them');
+  for (const s of held.splice(0)) s.destroy();
+
+  const flipped = Date.now();
+  a.queue(0);
+  b.queue(10);
+  await eventually(async () => (await loads()).join() === '0,10', 5000, 'the new reports');
+  const took = Date.now() - flipped;
+  t.ok(took <= 2 * intervalMs, `the new values are in within two intervals (${took} ms)`);
+  t.same(await open(4), ['a', 'a', 'a', 'a'], 'now a takes them');
+  for (const s of held.splice(0)) s.destroy();
+
+  // Connections placed since a report count: equal reports, and a holds 3 clients of its own.
+  a.queue(5);
+  b.queue(5);
+  await eventually(async () => (await loads()).join() === '5,5', 5000, 'equal reports');
+  const spread = await open(6);
+  t.ok(
+    spread.includes('a') && spread.includes('b'),
+    `equal reports: clients placed since are counted, not all on one (${spread.join()})`,
+  );
+  for (const s of held.splice(0)) s.destroy();
+
+  const text = await query(stats, 'show stat');
+  t.match(text, /LOAD/);
+  t.match(text, /default\/a\s.*\s5\s/);
+  await settled(stats, fulcrum);
+});
+
+t.test(
+  'a failed scrape drops the report, is logged once, and the backend is judged by its connections',
+  async (t) => {
+    const pool = await reportingBackends(['a', 'b']);
+    const [a, b] = pool.backends;
+    a.queue(0);
+    b.queue(0);
+    const stats = socketPath();
+    const fulcrum = await startFulcrum([
+      '--workers',
+      '1',
+      '--stats-socket',
+      stats,
+      '--metrics',
+      '127.0.0.1:0',
+      '--algorithm',
+      'least-load',
+      '--load-metric',
+      'queue_depth{model="m"}',
+      '--load-interval',
+      '200ms',
+      '--load-metrics-port',
+      String(pool.metricsPort),
+      '--backend',
+      `${a.address},name=a`,
+      '--backend',
+      `${b.address},name=b`,
+    ]);
+    t.teardown(async () => {
+      await fulcrum.stop();
+      await pool.close();
+    });
+    const statA = async () => (await showStat(stats))[0].backends[0];
+    await eventually(async () => (await statA()).load === 0, 5000, 'a report');
+
+    a.page.status = 500;
+    await eventually(async () => (await statA()).load === null, 5000, 'the report dropped');
+    t.match(await statA(), { loadError: 'metrics page answered HTTP 500' });
+    const scrapes = a.page.scrapes;
+    await waitFor(() => a.page.scrapes >= scrapes + 3, 5000, 'three more failed scrapes');
+    const failures = fulcrum.logs.filter((l) => String(l.msg).startsWith('load report failed'));
+    t.equal(failures.length, 1, 'logged once, however often it fails');
+
+    // Without a report a is judged by live connections: b reports 0 but holds 3 placed since.
+    const held: net.Socket[] = [];
+    const names: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const socket = await connect(fulcrum.port);
+      held.push(socket);
+      names.push(await readLine(socket));
+    }
+    t.ok(names.includes('a'), `a still gets clients by its connections (${names.join()})`);
+    for (const s of held) s.destroy();
+
+    a.page.status = 200;
+    a.page.text = '<html>not metrics</html>';
+    await eventually(
+      async () => (await statA()).loadError === 'metric queue_depth not found',
+      5000,
+      'not Prometheus',
+    );
+    a.page.text = `${'x'.repeat(MAX_METRICS_PAGE)}\n`;
+    await eventually(
+      async () => (await statA()).loadError === 'HTTP response too large',
+      5000,
+      'a huge page',
+    );
+    a.queue(7);
+    await eventually(async () => (await statA()).load === 7, 5000, 'back');
+    t.ok(fulcrum.logs.some((l) => l.msg === 'load report back'));
+
+    const url = (await waitForLog(fulcrum, (l) => l.msg === 'metrics', 5000, 'the metrics url'))
+      .url as string;
+    const body = await fetch(url).then((r) => r.text());
+    t.match(body, /fulcrum_backend_reported_load\{frontend="default",backend="a"\} 7/);
+    t.match(body, /fulcrum_backend_reported_load\{frontend="default",backend="b"\} 0/);
+    await settled(stats, fulcrum);
+  },
+);
+
+t.test('readMetric sums matching series and names what is wrong', async (t) => {
+  const page = [
+    '# TYPE vllm:num_requests_waiting gauge',
+    'vllm:num_requests_waiting{model_name="a",engine="0"} 3',
+    'vllm:num_requests_waiting{model_name="a",engine="1"} 4.5',
+    'vllm:num_requests_waiting{model_name="b",engine="0"} 100',
+    'vllm:num_requests_waiting_total 9',
+    'vllm:gpu_cache_usage_perc 0.25',
+  ].join('\n');
+  const sel = (text: string) => parseMetricSelector(text, 'test');
+  t.equal(readMetric(page, sel('vllm:num_requests_waiting{model_name="a"}')), 7.5);
+  t.equal(readMetric(page, sel('vllm:num_requests_waiting')), 107.5, 'no labels: every series');
+  t.equal(readMetric(page, sel('vllm:gpu_cache_usage_perc')), 0.25);
+  t.equal(readMetric(page, sel('missing')), 'metric missing not found');
+  t.equal(
+    readMetric(page, sel('vllm:num_requests_waiting{model_name="c"}')),
+    'no series matches vllm:num_requests_waiting{model_name="c"}',
+  );
+  t.equal(readMetric('queue NaN\n', sel('queue')), 'queue is not a finite number');
+  t.equal(readMetric('garbage {{{', sel('queue')), 'metric queue not found');
+});
