@@ -161,6 +161,36 @@ const mistakes: Array<[string, string, RegExp]> = [
   ],
   ['no frontends', 'workers: 2\n', /: frontends: .*array/],
   [
+    'a health path without /',
+    `frontends:\n  - { name: a, health: { http: ready }, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.health\.http: "ready" is not a request path/,
+  ],
+  [
+    'health.host without health.http',
+    `frontends:\n  - { name: a, health: { host: api }, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.health\.host: needs health\.http$/,
+  ],
+  [
+    'two kinds of probe',
+    `frontends:\n  - { name: a, health: { http: /r, grpc: true }, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.health\.grpc: cannot be used with .*health\.http/,
+  ],
+  [
+    'least-load without load.metric',
+    `frontends:\n  - { name: a, algorithm: least-load, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.algorithm: least-load needs load\.metric/,
+  ],
+  [
+    'a bad label matcher',
+    `frontends:\n  - { name: a, load: { metric: 'q{a=b}' }, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.load\.metric: "q\{a=b\}" is not a metric selector/,
+  ],
+  [
+    'a backend agent port out of range',
+    ONE('{ address: "127.0.0.1:1", agent: 0 }'),
+    /backends\[0\]\.agent: 0 is out of range/,
+  ],
+  [
     'a frontend name used twice',
     `frontends:\n  - { name: a, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n  - { name: a, listen: [127.0.0.1:0], backends: [127.0.0.1:2] }\n`,
     /frontends\[1\]\.name: "a" is used twice/,
@@ -241,4 +271,21 @@ t.test('frontend flags cannot be combined with --config', async (t) => {
   t.throws(() => loaderFromArgs(['--config', path, '--no-health-check']), {
     message: /^--no-health-check: cannot/,
   });
+});
+
+t.test('health.grpc: true asks about the whole server, as the bare flag does', async (t) => {
+  const config = await loadConfigFile(
+    file(
+      'frontends:\n  - { name: a, health: { grpc: true }, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n',
+    ),
+  );
+  t.equal(config.frontends[0].health.grpc, '');
+  const flags = await loaderFromArgs([
+    '--listen',
+    '127.0.0.1:0',
+    '--backend',
+    '127.0.0.1:1',
+    '--health-grpc',
+  ])();
+  t.equal(flags.frontends[0].health.grpc, '');
 });

@@ -112,6 +112,99 @@ const cases: Array<[string, string[], string]> = [
     [...OK_LISTEN, ...OK_BACKEND, '--queue-timeout', '0'],
     '--queue-timeout',
   ],
+  [
+    'a health path without /',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-http', 'ready'],
+    '--health-http',
+  ],
+  [
+    'a health path with a space',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-http', '/a b'],
+    '--health-http',
+  ],
+  [
+    'a Host header that is not a name',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-http', '/r', '--health-host', 'a b'],
+    '--health-host',
+  ],
+  [
+    '--health-host without --health-http',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-host', 'api'],
+    '--health-host',
+  ],
+  [
+    'a status out of range',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-http', '/r', '--health-expect-status', '200-700'],
+    '--health-expect-status',
+  ],
+  [
+    'a status range upside down',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-http', '/r', '--health-expect-status', '399-200'],
+    '--health-expect-status',
+  ],
+  [
+    'an unknown escape',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-expect', 'a\\q'],
+    '--health-expect',
+  ],
+  [
+    'a short \\x escape',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-expect', '\\x4'],
+    '--health-expect',
+  ],
+  [
+    '--health-send without --health-expect',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-send', 'PING'],
+    '--health-send',
+  ],
+  [
+    'two kinds of probe',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-http', '/r', '--health-grpc'],
+    '--health-grpc',
+  ],
+  [
+    'a gRPC service with a slash',
+    [...OK_LISTEN, ...OK_BACKEND, '--health-grpc', 'a/b'],
+    '--health-grpc',
+  ],
+  ['a health port of 0', [...OK_LISTEN, ...OK_BACKEND, '--health-port', '0'], '--health-port'],
+  ['an agent port too big', [...OK_LISTEN, ...OK_BACKEND, '--agent-port', '70000'], '--agent-port'],
+  ['a backend agent port', [...OK_LISTEN, '--backend', '127.0.0.1:80,agent=x'], 'agent'],
+  [
+    '--agent-interval without any agent',
+    [...OK_LISTEN, ...OK_BACKEND, '--agent-interval', '1s'],
+    '--agent-interval',
+  ],
+  [
+    'an agent interval under the floor',
+    [...OK_LISTEN, ...OK_BACKEND, '--agent-port', '9', '--agent-interval', '1ms'],
+    '--agent-interval',
+  ],
+  [
+    'a metric name with a space',
+    [...OK_LISTEN, ...OK_BACKEND, '--load-metric', 'queue depth'],
+    '--load-metric',
+  ],
+  [
+    'a label matcher without quotes',
+    [...OK_LISTEN, ...OK_BACKEND, '--load-metric', 'q{model=m}'],
+    '--load-metric',
+  ],
+  [
+    '--load-interval without --load-metric',
+    [...OK_LISTEN, ...OK_BACKEND, '--load-interval', '1s'],
+    '--load-interval',
+  ],
+  [
+    'least-load without --load-metric',
+    [...OK_LISTEN, ...OK_BACKEND, '--algorithm', 'least-load'],
+    '--algorithm',
+  ],
+  [
+    'a metrics path without /',
+    [...OK_LISTEN, ...OK_BACKEND, '--load-metric', 'q', '--load-metrics-path', 'metrics'],
+    '--load-metrics-path',
+  ],
   ['stats without --socket', ['stats'], '--socket'],
   ['ctl without words', ['ctl', '--socket', '/tmp/x.sock'], 'words'],
 ];
