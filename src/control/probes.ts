@@ -64,7 +64,13 @@ export function connectFailure(err: NodeJS.ErrnoException): string {
  */
 function verdict(timeoutMs: number, done: ProbeDone, cleanup: () => void) {
   let over = false;
+  let late = 'timeout';
   const state = { connected: false };
+  const timer = setTimeout(
+    () => finish(false, state.connected ? late : 'connect timeout'),
+    timeoutMs,
+  );
+  timer.unref();
   const finish = (ok: boolean | null, result: string) => {
     if (over) return;
     over = true;
@@ -76,12 +82,6 @@ function verdict(timeoutMs: number, done: ProbeDone, cleanup: () => void) {
     if (isLocalError(err.code)) finish(null, `probe failed: ${err.code}`);
     else finish(false, state.connected ? after : connectFailure(err));
   };
-  let late = 'timeout';
-  const timer = setTimeout(
-    () => finish(false, state.connected ? late : 'connect timeout'),
-    timeoutMs,
-  );
-  timer.unref();
   return {
     state,
     finish,

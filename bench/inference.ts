@@ -1,0 +1,304 @@
+// Simulated model-serving replicas behind fulcrum, one run per scheduler: where connection counts
+// lie. Each replica has a few concurrent slots and a FIFO queue behind them; service times have
+// a long tail; it shows its queue (waiting + running) on /metrics as vLLM does. Clients hold
+// long-lived connections with very unequal request rates (a few heavy ones, many light ones),
+// send requests without waiting for answers, in bursts, and reconnect after a while; so the
+// number of connections on a replica says little about how busy it is. Every scheduler sees the
+// same arrivals (one seed). Prints p50/p95/p99 request latency and the deepest queue seen.
+// Usage: npm run bench:inference [-- --seconds 20 --load-interval 100ms --seed 7]
+// Needs nothing beyond the project's own packages; loopback only (127.0.0.2-5).
+
+import http from 'node:http';
+import net from 'node:net';
+import { parseArgs } from 'node:util';
+import { build } from 'hdr-histogram-js';
+import { BIN, freePort, launch, stopAll, waitForPort } from './lib.ts';
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '20' },
+    warmup: { type: 'string', default: '3' },
+    'load-interval': { type: 'string', default: '100ms' },
+    seed: { type: 'string', default: '7' },
+    algorithms: { type: 'string', default: 'round-robin,least-conn,peak-ewma,least-load' },
+  },
+});
+const SECONDS = Number(values.seconds);
+const WARMUP = Number(values.warmup);
+
+// The workload. Four replicas of two slots each; a median service of 15 ms with a long tail
+// (log-normal, sigma 1: mean 25 ms, p99 150 ms), so about 320 requests/s of capacity in all.
+const REPLICAS = 4;
+const SLOTS = 2;
+const MEDIAN_MS = 15;
+const SIGMA = 1;
+// Two heavy clients on connections they keep (a batch job, a busy HTTP/2 client: 40 requests/s
+// each, half a replica) and 55 light ones on short connections (2 requests/s, about a second
+// each, then a new connection): about 190 requests/s, 60% of capacity, and near all of it in a
+// burst. Balanced by connection count, a replica that carries a heavy connection gets as many
+// light ones as any other, and runs past its limit in every burst.
+const HEAVY = { count: 2, rate: 40, lifetimeMs: Number.POSITIVE_INFINITY };
+const LIGHT = { count: 55, rate: 2, lifetimeMs: 1000 };
+/** Bursts: the arrival rate is BURST times the base for BURST_MS of every CYCLE_MS. */
+const BURST = 1.6;
+const BURST_MS = 600;
+const CYCLE_MS = 2000;
+const CALM = (CYCLE_MS - BURST * BURST_MS) / (CYCLE_MS - BURST_MS);
+
+/** A small seeded generator (mulberry32), so every scheduler sees the same arrivals. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function exponential(rand: () => number, mean: number): number {
+  return -Math.log(1 - rand()) * mean;
+}
+
+function serviceMs(rand: () => number): number {
+  // Box-Muller: one normal draw.
+  const z = Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
+  return MEDIAN_MS * Math.exp(SIGMA * z);
+}
+
+/** One replica: SLOTS requests at once, the rest wait in order. */
+class Replica {
+  readonly host: string;
+  running = 0;
+  readonly waiting: Array<() => void> = [];
+  deepest = 0;
+  private readonly rand: () => number;
+
+  constructor(host: string, seed: number) {
+    this.host = host;
+    this.rand = random(seed);
+  }
+
+  get queue(): number {
+    return this.running + this.waiting.length;
+  }
+
+  request(answer: () => void): void {
+    const run = () => {
+      this.running++;
+      setTimeout(() => {
+        this.running--;
+        answer();
+        this.waiting.shift()?.();
+      }, serviceMs(this.rand));
+    };
+    if (this.running < SLOTS) run();
+    else {
+      this.waiting.push(run);
+      this.deepest = Math.max(this.deepest, this.waiting.length);
+    }
+  }
+}
+
+/** Starts the replicas: the service on one port and /metrics on another, same on each host. */
+async function startReplicas(
+  seed: number,
+): Promise<{ replicas: Replica[]; servers: net.Server[]; port: number; metricsPort: number }> {
+  const port = await freePort();
+  const metricsPort = await freePort();
+  const replicas: Replica[] = [];
+  const servers: net.Server[] = [];
+  for (let r = 0; r < REPLICAS; r++) {
+    const replica = new Replica(`127.0.0.${r + 2}`, seed * 100 + r);
+    replicas.push(replica);
+    const service = net.createServer((socket) => {
+      socket.on('error', () => {});
+      let pending = '';
+      socket.on('data', (chunk: Buffer) => {
+        pending += chunk.toString('latin1');
+        let nl = pending.indexOf('\n');
+        while (nl >= 0) {
+          const id = pending.slice(0, nl);
+          pending = pending.slice(nl + 1);
+          replica.request(() => {
+            if (!socket.destroyed) socket.write(`${id}\n`);
+          });
+          nl = pending.indexOf('\n');
+        }
+      });
+    });
+    const metrics = http.createServer((_req, res) => {
+      res.end(
+        `# TYPE sim:num_requests gauge\nsim:num_requests{state="waiting"} ${replica.waiting.length}\nsim:num_requests{state="running"} ${replica.running}\n`,
+      );
+    });
+    for (const [server, p] of [
+      [service, port],
+      [metrics, metricsPort],
+    ] as const) {
+      server.listen(p, replica.host);
+      await new Promise((resolve) => server.once('listening', resolve));
+      servers.push(server);
+    }
+  }
+  return { replicas, servers, port, metricsPort };
+}
+
+/** The clients: HEAVY and LIGHT connections, each reconnecting when its lifetime is over. */
+function startClients(port: number, seed: number, record: (ms: number) => void) {
+  const rand = random(seed);
+  const started = performance.now();
+  let stopped = false;
+  const sockets = new Set<net.Socket>();
+  const burst = () => ((performance.now() - started) % CYCLE_MS < BURST_MS ? BURST : CALM);
+  const session = (kind: typeof HEAVY) => {
+    if (stopped) return;
+    const rate = kind.rate;
+    const socket = net.connect(port, '127.0.0.1');
+    sockets.add(socket);
+    socket.setNoDelay(true);
+    const sent = new Map<number, number>();
+    let next = 0;
+    let pending = '';
+    let timer: NodeJS.Timeout | null = null;
+    const end = setTimeout(
+      () => {
+        if (timer !== null) clearTimeout(timer);
+        // Wait for what is in flight, then go: the answers still count.
+        const close = () => {
+          if (sent.size === 0 || stopped || socket.destroyed) socket.end();
+          else setTimeout(close, 5);
+        };
+        close();
+      },
+      // A kept connection is never ended by its client (a timer cannot take Infinity).
+      Math.min(exponential(rand, kind.lifetimeMs), 2_000_000_000),
+    );
+    const arrive = () => {
+      sent.set(next, performance.now());
+      socket.write(`${next++}\n`);
+      timer = setTimeout(arrive, exponential(rand, 1000 / (rate * burst())));
+    };
+    socket.on('connect', () => {
+      timer = setTimeout(arrive, exponential(rand, 1000 / rate));
+    });
+    socket.on('data', (chunk: Buffer) => {
+      pending += chunk.toString('latin1');
+      let nl = pending.indexOf('\n');
+      while (nl >= 0) {
+        const id = Number(pending.slice(0, nl));
+        pending = pending.slice(nl + 1);
+        const at = sent.get(id);
+        if (at !== undefined) {
+          record(performance.now() - at);
+          sent.delete(id);
+        }
+        nl = pending.indexOf('\n');
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => {
+      clearTimeout(end);
+      if (timer !== null) clearTimeout(timer);
+      sockets.delete(socket);
+      session(kind);
+    });
+  };
+  for (let i = 0; i < HEAVY.count; i++) session(HEAVY);
+  for (let i = 0; i < LIGHT.count; i++) session(LIGHT);
+  return () => {
+    stopped = true;
+    for (const s of sockets) s.destroy();
+  };
+}
+
+const wait = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Row {
+  algorithm: string;
+  p50: number;
+  p95: number;
+  p99: number;
+  deepest: number;
+  requests: number;
+}
+
+async function run(algorithm: string): Promise<Row> {
+  const seed = Number(values.seed);
+  const { replicas, servers, port, metricsPort } = await startReplicas(seed);
+  const listen = await freePort();
+  const args = [
+    BIN,
+    '--listen',
+    `127.0.0.1:${listen}`,
+    '--workers',
+    '1',
+    '--log-level',
+    'warn',
+    '--algorithm',
+    algorithm,
+    '--load-metric',
+    'sim:num_requests',
+    '--load-metrics-port',
+    String(metricsPort),
+    '--load-interval',
+    String(values['load-interval']),
+    ...replicas.flatMap((r) => ['--backend', `${r.host}:${port}`]),
+  ];
+  const child = launch(process.execPath, args);
+  await waitForPort(listen);
+  const histogram = build({
+    lowestDiscernibleValue: 1,
+    highestTrackableValue: 600_000,
+    numberOfSignificantValueDigits: 3,
+  });
+  let measuring = false;
+  const stop = startClients(listen, seed, (ms) => {
+    if (measuring) histogram.recordValue(Math.max(1, Math.round(ms)));
+  });
+  await wait(WARMUP * 1000);
+  for (const r of replicas) r.deepest = 0;
+  measuring = true;
+  await wait(SECONDS * 1000);
+  measuring = false;
+  stop();
+  child.kill('SIGKILL');
+  for (const s of servers) s.close();
+  const row = {
+    algorithm,
+    p50: histogram.getValueAtPercentile(50),
+    p95: histogram.getValueAtPercentile(95),
+    p99: histogram.getValueAtPercentile(99),
+    deepest: Math.max(...replicas.map((r) => r.deepest)),
+    requests: histogram.totalCount,
+  };
+  histogram.destroy();
+  return row;
+}
+
+console.log(
+  `${REPLICAS} replicas x ${SLOTS} slots, service median ${MEDIAN_MS} ms (log-normal, sigma ${SIGMA}); ` +
+    `${HEAVY.count} heavy kept connections at ${HEAVY.rate}/s + ${LIGHT.count} light at ${LIGHT.rate}/s ` +
+    `(new connection every ~${LIGHT.lifetimeMs / 1000} s), bursts x${BURST}; ${SECONDS} s per scheduler; ` +
+    `--load-interval ${values['load-interval']}`,
+);
+const rows: Row[] = [];
+for (const algorithm of String(values.algorithms).split(',')) {
+  const row = await run(algorithm);
+  rows.push(row);
+  console.log(
+    `${row.algorithm.padEnd(12)} p50 ${String(row.p50).padStart(5)} ms  p95 ${String(row.p95).padStart(5)} ms  ` +
+      `p99 ${String(row.p99).padStart(5)} ms  deepest queue ${String(row.deepest).padStart(3)}  (${row.requests} requests)`,
+  );
+}
+const leastConn = rows.find((r) => r.algorithm === 'least-conn');
+const leastLoad = rows.find((r) => r.algorithm === 'least-load');
+if (leastConn !== undefined && leastLoad !== undefined) {
+  const ratio = leastLoad.p99 / leastConn.p99;
+  console.log(
+    `least-load p99 / least-conn p99 = ${ratio.toFixed(2)} (target: at most 0.50) ${ratio <= 0.5 ? 'met' : 'NOT met'}`,
+  );
+}
+stopAll();
+process.exit(0);
