@@ -5,7 +5,7 @@
 // send requests without waiting for answers, in bursts, and reconnect after a while; so the
 // number of connections on a replica says little about how busy it is. Every scheduler sees the
 // same arrivals (one seed). Prints p50/p95/p99 request latency and the deepest queue seen.
-// Usage: npm run bench:inference [-- --seconds 20 --load-interval 100ms --seed 7]
+// Usage: npm run bench:inference [-- --seconds 30 --load-interval 100ms --seed 7]
 // Needs nothing beyond the project's own packages; loopback only (127.0.0.2-5).
 
 import http from 'node:http';
@@ -16,7 +16,7 @@ import { BIN, freePort, launch, stopAll, waitForPort } from './lib.ts';
 
 const { values } = parseArgs({
   options: {
-    seconds: { type: 'string', default: '20' },
+    seconds: { type: 'string', default: '30' },
     warmup: { type: 'string', default: '3' },
     'load-interval': { type: 'string', default: '100ms' },
     seed: { type: 'string', default: '7' },
@@ -33,16 +33,17 @@ const SLOTS = 2;
 const MEDIAN_MS = 15;
 const SIGMA = 1;
 // Two heavy clients on connections they keep (a batch job, a busy HTTP/2 client: 40 requests/s
-// each, half a replica) and 55 light ones on short connections (2 requests/s, about a second
-// each, then a new connection): about 190 requests/s, 60% of capacity, and near all of it in a
-// burst. Balanced by connection count, a replica that carries a heavy connection gets as many
-// light ones as any other, and runs past its limit in every burst.
+// each, half a replica) and 55 light ones on short connections (a request at once, then about
+// one a second for the second or so the connection lasts, then a new connection): about 190
+// requests/s, 60% of capacity, and near all of it in a burst. Balanced by connection count, a
+// replica that carries a heavy connection gets as many light ones as any other, and runs past
+// its limit in every burst.
 const HEAVY = { count: 2, rate: 40, lifetimeMs: Number.POSITIVE_INFINITY };
-const LIGHT = { count: 55, rate: 2, lifetimeMs: 1000 };
+const LIGHT = { count: 55, rate: 1, lifetimeMs: 1000 };
 /** Bursts: the arrival rate is BURST times the base for BURST_MS of every CYCLE_MS. */
 const BURST = 1.6;
-const BURST_MS = 600;
-const CYCLE_MS = 2000;
+const BURST_MS = 1500;
+const CYCLE_MS = 5000;
 const CALM = (CYCLE_MS - BURST * BURST_MS) / (CYCLE_MS - BURST_MS);
 
 /** A small seeded generator (mulberry32), so every scheduler sees the same arrivals. */
@@ -180,9 +181,8 @@ function startClients(port: number, seed: number, record: (ms: number) => void) 
       socket.write(`${next++}\n`);
       timer = setTimeout(arrive, exponential(rand, 1000 / (rate * burst())));
     };
-    socket.on('connect', () => {
-      timer = setTimeout(arrive, exponential(rand, 1000 / rate));
-    });
+    // A client connects because it has a request to send: the first goes at once.
+    socket.on('connect', arrive);
     socket.on('data', (chunk: Buffer) => {
       pending += chunk.toString('latin1');
       let nl = pending.indexOf('\n');
