@@ -11,6 +11,7 @@ const SAMPLES: Record<string, string> = {
   maxconn: 'maxconn=40',
   slowstart: 'slowstart=30s',
   'send-proxy': 'send-proxy=v2',
+  agent: 'agent=9777',
   name: 'name=spare',
 };
 
@@ -45,6 +46,7 @@ t.test(
       maxconn: 40,
       slowstartMs: 30_000,
       sendProxy: 2,
+      agentPort: 9777,
       srv: false,
     });
     t.equal(
