@@ -5,8 +5,8 @@
 // send requests without waiting for answers, in bursts, and reconnect after a while; so the
 // number of connections on a replica says little about how busy it is. Every scheduler sees the
 // same arrivals (one seed). Prints p50/p95/p99 request latency and the deepest queue seen.
-// Usage: npm run bench:inference [-- --seconds 30 --load-interval 100ms --seed 7]
-// Needs nothing beyond the project's own packages; loopback only (127.0.0.2-5).
+// Usage: npm run bench:inference [-- --seconds 30 --load-interval 50ms --seed 7]
+// Needs nothing beyond the project's own packages; loopback only (127.0.0.2-9).
 
 import http from 'node:http';
 import net from 'node:net';
@@ -18,7 +18,7 @@ const { values } = parseArgs({
   options: {
     seconds: { type: 'string', default: '30' },
     warmup: { type: 'string', default: '3' },
-    'load-interval': { type: 'string', default: '100ms' },
+    'load-interval': { type: 'string', default: '50ms' },
     seed: { type: 'string', default: '7' },
     algorithms: { type: 'string', default: 'round-robin,least-conn,peak-ewma,least-load' },
   },
@@ -26,20 +26,20 @@ const { values } = parseArgs({
 const SECONDS = Number(values.seconds);
 const WARMUP = Number(values.warmup);
 
-// The workload. Four replicas of two slots each; a median service of 15 ms with a long tail
-// (log-normal, sigma 1: mean 25 ms, p99 150 ms), so about 320 requests/s of capacity in all.
-const REPLICAS = 4;
+// The workload. Eight replicas of two slots each; a median service of 15 ms with a long tail
+// (log-normal, sigma 1: mean 25 ms, p99 150 ms), so about 80 requests/s of capacity each.
+const REPLICAS = 8;
 const SLOTS = 2;
 const MEDIAN_MS = 15;
 const SIGMA = 1;
 // Two heavy clients on connections they keep (a batch job, a busy HTTP/2 client: 40 requests/s
-// each, half a replica) and 55 light ones on short connections (a request at once, then about
-// one a second for the second or so the connection lasts, then a new connection): about 190
+// each, half a replica) and 150 light ones on short connections (a request at once, then about
+// one a second for the second or so the connection lasts, then a new connection): about 380
 // requests/s, 60% of capacity, and near all of it in a burst. Balanced by connection count, a
 // replica that carries a heavy connection gets as many light ones as any other, and runs past
 // its limit in every burst.
 const HEAVY = { count: 2, rate: 40, lifetimeMs: Number.POSITIVE_INFINITY };
-const LIGHT = { count: 55, rate: 1, lifetimeMs: 1000 };
+const LIGHT = { count: 150, rate: 1, lifetimeMs: 1000 };
 /** Bursts: the arrival rate is BURST times the base for BURST_MS of every CYCLE_MS. */
 const BURST = 1.6;
 const BURST_MS = 1500;

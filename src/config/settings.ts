@@ -78,6 +78,10 @@ function choice(choices: readonly string[], what: string) {
 /** The shortest time between probes of one backend: ten a second is already a lot of probing. */
 export const MIN_HEALTH_INTERVAL_MS = 100;
 
+/** The shortest time between two reads of a backend's metrics page: what inference gateways use
+ *  (the Gateway API inference extension's endpoint picker reads every 50 ms by default). */
+export const MIN_LOAD_INTERVAL_MS = 50;
+
 export const SETTINGS: readonly Setting[] = [
   // ---- frontend: what to listen on and where to send it
   {
@@ -488,8 +492,8 @@ export const SETTINGS: readonly Setting[] = [
     kind: 'value',
     target: 'load.intervalMs',
     default: '1s',
-    help: `read every metrics page this often (at least ${MIN_HEALTH_INTERVAL_MS}ms); a report older than 3 intervals is dropped`,
-    parse: durationAtLeast(MIN_HEALTH_INTERVAL_MS),
+    help: `read every metrics page this often (at least ${MIN_LOAD_INTERVAL_MS}ms); a report older than 3 intervals is dropped`,
+    parse: durationAtLeast(MIN_LOAD_INTERVAL_MS),
   },
   // ---- process
   {

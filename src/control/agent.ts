@@ -77,25 +77,23 @@ export class AgentChecker {
 
   /** Takes the current pools: every backend with an agent port is asked, the first time at once. */
   sync(pools: readonly Pool[]): void {
-    const known = new Map(this.rounds.all.map((t) => [t.member, t]));
-    const next: AgentTask[] = [];
-    const now = performance.now();
-    for (const pool of pools) {
-      for (const member of pool.members()) {
-        const port = member.config.agentPort ?? pool.config.agent.port;
-        if (member.leaving || port === null) continue;
-        const kept = known.get(member);
-        if (kept !== undefined) {
-          kept.port = port;
-          kept.intervalMs = pool.config.agent.intervalMs;
-          next.push(kept);
-          continue;
-        }
-        const intervalMs = pool.config.agent.intervalMs;
-        next.push({ pool, member, port, intervalMs, nextAt: now, busy: false, unreachable: false });
-      }
-    }
-    this.rounds.set(next);
+    this.rounds.follow(
+      pools,
+      (pool, member) => member.config.agentPort ?? pool.config.agent.port,
+      (pool, member, port, now) => ({
+        pool,
+        member,
+        port,
+        intervalMs: pool.config.agent.intervalMs,
+        nextAt: now,
+        busy: false,
+        unreachable: false,
+      }),
+      (task, pool, port) => {
+        task.port = port;
+        task.intervalMs = pool.config.agent.intervalMs;
+      },
+    );
   }
 
   stop(): void {

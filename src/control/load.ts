@@ -80,26 +80,27 @@ export class LoadScraper {
   /** Takes the current pools: every backend of a frontend with --load-metric is read, the first
    *  time at once; a backend no longer read loses its report. */
   sync(pools: readonly Pool[]): void {
-    const known = new Map(this.rounds.all.map((t) => [t.member, t]));
-    const next: LoadTask[] = [];
-    const now = performance.now();
+    this.rounds.follow(
+      pools,
+      (pool) => (pool.config.load.metric === null ? null : pool.config.load.intervalMs),
+      (pool, member, intervalMs, now) => ({
+        pool,
+        member,
+        intervalMs,
+        nextAt: now,
+        busy: false,
+        failing: null,
+      }),
+      (task, _pool, intervalMs) => {
+        task.intervalMs = intervalMs;
+      },
+    );
+    const read = new Set(this.rounds.all.map((t) => t.member));
     for (const pool of pools) {
       for (const member of pool.members()) {
-        if (member.leaving || pool.config.load.metric === null) {
-          if (member.load !== null) pool.setLoad(member, null);
-          continue;
-        }
-        const intervalMs = pool.config.load.intervalMs;
-        const kept = known.get(member);
-        if (kept !== undefined) {
-          kept.intervalMs = intervalMs;
-          next.push(kept);
-        } else {
-          next.push({ pool, member, intervalMs, nextAt: now, busy: false, failing: null });
-        }
+        if (member.load !== null && !read.has(member)) pool.setLoad(member, null);
       }
     }
-    this.rounds.set(next);
   }
 
   stop(): void {

@@ -3,6 +3,8 @@
 // backend is asked less often, never twice at once); a task that fell behind runs once, not in
 // a burst; one timer is armed at a time, for the earliest task due; stop() ends every future run.
 
+import type { Member, Pool } from './pool.ts';
+
 export interface Round {
   /** performance.now() when it is next due. */
   nextAt: number;
@@ -11,7 +13,7 @@ export interface Round {
   readonly intervalMs: number;
 }
 
-export class Rounds<T extends Round> {
+export class Rounds<T extends Round & { readonly member: Member }> {
   private tasks: T[] = [];
   private timer: NodeJS.Timeout | null = null;
   private stopped = false;
@@ -26,7 +28,36 @@ export class Rounds<T extends Round> {
     return this.tasks;
   }
 
-  /** Replaces the tasks (a reload, a DNS change) and rearms the timer. */
+  /**
+   * Follows the pools (a reload, a DNS change, an admin command): every member for which `wanted`
+   * gives a setting keeps its task (its schedule and state), refreshed by `keep`; a new one gets
+   * `make`'s task, due at once; tasks of members no longer wanted are dropped.
+   */
+  follow<S>(
+    pools: readonly Pool[],
+    wanted: (pool: Pool, member: Member) => S | null,
+    make: (pool: Pool, member: Member, setting: S, now: number) => T,
+    keep: (task: T, pool: Pool, setting: S) => void,
+  ): void {
+    const known = new Map(this.tasks.map((t) => [t.member, t]));
+    const next: T[] = [];
+    const now = performance.now();
+    for (const pool of pools) {
+      for (const member of pool.members()) {
+        const setting = member.leaving ? null : wanted(pool, member);
+        if (setting === null) continue;
+        const kept = known.get(member);
+        if (kept === undefined) next.push(make(pool, member, setting, now));
+        else {
+          keep(kept, pool, setting);
+          next.push(kept);
+        }
+      }
+    }
+    this.set(next);
+  }
+
+  /** Replaces the tasks and rearms the timer. */
   set(tasks: T[]): void {
     this.tasks = tasks;
     this.arm();
