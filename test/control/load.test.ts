@@ -40,10 +40,12 @@ async function reportingBackends(names: string[]) {
   const backends = [];
   for (const [i, name] of names.entries()) {
     const host = `127.0.0.${i + 2}`;
-    const page = { text: '', status: 200, scrapes: 0 };
+    const page = { text: '', status: 200, scrapes: 0, slow: false };
     const metrics = http.createServer((_req, res) => {
       page.scrapes++;
-      res.writeHead(page.status, { 'content-type': 'text/plain; version=0.0.4' }).end(page.text);
+      // A slow page sends its headers and then nothing: the scrape must give up, not wait.
+      res.writeHead(page.status, { 'content-type': 'text/plain; version=0.0.4' });
+      if (!page.slow) res.end(page.text);
     });
     metricsPort = await listen(metrics, host, metricsPort);
     const service = net.createServer((socket) => {
@@ -211,6 +213,9 @@ t.test(
       5000,
       'not Prometheus',
     );
+    a.page.slow = true;
+    await eventually(async () => (await statA()).loadError === 'HTTP timeout', 5000, 'a slow page');
+    a.page.slow = false;
     a.page.text = `${'x'.repeat(MAX_METRICS_PAGE)}\n`;
     await eventually(
       async () => (await statA()).loadError === 'HTTP response too large',
