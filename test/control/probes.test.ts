@@ -8,9 +8,10 @@ import { once } from 'node:events';
 import http from 'node:http';
 import http2 from 'node:http2';
 import net from 'node:net';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { HealthConfig } from '../../src/config/types.ts';
 import { MAX_PROBE_REPLY, probe, servingStatus } from '../../src/control/probes.ts';
+import type { Fulcrum } from '../helpers.ts';
 import {
   closedPort,
   connect,
@@ -87,17 +88,23 @@ async function whoAnswers(port: number): Promise<string> {
   });
 }
 
-t.test('HTTP: a backend answering 503 is down with its words, and up again on 200', async (t) => {
-  const a = await httpBackend('a', 503);
-  const b = await httpBackend('b', 200);
+/**
+ * fulcrum in front of backends `a` and `b` (named so), probing with `probeArgs` every 100 ms,
+ * rise and fall 1, with a stats socket; everything stops when the test ends.
+ */
+async function inFrontOfTwo(
+  t: Test,
+  probeArgs: string[],
+  a: { address: string; close(): Promise<void> },
+  b: { address: string; close(): Promise<void> },
+) {
   const stats = socketPath();
   const fulcrum = await startFulcrum([
     '--workers',
     '2',
     '--stats-socket',
     stats,
-    '--health-http',
-    '/ready',
+    ...probeArgs,
     '--health-interval',
     '100ms',
     '--rise',
@@ -114,12 +121,24 @@ t.test('HTTP: a backend answering 503 is down with its words, and up again on 20
     await a.close();
     await b.close();
   });
-  const down = await waitForLog(
+  return { stats, fulcrum };
+}
+
+/** The log line of backend `name` going `to` (up or down). */
+function transition(fulcrum: Fulcrum, to: 'up' | 'down', name: string) {
+  return waitForLog(
     fulcrum,
-    (l) => l.msg === 'backend down' && l.backend === 'a',
+    (l) => l.msg === `backend ${to}` && l.backend === name,
     5000,
-    'a down',
+    `${name} ${to}`,
   );
+}
+
+t.test('HTTP: a backend answering 503 is down with its words, and up again on 200', async (t) => {
+  const a = await httpBackend('a', 503);
+  const b = await httpBackend('b', 200);
+  const { stats, fulcrum } = await inFrontOfTwo(t, ['--health-http', '/ready'], a, b);
+  const down = await transition(fulcrum, 'down', 'a');
   t.match(down, { reason: 'HTTP 503', checkMs: Number, from: 'up', to: 'down' });
   await eventually(
     async () => (await showStat(stats))[0].backends.every((b) => b.check !== null),
@@ -133,12 +152,7 @@ t.test('HTTP: a backend answering 503 is down with its words, and up again on 20
   for (let i = 0; i < 6; i++) t.equal(await whoAnswers(fulcrum.port), 'b', 'only b gets clients');
 
   a.ready.status = 200;
-  const up = await waitForLog(
-    fulcrum,
-    (l) => l.msg === 'backend up' && l.backend === 'a',
-    5000,
-    'a up',
-  );
+  const up = await transition(fulcrum, 'up', 'a');
   t.match(up, { reason: 'HTTP 200' });
   const seen = new Set<string>();
   for (let i = 0; i < 6; i++) seen.add(await whoAnswers(fulcrum.port));
@@ -375,43 +389,15 @@ t.test('gRPC: SERVING is up, NOT_SERVING is down, an unknown service is named', 
   const serviceB = new Map([['my.Service', 2]]);
   const a = await grpcServer(serviceA);
   const b = await grpcServer(serviceB);
-  const stats = socketPath();
-  const fulcrum = await startFulcrum([
-    '--workers',
-    '1',
-    '--stats-socket',
-    stats,
-    '--health-grpc',
-    'my.Service',
-    '--health-interval',
-    '100ms',
-    '--rise',
-    '1',
-    '--fall',
-    '1',
-    '--backend',
-    `${a.address},name=a`,
-    '--backend',
-    `${b.address},name=b`,
-  ]);
-  t.teardown(async () => {
-    await fulcrum.stop();
-    await a.close();
-    await b.close();
-  });
-  const down = await waitForLog(
-    fulcrum,
-    (l) => l.msg === 'backend down' && l.backend === 'b',
-    5000,
-    'b down',
-  );
+  const { stats, fulcrum } = await inFrontOfTwo(t, ['--health-grpc', 'my.Service'], a, b);
+  const down = await transition(fulcrum, 'down', 'b');
   t.equal(down.reason, 'gRPC NOT_SERVING');
   t.match((await showStat(stats))[0].backends[0], {
     state: 'up',
     check: { result: 'gRPC SERVING' },
   });
   serviceB.set('my.Service', 1);
-  await waitForLog(fulcrum, (l) => l.msg === 'backend up' && l.backend === 'b', 5000, 'b up');
+  await transition(fulcrum, 'up', 'b');
 
   const grpc = { grpc: 'my.Service', timeoutMs: 1000 };
   t.match(await probeOnce(a.port, { ...grpc, grpc: 'other.Service' }), {
