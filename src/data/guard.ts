@@ -132,12 +132,19 @@ export class Guard {
       const idle =
         current === 0 ||
         (Atomics.load(t, base + LIVE) === 0 && second - Atomics.load(t, base + SECOND) > 1);
-      if (idle && Atomics.compareExchange(t, base + KEY, current, key) === current) {
-        Atomics.store(t, base + LIVE, 0);
-        Atomics.store(t, base + SECOND, 0);
-        Atomics.store(t, base + COUNT, 0);
-        Atomics.store(t, base + PREVIOUS, 0);
-        return home;
+      if (idle) {
+        const was = Atomics.compareExchange(t, base + KEY, current, key);
+        if (was === current) {
+          // LIVE is left alone: an idle entry holds no connection, and another worker may
+          // already count one of this address on it (it saw the key the moment it was set).
+          Atomics.store(t, base + SECOND, 0);
+          Atomics.store(t, base + COUNT, 0);
+          Atomics.store(t, base + PREVIOUS, 0);
+          return home;
+        }
+        // Another worker claimed it a moment ago, for this very address: share it, rather than
+        // claim a second entry whose count would let the address past its limit.
+        if (was === key) return home;
       }
       home = (home + 1) & (SOURCE_SLOTS - 1);
     }
