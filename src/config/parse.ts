@@ -374,3 +374,12 @@ export function parseMetricSelector(text: string, where: string): MetricSelector
   }
   return { text: trimmed, name, labels };
 }
+
+/** A balance factor in percent: 0 (off) or at least 100 (a cap below the average cannot hold). */
+export function parseBalanceFactor(text: string, where: string): number {
+  const value = parseInteger(text, where, 0, 10_000);
+  if (value !== 0 && value < 100) {
+    throw new ConfigError(where, `${value} is below 100 (0 turns it off)`);
+  }
+  return value;
+}

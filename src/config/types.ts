@@ -55,6 +55,9 @@ export interface FrontendConfig {
   readonly algorithm: Algorithm;
   /** What Maglev hashes: the client's address, or its address and port. */
   readonly hashKey: HashKey;
+  /** Bounded loads for hashing: no backend takes a new client while it holds more than this
+   *  percent of the (weighted) average; 0: off. */
+  readonly hashBalanceFactor: number;
   readonly backends: readonly BackendConfig[];
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;

@@ -90,6 +90,10 @@ export class Admin implements AdminInterface {
     const found = this.find(ref);
     if (typeof found === 'string') return { ok: false, message: found };
     found.pool.setWeight(found.member, weight);
+    // Maglev's table is built from the weights: every worker rebuilds it.
+    if (found.pool.config.algorithm === 'maglev') {
+      await this.control.serially(() => this.control.publish());
+    }
     this.control.state.weight(found.pool.name, found.member.config.name, weight);
     return saved({ ok: true, message: `${ref} weight ${weight}` }, await this.control.state.save());
   }

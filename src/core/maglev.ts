@@ -6,7 +6,9 @@
 // state. Invariants: the table depends only on the backends' names and weights (not on slot
 // order or on any process-local state); picks allocate nothing; a backend that cannot take the
 // client (down, disabled, full, already tried) sends it on through a fixed sequence of other
-// entries, so clients of healthy backends never move when another fails.
+// entries, so clients of healthy backends never move when another fails. With a balance factor
+// (bounded loads, Mirrokni, Thorup and Zadimoghaddam), a backend over its cap of the weighted
+// average counts as full: its new clients go on along the same fixed sequence.
 
 import type { BackendTable } from '../shared/table.ts';
 import { BACKUP } from '../shared/table.ts';
@@ -20,6 +22,9 @@ export const MAGLEV_SIZE = 65537;
 
 /** Other entries tried when the client's own backend cannot take it. */
 const REHASHES = 8;
+/** With bounded loads, up to this many: a capped backend is a normal event, not a failure, and
+ *  the client should still land somewhere deterministic. */
+const BOUNDED_REHASHES = 64;
 
 export class Maglev implements Scheduler {
   readonly table: BackendTable;
@@ -27,26 +32,51 @@ export class Maglev implements Scheduler {
   readonly lookup: Int32Array;
   /** When no entry gives a pickable backend (or for backups): fewest connections. */
   private readonly fallback: LeastConnections;
+  /** Bounded loads: the cap in percent of the weighted average; 0: off. */
+  private readonly factor: number;
 
   /**
    * `keys[i]` identifies slot i's backend across processes (a hash of its name; 0 for a free
    * slot). Backups and weight-0 backends get no entries: they are reached through the fallback.
    */
-  constructor(table: BackendTable, keys: Uint32Array) {
+  constructor(table: BackendTable, keys: Uint32Array, factor = 0) {
     this.table = table;
     this.lookup = populate(table, keys);
     this.fallback = new LeastConnections(table);
+    this.factor = factor;
   }
 
   pick(avoid: number, key: number): number {
     const table = this.table;
+    // Bounded loads: the live connections and weight of every pickable normal backend, for the
+    // caps below (the counts are the global ones every worker shares).
+    let live = 0;
+    let weights = 0;
+    if (this.factor > 0) {
+      for (let i = 0; i < table.size; i++) {
+        if (!isPickable(table, i, 0)) continue;
+        live += table.active[i];
+        weights += table.weight[i];
+      }
+    }
+    const rehashes = this.factor > 0 ? BOUNDED_REHASHES : REHASHES;
     let h = key | 0;
-    for (let k = 0; k <= REHASHES; k++) {
+    for (let k = 0; k <= rehashes; k++) {
       const i = this.lookup[(h >>> 0) % MAGLEV_SIZE];
-      if (i >= 0 && isPickable(table, i, 0) && !isAvoided(avoid, i)) return i;
+      if (i >= 0 && isPickable(table, i, 0) && !isAvoided(avoid, i)) {
+        if (this.factor === 0 || table.active[i] < this.cap(i, live, weights)) return i;
+      }
       h = mix(h + k + 1);
     }
     return this.fallback.pick(avoid, key);
+  }
+
+  /**
+   * Backend i's cap: ceil(factor% x (live + 1) x its share of the weight), the +1 being the
+   * connection being placed, so that an idle pool has room.
+   */
+  private cap(i: number, live: number, weights: number): number {
+    return Math.ceil((this.factor * (live + 1) * this.table.weight[i]) / (100 * weights));
   }
 
   observe(_i: number, _ms: number): void {}

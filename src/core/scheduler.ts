@@ -49,17 +49,21 @@ export function isAlgorithm(name: string): name is Algorithm {
   return (ALGORITHMS as readonly string[]).includes(name);
 }
 
-/** Builds the scheduler for `algorithm` over `table`. Each worker builds its own. */
+/**
+ * Builds the scheduler for `algorithm` over `table`. Each worker builds its own. `balanceFactor`:
+ * bounded loads for hashing schedulers (percent; 0: off).
+ */
 export function createScheduler(
   algorithm: Algorithm,
   table: BackendTable,
   context: SchedulerContext = emptyContext(table.size),
+  balanceFactor = 0,
 ): Scheduler {
   switch (algorithm) {
     case 'p2c':
       return new PowerOfTwoChoices(table);
     case 'maglev':
-      return new Maglev(table, context.keys);
+      return new Maglev(table, context.keys, balanceFactor);
     case 'peak-ewma':
       return new PeakEwma(table, context.latency);
     case 'least-conn':

@@ -133,7 +133,12 @@ export class Frontend {
       ? new Guard(this.config.guard, update.sources)
       : null;
     this.table = openTable(this.shared, backends.length);
-    this.scheduler = createScheduler(this.config.algorithm, this.table, this.context);
+    this.scheduler = createScheduler(
+      this.config.algorithm,
+      this.table,
+      this.context,
+      this.config.hashBalanceFactor,
+    );
     this.hashPort = this.config.hashKey === 'source-ip-port';
     this.hashes = this.config.algorithm === 'maglev';
   }

@@ -22,6 +22,7 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   backends: { text: '127.0.0.1:9001,weight=3', value: [{ name: '127.0.0.1:9001', weight: 3 }] },
   algorithm: { text: 'maglev', value: 'maglev' },
   hashKey: { text: 'source-ip-port', value: 'source-ip-port' },
+  hashBalanceFactor: { text: '125', value: 125 },
   sendProxy: { text: 'v2', value: 2 },
   proxyTimeout: { text: '2s', value: 2000 },
   connectTimeout: { text: '750ms', value: 750 },

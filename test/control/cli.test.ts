@@ -205,6 +205,11 @@ const cases: Array<[string, string[], string]> = [
     [...OK_LISTEN, ...OK_BACKEND, '--load-metric', 'q', '--load-metrics-path', 'metrics'],
     '--load-metrics-path',
   ],
+  [
+    'a balance factor below 100',
+    [...OK_LISTEN, ...OK_BACKEND, '--hash-balance-factor', '90'],
+    '--hash-balance-factor',
+  ],
   ['stats without --socket', ['stats'], '--socket'],
   ['ctl without words', ['ctl', '--socket', '/tmp/x.sock'], 'words'],
 ];

@@ -156,3 +156,36 @@ t.test(
     t.ok(recovered > 0.25, `10 s after the delay went: ${(recovered * 100).toFixed(1)}%`);
   },
 );
+
+t.test(
+  'maglev with bounded loads: idle, it is plain Maglev; loaded, no backend passes its cap',
+  async (t) => {
+    const keys = Uint32Array.from([fnv1a('a'), fnv1a('b'), fnv1a('c')]);
+    const table = createTable([1, 1, 2]);
+    const plain = new Maglev(table, keys);
+    const bounded = new Maglev(table, keys, 125);
+    let moved = 0;
+    for (let k = 0; k < 2000; k++) {
+      const key = Math.imul(k + 1, 0x9e3779b1);
+      if (bounded.pick(0, key) !== plain.pick(0, key)) moved++;
+    }
+    t.equal(moved, 0, 'nothing loaded: 2000 clients reach the same backends as plain Maglev');
+    // Every client the same key (one source address): plain Maglev sends all to one backend.
+    const key = 12345;
+    const mine = plain.pick(0, key);
+    for (let n = 0; n < 40; n++) {
+      const i = bounded.pick(0, key);
+      acquire(table, i);
+      const live = table.active[0] + table.active[1] + table.active[2];
+      for (let b = 0; b < 3; b++) {
+        const cap = Math.ceil((1.25 * live * table.weight[b]) / 4);
+        if (table.active[b] > cap) t.fail(`backend ${b}: ${table.active[b]} over its cap ${cap}`);
+      }
+    }
+    t.ok(table.active[mine] < 40, `its own backend holds ${table.active[mine]} of 40`);
+    t.ok(table.active[2] >= table.active[0], 'the heavier backend may hold more');
+    // Its clients went on along one fixed sequence: the same order every time.
+    const order = new Maglev(createTable([1, 1, 2]), keys, 125);
+    t.equal(order.pick(0, key), mine, 'the first client still lands on its own backend');
+  },
+);
