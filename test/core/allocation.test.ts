@@ -9,9 +9,16 @@ import { ALGORITHMS } from '../../src/core/scheduler.ts';
 
 const probe = fileURLToPath(new URL('../fixtures/gc-probe.ts', import.meta.url));
 
-for (const algorithm of ALGORITHMS) {
-  t.test(`${algorithm}: 1M picks, no gc`, async (t) => {
-    const run = spawnSync(process.execPath, ['--expose-gc', probe, algorithm, '1000000'], {
+// Every algorithm, and maglev again with bounded loads (its caps scan the table on every pick).
+const RUNS: Array<[string, string]> = [
+  ...ALGORITHMS.map((a): [string, string] => [a, '0']),
+  ['maglev', '125'],
+];
+
+for (const [algorithm, factor] of RUNS) {
+  const name = factor === '0' ? algorithm : `${algorithm} --hash-balance-factor ${factor}`;
+  t.test(`${name}: 1M picks, no gc`, async (t) => {
+    const run = spawnSync(process.execPath, ['--expose-gc', probe, algorithm, '1000000', factor], {
       encoding: 'utf8',
     });
     t.equal(run.status, 0, run.stderr);
