@@ -108,6 +108,11 @@ export class AgentChecker {
     const socket = net.connect({ host: member.config.host, port: task.port });
     let reply = '';
     let over = false;
+    const timer = setTimeout(
+      () => finish(reply === '' ? null : reply, 'no answer in time'),
+      config.health.timeoutMs,
+    );
+    timer.unref();
     const finish = (answer: string | null, why: string) => {
       if (over) return;
       over = true;
@@ -118,11 +123,6 @@ export class AgentChecker {
       if (answer === null) this.unreachable(task, why);
       else this.answered(task, answer);
     };
-    const timer = setTimeout(
-      () => finish(reply === '' ? null : reply, 'no answer in time'),
-      config.health.timeoutMs,
-    );
-    timer.unref();
     socket.once('connect', () => {
       if (config.agent.send !== null) socket.write(Buffer.from(config.agent.send, 'latin1'));
     });
