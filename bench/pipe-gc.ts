@@ -7,7 +7,6 @@
 
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import type net from 'node:net';
 import { PerformanceObserver } from 'node:perf_hooks';
 import { startLocalFrontend } from '../src/local.ts';
 
@@ -51,7 +50,7 @@ async function run(hook: boolean, download: boolean): Promise<Result> {
   const [portLine] = (await once(backend.stdout, 'data')) as [Buffer];
   if (hook) delete process.env.FULCRUM_NO_ACCEPT_HOOK;
   else process.env.FULCRUM_NO_ACCEPT_HOOK = '1';
-  const frontend = await startLocalFrontend([
+  const local = await startLocalFrontend([
     '--listen',
     '127.0.0.1:0',
     '--backend',
@@ -59,8 +58,8 @@ async function run(hook: boolean, download: boolean): Promise<Result> {
     '--retries',
     '0',
   ]);
-  if (frontend.hooked !== hook) throw new Error('the accept path is not the one asked for');
-  const port = ([...frontend.servers.values()][0].address() as net.AddressInfo).port;
+  if (local.hooked !== hook) throw new Error('the accept path is not the one asked for');
+  const { port } = local;
 
   let gcs = 0;
   let gcMs = 0;
@@ -82,7 +81,7 @@ async function run(hook: boolean, download: boolean): Promise<Result> {
   await new Promise((resolve) => setTimeout(resolve, 100));
   observer.disconnect();
   if (Number(gotLine.toString()) !== TOTAL) throw new Error(`got ${gotLine} bytes`);
-  frontend.close();
+  local.close();
   backend.kill();
   return { gcs, gcMs, seconds };
 }

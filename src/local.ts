@@ -6,9 +6,21 @@ import { loaderFromArgs } from './config/flags.ts';
 import { Pool } from './control/pool.ts';
 import { updateNow } from './data/clock.ts';
 import { Frontend } from './data/frontend.ts';
+import { Listeners } from './data/listeners.ts';
+
+/** A frontend running in this thread, with its listening sockets. */
+export interface LocalFrontend {
+  readonly frontend: Frontend;
+  /** The port of its first listener. */
+  readonly port: number;
+  /** Whether the accept hook is in use (false: Node's public 'connection' path). */
+  readonly hooked: boolean;
+  /** Stops listening; live connections carry on. */
+  close(): void;
+}
 
 /** Builds the frontend the CLI would build from `args`, in this thread, and opens its listeners. */
-export async function startLocalFrontend(args: readonly string[]): Promise<Frontend> {
+export async function startLocalFrontend(args: readonly string[]): Promise<LocalFrontend> {
   const config = (await loaderFromArgs(['--workers', '1', ...args])()).frontends[0];
   updateNow();
   const pool = new Pool(config, 1, true);
@@ -17,7 +29,13 @@ export async function startLocalFrontend(args: readonly string[]): Promise<Front
     maxConnections: 0,
     backlog: 511,
   });
-  const failures = await frontend.syncListeners();
+  const listeners = new Listeners(511);
+  const failures = await listeners.sync([frontend]);
   if (failures.length > 0) throw new Error(`${failures[0].endpoint}: ${failures[0].message}`);
-  return frontend;
+  return {
+    frontend,
+    port: listeners.firstPort(),
+    hooked: listeners.hooked,
+    close: () => listeners.close(),
+  };
 }

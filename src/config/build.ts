@@ -155,29 +155,107 @@ export function buildConfig(top: Inputs, frontends: readonly Inputs[], where: st
   const built = frontends.map(buildFrontend);
   if (built.length === 0) throw new ConfigError(where, 'at least one frontend is required');
   const names = new Set<string>();
-  const listens = new Map<string, string>();
   built.forEach((frontend, i) => {
-    const inputs = frontends[i];
     if (names.has(frontend.name)) {
-      throw new ConfigError(whereIn(inputs, 'name', 'name'), `"${frontend.name}" is used twice`);
+      throw new ConfigError(
+        whereIn(frontends[i], 'name', 'name'),
+        `"${frontend.name}" is used twice`,
+      );
     }
     names.add(frontend.name);
-    frontend.listen.forEach((endpoint, l) => {
-      // Port 0 picks a free port each time it is written, except twice in one frontend.
-      const key =
-        endpoint.port === 0
-          ? `${frontend.name} ${endpoint.text}`
-          : `${endpoint.host}:${endpoint.port}`;
-      const other = listens.get(key);
-      if (other !== undefined) {
-        const input = inputs.get('listen');
-        throw new ConfigError(
-          input === undefined ? '--listen' : itemWhere(input, l),
-          `${endpoint.text} is already a listener of ${other}`,
-        );
+  });
+  checkListeners(built, frontends);
+  return { ...(buildScope('process', top) as unknown as Config), frontends: built };
+}
+
+/** What a client meets before its server name is known: on a shared address, every frontend
+ *  must say the same (by setting key, and how to read its value off a frontend). */
+const DOOR_SETTINGS: ReadonlyArray<[string, (f: FrontendConfig) => unknown]> = [
+  ['allow', (f) => f.guard.allow],
+  ['deny', (f) => f.guard.deny],
+  ['acceptProxyFrom', (f) => f.guard.proxyFrom],
+  ['maxConnsPerSource', (f) => f.guard.maxConnsPerSource],
+  ['connRatePerSource', (f) => f.guard.connRatePerSource],
+  ['proxyTimeout', (f) => f.proxyTimeoutMs],
+  ['inspectTimeout', (f) => f.inspectTimeoutMs],
+];
+
+/**
+ * Frontends may share a listen address only to be chosen by TLS server name: each name (exact or
+ * wildcard) belongs to one of them, at most one has no serverNames (it takes every other client),
+ * and they agree on what is checked before the name is known (allow/deny, per-source limits,
+ * the PROXY header, the timeouts). Port 0 is never shared: each `:0` is a port of its own.
+ */
+function checkListeners(built: readonly FrontendConfig[], inputs: readonly Inputs[]): void {
+  const owners = new Map<string, number[]>();
+  built.forEach((frontend, i) => {
+    const serverNames = inputs[i].get('serverNames');
+    const seen = new Set<string>();
+    frontend.serverNames.forEach((name, n) => {
+      if (seen.has(name)) {
+        throw new ConfigError(itemWhere(serverNames as Input, n), `"${name}" is given twice`);
       }
-      listens.set(key, frontend.name);
+      seen.add(name);
+    });
+    frontend.listen.forEach((endpoint, l) => {
+      const key =
+        endpoint.port === 0 ? `${i} ${endpoint.text}` : `${endpoint.host}:${endpoint.port}`;
+      const sharing = owners.get(key) ?? [];
+      const where = listenWhere(inputs[i], l);
+      if (sharing.includes(i)) {
+        throw new ConfigError(where, `${endpoint.text} is already a listener of ${frontend.name}`);
+      }
+      for (const j of sharing) checkShared(built, inputs, j, i, endpoint.text, where);
+      sharing.push(i);
+      owners.set(key, sharing);
     });
   });
-  return { ...(buildScope('process', top) as unknown as Config), frontends: built };
+}
+
+function listenWhere(inputs: Inputs, l: number): string {
+  const input = inputs.get('listen');
+  return input === undefined ? '--listen' : itemWhere(input, l);
+}
+
+/** Frontend `i` lists `address`, which frontend `j` (earlier) lists too: may they share it? */
+function checkShared(
+  built: readonly FrontendConfig[],
+  inputs: readonly Inputs[],
+  j: number,
+  i: number,
+  address: string,
+  where: string,
+): void {
+  const [a, b] = [built[j], built[i]];
+  if (a.serverNames.length === 0 && b.serverNames.length === 0) {
+    throw new ConfigError(
+      where,
+      `${address} is already a listener of ${a.name}; frontends may share an address only to be chosen by serverNames, and at most one of them has none`,
+    );
+  }
+  const l = b.listen.findIndex((e) => e.text === address);
+  const other = a.listen.find((e) => e.host === b.listen[l].host && e.port === b.listen[l].port);
+  if (other?.acceptProxy !== b.listen[l].acceptProxy) {
+    throw new ConfigError(
+      where,
+      `${address} is a listener of ${a.name} too: accept-proxy must be the same on both`,
+    );
+  }
+  const names = new Set(a.serverNames);
+  b.serverNames.forEach((name, n) => {
+    if (names.has(name)) {
+      throw new ConfigError(
+        itemWhere(inputs[i].get('serverNames') as Input, n),
+        `"${name}" is also a server name of ${a.name}, which shares ${address}`,
+      );
+    }
+  });
+  for (const [key, read] of DOOR_SETTINGS) {
+    if (JSON.stringify(read(a)) !== JSON.stringify(read(b))) {
+      throw new ConfigError(
+        whereIn(inputs[i], key, whereIn(inputs[j], key, where)),
+        `must be the same in ${a.name} and ${b.name}: they share ${address}, and it is checked before the server name is known`,
+      );
+    }
+  }
 }

@@ -177,6 +177,21 @@ export function checkName(name: string, where: string): string {
   return name;
 }
 
+/** A TLS server name to route by: a host name (`api.example.com`) or a wildcard over one label
+ *  (`*.example.com`), lowercased, as the ClientHello parser (data/client-hello.ts) reads them. */
+export function parseServerName(text: string, where: string): string {
+  const name = text.trim().toLowerCase().replace(/\.$/, '');
+  const host = name.startsWith('*.') ? name.slice(2) : name;
+  const label = /^[a-z0-9_-]{1,63}$/;
+  if (host.length === 0 || host.length > 253 || !host.split('.').every((l) => label.test(l))) {
+    throw new ConfigError(
+      where,
+      `"${text}" is not a server name (a host name like api.example.com, or *.example.com)`,
+    );
+  }
+  return name;
+}
+
 /** `auto` (one per available CPU) or a count. */
 export function parseWorkers(text: string, where: string): number {
   if (text === 'auto') return availableParallelism();

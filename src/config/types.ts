@@ -42,18 +42,24 @@ export interface ListenEndpoint extends Endpoint {
   readonly acceptProxy: boolean;
 }
 
-export const HASH_KEYS = ['source-ip', 'source-ip-port'] as const;
+export const HASH_KEYS = ['source-ip', 'source-ip-port', 'sni'] as const;
 export type HashKey = (typeof HASH_KEYS)[number];
 
 export interface FrontendConfig {
   readonly name: string;
   readonly listen: readonly ListenEndpoint[];
+  /** TLS server names it takes on a listen address it may share with other frontends: host
+   *  names and `*.` wildcards over one label, lowercased; empty: clients no other frontend on
+   *  the address takes (or, alone on it, every client). */
+  readonly serverNames: readonly string[];
+  /** How long a client has to send its ClientHello where it is read (serverNames, hashKey sni). */
+  readonly inspectTimeoutMs: number;
   /** PROXY protocol header sent to every backend that does not say otherwise. */
   readonly sendProxy: ProxyVersion;
   /** How long a client on an accept-proxy listener has to send its PROXY header. */
   readonly proxyTimeoutMs: number;
   readonly algorithm: Algorithm;
-  /** What Maglev hashes: the client's address, or its address and port. */
+  /** What Maglev hashes: the client's address, its address and port, or its TLS server name. */
   readonly hashKey: HashKey;
   /** Bounded loads for hashing: no backend takes a new client while it holds more than this
    *  percent of the (weighted) average; 0: off. */

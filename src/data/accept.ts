@@ -1,8 +1,11 @@
 // Admission: what happens to a client between accept() and its first backend pick. The global
 // connection limit, allow/deny and per-source limits, the PROXY header of an accept-proxy
-// listener, and the client's hash for Maglev. Invariant: per accepted client, one limit check, one
+// listener, the ClientHello where the route reads it (and the frontend its server name picks),
+// and the client's hash for Maglev. Invariant: per accepted client, one limit check, one
 // Connection, one client socket and one pick; nothing is logged, and a client refused here has
 // given back everything it took (global live count, per-source count) before its socket closes.
+// A client is counted as accepted once, by the frontend it lands in (on a route that reads the
+// ClientHello: when it is handed over, or by the route's door if it ends before).
 
 import type net from 'node:net';
 import { fnv1a } from '../core/hash.ts';
@@ -10,6 +13,7 @@ import { ACCEPTED, END, END_BASE, LIVE } from '../shared/counters.ts';
 import { now } from './clock.ts';
 import {
   attachClient,
+  beginInspection,
   CLIENT_ONREAD,
   ClientSocket,
   CONNECTING,
@@ -20,6 +24,7 @@ import {
   PEER_HIGH_WATER_MARK,
   PROXY_HEADER,
   prepareClientRead,
+  readClientHello,
 } from './connection.ts';
 import type { Frontend } from './frontend.ts';
 import type { Guard } from './guard.ts';
@@ -27,13 +32,17 @@ import { REFUSED, UNTRACKED } from './guard.ts';
 import type { TcpHandle } from './internals.ts';
 import { adoptHandle } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
+import type { Route } from './routes.ts';
+import { Inspection } from './routes.ts';
 
 /** Counts a new client against the global limit; false if it must be refused. */
-function admit(frontend: Frontend): boolean {
-  frontend.slot[ACCEPTED]++;
+function admit(frontend: Frontend, route: Route<Frontend>): boolean {
+  // Where the ClientHello is read, the frontend the client lands in counts it (see route()).
+  if (!route.inspects) frontend.slot[ACCEPTED]++;
   const live = Atomics.add(frontend.limits.live, 0, 1);
   if (frontend.limits.maxConnections > 0 && live >= frontend.limits.maxConnections) {
     Atomics.sub(frontend.limits.live, 0, 1);
+    if (route.inspects) frontend.slot[ACCEPTED]++;
     frontend.slot[END_BASE + END.REFUSED_LIMIT]++;
     return false;
   }
@@ -41,26 +50,22 @@ function admit(frontend: Frontend): boolean {
   return true;
 }
 
-export function acceptHandle(
-  frontend: Frontend,
-  status: number,
-  handle: TcpHandle,
-  acceptProxy: boolean,
-): void {
+export function acceptHandle(route: Route<Frontend>, status: number, handle: TcpHandle): void {
   if (status < 0) return; // accept() failed (EMFILE...): nothing was accepted.
+  const frontend = route.door;
   let source = UNTRACKED;
   // Behind a PROXY header the peer is the upstream balancer: check the client once it is known.
-  if (frontend.guard !== null && (!acceptProxy || frontend.guard.checksProxyPeers)) {
+  if (frontend.guard !== null && (!route.acceptProxy || frontend.guard.checksProxyPeers)) {
     const peer: { address?: string; family?: string } = {};
     handle.getpeername(peer);
-    source = check(frontend.guard, peer.address ?? '', peer.family ?? 'IPv4', acceptProxy);
+    source = check(frontend.guard, peer.address ?? '', peer.family ?? 'IPv4', route.acceptProxy);
     if (source === REFUSED) {
       refuse(frontend, frontend.guard.reason);
       handle.close();
       return;
     }
   }
-  if (!admit(frontend)) {
+  if (!admit(frontend, route)) {
     frontend.releaseSource(source);
     handle.close();
     return;
@@ -70,21 +75,22 @@ export function acceptHandle(
   prepareClientRead(conn);
   const client = adoptHandle(ClientSocket, handle, CLIENT_ONREAD, PEER_HIGH_WATER_MARK);
   client.setNoDelay(true);
-  start(frontend, conn, client, acceptProxy);
+  start(frontend, conn, client, route);
 }
 
-export function acceptSocket(frontend: Frontend, socket: net.Socket, acceptProxy: boolean): void {
+export function acceptSocket(route: Route<Frontend>, socket: net.Socket): void {
+  const frontend = route.door;
   let source = UNTRACKED;
-  if (frontend.guard !== null && (!acceptProxy || frontend.guard.checksProxyPeers)) {
+  if (frontend.guard !== null && (!route.acceptProxy || frontend.guard.checksProxyPeers)) {
     const address = socket.remoteAddress ?? '';
-    source = check(frontend.guard, address, socket.remoteFamily ?? 'IPv4', acceptProxy);
+    source = check(frontend.guard, address, socket.remoteFamily ?? 'IPv4', route.acceptProxy);
     if (source === REFUSED) {
       refuse(frontend, frontend.guard.reason);
       socket.destroy();
       return;
     }
   }
-  if (!admit(frontend)) {
+  if (!admit(frontend, route)) {
     frontend.releaseSource(source);
     socket.destroy();
     return;
@@ -94,7 +100,7 @@ export function acceptSocket(frontend: Frontend, socket: net.Socket, acceptProxy
   client.on('data', onClientData);
   const conn = new Connection(frontend);
   conn.source = source;
-  start(frontend, conn, client, acceptProxy);
+  start(frontend, conn, client, route);
 }
 
 /**
@@ -118,16 +124,22 @@ function start(
   frontend: Frontend,
   conn: Connection,
   client: ClientSocket,
-  acceptProxy: boolean,
+  route: Route<Frontend>,
 ): void {
   conn.client = client;
   client.conn = conn;
   attachClient(client);
-  if (acceptProxy) {
+  if (route.inspects) conn.inspection = new Inspection(route);
+  if (route.acceptProxy) {
     // Read the PROXY header first (onClientRead sees the PROXY_HEADER phase); no backend yet.
     conn.phase = PROXY_HEADER;
     conn.deadline = now + frontend.config.proxyTimeoutMs;
     frontend.connecting.add(conn);
+    client.resume();
+    return;
+  }
+  if (route.inspects) {
+    beginInspection(conn);
     client.resume();
     return;
   }
@@ -144,18 +156,27 @@ function start(
  * keep it for the access log, and pick a backend.
  */
 function pickFor(frontend: Frontend, conn: Connection, address: string, port: number): void {
-  if (frontend.hashes) conn.key = frontend.hashPort ? fnv1a(`${address}:${port}`) : fnv1a(address);
+  if (frontend.hashes) {
+    conn.key = frontend.hashSni
+      ? fnv1a(conn.serverName)
+      : frontend.hashPort
+        ? fnv1a(`${address}:${port}`)
+        : fnv1a(address);
+  }
   // The peer's address is gone once the socket closes: take it now, only if it will be logged.
   if (frontend.accessLog !== null) conn.clientAddress = `${address}:${port}`;
   connectBackend(conn);
 }
 
-/** A PROXY header arrived on an accept-proxy listener: admit the client it names, or not. */
+/**
+ * A PROXY header arrived on an accept-proxy listener: admit the client it names, or not. Returns
+ * whether to read on (the route reads the ClientHello next).
+ */
 export function admitProxied(
   frontend: Frontend,
   conn: Connection,
   addresses: ProxyAddresses | null,
-): void {
+): boolean {
   frontend.connecting.remove(conn);
   conn.phase = CONNECTING;
   conn.proxied = addresses;
@@ -166,9 +187,51 @@ export function admitProxied(
     const source = frontend.guard.admit(address, address.includes(':') ? 'IPv6' : 'IPv4');
     if (source === REFUSED) {
       closeClient(conn, frontend.guard.reason);
-      return;
+      return false;
     }
     conn.source = source;
   }
+  if (conn.inspection !== null) {
+    beginInspection(conn);
+    // Client bytes that came with the header are the hello's first.
+    const rest = conn.pending;
+    conn.pending = null;
+    return rest === null || readClientHello(conn, rest);
+  }
   pickFor(frontend, conn, address, port);
+  return false;
+}
+
+/**
+ * The ClientHello is read (`serverName`: what it asks for; null: nothing, or not TLS): hand the
+ * client to the frontend the route picks for it, with the bytes read to go first, or close it
+ * when none takes it.
+ */
+export function route(door: Frontend, conn: Connection, serverName: string | null): void {
+  const inspection = conn.inspection as Inspection;
+  door.connecting.remove(conn);
+  conn.pending = inspection.bytes();
+  if (serverName !== null) conn.serverName = serverName;
+  const target = inspection.route.match(serverName) as Frontend | null;
+  if (target === null) {
+    closeClient(conn, END.NO_FRONTEND); // still inspecting: finish() counts it at the door
+    return;
+  }
+  conn.inspection = null;
+  conn.phase = CONNECTING;
+  target.slot[ACCEPTED]++;
+  if (target !== door) {
+    door.slot[LIVE]--;
+    target.slot[LIVE]++;
+    conn.frontend = target;
+    door.onIdle();
+  }
+  if (!target.hashes && target.accessLog === null) {
+    connectBackend(conn);
+    return;
+  }
+  const client = conn.client;
+  const address = conn.proxied?.sourceAddress ?? client.remoteAddress ?? '';
+  const port = conn.proxied?.sourcePort ?? client.remotePort ?? 0;
+  pickFor(target, conn, address, port);
 }

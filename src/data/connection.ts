@@ -19,6 +19,7 @@ import { acquire, release } from '../core/scheduler.ts';
 import { avoidBit } from '../core/table.ts';
 import type { Logger } from '../log.ts';
 import {
+  ACCEPTED,
   B_BYTES_IN,
   B_BYTES_OUT,
   B_CONNECTIONS,
@@ -40,6 +41,7 @@ import { repointReadBuffer } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import { buildV1, buildV2, parseProxyHeader } from './proxy-protocol.ts';
 import type { Linked, LinkedList } from './queue.ts';
+import type { Inspection } from './routes.ts';
 
 /**
  * Node emits 'drain' only after a write() that reached the high-water mark. A relay stops reading
@@ -55,6 +57,8 @@ export const CLOSED = 3;
 export const QUEUED = 4;
 /** On an accept-proxy listener: reading the client's PROXY header, before any backend. */
 export const PROXY_HEADER = 5;
+/** On a route that reads the ClientHello: reading it, before any frontend is chosen. */
+export const INSPECT = 6;
 
 /** A socket that knows its connection; null once it no longer speaks for it. */
 export class ClientSocket extends net.Socket {
@@ -88,13 +92,21 @@ export interface ConnectionFrontend {
   enqueue(conn: Connection): boolean;
   /** Leaves the queue (the client closed while waiting). */
   unqueue(conn: Connection): void;
-  afterProxyHeader(conn: Connection, addresses: ProxyAddresses | null): void;
+  /** Returns whether to read on (for the ClientHello). */
+  afterProxyHeader(conn: Connection, addresses: ProxyAddresses | null): boolean;
+  /** The ClientHello is read: hand the client to the frontend its server name picks. */
+  afterClientHello(conn: Connection, serverName: string | null): void;
+  /** Gives back a per-source live count taken by this frontend's guard. */
+  releaseSource(entry: number): void;
   /** The connection has finished: give back what the frontend counted for it. */
   onFinish(conn: Connection): void;
 }
 
 export class Connection implements Linked<Connection> {
-  readonly frontend: ConnectionFrontend;
+  /** Its frontend: where the ClientHello is read, the route's door until the hello picks one. */
+  frontend: ConnectionFrontend;
+  /** Whose guard took `source` (the frontend it was accepted by). */
+  readonly admittedBy: ConnectionFrontend;
   /** Set right after construction, by the accept path. */
   client!: ClientSocket;
   backend: BackendSocket | null = null;
@@ -111,8 +123,13 @@ export class Connection implements Linked<Connection> {
   source = -1;
   /** What a PROXY header said (accept-proxy listeners only); null: the real peer. */
   proxied: ProxyAddresses | null = null;
-  /** The PROXY header read so far, then the client's bytes that came with it (for the backend). */
+  /** The PROXY header read so far, then the client's bytes that came with it, or the ClientHello
+   *  and what came with it: the bytes the backend is sent first. */
   pending: Buffer | null = null;
+  /** The ClientHello being read, and the route that reads it; null once a frontend has it. */
+  inspection: Inspection | null = null;
+  /** The TLS server name the client asked for; '' if none (or not read). */
+  serverName = '';
   phase = CONNECTING;
   /** An END reason, -1 until known. The first cause wins. */
   end = -1;
@@ -150,6 +167,7 @@ export class Connection implements Linked<Connection> {
 
   constructor(frontend: ConnectionFrontend) {
     this.frontend = frontend;
+    this.admittedBy = frontend;
     this.clientSmall = takeSmall();
     this.backendSmall = takeSmall();
     this.clientBuffer = this.clientSmall;
@@ -215,8 +233,9 @@ function onClientRead(this: ClientSocket, nread: number, buffer: Buffer): boolea
   const backend = conn?.backend;
   if (conn == null || backend == null || !backend.writable) {
     nextReadBuffer = buffer;
-    // No backend yet: on an accept-proxy listener these are the PROXY header's bytes.
+    // No backend yet: a PROXY header's bytes, or a ClientHello's.
     if (conn?.phase === PROXY_HEADER) return readProxyHeader(conn, buffer.subarray(0, nread));
+    if (conn?.phase === INSPECT) return readClientHello(conn, buffer.subarray(0, nread));
     return true;
   }
   conn.bytesIn += nread;
@@ -257,6 +276,7 @@ export function onClientData(this: ClientSocket, chunk: Buffer): void {
   const backend = conn?.backend;
   if (conn == null || backend == null || !backend.writable) {
     if (conn?.phase === PROXY_HEADER && !readProxyHeader(conn, chunk)) this.pause();
+    else if (conn?.phase === INSPECT && !readClientHello(conn, chunk)) this.pause();
     return;
   }
   conn.bytesIn += chunk.length;
@@ -285,7 +305,22 @@ function readProxyHeader(conn: Connection, bytes: Buffer): boolean {
   }
   const rest = conn.pending.subarray(parsed.length);
   conn.pending = rest.length > 0 ? rest : null;
-  conn.frontend.afterProxyHeader(conn, parsed.addresses);
+  return conn.frontend.afterProxyHeader(conn, parsed.addresses);
+}
+
+/** Starts reading the client's ClientHello, within --inspect-timeout. */
+export function beginInspection(conn: Connection): void {
+  conn.phase = INSPECT;
+  conn.deadline = now + conn.frontend.config.inspectTimeoutMs;
+  conn.frontend.connecting.add(conn);
+}
+
+/** Takes bytes of a ClientHello. Returns whether to go on reading: false once it is read (reading
+ *  waits for the backend, which is sent every byte read so far). */
+export function readClientHello(conn: Connection, bytes: Buffer): boolean {
+  const parsed = (conn.inspection as Inspection).add(bytes);
+  if (parsed === null) return true;
+  conn.frontend.afterClientHello(conn, parsed.serverName);
   return false;
 }
 
@@ -592,6 +627,7 @@ function logConnection(log: Logger, conn: Connection, reason: number, endedAt: n
     {
       client: conn.clientAddress,
       frontend: conn.frontend.config.name,
+      serverName: conn.serverName === '' ? null : conn.serverName,
       backend: connected && backend !== null ? backend.name : null,
       bytesIn: conn.bytesIn,
       bytesOut: conn.bytesOut,
@@ -630,6 +666,11 @@ function finish(conn: Connection): void {
   }
   const reason = conn.end < 0 ? END.CLIENT_CLOSED : conn.end;
   const slot = frontend.slot;
+  if (conn.inspection !== null) {
+    // It ended before its ClientHello picked a frontend: the door counts it.
+    slot[ACCEPTED]++;
+    conn.inspection = null;
+  }
   slot[END_BASE + reason]++;
   if (frontend.accessLog !== null) logConnection(frontend.accessLog, conn, reason, endedAt);
   slot[LIVE]--;

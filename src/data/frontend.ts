@@ -1,9 +1,8 @@
 // A frontend as one worker thread runs it: the scheduler over its shared backend table (rebuilt
 // and swapped on every pool update), its counters and timings, the wait queue, and the lists the
-// coarse timer sweeps. Listening is in listeners.ts, admission in accept.ts. Invariant: nothing
-// here runs per chunk, and nothing is logged.
+// coarse timer sweeps. Listening is in listeners.ts (one socket per address, which frontends may
+// share), admission in accept.ts. Invariant: nothing here runs per chunk, and nothing is logged.
 
-import type net from 'node:net';
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
 import { fnv1a } from '../core/hash.ts';
 import { createLatencyState } from '../core/peak-ewma.ts';
@@ -12,17 +11,12 @@ import { createScheduler } from '../core/scheduler.ts';
 import { anyFull } from '../core/table.ts';
 import type { Logger } from '../log.ts';
 import { END, openSlot, QUEUED as QUEUED_GAUGE } from '../shared/counters.ts';
-import type {
-  ActivatedListener,
-  EncodedLatency,
-  ListenFailure,
-  PoolUpdate,
-} from '../shared/messages.ts';
+import type { ActivatedListener, EncodedLatency, PoolUpdate } from '../shared/messages.ts';
 import { releaseSource } from '../shared/sources.ts';
 import type { BackendTable, SharedTable } from '../shared/table.ts';
 import { openTable, TABLE_SLOTS } from '../shared/table.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
-import { admitProxied } from './accept.ts';
+import { admitProxied, route } from './accept.ts';
 import { BUFFER_RELEASE_MS, now } from './clock.ts';
 import {
   CONNECTING,
@@ -31,13 +25,13 @@ import {
   connectTo,
   cut,
   failConnect,
+  INSPECT,
   kill,
   PROXY_HEADER,
   QUEUED,
   releaseIdleBuffers,
 } from './connection.ts';
 import { Guard } from './guard.ts';
-import { Listeners } from './listeners.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import { LinkedList } from './queue.ts';
 
@@ -74,8 +68,8 @@ export class Frontend {
   /** Clients waiting for a backend with room, oldest first (only when backends have maxconn). */
   readonly queue = new LinkedList<Connection>();
   readonly established = new LinkedList<Connection>();
-  /** Its listening sockets in this worker. */
-  readonly listeners: Listeners;
+  /** Sockets systemd passed for this frontend: opened once, never closed by a reload. */
+  readonly activated: readonly ActivatedListener[];
   /** This worker's timings: [metric (CONNECT, FIRST_BYTE, DURATION)][slot]. */
   readonly latency: LatencyRecorder[][] = METRIC_NAMES.map(() => []);
   /** Allow/deny lists and per-source limits; null when the frontend has none (no cost). */
@@ -85,6 +79,8 @@ export class Frontend {
   /** Whether the scheduler hashes the client (Maglev), and whether the port is part of it. */
   hashes = false;
   hashPort = false;
+  /** Whether Maglev hashes the TLS server name instead. */
+  hashSni = false;
   /** One line per finished connection when --access-log is on; null (no cost) otherwise. */
   accessLog: Logger | null = null;
   /** Called after every finished connection; the worker uses it to notice it has drained. */
@@ -96,7 +92,7 @@ export class Frontend {
     limits: WorkerLimits,
     activated: readonly ActivatedListener[] = [],
   ) {
-    this.listeners = new Listeners(this, limits.backlog, activated);
+    this.activated = activated;
     this.config = update.config;
     this.shared = update.table;
     this.slot = openSlot(update.counters, worker);
@@ -140,6 +136,7 @@ export class Frontend {
       this.config.hashBalanceFactor,
     );
     this.hashPort = this.config.hashKey === 'source-ip-port';
+    this.hashSni = this.config.hashKey === 'sni';
     this.hashes = this.config.algorithm === 'maglev';
   }
 
@@ -153,40 +150,24 @@ export class Frontend {
     };
   }
 
-  /** Opens the listeners the config names that are not open yet, closes those it no longer
-   *  names; returns the ones that could not be opened. */
-  syncListeners(): Promise<ListenFailure[]> {
-    return this.listeners.sync(this.config.listen);
-  }
-
-  /** Open listeners by address. */
-  get servers(): ReadonlyMap<string, net.Server> {
-    return this.listeners.servers;
-  }
-
-  /** Whether the accept hook is in use (false: Node's public 'connection' path). */
-  get hooked(): boolean {
-    return this.listeners.hooked;
-  }
-
-  /** Stops accepting; live connections carry on. */
-  close(): void {
-    this.listeners.close();
-  }
-
   /** Gives back the per-source live count a connection held. */
   releaseSource(entry: number): void {
     if (entry >= 0 && this.sourceTable !== null) releaseSource(this.sourceTable, entry);
   }
 
   /** A PROXY header arrived on an accept-proxy listener: admit the client it names, or not. */
-  afterProxyHeader(conn: Connection, addresses: ProxyAddresses | null): void {
-    admitProxied(this, conn, addresses);
+  afterProxyHeader(conn: Connection, addresses: ProxyAddresses | null): boolean {
+    return admitProxied(this, conn, addresses);
+  }
+
+  /** A client's ClientHello is read (this frontend is its route's door): hand it over. */
+  afterClientHello(conn: Connection, serverName: string | null): void {
+    route(this, conn, serverName);
   }
 
   onFinish(conn: Connection): void {
     Atomics.sub(this.limits.live, 0, 1);
-    this.releaseSource(conn.source);
+    conn.admittedBy.releaseSource(conn.source);
     // A connection that ends may have made room on a full backend.
     if (this.queue.size > 0) this.serveQueue();
     this.onIdle();
@@ -237,7 +218,7 @@ export class Frontend {
     this.slot[QUEUED_GAUGE] = this.queue.size;
   }
 
-  /** Connect deadlines, and PROXY header deadlines: checked every tick. */
+  /** Connect deadlines, PROXY header and ClientHello deadlines: checked every tick. */
   sweepConnecting(): void {
     let conn = this.connecting.head;
     while (conn !== null) {
@@ -246,6 +227,9 @@ export class Frontend {
         if (conn.phase === PROXY_HEADER) {
           this.connecting.remove(conn);
           closeClient(conn, END.TIMEOUT);
+        } else if (conn.phase === INSPECT) {
+          this.connecting.remove(conn);
+          closeClient(conn, END.INSPECT_TIMEOUT);
         } else {
           failConnect(conn, true);
         }

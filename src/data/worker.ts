@@ -17,6 +17,7 @@ import type {
 import { SLOT_MS } from '../stats/latency.ts';
 import { IDLE_SWEEP_TICKS, TICK_MS, updateNow } from './clock.ts';
 import { Frontend } from './frontend.ts';
+import { Listeners } from './listeners.ts';
 
 const init = workerData as WorkerInit;
 const port = parentPort;
@@ -29,6 +30,8 @@ const limits = {
 };
 /** Current frontends by name. */
 const frontends = new Map<string, Frontend>();
+/** Every listening socket, whichever frontends share it. */
+const listeners = new Listeners(init.backlog);
 /** Frontends a reload removed: listeners closed, connections running to their end. */
 const retired = new Set<Frontend>();
 let accessLog: Logger | null = null;
@@ -70,7 +73,6 @@ async function update(pools: readonly PoolUpdate[]): Promise<ListenFailure[]> {
   const names = new Set(pools.map((p) => p.config.name));
   for (const [name, frontend] of frontends) {
     if (names.has(name)) continue;
-    frontend.close();
     frontends.delete(name);
     if (frontend.slot[LIVE] > 0) retired.add(frontend);
   }
@@ -84,7 +86,12 @@ async function update(pools: readonly PoolUpdate[]): Promise<ListenFailure[]> {
     } else {
       frontend.apply(pool);
     }
-    if (!draining) failures.push(...(await frontend.syncListeners()));
+  }
+  // Every frontend is up to date before any route points at it; a removed one no longer listens.
+  if (!draining) {
+    failures.push(
+      ...(await listeners.sync(pools.map((p) => frontends.get(p.config.name) as Frontend))),
+    );
   }
   return failures;
 }
@@ -118,7 +125,7 @@ let updating: Promise<void> = Promise.resolve();
 port.on('message', (message: ControlMessage) => {
   if (message.type === 'drain') {
     draining = true;
-    for (const frontend of frontends.values()) frontend.close();
+    listeners.close();
     checkDrained();
   } else if (message.type === 'cut') {
     for (const frontend of frontends.values()) frontend.cutAll(END.DRAIN_CUT);
@@ -151,6 +158,6 @@ if (failures.length > 0) {
 } else {
   port.postMessage({
     type: 'ready',
-    hooked: [...frontends.values()].every((f) => f.hooked),
+    hooked: listeners.hooked,
   } satisfies WorkerMessage);
 }

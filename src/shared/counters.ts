@@ -20,6 +20,8 @@ export const END = {
   BAD_PROXY: 13,
   UNTRUSTED_PROXY: 14,
   LOCAL_ERROR: 15,
+  INSPECT_TIMEOUT: 16,
+  NO_FRONTEND: 17,
 } as const;
 
 export const END_NAMES = [
@@ -39,6 +41,8 @@ export const END_NAMES = [
   'bad-proxy-header',
   'untrusted-proxy',
   'local-error',
+  'inspect-timeout',
+  'no-frontend',
 ] as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */
