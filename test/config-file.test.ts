@@ -201,6 +201,46 @@ const mistakes: Array<[string, string, RegExp]> = [
     /frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:7000 is already a listener of a/,
   ],
   [
+    'two frontends on one address without serverNames',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [a.example.com], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], backends: [127.0.0.1:2] }\n  - { name: c, listen: [127.0.0.1:7000], backends: [127.0.0.1:3] }\n`,
+    /frontends\[2\]\.listen\[0\]: 127\.0\.0\.1:7000 is already a listener of b; .*at most one of them has none/,
+  ],
+  [
+    'one exact server name in two frontends on one address',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [api.example.com], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], serverNames: ["*.example.com", API.example.com], backends: [127.0.0.1:2] }\n`,
+    /frontends\[1\]\.serverNames\[1\]: "api\.example\.com" is also a server name of a, which shares 127\.0\.0\.1:7000$/,
+  ],
+  [
+    'one wildcard in two frontends on one address',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: ["*.example.com"], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], serverNames: ["*.example.com"], backends: [127.0.0.1:2] }\n`,
+    /frontends\[1\]\.serverNames\[0\]: "\*\.example\.com" is also a server name of a/,
+  ],
+  [
+    'a server name with a space',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [api example.com], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.serverNames\[0\]: "api example\.com" is not a server name/,
+  ],
+  [
+    'a wildcard over two labels',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: ["*.*.example.com"], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.serverNames\[0\]: "\*\.\*\.example\.com" is not a server name/,
+  ],
+  [
+    'a server name given twice in one frontend',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [x.example, X.example], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.serverNames\[1\]: "x\.example" is given twice/,
+  ],
+  [
+    'frontends on one address that admit clients differently',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [a.example], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], allow: [127.0.0.0/8], backends: [127.0.0.1:2] }\n`,
+    /frontends\[1\]\.allow: must be the same in a and b: they share 127\.0\.0\.1:7000, and it is checked before the server name is known/,
+  ],
+  [
+    'frontends on one address, one with accept-proxy',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [a.example], backends: [127.0.0.1:1] }\n  - { name: b, listen: ["127.0.0.1:7000,accept-proxy"], backends: [127.0.0.1:2] }\n`,
+    /frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:7000 is a listener of a too: accept-proxy must be the same/,
+  ],
+  [
     'a bad duration',
     `frontends:\n  - { name: a, connectTimeout: soon, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n`,
     /frontends\[0\]\.connectTimeout: "soon" is not a duration/,

@@ -210,6 +210,12 @@ const cases: Array<[string, string[], string]> = [
     [...OK_LISTEN, ...OK_BACKEND, '--hash-balance-factor', '90'],
     '--hash-balance-factor',
   ],
+  [
+    'a bad inspect timeout',
+    [...OK_LISTEN, ...OK_BACKEND, '--inspect-timeout', 'soon'],
+    '--inspect-timeout',
+  ],
+  ['a hash key of no kind', [...OK_LISTEN, ...OK_BACKEND, '--hash-key', 'host'], '--hash-key'],
   ['stats without --socket', ['stats'], '--socket'],
   ['ctl without words', ['ctl', '--socket', '/tmp/x.sock'], 'words'],
 ];

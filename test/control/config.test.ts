@@ -122,6 +122,37 @@ t.test('fulcrum check: a broken file exits 2 naming the bad key', async (t) => {
   );
 });
 
+t.test('fulcrum check: frontends sharing an address by server name', async (t) => {
+  const good = write(
+    'shared.yaml',
+    `frontends:\n  - { name: api, listen: [127.0.0.1:8443], serverNames: [api.example.com], backends: [127.0.0.1:1] }\n  - { name: web, listen: [127.0.0.1:8443], serverNames: ["*.example.com"], backends: [127.0.0.1:2] }\n  - { name: rest, listen: [127.0.0.1:8443], backends: [127.0.0.1:3] }\n`,
+  );
+  const ok = check(good);
+  t.equal(ok.status, 0, ok.stderr);
+  const overlapping = write(
+    'overlapping.yaml',
+    `frontends:\n  - { name: api, listen: [127.0.0.1:8443], serverNames: [api.example.com], backends: [127.0.0.1:1] }\n  - { name: web, listen: [127.0.0.1:8443], serverNames: [Api.Example.com], backends: [127.0.0.1:2] }\n`,
+  );
+  const result = check(overlapping);
+  t.equal(result.status, 2);
+  t.equal(
+    result.stderr,
+    `fulcrum: ${overlapping}: frontends[1].serverNames[0]: "api.example.com" is also a server name of api, which shares 127.0.0.1:8443\n`,
+    'one line naming the key, the name and the other frontend',
+  );
+  const twoDefaults = write(
+    'two-defaults.yaml',
+    `frontends:\n  - { name: one, listen: [127.0.0.1:8443], backends: [127.0.0.1:1] }\n  - { name: two, listen: [127.0.0.1:8443], backends: [127.0.0.1:2] }\n`,
+  );
+  const second = check(twoDefaults);
+  t.equal(second.status, 2);
+  t.match(
+    second.stderr,
+    /^fulcrum: .*frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:8443 is already a listener of one;/,
+  );
+  t.equal(second.stderr.split('\n').length, 2, 'one line');
+});
+
 t.test('running with a broken file exits 2 with the same line', async (t) => {
   const path = write('bad-run.yaml', 'frontends: 5\n');
   const result = spawnSync(process.execPath, [BIN, '--config', path], {
