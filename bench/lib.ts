@@ -66,8 +66,17 @@ export function stopAll(): void {
 }
 process.on('exit', stopAll);
 
-/** nginx with one worker serving `files` on each of `ports`. */
-export async function startNginx(dir: string, ports: number[], files: Record<string, Buffer>) {
+/** The test certificate (example.com, *.example.com, localhost is not in it: wrk does not check). */
+const CERT = fileURLToPath(new URL('../test/fixtures/tls/cert.pem', import.meta.url));
+const KEY = fileURLToPath(new URL('../test/fixtures/tls/key.pem', import.meta.url));
+
+/** nginx with one worker serving `files` on each of `ports`, and over TLS on each of `tlsPorts`. */
+export async function startNginx(
+  dir: string,
+  ports: number[],
+  files: Record<string, Buffer>,
+  tlsPorts: number[] = [],
+) {
   const www = join(dir, 'www');
   execFileSync('mkdir', ['-p', www]);
   chmodSync(www, 0o755);
@@ -75,9 +84,13 @@ export async function startNginx(dir: string, ports: number[], files: Record<str
     writeFileSync(join(www, name), body);
     chmodSync(join(www, name), 0o644);
   }
-  const servers = ports
-    .map((port) => `server { listen 127.0.0.1:${port}; root ${www}; }`)
-    .join('\n  ');
+  const servers = [
+    ...ports.map((port) => `server { listen 127.0.0.1:${port}; root ${www}; }`),
+    ...tlsPorts.map(
+      (port) =>
+        `server { listen 127.0.0.1:${port} ssl; ssl_certificate ${CERT}; ssl_certificate_key ${KEY}; root ${www}; }`,
+    ),
+  ].join('\n  ');
   const conf = join(dir, 'nginx.conf');
   writeFileSync(
     conf,
@@ -97,7 +110,7 @@ http {
 `,
   );
   launch('nginx', ['-c', conf, '-e', `${dir}/nginx-error.log`]);
-  for (const port of ports) await waitForPort(port);
+  for (const port of [...ports, ...tlsPorts]) await waitForPort(port);
 }
 
 /** HAProxy in mode tcp, one thread, leastconn over `backends`. */
@@ -123,6 +136,55 @@ ${backends.map((p, i) => `  server s${i} 127.0.0.1:${p}`).join('\n')}
 `,
   );
   const child = launch('haproxy', ['-f', conf, '-db']);
+  await waitForPort(port);
+  return child;
+}
+
+/**
+ * HAProxy routing TLS by server name without terminating it (tcp-request inspect-delay and
+ * req.ssl_sni), one thread: `localhost` to leastconn over `backends`, two other names elsewhere.
+ */
+export async function startHaproxySni(dir: string, port: number, backends: number[]) {
+  const conf = join(dir, 'haproxy-sni.cfg');
+  const servers = backends.map((p, i) => `  server s${i} 127.0.0.1:${p}`).join('\n');
+  writeFileSync(
+    conf,
+    `global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode tcp
+  timeout connect 3s
+  timeout client 5m
+  timeout server 5m
+frontend fe
+  bind 127.0.0.1:${port}
+  tcp-request inspect-delay 5s
+  tcp-request content accept if { req_ssl_hello_type 1 }
+  use_backend one if { req.ssl_sni -i one.example }
+  use_backend two if { req.ssl_sni -i -m end .two.example }
+  use_backend local if { req.ssl_sni -i localhost }
+backend one
+  balance leastconn
+${servers}
+backend two
+  balance leastconn
+${servers}
+backend local
+  balance leastconn
+${servers}
+`,
+  );
+  const child = launch('haproxy', ['-f', conf, '-db']);
+  await waitForPort(port);
+  return child;
+}
+
+/** fulcrum from a config file (YAML or JSON), listening on `port`. */
+export async function startFulcrumConfig(dir: string, port: number, config: object) {
+  const path = join(dir, `fulcrum-${port}.json`);
+  writeFileSync(path, JSON.stringify(config));
+  const child = launch(process.execPath, [BIN, '--config', path, '--log-level', 'warn']);
   await waitForPort(port);
   return child;
 }

@@ -11,7 +11,9 @@ import {
   has,
   load,
   startFulcrum,
+  startFulcrumConfig,
   startHaproxy,
+  startHaproxySni,
   startNginx,
   stopAll,
   workDir,
@@ -32,10 +34,13 @@ if (!has('nginx')) {
 
 const dir = workDir();
 const backends = [await freePort(), await freePort()];
-await startNginx(dir, backends, {
-  small: Buffer.from('ok\n'.padEnd(100, '.')),
-  bulk: randomBytes(1024 * 1024),
-});
+const tlsBackends = [await freePort(), await freePort()];
+await startNginx(
+  dir,
+  backends,
+  { small: Buffer.from('ok\n'.padEnd(100, '.')), bulk: randomBytes(1024 * 1024) },
+  tlsBackends,
+);
 
 const targets: Array<{ name: string; port: number }> = [{ name: 'direct', port: backends[0] }];
 if (has('haproxy')) {
@@ -99,6 +104,70 @@ for (const scenario of scenarios) {
     `${scenario.name}: fulcrum/${referenceName} ${(value(f) / value(reference)).toFixed(2)}x`,
   );
 }
+rows.push(...(await serverNames()));
 console.log(`\nsummary\n  ${rows.join('\n  ')}`);
 stopAll();
 process.exit(0);
+
+/**
+ * What reading the ClientHello costs: TLS to nginx through a plain fulcrum frontend (bytes piped
+ * from the first), through one listener shared by three frontends with serverNames (the hello
+ * read, a name matched, the client handed to the frontend that is not the listener's door), and
+ * through HAProxy doing the same with req.ssl_sni. wrk asks for `localhost` (its URL's host).
+ */
+async function serverNames(): Promise<string[]> {
+  if (!has('wrk')) {
+    console.error('bench: the TLS server-name runs need wrk (apt-get install -y wrk)');
+    return [];
+  }
+  const plain = await freePort();
+  await startFulcrum(plain, tlsBackends, ['--workers', values.workers]);
+  const shared = await freePort();
+  const tlsAddresses = tlsBackends.map((p) => `127.0.0.1:${p}`);
+  await startFulcrumConfig(dir, shared, {
+    workers: Number(values.workers),
+    frontends: [
+      { name: 'one', serverNames: ['one.example', '*.one.example'], backends: tlsAddresses },
+      { name: 'two', serverNames: ['*.two.example'], backends: tlsAddresses },
+      { name: 'local', serverNames: ['localhost'], backends: tlsAddresses },
+    ].map((f) => ({ ...f, listen: [`127.0.0.1:${shared}`], health: false })),
+  });
+  const routes: Array<{ name: string; port: number }> = [
+    { name: 'plain', port: plain },
+    { name: 'by-name', port: shared },
+  ];
+  if (has('haproxy')) {
+    const port = await freePort();
+    await startHaproxySni(dir, port, tlsBackends);
+    routes.push({ name: 'haproxy', port });
+  }
+  for (const route of routes) await load(`https://localhost:${route.port}/small`, 10, 2, true);
+  const tlsScenarios = [
+    { name: 'TLS, new connection per request', path: '/small', connections: 50, close: true },
+    { name: 'TLS, bulk 1 MiB responses', path: '/bulk', connections: 8, close: false },
+  ];
+  const out: string[] = [];
+  console.log(
+    '\nTLS through a listener shared by three serverNames frontends (by-name) vs a plain frontend:',
+  );
+  for (const scenario of tlsScenarios) {
+    const results = new Map<string, Load>();
+    for (const route of routes) {
+      const url = `https://localhost:${route.port}${scenario.path}`;
+      results.set(route.name, await load(url, scenario.connections, seconds, scenario.close));
+    }
+    const value = (r: Load) => (scenario.close ? r.requestsPerSec : r.bytesPerSec);
+    const byName = results.get('by-name') as Load;
+    console.log(`${scenario.name} (${scenario.close ? 'requests/s' : 'throughput'}):`);
+    for (const [name, r] of results) {
+      console.log(
+        `  ${name.padEnd(8)} ${(value(r) / value(results.get('plain') as Load)).toFixed(2)}x of plain   p99 ${r.p99Ms.toFixed(2)} ms${r.errors ? `   errors ${r.errors}` : ''}`,
+      );
+    }
+    const haproxy = results.get('haproxy');
+    out.push(
+      `${scenario.name}: by-name/plain ${(value(byName) / value(results.get('plain') as Load)).toFixed(2)}x${haproxy === undefined ? '' : `, by-name/haproxy-sni ${(value(byName) / value(haproxy)).toFixed(2)}x`}`,
+    );
+  }
+  return out;
+}

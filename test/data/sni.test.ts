@@ -5,7 +5,7 @@
 // name, the checks made before the hello is read, hashing by name, the access log, and a reload
 // that moves a name under load without dropping a connection. Each ends with live counts at zero.
 
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -257,24 +257,6 @@ t.test('one listener, three frontends: exact, wildcard, case, split, none, plain
   t.same(api.names, ['api.example.com', 'API.Example.COM', 'api.example.com']);
   t.same(wild.names, ['www.example.com', 'db-1.Example.com'], 'backends see the name as sent');
 
-  // openssl s_client: another TLS stack's ClientHello (extensions, order, sizes) routes alike.
-  const openssl = spawn(
-    'openssl',
-    ['s_client', '-connect', `127.0.0.1:${port}`, '-servername', 'db.example.com', '-quiet'],
-    { stdio: ['pipe', 'pipe', 'ignore'] },
-  );
-  openssl.on('error', (err) => t.fail(`openssl: ${err.message}`));
-  const line = await new Promise<string>((resolve) => {
-    let text = '';
-    openssl.stdout.on('data', (chunk: Buffer) => {
-      text += chunk.toString();
-      if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')));
-    });
-    openssl.once('exit', () => resolve(text));
-  });
-  openssl.kill();
-  t.equal(line, 'wild', 'openssl s_client -servername db.example.com');
-
   // A client that sends a part of a hello and stops is closed at --inspect-timeout, and counted.
   const stalled = net.connect({ host: '127.0.0.1', port });
   stalled.on('error', () => {});
@@ -287,7 +269,7 @@ t.test('one listener, three frontends: exact, wildcard, case, split, none, plain
 
   const byName = new Map((await showStat(stats)).map((f) => [f.name, f]));
   t.equal(byName.get('api')?.accepted, 3, 'api counts its own clients');
-  t.equal(byName.get('wild')?.accepted, 3);
+  t.equal(byName.get('wild')?.accepted, 2);
   t.equal(byName.get('rest')?.accepted, 6, 'the fallback: its clients and the stalled one');
   t.equal(await ended(stats, 'inspect-timeout'), 1, 'the stalled client is counted');
 
@@ -300,6 +282,63 @@ t.test('one listener, three frontends: exact, wildcard, case, split, none, plain
   t.equal(logged.frontend, 'wild', 'the access log names the frontend and the server name');
   await settled(stats, fulcrum);
 });
+
+const hasOpenssl = spawnSync('openssl', ['version']).status === 0;
+
+t.test(
+  "openssl s_client: another TLS stack's ClientHello routes alike",
+  // CI installs openssl (.ci/run) and so always runs this; elsewhere it needs the openssl package.
+  { skip: hasOpenssl || process.env.CI === 'true' ? false : 'openssl is not installed' },
+  async (t) => {
+    const api = await tlsBackend('api');
+    const wild = await tlsBackend('wild');
+    t.teardown(async () => {
+      await api.close();
+      await wild.close();
+    });
+    const { port, stats, fulcrum } = await startShared(t, [
+      { name: 'api', serverNames: ['api.example.com'], backends: [api.address] },
+      { name: 'wild', serverNames: ['*.example.com'], backends: [wild.address] },
+    ]);
+    const sClient = async (name: string) => {
+      const openssl = spawn(
+        'openssl',
+        [
+          's_client',
+          '-connect',
+          `127.0.0.1:${port}`,
+          '-servername',
+          name,
+          '-CAfile',
+          CERT_PATH,
+          '-verify_return_error',
+          '-quiet',
+        ],
+        { stdio: ['pipe', 'pipe', 'ignore'] },
+      );
+      openssl.on('error', (err) => t.fail(`openssl: ${err.message}`));
+      const line = await new Promise<string>((resolve) => {
+        let text = '';
+        openssl.stdout.on('data', (chunk: Buffer) => {
+          text += chunk.toString();
+          if (text.includes('\n')) resolve(text.slice(0, text.indexOf('\n')));
+        });
+        openssl.once('exit', () => resolve(text));
+      });
+      openssl.kill();
+      await once(openssl, 'exit');
+      return line;
+    };
+    t.equal(
+      await sClient('api.example.com'),
+      'api',
+      'openssl s_client -servername api.example.com',
+    );
+    t.equal(await sClient('DB.example.com'), 'wild', 'openssl s_client -servername DB.example.com');
+    t.same(wild.names, ['DB.example.com']);
+    await settled(stats, fulcrum);
+  },
+);
 
 t.test('with no frontend for a name, the client is closed and counted', async (t) => {
   const api = await tlsBackend('api');
