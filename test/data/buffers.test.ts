@@ -8,7 +8,8 @@ import t from 'tap';
 import { largeBuffersInUse } from '../../src/data/buffers.ts';
 import { BUFFER_RELEASE_MS, updateNow } from '../../src/data/clock.ts';
 import { startLocalFrontend } from '../../src/local.ts';
-import { connect, startBackend } from '../helpers.ts';
+import { LIVE } from '../../src/shared/counters.ts';
+import { connect, startBackend, waitFor } from '../helpers.ts';
 
 const CONNECTIONS = 100;
 const BURST = 256 * 1024;
@@ -84,3 +85,48 @@ t.test('quiet connections give their large buffers back; data stays exact', asyn
   frontend.sweepIdle();
   t.equal(largeBuffersInUse(), 0, 'and given back again after the second burst');
 });
+
+/** Sends `first` (a header or hello, and a request), then a second request; each is echoed. */
+async function twoRequests(port: number, first: Buffer, echoed: number): Promise<void> {
+  const socket = await connect(port);
+  socket.pause();
+  socket.write(first);
+  await receive(socket, echoed);
+  const second = randomBytes(3000);
+  socket.write(second);
+  t.equal(sha(await receive(socket, second.length)), sha(second), 'the second request is exact');
+  socket.destroy();
+  await new Promise((resolve) => socket.once('close', resolve));
+}
+
+// The read that completes a PROXY header or a ClientHello connects to a backend, and the next
+// buffer the client reads into must still be its own (regression: it was the backend socket's
+// small buffer, which the relay then gave to the large-buffer pool as if it were large).
+for (const [what, args, first] of [
+  [
+    'a PROXY header',
+    ['--listen', '127.0.0.1:0,accept-proxy'],
+    Buffer.from('PROXY TCP4 127.0.0.1 127.0.0.1 40000 443\r\nhello'),
+  ],
+  [
+    'a ClientHello',
+    ['--listen', '127.0.0.1:0', '--algorithm', 'maglev', '--hash-key', 'sni'],
+    Buffer.concat([
+      Buffer.from([0x16, 3, 1, 0, 8, 1, 0, 0, 4, 3, 3, 0, 0]), // a short, malformed hello
+      Buffer.from('hello'),
+    ]),
+  ],
+] as const) {
+  t.test(`after ${what}, each socket reads into its own buffers`, async (t) => {
+    const backend = await startBackend((socket) => socket.pipe(socket));
+    const local = await startLocalFrontend([...args, '--backend', backend.address]);
+    t.teardown(async () => {
+      local.close();
+      await backend.close();
+    });
+    const echoed = what === 'a PROXY header' ? 5 : first.length;
+    for (let k = 0; k < 10; k++) await twoRequests(local.port, first, echoed);
+    await waitFor(() => local.frontend.slot[LIVE] === 0, 3000, 'every connection to finish');
+    t.equal(largeBuffersInUse(), 0, 'no buffer given back that was not taken');
+  });
+}
