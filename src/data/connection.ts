@@ -232,11 +232,14 @@ function onClientRead(this: ClientSocket, nread: number, buffer: Buffer): boolea
   const conn = this.conn;
   const backend = conn?.backend;
   if (conn == null || backend == null || !backend.writable) {
-    nextReadBuffer = buffer;
     // No backend yet: a PROXY header's bytes, or a ClientHello's.
-    if (conn?.phase === PROXY_HEADER) return readProxyHeader(conn, buffer.subarray(0, nread));
-    if (conn?.phase === INSPECT) return readClientHello(conn, buffer.subarray(0, nread));
-    return true;
+    let more = true;
+    if (conn?.phase === PROXY_HEADER) more = readProxyHeader(conn, buffer.subarray(0, nread));
+    else if (conn?.phase === INSPECT) more = readClientHello(conn, buffer.subarray(0, nread));
+    // Set after reading: the read that completes a header picks and connects a backend, which
+    // points nextReadBuffer at the backend's own buffer; the client must go on with its own.
+    nextReadBuffer = buffer;
+    return more;
   }
   conn.bytesIn += nread;
   conn.lastActive = now;
