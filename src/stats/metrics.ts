@@ -31,6 +31,7 @@ const REFUSALS: Array<[string, (typeof END_NAMES)[number]]> = [
   ['denied', 'denied'],
   ['source-limit', 'source-limit'],
   ['untrusted-proxy', 'untrusted-proxy'],
+  ['no-frontend', 'no-frontend'],
 ];
 
 /** One sample: its labels and value. */

@@ -151,6 +151,16 @@ t.test('fulcrum check: frontends sharing an address by server name', async (t) =
     /^fulcrum: .*frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:8443 is already a listener of one;/,
   );
   t.equal(second.stderr.split('\n').length, 2, 'one line');
+  const spaced = write(
+    'spaced.yaml',
+    `frontends:\n  - { name: api, listen: [127.0.0.1:8443], serverNames: ["api .example.com"], backends: [127.0.0.1:1] }\n`,
+  );
+  const third = check(spaced);
+  t.equal(third.status, 2);
+  t.equal(
+    third.stderr,
+    `fulcrum: ${spaced}: frontends[0].serverNames[0]: "api .example.com" is not a server name (a host name like api.example.com, or *.example.com)\n`,
+  );
 });
 
 t.test('running with a broken file exits 2 with the same line', async (t) => {

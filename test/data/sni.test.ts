@@ -6,6 +6,7 @@
 // that moves a name under load without dropping a connection. Each ends with live counts at zero.
 
 import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -500,5 +501,74 @@ t.test('a reload moves a name to another frontend under load; nothing drops', as
   held.destroy();
   const answer = await query(stats, 'show stat json');
   t.ok(answer.includes('"web"'), 'stats still answer');
+  await settled(stats, fulcrum);
+});
+
+t.test('hostile first bytes: a running balancer stays up and every client ends', async (t) => {
+  const api = await tlsBackend('api');
+  const rest = await tlsBackend('rest');
+  t.teardown(async () => {
+    await api.close();
+    await rest.close();
+  });
+  const { port, stats, fulcrum } = await startShared(t, [
+    { name: 'api', serverNames: ['api.example.com'], backends: [api.address] },
+    { name: 'rest', backends: [rest.address] },
+  ]);
+  // A real hello to mutate, as node:tls sends it.
+  const hello = await new Promise<Buffer>((resolve) => {
+    const capture = net.createServer((socket) => {
+      socket.once('data', (chunk: Buffer) => {
+        resolve(chunk);
+        socket.destroy();
+        capture.close();
+      });
+    });
+    capture.listen(0, '127.0.0.1', () => {
+      const client = tls.connect({
+        host: '127.0.0.1',
+        port: (capture.address() as net.AddressInfo).port,
+        servername: 'api.example.com',
+      });
+      client.on('error', () => {});
+    });
+  });
+  const inputs: Buffer[] = [];
+  for (let k = 0; k < 60; k++) {
+    const mutated = Buffer.from(hello);
+    for (let m = 0; m < 1 + (k % 4); m++) mutated[(k * 7919 + m * 104729) % hello.length] ^= 0xff;
+    inputs.push(mutated);
+    inputs.push(hello.subarray(0, (k * 37) % hello.length)); // cut short: held to the timeout
+    inputs.push(randomBytes(1 + ((k * 131) % 2000)));
+    inputs.push(Buffer.concat([Buffer.from([0x16, 3, 1, 0x40, 0]), randomBytes(k * 50)]));
+  }
+  const sent = inputs.map(async (input) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.on('error', () => {});
+    socket.on('data', () => {});
+    await once(socket, 'connect');
+    socket.write(input);
+    // Whatever fulcrum does with it, it must end by the inspect timeout (or the backend's word).
+    const closed = once(socket, 'close');
+    const timer = setTimeout(() => socket.destroy(), 3000);
+    await closed;
+    clearTimeout(timer);
+  });
+  // Clients that close first, mid-hello, are let go as well.
+  for (let k = 0; k < 20; k++) {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.on('error', () => {});
+    socket.once('connect', () => {
+      socket.write(hello.subarray(0, 30));
+      socket.destroy();
+    });
+  }
+  await Promise.all(sent);
+  t.equal(await greeting(port, 'api.example.com'), 'api', 'a good client is still served');
+  t.equal(fulcrum.proc.exitCode, null, 'fulcrum is still running');
+  t.notOk(
+    fulcrum.logs.some((l) => l.msg === 'worker crashed' || Number(l.level) >= 50),
+    'no worker failed: nothing was logged as an error',
+  );
   await settled(stats, fulcrum);
 });

@@ -100,7 +100,7 @@ t.test('/metrics parses and carries per-backend series', async (t) => {
   t.equal(value(m.get('fulcrum_backend_health_transitions_total'), { backend: 'a' }), 0);
   t.same(
     m.get('fulcrum_connections_refused_total')?.metrics.map((x) => x.labels?.reason),
-    ['limit', 'no-backend', 'denied', 'source-limit', 'untrusted-proxy'],
+    ['limit', 'no-backend', 'denied', 'source-limit', 'untrusted-proxy', 'no-frontend'],
     'every kind of refusal has its series',
   );
   t.equal(m.get('fulcrum_backend_connect_seconds')?.type, 'SUMMARY');
