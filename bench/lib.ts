@@ -113,12 +113,8 @@ http {
   for (const port of [...ports, ...tlsPorts]) await waitForPort(port);
 }
 
-/** HAProxy in mode tcp, one thread, leastconn over `backends`. */
-export async function startHaproxy(dir: string, port: number, backends: number[]) {
-  const conf = join(dir, 'haproxy.cfg');
-  writeFileSync(
-    conf,
-    `global
+/** HAProxy's global and default sections: one thread, mode tcp, fulcrum's default timeouts. */
+const HAPROXY_HEAD = `global
   nbthread 1
   # maxconn must stay below the fd limit (ulimit -n is 20000 here) or HAProxy refuses to start.
   maxconn 9000
@@ -126,7 +122,14 @@ defaults
   mode tcp
   timeout connect 3s
   timeout client 5m
-  timeout server 5m
+  timeout server 5m`;
+
+/** HAProxy in mode tcp, one thread, leastconn over `backends`. */
+export async function startHaproxy(dir: string, port: number, backends: number[]) {
+  const conf = join(dir, 'haproxy.cfg');
+  writeFileSync(
+    conf,
+    `${HAPROXY_HEAD}
 frontend fe
   bind 127.0.0.1:${port}
   default_backend be
@@ -149,14 +152,7 @@ export async function startHaproxySni(dir: string, port: number, backends: numbe
   const servers = backends.map((p, i) => `  server s${i} 127.0.0.1:${p}`).join('\n');
   writeFileSync(
     conf,
-    `global
-  nbthread 1
-  maxconn 9000
-defaults
-  mode tcp
-  timeout connect 3s
-  timeout client 5m
-  timeout server 5m
+    `${HAPROXY_HEAD}
 frontend fe
   bind 127.0.0.1:${port}
   tcp-request inspect-delay 5s

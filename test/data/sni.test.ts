@@ -81,6 +81,15 @@ async function tlsBackend(name: string): Promise<TlsBackend> {
   };
 }
 
+/** TLS backends named `names`, closed when the test ends. */
+async function tlsBackends(t: Test, ...names: string[]): Promise<TlsBackend[]> {
+  const started = await Promise.all(names.map(tlsBackend));
+  t.teardown(async () => {
+    for (const b of started) await b.close();
+  });
+  return started;
+}
+
 /** Resolves with the first line `socket` receives. */
 function firstLine(socket: net.Socket): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -229,12 +238,7 @@ async function frontendStat(stats: string, name: string) {
 }
 
 t.test('one listener, three frontends: exact, wildcard, case, split, none, plain', async (t) => {
-  const api = await tlsBackend('api');
-  const wild = await tlsBackend('wild');
-  const rest = await tlsBackend('rest');
-  t.teardown(async () => {
-    for (const b of [api, wild, rest]) await b.close();
-  });
+  const [api, wild, rest] = await tlsBackends(t, 'api', 'wild', 'rest');
   const { fulcrum, port, stats } = await startShared(
     t,
     [
@@ -291,12 +295,7 @@ t.test(
   // CI installs openssl (.ci/run) and so always runs this; elsewhere it needs the openssl package.
   { skip: hasOpenssl || process.env.CI === 'true' ? false : 'openssl is not installed' },
   async (t) => {
-    const api = await tlsBackend('api');
-    const wild = await tlsBackend('wild');
-    t.teardown(async () => {
-      await api.close();
-      await wild.close();
-    });
+    const [api, wild] = await tlsBackends(t, 'api', 'wild');
     const { port, stats, fulcrum } = await startShared(t, [
       { name: 'api', serverNames: ['api.example.com'], backends: [api.address] },
       { name: 'wild', serverNames: ['*.example.com'], backends: [wild.address] },
@@ -342,10 +341,7 @@ t.test(
 );
 
 t.test('with no frontend for a name, the client is closed and counted', async (t) => {
-  const api = await tlsBackend('api');
-  t.teardown(() => api.close());
-  const other = await tlsBackend('other');
-  t.teardown(() => other.close());
+  const [api, other] = await tlsBackends(t, 'api', 'other');
   const { port, stats, fulcrum } = await startShared(t, [
     { name: 'api', serverNames: ['api.example.com'], backends: [api.address] },
     { name: 'other', serverNames: ['other.test'], backends: [other.address] },
@@ -361,8 +357,7 @@ t.test('with no frontend for a name, the client is closed and counted', async (t
 });
 
 t.test('allow/deny and the PROXY header come before the hello is read', async (t) => {
-  const api = await tlsBackend('api');
-  t.teardown(() => api.close());
+  const [api] = await tlsBackends(t, 'api');
   const deny = ['203.0.113.0/24'];
   const { port, stats, fulcrum } = await startShared(
     t,
@@ -397,10 +392,7 @@ t.test('allow/deny and the PROXY header come before the hello is read', async (t
 });
 
 t.test('hashKey sni: Maglev pins each server name to a backend', async (t) => {
-  const backends = await Promise.all(['b0', 'b1', 'b2', 'b3'].map(tlsBackend));
-  t.teardown(async () => {
-    for (const b of backends) await b.close();
-  });
+  const backends = await tlsBackends(t, 'b0', 'b1', 'b2', 'b3');
   const { port, stats, fulcrum } = await startShared(t, [
     {
       name: 'pinned',
@@ -424,12 +416,7 @@ t.test('hashKey sni: Maglev pins each server name to a backend', async (t) => {
 });
 
 t.test('a reload moves a name to another frontend under load; nothing drops', async (t) => {
-  const a = await tlsBackend('a');
-  const b = await tlsBackend('b');
-  const rest = await tlsBackend('rest');
-  t.teardown(async () => {
-    for (const x of [a, b, rest]) await x.close();
-  });
+  const [a, b, rest] = await tlsBackends(t, 'a', 'b', 'rest');
   const before: FrontendSpec[] = [
     { name: 'api', serverNames: ['api.example.com'], backends: [a.address] },
     { name: 'web', serverNames: ['*.example.com'], backends: [b.address] },
@@ -505,12 +492,7 @@ t.test('a reload moves a name to another frontend under load; nothing drops', as
 });
 
 t.test('hostile first bytes: a running balancer stays up and every client ends', async (t) => {
-  const api = await tlsBackend('api');
-  const rest = await tlsBackend('rest');
-  t.teardown(async () => {
-    await api.close();
-    await rest.close();
-  });
+  const [api, rest] = await tlsBackends(t, 'api', 'rest');
   const { port, stats, fulcrum } = await startShared(t, [
     { name: 'api', serverNames: ['api.example.com'], backends: [api.address] },
     { name: 'rest', backends: [rest.address] },
