@@ -61,8 +61,10 @@ export function launch(command: string, args: string[]): ChildProcess {
   return child;
 }
 
+/** Stops everything launched. nginx's master gets SIGTERM, which it passes on to its workers (a
+ *  SIGKILL would leave them running, and taking CPU, after the benchmark). */
 export function stopAll(): void {
-  for (const child of running) child.kill('SIGKILL');
+  for (const child of running) child.kill(child.spawnfile === 'nginx' ? 'SIGTERM' : 'SIGKILL');
 }
 process.on('exit', stopAll);
 

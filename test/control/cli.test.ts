@@ -220,9 +220,40 @@ const cases: Array<[string, string[], string]> = [
   ['ctl without words', ['ctl', '--socket', '/tmp/x.sock'], 'words'],
 ];
 
-for (const [what, args, flag] of cases) {
+/** fulcrum run to its exit, without blocking this process (so several can run at once). */
+function runToExit(
+  args: string[],
+): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.on('close', (status) => {
+      clearTimeout(timer);
+      resolve({ status, stdout, stderr });
+    });
+  });
+}
+
+// Each case is a process start (a few hundred ms of Node startup): run four at a time, and
+// check each as its own test, in order.
+const RUNNING_AT_ONCE = 4;
+const runs: Array<Promise<Awaited<ReturnType<typeof runToExit>>>> = [];
+for (let i = 0; i < cases.length; i++) {
+  const before = runs[i - RUNNING_AT_ONCE] ?? Promise.resolve();
+  runs.push(before.then(() => runToExit(cases[i][1])));
+}
+
+for (const [i, [what, , flag]] of cases.entries()) {
   t.test(`${what}: exit 2, one line naming ${flag}`, async (t) => {
-    const run = fulcrum(args);
+    const run = await runs[i];
     t.equal(run.status, 2, `exit status (stderr: ${run.stderr})`);
     const lines = run.stderr.trim().split('\n');
     t.equal(lines.length, 1, 'exactly one line');
