@@ -25,6 +25,10 @@ const VERSION = (
 
 function fail(message: string): never {
   process.stderr.write(`fulcrum: ${message}\n`);
+  // A successor (an upgrade) also tells the process it would replace, which logs it.
+  if (process.connected && typeof process.send === 'function') {
+    process.send({ type: 'failed', message });
+  }
   process.exit(EXIT_USAGE);
 }
 
@@ -159,6 +163,7 @@ async function runBalancer(load: () => Promise<Config>): Promise<void> {
   process.on('SIGTERM', () => supervisor.stop('SIGTERM'));
   process.on('SIGINT', () => supervisor.stop('SIGINT'));
   process.on('SIGHUP', () => void supervisor.reload('SIGHUP'));
+  process.on('SIGUSR2', () => void supervisor.upgrade('SIGUSR2'));
   process.off('SIGHUP', early.onHup);
   // Noted while loading: the file may have changed since it was read, so reload once ready.
   if (early.hup) void supervisor.reload('SIGHUP');

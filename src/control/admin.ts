@@ -40,6 +40,7 @@ export interface AdminContext {
   /** Resets every connection to `slot` of `frontend` in every worker; how many. */
   kill(frontend: string, slot: number): Promise<number>;
   reload(source: string): Promise<Outcome>;
+  upgrade(source: string): Promise<Outcome>;
 }
 
 export class Admin implements AdminInterface {
@@ -51,6 +52,10 @@ export class Admin implements AdminInterface {
 
   reload(): Promise<Outcome> {
     return this.control.reload('stats socket');
+  }
+
+  upgrade(): Promise<Outcome> {
+    return this.control.upgrade('stats socket');
   }
 
   showState(): unknown {

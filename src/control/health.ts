@@ -45,6 +45,11 @@ export class HealthChecker {
     this.log = log;
   }
 
+  /** Whether every watched backend has had a probe answer (or failure) since it was added. */
+  allProbed(): boolean {
+    return this.rounds.all.every((b) => b.member.check !== null);
+  }
+
   /**
    * Takes the current pools: backends it already watches keep their streaks and schedule;
    * new ones are probed at once (or, at the first start, spread over the interval); leaving

@@ -7,9 +7,11 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { ConfigError } from '../config/parse.ts';
 import type { Config, Endpoint, FrontendConfig, ListenEndpoint } from '../config/types.ts';
-import type { ActivatedListener } from '../shared/messages.ts';
+import type { ActivatedListener, InheritedListener } from '../shared/messages.ts';
 import type { ActivatedSocket } from './systemd.ts';
-import { ActivationError, takeActivatedSockets } from './systemd.ts';
+import { ActivationError, duplicateSockets, takeActivatedSockets } from './systemd.ts';
+import type { Handover } from './upgrade.ts';
+import { HANDED_FDS_START } from './upgrade.ts';
 
 /** A listener could not be opened: the CLI reports it as bad input (exit status 2). */
 export class ListenError extends Error {
@@ -42,9 +44,43 @@ export class Listeners {
   /** `FRONTEND ADDRESS` as written (port 0 included) -> as bound, so a reload keeps the port. */
   private bound = new Map<string, Endpoint>();
 
-  /** Takes the sockets systemd passed (one descriptor per worker) and gives them to frontends. */
-  async activate(workers: number, frontends: readonly FrontendConfig[]): Promise<void> {
-    this.activated = assignActivated(await takeActivatedSockets(workers), frontends);
+  /** Listening sockets the process this one replaces handed over, by address: one descriptor
+   *  of each per worker. */
+  private inherited: Array<Omit<ActivatedSocket, 'name'>> = [];
+
+  /**
+   * Takes the sockets systemd passed, or those the process this one replaces handed over (one
+   * descriptor per worker), and gives systemd's to frontends.
+   */
+  async activate(
+    workers: number,
+    frontends: readonly FrontendConfig[],
+    handover: Handover | null,
+  ): Promise<void> {
+    if (handover === null) {
+      this.activated = assignActivated(await takeActivatedSockets(workers), frontends);
+      return;
+    }
+    const fds = handover.sockets.map((_, i) => HANDED_FDS_START + i);
+    const sockets = await duplicateSockets(fds, workers);
+    const systemd: ActivatedSocket[] = [];
+    sockets.forEach((socket, i) => {
+      const name = handover.sockets[i].systemd;
+      if (name === null) this.inherited.push(socket);
+      else systemd.push({ ...socket, name });
+    });
+    this.activated = assignActivated(systemd, frontends);
+    this.bound = new Map(handover.bound);
+  }
+
+  /** Worker `index`'s descriptors of the handed-over listening sockets. */
+  inheritedFor(index: number): InheritedListener[] {
+    return this.inherited.map((s) => ({ host: s.host, port: s.port, fd: s.fds[index] }));
+  }
+
+  /** `FRONTEND ADDRESS` as written -> as bound, for a successor to keep the same ports. */
+  boundEntries(): Array<[string, Endpoint]> {
+    return [...this.bound];
   }
 
   /** Checks every frontend has something to listen on. */

@@ -7,17 +7,22 @@
 // reload, a DNS refresh or an admin command that fails is a logged error with nothing changed,
 // never a rejection nobody handles.
 //
+// How fulcrum upgrades (upgrade.ts): SIGUSR2 or `upgrade` starts a successor with every listening
+// socket; once it is ready this process frees the metrics port, the successor takes it and the
+// stats socket path, and this process drains as on SIGTERM (without telling systemd it stops).
+//
 // How fulcrum stops (the stop path's invariant): SIGTERM/SIGINT closes the listeners and asks
 // every worker to drain; the process exits 0 as soon as every worker says it holds no live
 // connection (at once when nothing is live), and in any case at the drain timeout, when what is
 // left is cut and the exit follows 200 ms later; a second signal exits 1 at once. Nothing on
 // the way out waits for a reload, a config read, DNS or a state save.
 
+import type { ChildProcess } from 'node:child_process';
 import { ConfigError } from '../config/parse.ts';
 import type { Config, FrontendConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { addFrontendFields, END, END_BASE, summarize, sumSlots } from '../shared/counters.ts';
-import type { LatencyAnswer, ListenFailure, WorkerInit } from '../shared/messages.ts';
+import type { LatencyAnswer, ListenFailure, OpenListener, WorkerInit } from '../shared/messages.ts';
 import type { Outcome } from '../stats/commands.ts';
 import { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
@@ -33,6 +38,8 @@ import type { PoolChanges } from './pool.ts';
 import { Pool } from './pool.ts';
 import { RuntimeState } from './state.ts';
 import { notify } from './systemd.ts';
+import type { Handover, UpgradeMessage } from './upgrade.ts';
+import { handoverFromEnv, nextMessage, startSuccessor, tell } from './upgrade.ts';
 import { WorkerGroup } from './workers.ts';
 
 export { ListenError };
@@ -87,6 +94,16 @@ export class Supervisor {
   /** Clients closed by local resource errors, as last logged, and when (at most every 10 s). */
   private localErrors = 0;
   private localErrorsAt = Number.NEGATIVE_INFINITY;
+  /** When this process started serving (for `show info`). */
+  private readonly startedAt = new Date();
+  /** Set when this process is a successor: what it inherited from the process it replaces. */
+  private readonly handover: Handover | null = handoverFromEnv();
+  /** The successor of an upgrade in progress; null when none is. */
+  private upgrading: ChildProcess | null = null;
+  /** This process handed everything to a successor and only drains now. */
+  private handedOver = false;
+  /** The process this one replaced, while it still drains: its pid and live connections. */
+  private older: { pid: number; live: number } | null = null;
 
   /** `config` is as loaded (hostnames unresolved); `load` reads it again for a reload. */
   constructor(config: Config, log: Logger, version: string, load: () => Promise<Config>) {
@@ -103,47 +120,22 @@ export class Supervisor {
   async start(): Promise<void> {
     await this.state.load();
     this.config = await this.effective(this.loaded, true);
-    await this.listeners.activate(this.config.workers, this.config.frontends);
+    await this.listeners.activate(this.config.workers, this.config.frontends, this.handover);
     const config = await this.listeners.fixPorts(this.config);
     this.listeners.checkEveryFrontendListens(config);
     this.config = config;
     this.pools = config.frontends.map((f) => new Pool(f, config.workers, true));
     for (const pool of this.pools) this.applyAdminState(pool);
-    // The stats socket first: if it cannot open, nothing has been bound or started yet.
     this.view = new StatsView({
       workers: () => this.config.workers,
       pools: () => this.pools,
       retiredTotals: () => addFrontendFields(this.retired.map((p) => sumSlots(p.counters))),
       collectLatency: () => this.collectLatency(),
+      processInfo: () => this.processInfo(),
     });
-    if (config.stats.socket !== null) {
-      this.stats = new StatsServer(
-        {
-          path: config.stats.socket,
-          mode: config.stats.mode,
-          level: config.stats.level,
-          version: this.version,
-        },
-        this.view,
-        this.admin(),
-        this.log,
-      );
-      await this.stats.start();
-    }
-    if (config.metrics !== null) {
-      this.metrics = new MetricsServer(this.view, this.log);
-      try {
-        const port = await this.metrics.start(config.metrics);
-        this.log.info(
-          { url: `http://${hostText(config.metrics.host)}:${port}/metrics` },
-          'metrics',
-        );
-      } catch (err) {
-        this.stats?.close();
-        const e = err as NodeJS.ErrnoException;
-        throw new ListenError(config.metrics.text, listenReason(e.code, e.message), '--metrics');
-      }
-    }
+    // The stats socket first: if it cannot open, nothing has been bound or started yet. A
+    // successor opens them when the process it replaces hands them over.
+    if (this.handover === null) await this.openSideChannels(false);
     const inits: WorkerInit[] = [];
     for (let index = 0; index < config.workers; index++) {
       inits.push({
@@ -155,6 +147,7 @@ export class Supervisor {
         accessLog: config.accessLog,
         logFormat: config.logFormat,
         activated: this.listeners.forWorker(index, this.loaded),
+        inherited: this.listeners.inheritedFor(index),
       });
     }
     let hooked: boolean[];
@@ -179,15 +172,194 @@ export class Supervisor {
       this.log.warn('accept hook unavailable on this Node: client reads allocate per chunk');
     }
     for (const frontend of config.frontends) this.logListening(frontend);
+    if (this.handover !== null) await this.takeOver();
     this.started = true;
     this.log.info({ workers: config.workers, node: process.version }, 'ready');
     this.scheduleResolve();
+    // From a successor, --pid makes this process the service's main one (MAINPID=).
     await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
     if (this.reloadWhenReady !== null) {
       const source = this.reloadWhenReady;
       this.reloadWhenReady = null;
       void this.reload(source);
     }
+  }
+
+  /** Opens the stats socket and the metrics port; `replace`: taking them over from the process
+   *  this one upgrades (the stats socket is renamed over the path it serves). */
+  private async openSideChannels(replace: boolean): Promise<void> {
+    const config = this.config;
+    if (config.stats.socket !== null && this.view !== null) {
+      this.stats = new StatsServer(
+        {
+          path: config.stats.socket,
+          mode: config.stats.mode,
+          level: config.stats.level,
+          version: this.version,
+        },
+        this.view,
+        this.admin(),
+        this.log,
+      );
+      await this.stats.start(replace);
+    }
+    if (config.metrics !== null && this.view !== null) {
+      this.metrics = new MetricsServer(this.view, this.log);
+      try {
+        const port = await this.metrics.start(config.metrics);
+        this.log.info(
+          { url: `http://${hostText(config.metrics.host)}:${port}/metrics` },
+          'metrics',
+        );
+      } catch (err) {
+        this.metrics = null;
+        if (!replace) this.stats?.close();
+        const e = err as NodeJS.ErrnoException;
+        throw new ListenError(config.metrics.text, listenReason(e.code, e.message), '--metrics');
+      }
+    }
+  }
+
+  /**
+   * A successor, listening: waits for the first health checks, says it is ready, and takes the
+   * metrics port and the stats socket once the process it replaces lets go of them (or is gone).
+   */
+  private async takeOver(): Promise<void> {
+    const deadline = Date.now() + this.firstChecksMs();
+    const health = this.watchers.find((w) => w instanceof HealthChecker);
+    while (health !== undefined && !health.allProbed() && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    await new Promise<void>((resolve) => {
+      const onMessage = (message: UpgradeMessage) => {
+        if (message.type !== 'takeover') return;
+        process.off('message', onMessage);
+        process.off('disconnect', resolve);
+        resolve();
+      };
+      process.on('message', onMessage);
+      process.once('disconnect', resolve);
+      tell(process, { type: 'ready' });
+    });
+    await this.openSideChannels(true);
+    process.on('message', (message: UpgradeMessage) => {
+      if (message.type === 'draining') this.older = { pid: message.pid, live: message.live };
+    });
+    process.once('disconnect', () => {
+      if (this.older !== null)
+        this.log.info({ oldPid: this.older.pid }, 'upgrade: the old process has exited');
+      this.older = null;
+    });
+    // The channel must not keep this process alive, nor the old one's exit stop it.
+    process.channel?.unref();
+    tell(process, { type: 'took-over' });
+    this.log.info('upgrade: took over');
+  }
+
+  /** How long a successor waits for every backend's first probe: a round, and its timeout. */
+  private firstChecksMs(): number {
+    const health = this.config.frontends.map((f) => f.health).filter((h) => h.enabled);
+    return Math.min(30_000, Math.max(0, ...health.map((h) => h.intervalMs + h.timeoutMs)));
+  }
+
+  /**
+   * SIGUSR2 or `upgrade`: starts a successor with this command line and every listening socket,
+   * and once it is ready hands it the metrics port and the stats socket, then drains. A failure
+   * changes nothing here; a second request while one runs is logged and refused.
+   */
+  async upgrade(source: string): Promise<Outcome> {
+    if (this.upgrading !== null || this.handedOver) {
+      this.log.warn({ source }, 'upgrade already in progress: ignored');
+      return { ok: false, message: 'an upgrade is already in progress' };
+    }
+    if (!this.started || this.stopping) {
+      return { ok: false, message: 'not serving: nothing to upgrade' };
+    }
+    this.log.info({ source }, 'upgrade: starting a new process');
+    const answers = await this.group.request((id) => ({ type: 'sockets', id }));
+    const sockets: OpenListener[] = [];
+    const seen = new Set<string>();
+    for (const answer of answers) {
+      if (answer.type !== 'sockets') continue;
+      for (const socket of answer.sockets) {
+        // Every worker holds its own descriptor of a socket systemd passed: hand one over.
+        const key =
+          socket.systemd === null
+            ? `${socket.fd}`
+            : `${socket.systemd} ${socket.host} ${socket.port}`;
+        if (seen.has(key)) continue;
+        seen.add(key);
+        sockets.push(socket);
+      }
+    }
+    const handover: Handover = {
+      sockets: sockets.map(({ host, port, systemd }) => ({ host, port, systemd })),
+      bound: this.listeners.boundEntries(),
+    };
+    const { child, ready } = startSuccessor(
+      handover,
+      sockets.map((s) => s.fd),
+      this.log,
+    );
+    this.upgrading = child;
+    try {
+      await ready;
+      this.log.info({ newPid: child.pid }, 'upgrade: the new process is ready; handing over');
+      if (this.metrics !== null) {
+        await this.metrics.stop();
+        this.metrics = null;
+      }
+      tell(child, { type: 'takeover' });
+      await nextMessage(child, 'took-over');
+    } catch (err) {
+      const message = (err as Error).message;
+      this.upgrading = null;
+      if (child.exitCode === null) child.kill('SIGKILL');
+      this.log.error({ source, error: message }, 'upgrade failed: this process keeps serving');
+      if (this.metrics === null && this.config.metrics !== null) {
+        await this.openSideChannels(false).catch((e: Error) =>
+          this.log.error({ error: e.message }, 'upgrade: cannot reopen the metrics port'),
+        );
+      }
+      return { ok: false, message: `upgrade failed: ${message}` };
+    }
+    // After this answer is written: the stats socket that carries it closes next.
+    setImmediate(() => this.drainAfterHandover(child));
+    return {
+      ok: true,
+      message: `upgraded: pid ${child.pid} serves now; pid ${process.pid} drains`,
+    };
+  }
+
+  /** The successor serves everything: stop accepting and drain, telling it how many are left. */
+  private drainAfterHandover(child: ChildProcess): void {
+    this.handedOver = true;
+    // Not closed: closing a unix socket server unlinks its path (libuv does), which is the
+    // successor's socket now. It answers no one (the path is the successor's) and goes at exit.
+    this.stats = null;
+    child.on('exit', (code, signal) =>
+      this.log.error({ newPid: child.pid, code, signal }, 'upgrade: the new process exited'),
+    );
+    const report = () =>
+      tell(child, {
+        type: 'draining',
+        pid: process.pid,
+        live: Number(this.view?.info(this.version).connections_now ?? 0),
+      });
+    report();
+    setInterval(report, 500).unref();
+    this.drain('upgrade');
+  }
+
+  /** `show info`: which process answers, and the upgrade it is in. */
+  private processInfo(): Record<string, string | number> {
+    const info: Record<string, string | number> = { started: this.startedAt.toISOString() };
+    if (this.upgrading !== null && !this.handedOver) info.upgrading_pid = this.upgrading.pid ?? 0;
+    if (this.older !== null) {
+      info.older_pid = this.older.pid;
+      info.older_connections = this.older.live;
+    }
+    return info;
   }
 
   /** The admin commands' access to the pools, the state and the change queue. */
@@ -206,6 +378,7 @@ export class Supervisor {
       scheduleResolve: () => this.scheduleResolve(),
       kill: (frontend, slot) => this.kill(frontend, slot),
       reload: (source) => this.reload(source),
+      upgrade: (source) => this.upgrade(source),
     });
   }
 
@@ -533,10 +706,21 @@ export class Supervisor {
       this.stats?.close();
       process.exit(1);
     }
+    if (this.handedOver) {
+      // Already draining after an upgrade: the drain deadline stands (systemd stopping the
+      // service signals every process of it).
+      this.log.info({ signal }, 'already draining after an upgrade');
+      return;
+    }
+    void notify(this.log, 'STOPPING=1');
+    this.drain(signal);
+  }
+
+  /** Stops accepting and lets live connections finish, up to the drain timeout. */
+  private drain(reason: string): void {
     this.stopping = true;
     for (const watcher of this.watchers) watcher.stop();
-    void notify(this.log, 'STOPPING=1');
-    this.log.info({ signal, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');
+    this.log.info({ reason, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');
     this.group.broadcast({ type: 'drain' });
     const deadline = setTimeout(() => {
       this.log.warn('drain timeout: cutting the remaining connections');

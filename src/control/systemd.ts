@@ -104,6 +104,23 @@ export async function takeActivatedSockets(workers: number): Promise<ActivatedSo
   }
   const names = LISTEN_FDNAMES === undefined ? [] : LISTEN_FDNAMES.split(':');
   const fds = Array.from({ length: count }, (_, i) => LISTEN_FDS_START + i);
+  const sockets = await duplicateSockets(fds, workers);
+  return sockets.map((socket, i) => {
+    const name = names[i] ?? '';
+    return { ...socket, name: name === 'unknown' ? '' : name };
+  });
+}
+
+/**
+ * Each listening socket at `fds` (inherited: from systemd, or from the fulcrum process this one
+ * replaces), read for its address and with a descriptor of it per worker (the original is
+ * worker 0's).
+ */
+export async function duplicateSockets(
+  fds: readonly number[],
+  workers: number,
+): Promise<Array<Omit<ActivatedSocket, 'name'>>> {
+  const count = fds.length;
   const child = spawn(process.execPath, ['-e', HELPER, String(count), String(workers)], {
     stdio: ['ignore', 'ignore', 'inherit', 'ipc', ...fds],
   });
@@ -143,13 +160,6 @@ export async function takeActivatedSockets(workers: number): Promise<ActivatedSo
     }
     const { address, port } = socket.address;
     const host = address.includes(':') ? `[${address}]` : address;
-    const name = names[i] ?? '';
-    return {
-      name: name === 'unknown' ? '' : name,
-      address: `${host}:${port}`,
-      host: address,
-      port,
-      fds: socket.fds,
-    };
+    return { address: `${host}:${port}`, host: address, port, fds: socket.fds };
   });
 }

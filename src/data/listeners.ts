@@ -1,12 +1,20 @@
 // The listening sockets of one worker: one per address the frontends name (with SO_REUSEPORT,
 // so every worker has its own), whichever frontends share it, and the sockets systemd passed.
 // Each socket carries the Route that says which frontend takes its clients (data/routes.ts).
-// Invariant: an address that stays across a reload keeps its socket, even when the frontends on
-// it change (only its Route is replaced); only added addresses open and removed ones close, and
-// the accept hook (or the public 'connection' path) is set before the first accept.
+// Sockets a replaced fulcrum handed over (an upgrade) are listened on as they are, all of them,
+// so the connections queued in each are accepted. Invariant: an address that stays across a
+// reload keeps its sockets, even when the frontends on it change (only its Route is replaced);
+// only added addresses open and removed ones close, and the accept hook (or the public
+// 'connection' path) is set before the first accept.
 
+import { closeSync } from 'node:fs';
 import net from 'node:net';
-import type { ActivatedListener, ListenFailure } from '../shared/messages.ts';
+import type {
+  ActivatedListener,
+  InheritedListener,
+  ListenFailure,
+  OpenListener,
+} from '../shared/messages.ts';
 import { acceptHandle, acceptSocket } from './accept.ts';
 import { PEER_HIGH_WATER_MARK } from './connection.ts';
 import type { Frontend } from './frontend.ts';
@@ -17,6 +25,8 @@ import { Route } from './routes.ts';
 interface Listener {
   readonly server: net.Server;
   route: Route<Frontend>;
+  /** A socket systemd passed: the frontend it was named after. */
+  readonly systemd: string | null;
 }
 
 /** An address as the frontends name it, with every frontend that names it. */
@@ -25,17 +35,25 @@ interface Wanted {
   readonly options: net.ListenOptions | { fd: number };
   readonly acceptProxy: boolean;
   readonly frontends: Frontend[];
+  readonly systemd: string | null;
 }
 
 export class Listeners {
-  /** Open listeners by address. */
-  readonly open = new Map<string, Listener>();
+  /** Open listeners by address (several where a replaced process handed over several). */
+  readonly open = new Map<string, Listener[]>();
   /** Whether the accept hook is in use (false: Node's public 'connection' path). */
   hooked = false;
   private readonly backlog: number;
+  /** Handed-over sockets by address, until the first sync takes (or closes) them. */
+  private inherited: Map<string, number[]> | null;
 
-  constructor(backlog: number) {
+  constructor(backlog: number, inherited: readonly InheritedListener[] = []) {
     this.backlog = backlog;
+    this.inherited = new Map();
+    for (const socket of inherited) {
+      const key = `${socket.host} ${socket.port}`;
+      this.inherited.set(key, [...(this.inherited.get(key) ?? []), socket.fd]);
+    }
   }
 
   /**
@@ -52,8 +70,8 @@ export class Listeners {
     };
     for (const frontend of frontends) {
       for (const socket of frontend.activated) {
-        const key = `systemd ${frontend.config.name} ${socket.text}`;
-        want(key, activatedEntry(socket), frontend);
+        const key = `systemd ${frontend.config.name} ${socket.text} ${socket.fd}`;
+        want(key, activatedEntry(socket, frontend.config.name), frontend);
       }
       for (const endpoint of frontend.config.listen) {
         // The build lets frontends share an address only with the same accept-proxy.
@@ -64,25 +82,34 @@ export class Listeners {
           reusePort: true,
           backlog: this.backlog,
         };
-        want(key, { text: endpoint.text, options, acceptProxy: endpoint.acceptProxy }, frontend);
+        const entry = { text: endpoint.text, options, acceptProxy: endpoint.acceptProxy };
+        want(key, { ...entry, systemd: null }, frontend);
       }
     }
-    for (const [key, listener] of this.open) {
+    for (const [key, listeners] of this.open) {
       if (!wanted.has(key)) {
-        listener.server.close();
+        for (const listener of listeners) listener.server.close();
         this.open.delete(key);
       }
     }
+    // Handed-over sockets are taken once, at the first sync; those no frontend names now close.
+    const inherited = this.inherited ?? new Map<string, number[]>();
+    this.inherited = null;
+    for (const [key, fds] of inherited) if (!wanted.has(key)) for (const fd of fds) closeSync(fd);
     const failures: ListenFailure[] = [];
     for (const [key, entry] of wanted) {
       const route = new Route(entry.frontends, entry.acceptProxy);
-      const listener = this.open.get(key);
-      if (listener !== undefined) {
-        listener.route = route;
+      const listeners = this.open.get(key);
+      if (listeners !== undefined) {
+        for (const listener of listeners) listener.route = route;
         continue;
       }
       try {
-        this.open.set(key, await this.listen(entry.options, route));
+        const fds = inherited.get(key) ?? [];
+        const opened: Listener[] = [];
+        if (fds.length === 0) opened.push(await this.listen(entry.options, route, entry.systemd));
+        for (const fd of fds) opened.push(await this.listen({ fd }, route, entry.systemd));
+        this.open.set(key, opened);
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
         failures.push({ endpoint: entry.text, code: e.code ?? 'ERROR', message: e.message });
@@ -94,6 +121,7 @@ export class Listeners {
   private async listen(
     options: net.ListenOptions | { fd: number },
     route: Route<Frontend>,
+    systemd: string | null,
   ): Promise<Listener> {
     const server = net.createServer({
       pauseOnConnect: true,
@@ -106,7 +134,7 @@ export class Listeners {
       server.once('error', reject);
       server.listen(options, resolve);
     });
-    const listener: Listener = { server, route };
+    const listener: Listener = { server, route, systemd };
     // Runs before any connection is accepted: 'listening' comes before the next poll phase.
     // One closure per listener (not per connection) reads the route current at each accept.
     this.hooked = hookAccept(server, (status, handle) =>
@@ -118,21 +146,36 @@ export class Listeners {
 
   /** Stops accepting; live connections carry on. */
   close(): void {
-    for (const listener of this.open.values()) listener.server.close();
+    for (const listeners of this.open.values()) for (const l of listeners) l.server.close();
     this.open.clear();
+  }
+
+  /** Every open listening socket with its descriptor, for an upgrade to hand over. */
+  sockets(): OpenListener[] {
+    const out: OpenListener[] = [];
+    for (const listeners of this.open.values()) {
+      for (const { server, systemd } of listeners) {
+        const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+        const address = server.address() as net.AddressInfo | null;
+        if (fd === undefined || fd < 0 || address === null) continue;
+        out.push({ host: address.address, port: address.port, fd, systemd });
+      }
+    }
+    return out;
   }
 
   /** The port of the first open listener (for in-process tests and benchmarks). */
   firstPort(): number {
-    const first = this.open.values().next().value;
+    const first = this.open.values().next().value?.[0];
     return first === undefined ? 0 : (first.server.address() as net.AddressInfo).port;
   }
 }
 
-function activatedEntry(socket: ActivatedListener): Omit<Wanted, 'frontends'> {
+function activatedEntry(socket: ActivatedListener, frontend: string): Omit<Wanted, 'frontends'> {
   return {
     text: socket.text,
     options: { fd: socket.fd },
     acceptProxy: socket.acceptProxy === true,
+    systemd: frontend,
   };
 }

@@ -31,7 +31,7 @@ const limits = {
 /** Current frontends by name. */
 const frontends = new Map<string, Frontend>();
 /** Every listening socket, whichever frontends share it. */
-const listeners = new Listeners(init.backlog);
+const listeners = new Listeners(init.backlog, init.inherited);
 /** Frontends a reload removed: listeners closed, connections running to their end. */
 const retired = new Set<Frontend>();
 let accessLog: Logger | null = null;
@@ -137,6 +137,12 @@ port.on('message', (message: ControlMessage) => {
     const latency: LatencyAnswer = new Map();
     for (const [name, frontend] of frontends) latency.set(name, frontend.encodeLatency());
     port.postMessage({ type: 'latency', id: message.id, latency } satisfies WorkerMessage);
+  } else if (message.type === 'sockets') {
+    port.postMessage({
+      type: 'sockets',
+      id: message.id,
+      sockets: listeners.sockets(),
+    } satisfies WorkerMessage);
   } else if (message.type === 'kill') {
     const count = frontends.get(message.frontend)?.killBackend(message.slot) ?? 0;
     port.postMessage({ type: 'killed', id: message.id, count } satisfies WorkerMessage);

@@ -38,6 +38,22 @@ export interface ActivatedListener {
   readonly acceptProxy?: boolean;
 }
 
+/** A listening socket handed over by the process this one replaces, as one worker holds it. */
+export interface InheritedListener {
+  readonly host: string;
+  readonly port: number;
+  readonly fd: number;
+}
+
+/** One open listening socket of a worker, for an upgrade to hand over. */
+export interface OpenListener {
+  readonly host: string;
+  readonly port: number;
+  readonly fd: number;
+  /** A socket systemd passed: the frontend it was named after. */
+  readonly systemd: string | null;
+}
+
 /** A listener that could not be opened. */
 export interface ListenFailure {
   readonly endpoint: string;
@@ -60,6 +76,8 @@ export interface WorkerInit {
   readonly logFormat: LogFormat;
   /** This worker's descriptors of the sockets systemd passed, by frontend name. */
   readonly activated: Map<string, ActivatedListener[]>;
+  /** This worker's descriptors of the sockets a replaced process handed over. */
+  readonly inherited: readonly InheritedListener[];
 }
 
 /** Messages from a worker to the main thread. */
@@ -69,7 +87,8 @@ export type WorkerMessage =
   | { type: 'updated'; id: number; failures: ListenFailure[] }
   | { type: 'killed'; id: number; count: number }
   | { type: 'drained' }
-  | { type: 'latency'; id: number; latency: LatencyAnswer };
+  | { type: 'latency'; id: number; latency: LatencyAnswer }
+  | { type: 'sockets'; id: number; sockets: OpenListener[] };
 
 /** A new state of every pool: frontends absent from `pools` are closed. */
 export interface UpdateMessage {
@@ -85,5 +104,6 @@ export type ControlMessage =
   | { type: 'drain' }
   | { type: 'cut' }
   | { type: 'latency'; id: number }
+  | { type: 'sockets'; id: number }
   | { type: 'kill'; id: number; frontend: string; slot: number }
   | UpdateMessage;

@@ -23,6 +23,7 @@ const HELP = [
   'del backend FRONTEND/BACKEND [now] admin: no new connections; leaves after its last (now: resets them)',
   'reset counters                    admin: zero the cumulative counters',
   'reload                            admin: re-read the config file, as SIGHUP does',
+  'upgrade                           admin: start a new fulcrum (a new version) that takes over every listener, as SIGUSR2 does',
   'quit                              close this connection',
 ].join('\n');
 
@@ -36,6 +37,8 @@ export interface Outcome {
 export interface AdminInterface {
   /** Re-reads the config, as SIGHUP does. */
   reload(): Promise<Outcome>;
+  /** Starts a successor process that takes over, as SIGUSR2 does. */
+  upgrade(): Promise<Outcome>;
   addBackend(frontend: string, spec: string): Promise<Outcome>;
   delBackend(frontend: string, backend: string, now: boolean): Promise<Outcome>;
   setAdmin(ref: string, admin: AdminChoice): Promise<Outcome>;
@@ -120,6 +123,13 @@ export async function execute(
       if (words.length !== 1) return error('usage: reload');
       log.info({ command: 'reload' }, 'admin command');
       return answer(await admin.reload());
+    }
+    case 'upgrade': {
+      if (level !== 'admin')
+        return error('"upgrade" needs the admin level; this socket is read-only');
+      if (words.length !== 1) return error('usage: upgrade');
+      log.info({ command: 'upgrade' }, 'admin command');
+      return answer(await admin.upgrade());
     }
     default:
       return error(`unknown command "${printable(verb ?? '')}" (try help)`);

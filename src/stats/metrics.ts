@@ -171,6 +171,14 @@ export class MetricsServer {
     this.server.close();
   }
 
+  /** Closes the port, and resolves once it is free (for a successor to bind, on an upgrade). */
+  stop(): Promise<void> {
+    return new Promise((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
   private async serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const socket = req.socket;
     this.busy.add(socket);

@@ -5,7 +5,7 @@
 // the balancer or the others; a client that half-closes (a FIN after its commands) still gets
 // every answer; a client that does not read its answers is slowed (back-pressure), not reset.
 
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, renameSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { StatsLevel } from '../config/types.ts';
 import type { Logger } from '../log.ts';
@@ -57,16 +57,21 @@ export class StatsServer {
     this.server = net.createServer({ allowHalfOpen: true }, (socket) => this.serve(socket));
   }
 
-  async start(): Promise<void> {
+  /**
+   * Opens the socket. `replace`: another fulcrum (the one this process upgrades) serves the path
+   * now; bind beside it and rename over it, so the path never stops answering.
+   */
+  async start(replace = false): Promise<void> {
     const { path, mode } = this.options;
-    await clearStale(path);
+    const at = replace ? `${path}.${process.pid}` : path;
+    await clearStale(at);
     // Created with the mode already: no moment where the socket is wider open than asked.
     const umask = process.umask(0o777 & ~mode);
     try {
       await new Promise<void>((resolve, reject) => {
         this.server.once('error', reject);
         // A long queue, so a crowd of clients waits to be told "too many" instead of being refused.
-        this.server.listen({ path, backlog: 1024 }, () => {
+        this.server.listen({ path: at, backlog: 1024 }, () => {
           this.server.off('error', reject);
           resolve();
         });
@@ -76,7 +81,8 @@ export class StatsServer {
     } finally {
       process.umask(umask);
     }
-    chmodSync(path, mode);
+    chmodSync(at, mode);
+    if (replace) renameSync(at, path);
     this.log.info(
       { path, mode: `0${mode.toString(8)}`, level: this.options.level },
       'stats socket',

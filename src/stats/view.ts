@@ -92,6 +92,8 @@ export interface ViewSource {
   /** Counter sums of frontends a reload removed, so process totals never go backwards. */
   retiredTotals(): Float64Array;
   collectLatency(): Promise<LatencyAnswer[]>;
+  /** Which process answers and what upgrade it is in: added to `show info`. */
+  processInfo?(): Record<string, string | number>;
 }
 
 /** How many one-second samples the connection rate averages over. */
@@ -273,6 +275,7 @@ export class StatsView {
       connections_total: sums[ACCEPTED],
       connection_rate: Math.round(((sums[ACCEPTED] - first) / span) * 10) / 10,
       retries_total: sums[RETRIES],
+      ...this.source.processInfo?.(),
     };
     for (let r = 0; r < END_NAMES.length; r++) info[`ended_${END_NAMES[r]}`] = sums[END_BASE + r];
     return info;
