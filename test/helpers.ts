@@ -362,3 +362,30 @@ export async function eventually(
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }
+
+/** A datagram socket like systemd's notify socket, read by python3 (Node has no unix datagrams). */
+export async function notifySocket(t: {
+  teardown(fn: () => unknown): void;
+}): Promise<{ path: string; messages: string[] }> {
+  const path = join(mkdtempSync(join(tmpdir(), 'fulcrum-notify-')), 'notify.sock');
+  const reader = spawn(
+    'python3',
+    [
+      '-c',
+      'import socket,sys\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.bind(sys.argv[1])\nprint("bound",flush=True)\nwhile True:\n  print(s.recv(65536).decode().replace("\\n"," "),flush=True)',
+      path,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  t.teardown(() => reader.kill());
+  const messages: string[] = [];
+  let pending = '';
+  reader.stdout.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    messages.push(...lines);
+  });
+  await waitFor(() => messages.includes('bound'), 5000, 'the notify socket');
+  return { path, messages };
+}
