@@ -21,6 +21,7 @@ import {
   connect,
   echo,
   eventually,
+  type Fulcrum,
   notifySocket,
   settled,
   showStat,
@@ -118,16 +119,22 @@ async function info(stats: string): Promise<Record<string, string | number>> {
   return JSON.parse(await query(stats, 'show info json')) as Record<string, string | number>;
 }
 
-/** Stops the process serving `stats` (a successor is not our child) when the test ends. */
-function stopServing(t: Test, stats: string): void {
+/** Stops, when the test ends, the process serving `stats` and every successor `fulcrum` started
+ *  (not our children: the helper that spawned fulcrum does not know them). */
+function stopServing(t: Test, stats: string, fulcrum?: Fulcrum): void {
   t.teardown(async () => {
-    const pid = await info(stats).then(
+    const serving = await info(stats).then(
       (i) => Number(i.pid),
       () => 0,
     );
-    if (pid > 0 && pid !== process.pid) {
-      process.kill(pid, 'SIGTERM');
-      await waitFor(() => !alive(pid), 10_000, 'the successor to stop');
+    const started = (fulcrum?.logs ?? [])
+      .filter((l) => l.msg === 'upgrade: started the new process')
+      .map((l) => Number(l.newPid));
+    for (const pid of new Set([serving, ...started])) {
+      if (pid > 0 && pid !== process.pid && alive(pid)) {
+        process.kill(pid, 'SIGTERM');
+        await waitFor(() => !alive(pid), 10_000, 'a successor to stop');
+      }
     }
   });
 }
@@ -151,7 +158,7 @@ for (const workers of [1, 2]) {
       backend.address,
     ]);
     t.teardown(() => fulcrum.stop('SIGKILL'));
-    stopServing(t, stats);
+    stopServing(t, stats, fulcrum);
     const oldPid = fulcrum.proc.pid as number;
     t.match(await query(stats, `set weight default/${backend.address} 7`), / weight 7$/);
 
@@ -215,6 +222,7 @@ t.test('a failed upgrade leaves the old process serving', async (t) => {
   writeFileSync(config, good);
   const fulcrum = await startFulcrum(['--config', config]);
   t.teardown(() => fulcrum.stop('SIGKILL'));
+  stopServing(t, stats, fulcrum);
   const pid = fulcrum.proc.pid as number;
 
   writeFileSync(config, 'frontends: [ { name: a, listen: nope } ]\n');
