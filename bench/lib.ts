@@ -199,6 +199,7 @@ export async function startFulcrum(port: number, backends: number[], extra: stri
 export interface Load {
   requestsPerSec: number;
   bytesPerSec: number;
+  p50Ms: number;
   p99Ms: number;
   errors: number;
 }
@@ -231,6 +232,7 @@ export async function load(
     return {
       requestsPerSec: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1] ?? 0),
       bytesPerSec: parseSize(/Transfer\/sec:\s+(\S+)/.exec(out)?.[1] ?? ''),
+      p50Ms: parseMs(/\s50%\s+(\S+)/.exec(out)?.[1] ?? ''),
       p99Ms: parseMs(/\s99%\s+(\S+)/.exec(out)?.[1] ?? ''),
       errors: errors === null ? 0 : errors.slice(1).reduce((n, x) => n + Number(x), 0),
     };
@@ -245,6 +247,7 @@ export async function load(
   return {
     requestsPerSec: result.requests.average,
     bytesPerSec: result.throughput.average,
+    p50Ms: result.latency.p50,
     p99Ms: result.latency.p99,
     errors: result.errors + result.non2xx,
   };

@@ -23,9 +23,30 @@ const { values } = parseArgs({
   options: {
     seconds: { type: 'string', default: '8' },
     workers: { type: 'string', default: '1' },
+    // Runs of each scenario, the targets interleaved (direct, haproxy, fulcrum, direct, ...):
+    // each figure is the median, so one noisy moment of the machine moves no ratio.
+    runs: { type: 'string', default: '1' },
   },
 });
 const seconds = Number(values.seconds);
+const runs = Math.max(1, Number(values.runs));
+
+function median(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/** The median of each figure over several runs. */
+function medianLoad(all: Load[]): Load {
+  return {
+    requestsPerSec: median(all.map((r) => r.requestsPerSec)),
+    bytesPerSec: median(all.map((r) => r.bytesPerSec)),
+    p50Ms: median(all.map((r) => r.p50Ms)),
+    p99Ms: median(all.map((r) => r.p99Ms)),
+    errors: all.reduce((n, r) => n + r.errors, 0),
+  };
+}
 
 if (!has('nginx')) {
   console.error('bench: nginx is needed for the backends: apt-get install -y nginx-light');
@@ -57,6 +78,13 @@ targets.push({ name: `fulcrum`, port: fulcrumPort });
 const scenarios = [
   { name: 'bulk 1 MiB responses', path: '/bulk', connections: 8, close: false, metric: 'bytes' },
   {
+    name: 'small keep-alive requests, 4 connections',
+    path: '/small',
+    connections: 4,
+    close: false,
+    metric: 'rps',
+  },
+  {
     name: 'small keep-alive requests',
     path: '/small',
     connections: 50,
@@ -78,15 +106,18 @@ for (const target of targets) {
 }
 
 console.log(
-  `load: ${has('wrk') ? 'wrk' : 'autocannon'}, ${seconds}s per run, fulcrum --workers ${values.workers}\n`,
+  `load: ${has('wrk') ? 'wrk' : 'autocannon'}, ${seconds}s per run, ${runs} run(s) each (medians), fulcrum --workers ${values.workers}\n`,
 );
 const rows: string[] = [];
 for (const scenario of scenarios) {
-  const results = new Map<string, Load>();
-  for (const target of targets) {
-    const url = `http://127.0.0.1:${target.port}${scenario.path}`;
-    results.set(target.name, await load(url, scenario.connections, seconds, scenario.close));
+  const all = new Map<string, Load[]>(targets.map((t) => [t.name, []]));
+  for (let run = 0; run < runs; run++) {
+    for (const target of targets) {
+      const url = `http://127.0.0.1:${target.port}${scenario.path}`;
+      all.get(target.name)?.push(await load(url, scenario.connections, seconds, scenario.close));
+    }
   }
+  const results = new Map([...all].map(([name, loads]) => [name, medianLoad(loads)]));
   const value = (r: Load) => (scenario.metric === 'bytes' ? r.bytesPerSec : r.requestsPerSec);
   const reference = results.get('haproxy') ?? results.get('direct')!;
   const referenceName = results.has('haproxy') ? 'haproxy' : 'direct';
@@ -96,12 +127,17 @@ for (const scenario of scenarios) {
   for (const [name, r] of results) {
     const ratio = value(r) / value(reference);
     console.log(
-      `  ${name.padEnd(8)} ${ratio.toFixed(2)}x   p99 ${r.p99Ms.toFixed(2)} ms${r.errors ? `   errors ${r.errors}` : ''}`,
+      `  ${name.padEnd(8)} ${ratio.toFixed(2)}x   p50 ${r.p50Ms.toFixed(3)} ms (${(r.p50Ms / reference.p50Ms).toFixed(2)}x)   p99 ${r.p99Ms.toFixed(3)} ms (${(r.p99Ms / reference.p99Ms).toFixed(2)}x)${r.errors ? `   errors ${r.errors}` : ''}`,
     );
   }
   const f = results.get('fulcrum')!;
+  // Latency as fulcrum's over the reference's: lower is better, 1.00x is even.
+  const latency =
+    scenario.metric === 'bytes'
+      ? ''
+      : `, p50 ${(f.p50Ms / reference.p50Ms).toFixed(2)}x, p99 ${(f.p99Ms / reference.p99Ms).toFixed(2)}x`;
   rows.push(
-    `${scenario.name}: fulcrum/${referenceName} ${(value(f) / value(reference)).toFixed(2)}x`,
+    `${scenario.name}: fulcrum/${referenceName} ${(value(f) / value(reference)).toFixed(2)}x${latency}`,
   );
 }
 rows.push(...(await serverNames()));
