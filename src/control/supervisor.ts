@@ -348,7 +348,7 @@ export class Supervisor {
       });
     report();
     setInterval(report, 500).unref();
-    this.drain('upgrade');
+    this.drain({ reason: 'upgrade' });
   }
 
   /** `show info`: which process answers, and the upgrade it is in. */
@@ -713,14 +713,14 @@ export class Supervisor {
       return;
     }
     void notify(this.log, 'STOPPING=1');
-    this.drain(signal);
+    this.drain({ signal });
   }
 
   /** Stops accepting and lets live connections finish, up to the drain timeout. */
-  private drain(reason: string): void {
+  private drain(cause: { signal: string } | { reason: string }): void {
     this.stopping = true;
     for (const watcher of this.watchers) watcher.stop();
-    this.log.info({ reason, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');
+    this.log.info({ ...cause, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');
     this.group.broadcast({ type: 'drain' });
     const deadline = setTimeout(() => {
       this.log.warn('drain timeout: cutting the remaining connections');

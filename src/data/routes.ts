@@ -40,7 +40,9 @@ export class Route<F extends Routed = Routed> {
     }
     this.door = this.fallback ?? frontends[0];
     this.inspects = frontends.some(
-      (f) => f.config.serverNames.length > 0 || f.config.hashKey === 'sni',
+      (f) =>
+        f.config.serverNames.length > 0 ||
+        (f.config.hashKey === 'sni' && f.config.algorithm === 'maglev'),
     );
     this.acceptProxy = acceptProxy;
   }
