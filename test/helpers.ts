@@ -2,6 +2,7 @@
 // a real process through bin/fulcrum, the way users run it.
 
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
@@ -388,4 +389,80 @@ export async function notifySocket(t: {
   });
   await waitFor(() => messages.includes('bound'), 5000, 'the notify socket');
   return { path, messages };
+}
+
+/** A connection streaming random chunks through an echo backend, with a running hash each way. */
+export interface Stream {
+  socket: net.Socket;
+  sent: ReturnType<typeof createHash>;
+  received: ReturnType<typeof createHash>;
+  bytesSent: number;
+  bytesReceived: number;
+  done: Promise<void>;
+}
+
+export async function stream(port: number): Promise<Stream> {
+  const socket = await connect(port);
+  const s: Stream = {
+    socket,
+    sent: createHash('sha256'),
+    received: createHash('sha256'),
+    bytesSent: 0,
+    bytesReceived: 0,
+    done: Promise.resolve(),
+  };
+  socket.on('data', (chunk: Buffer) => {
+    s.received.update(chunk);
+    s.bytesReceived += chunk.length;
+  });
+  s.done = once(socket, 'close').then(() => {});
+  return s;
+}
+
+/** Sends `size` random bytes on the stream. */
+export function send(s: Stream, size: number): void {
+  const chunk = randomBytes(size);
+  s.sent.update(chunk);
+  s.bytesSent += size;
+  s.socket.write(chunk);
+}
+
+/**
+ * fulcrum `args` under systemd-socket-activate listening on `port` with `--fdname=NAME`, as
+ * systemd would start it (NOTIFY_SOCKET passed with -E when given); resolves once it listens.
+ * Its JSON log lines and stderr are collected; it is killed when the test ends.
+ */
+export async function socketActivated(
+  t: { teardown(fn: () => unknown): void },
+  port: number,
+  fdname: string,
+  args: string[],
+  notify?: string,
+): Promise<{ proc: ChildProcess; logs: Array<Record<string, unknown>>; stderr: () => string }> {
+  const passed = notify === undefined ? [] : ['-E', 'NOTIFY_SOCKET'];
+  const proc = spawn(
+    'systemd-socket-activate',
+    [`--listen=127.0.0.1:${port}`, `--fdname=${fdname}`, ...passed, process.execPath, BIN, ...args],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: notify === undefined ? process.env : { ...process.env, NOTIFY_SOCKET: notify },
+    },
+  );
+  t.teardown(() => {
+    if (proc.exitCode === null) proc.kill('SIGKILL');
+  });
+  const logs: Array<Record<string, unknown>> = [];
+  let pending = '';
+  proc.stdout?.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) logs.push(JSON.parse(line) as Record<string, unknown>);
+  });
+  let stderr = '';
+  proc.stderr?.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
+  return { proc, logs, stderr: () => stderr };
 }

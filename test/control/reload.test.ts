@@ -3,7 +3,6 @@
 // kept backends keep their counters; removed ones drain; listeners open and close; a config that
 // fails to load changes nothing.
 
-import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import type net from 'node:net';
@@ -17,10 +16,13 @@ import {
   echo,
   greet,
   readLine,
+  type Stream,
+  send,
   showStat,
   socketPath,
   startBackend,
   startFulcrum,
+  stream,
   waitFor,
   waitForLog,
 } from '../helpers.ts';
@@ -47,41 +49,6 @@ async function sighup(fulcrum: Fulcrum): Promise<Record<string, unknown>> {
 
 function isReloadOutcome(line: Record<string, unknown>): boolean {
   return line.msg === 'reloaded' || line.msg === 'reload failed: the running config stays';
-}
-
-interface Stream {
-  socket: net.Socket;
-  sent: ReturnType<typeof createHash>;
-  received: ReturnType<typeof createHash>;
-  bytesSent: number;
-  bytesReceived: number;
-  done: Promise<void>;
-}
-
-/** A connection that streams `chunks` random chunks through an echo backend, one per tick. */
-async function stream(port: number): Promise<Stream> {
-  const socket = await connect(port);
-  const s: Stream = {
-    socket,
-    sent: createHash('sha256'),
-    received: createHash('sha256'),
-    bytesSent: 0,
-    bytesReceived: 0,
-    done: Promise.resolve(),
-  };
-  socket.on('data', (chunk: Buffer) => {
-    s.received.update(chunk);
-    s.bytesReceived += chunk.length;
-  });
-  s.done = once(socket, 'close').then(() => {});
-  return s;
-}
-
-function send(s: Stream, size: number): void {
-  const chunk = randomBytes(size);
-  s.sent.update(chunk);
-  s.bytesSent += size;
-  s.socket.write(chunk);
 }
 
 t.test(

@@ -3,7 +3,7 @@
 // connections that queued before it started; and it reports READY=1, RELOADING=1 and STOPPING=1
 // to NOTIFY_SOCKET through systemd-notify.
 
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import type net from 'node:net';
@@ -17,6 +17,7 @@ import {
   greet,
   notifySocket,
   readLine,
+  socketActivated,
   startBackend,
   waitFor,
 } from '../helpers.ts';
@@ -49,37 +50,13 @@ t.test('socket activation with two workers, and sd_notify readiness', async (t) 
     config,
     `workers: 2\nlog: { access: true }\nfrontends:\n  - name: web\n    listen: [127.0.0.1:${port}]\n    health: false\n    backends: [${backend.address}]\n`,
   );
-  const activator: ChildProcess = spawn(
-    'systemd-socket-activate',
-    [
-      '--listen',
-      `127.0.0.1:${port}`,
-      '--fdname=web',
-      '-E',
-      'NOTIFY_SOCKET',
-      process.execPath,
-      BIN,
-      '--config',
-      config,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NOTIFY_SOCKET: notify.path } },
+  const { proc: activator, logs } = await socketActivated(
+    t,
+    port,
+    'web',
+    ['--config', config],
+    notify.path,
   );
-  t.teardown(() => {
-    if (activator.exitCode === null) activator.kill('SIGKILL');
-  });
-  const logs: Array<Record<string, unknown>> = [];
-  let pending = '';
-  activator.stdout?.on('data', (chunk: Buffer) => {
-    pending += chunk.toString();
-    const lines = pending.split('\n');
-    pending = lines.pop() ?? '';
-    for (const line of lines) logs.push(JSON.parse(line) as Record<string, unknown>);
-  });
-  let stderr = '';
-  activator.stderr?.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
 
   // These connect before fulcrum runs at all: they wait in the passed socket's queue.
   const early: net.Socket[] = [];

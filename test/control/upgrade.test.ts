@@ -6,8 +6,6 @@
 // successor), and failed upgrades (a broken config, a successor that exits at once) that leave
 // the old process serving.
 
-import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -16,57 +14,26 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { query } from '../../src/stats/client.ts';
 import {
-  BIN,
   closedPort,
   connect,
   echo,
   eventually,
   type Fulcrum,
   notifySocket,
+  type Stream,
+  send,
   settled,
   showStat,
+  socketActivated,
   socketPath,
   startBackend,
   startFulcrum,
+  stream,
   waitFor,
   waitForLog,
 } from '../helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'fulcrum-upgrade-'));
-
-interface Stream {
-  socket: net.Socket;
-  sent: ReturnType<typeof createHash>;
-  received: ReturnType<typeof createHash>;
-  bytesSent: number;
-  bytesReceived: number;
-  done: Promise<void>;
-}
-
-async function stream(port: number): Promise<Stream> {
-  const socket = await connect(port);
-  const s: Stream = {
-    socket,
-    sent: createHash('sha256'),
-    received: createHash('sha256'),
-    bytesSent: 0,
-    bytesReceived: 0,
-    done: Promise.resolve(),
-  };
-  socket.on('data', (chunk: Buffer) => {
-    s.received.update(chunk);
-    s.bytesReceived += chunk.length;
-  });
-  s.done = once(socket, 'close').then(() => {});
-  return s;
-}
-
-function send(s: Stream, size: number): void {
-  const chunk = randomBytes(size);
-  s.sent.update(chunk);
-  s.bytesSent += size;
-  s.socket.write(chunk);
-}
 
 /** Short connections, one every 20 ms: each sends a line and must get it echoed whole. */
 function shortConnections(port: number): { stop(): Promise<void>; ok: number; failed: string[] } {
@@ -282,31 +249,8 @@ t.test('under systemd-socket-activate: the successor becomes MAINPID', async (t)
     config,
     `workers: 2\nstatsSocket: ${stats}\nfrontends:\n  - name: web\n    listen: [127.0.0.1:${port}]\n    health: false\n    backends: [${backend.address}]\n`,
   );
-  const activator = spawn(
-    'systemd-socket-activate',
-    [
-      '--listen',
-      `127.0.0.1:${port}`,
-      '--fdname=web',
-      '-E',
-      'NOTIFY_SOCKET',
-      process.execPath,
-      BIN,
-      '--config',
-      config,
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NOTIFY_SOCKET: notify.path } },
-  );
-  t.teardown(() => {
-    if (activator.exitCode === null) activator.kill('SIGKILL');
-  });
+  await socketActivated(t, port, 'web', ['--config', config], notify.path);
   stopServing(t, stats);
-  let stderr = '';
-  activator.stderr.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  activator.stdout.resume();
-  await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
   const first = await connect(port);
   first.write('one\n');
   t.equal(String((await once(first, 'data'))[0]), 'one\n', 'served on the passed socket');
