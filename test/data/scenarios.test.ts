@@ -40,9 +40,12 @@ t.test(
   async (t) => {
     const backend = await startBackend(greet);
     t.teardown(() => backend.close());
+    // A queue timeout well inside the wait below, whatever else the machine is doing.
     const { stats, fulcrum } = await start(t, [
       '--workers',
       '1',
+      '--queue-timeout',
+      '1s',
       '--backend',
       `${backend.address},maxconn=1`,
     ]);
@@ -57,7 +60,7 @@ t.test(
     waiting.destroy();
     await eventually(
       async () => (await showStat(stats))[0].queued === 0,
-      5000,
+      10_000,
       'the queue to empty',
     );
     t.equal((await showStat(stats))[0].live, 1, 'only the held connection is live');
