@@ -203,17 +203,17 @@ const mistakes: Array<[string, string, RegExp]> = [
   [
     'two frontends on one address without serverNames',
     `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [a.example.com], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], backends: [127.0.0.1:2] }\n  - { name: c, listen: [127.0.0.1:7000], backends: [127.0.0.1:3] }\n`,
-    /frontends\[2\]\.listen\[0\]: 127\.0\.0\.1:7000 is already a listener of b; .*at most one of them has none/,
+    /frontends\[2\]\.listen\[0\]: 127\.0\.0\.1:7000 is already a listener of b, and neither b nor c has serverNames; .*at most one of them has none/,
   ],
   [
     'one exact server name in two frontends on one address',
     `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [api.example.com], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], serverNames: ["*.example.com", API.example.com], backends: [127.0.0.1:2] }\n`,
-    /frontends\[1\]\.serverNames\[1\]: "api\.example\.com" is also a server name of a, which shares 127\.0\.0\.1:7000$/,
+    /frontends\[1\]\.serverNames\[1\]: "api\.example\.com" is a server name of both a and b, which share 127\.0\.0\.1:7000$/,
   ],
   [
     'one wildcard in two frontends on one address',
     `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: ["*.example.com"], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], serverNames: ["*.example.com"], backends: [127.0.0.1:2] }\n`,
-    /frontends\[1\]\.serverNames\[0\]: "\*\.example\.com" is also a server name of a/,
+    /frontends\[1\]\.serverNames\[0\]: "\*\.example\.com" is a server name of both a and b/,
   ],
   [
     'a server name with a space',

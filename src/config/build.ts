@@ -230,7 +230,7 @@ function checkShared(
   if (a.serverNames.length === 0 && b.serverNames.length === 0) {
     throw new ConfigError(
       where,
-      `${address} is already a listener of ${a.name}; frontends may share an address only to be chosen by serverNames, and at most one of them has none`,
+      `${address} is already a listener of ${a.name}, and neither ${a.name} nor ${b.name} has serverNames; frontends may share an address only to be chosen by serverNames, and at most one of them has none`,
     );
   }
   const l = b.listen.findIndex((e) => e.text === address);
@@ -246,7 +246,7 @@ function checkShared(
     if (names.has(name)) {
       throw new ConfigError(
         itemWhere(inputs[i].get('serverNames') as Input, n),
-        `"${name}" is also a server name of ${a.name}, which shares ${address}`,
+        `"${name}" is a server name of both ${a.name} and ${b.name}, which share ${address}`,
       );
     }
   });

@@ -137,8 +137,8 @@ t.test('fulcrum check: frontends sharing an address by server name', async (t) =
   t.equal(result.status, 2);
   t.equal(
     result.stderr,
-    `fulcrum: ${overlapping}: frontends[1].serverNames[0]: "api.example.com" is also a server name of api, which shares 127.0.0.1:8443\n`,
-    'one line naming the key, the name and the other frontend',
+    `fulcrum: ${overlapping}: frontends[1].serverNames[0]: "api.example.com" is a server name of both api and web, which share 127.0.0.1:8443\n`,
+    'one line naming the key, the name and both frontends',
   );
   const twoDefaults = write(
     'two-defaults.yaml',
@@ -148,7 +148,7 @@ t.test('fulcrum check: frontends sharing an address by server name', async (t) =
   t.equal(second.status, 2);
   t.match(
     second.stderr,
-    /^fulcrum: .*frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:8443 is already a listener of one;/,
+    /^fulcrum: .*frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:8443 is already a listener of one, and neither one nor two has serverNames;/,
   );
   t.equal(second.stderr.split('\n').length, 2, 'one line');
   const spaced = write(
