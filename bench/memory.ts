@@ -116,14 +116,21 @@ const dir = workDir();
 const backendPort = await freePort();
 const backend = await child(BACKEND, [String(backendPort)], 'ready');
 const summary: string[] = [];
+// Two descriptors per proxied connection, and a reserve for everything else.
+const largest = Math.floor((limit - 200) / 2 / 100) * 100;
+const runs: number[] = [];
 for (const n of counts) {
-  // Two descriptors per proxied connection, and a reserve for everything else.
-  if (2 * n + 200 > limit) {
-    const line = `${n} connections: skipped, a balancer needs ${2 * n + 200} descriptors and this machine allows ${limit} (ulimit -n)`;
-    console.log(line);
-    summary.push(line);
+  if (2 * n + 200 <= limit) {
+    runs.push(n);
     continue;
   }
+  // Said, not measured short: and the largest count the limit allows is measured instead.
+  const line = `${n} connections: not measured, a balancer needs ${2 * n + 200} descriptors and this machine allows ${limit} (ulimit -n); measuring ${largest} instead`;
+  console.log(line);
+  summary.push(line);
+  if (!counts.includes(largest) && !runs.includes(largest)) runs.push(largest);
+}
+for (const n of runs) {
   let haproxy = 0;
   if (has('haproxy')) {
     const haproxyPort = await freePort();

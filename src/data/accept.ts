@@ -12,25 +12,22 @@ import { fnv1a } from '../core/hash.ts';
 import { ACCEPTED, END, END_BASE, LIVE } from '../shared/counters.ts';
 import { now } from './clock.ts';
 import {
-  attachClient,
+  adoptClientHandle,
+  adoptClientSocket,
   beginInspection,
-  CLIENT_ONREAD,
-  ClientSocket,
   CONNECTING,
   Connection,
+  clientPeer,
   closeClient,
   connectBackend,
-  onClientData,
-  PEER_HIGH_WATER_MARK,
   PROXY_HEADER,
-  prepareClientRead,
+  readClient,
   readClientHello,
 } from './connection.ts';
 import type { Frontend } from './frontend.ts';
 import type { Guard } from './guard.ts';
 import { REFUSED, UNTRACKED } from './guard.ts';
-import type { TcpHandle } from './internals.ts';
-import { adoptHandle } from './internals.ts';
+import type { RawHandle } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import type { Route } from './routes.ts';
 import { Inspection } from './routes.ts';
@@ -50,7 +47,7 @@ function admit(frontend: Frontend, route: Route<Frontend>): boolean {
   return true;
 }
 
-export function acceptHandle(route: Route<Frontend>, status: number, handle: TcpHandle): void {
+export function acceptHandle(route: Route<Frontend>, status: number, handle: RawHandle): void {
   if (status < 0) return; // accept() failed (EMFILE...): nothing was accepted.
   const frontend = route.door;
   let source = UNTRACKED;
@@ -72,10 +69,8 @@ export function acceptHandle(route: Route<Frontend>, status: number, handle: Tcp
   }
   const conn = new Connection(frontend);
   conn.source = source;
-  prepareClientRead(conn);
-  const client = adoptHandle(ClientSocket, handle, CLIENT_ONREAD, PEER_HIGH_WATER_MARK);
-  client.setNoDelay(true);
-  start(frontend, conn, client, route);
+  adoptClientHandle(conn, handle);
+  start(frontend, conn, route);
 }
 
 export function acceptSocket(route: Route<Frontend>, socket: net.Socket): void {
@@ -95,12 +90,10 @@ export function acceptSocket(route: Route<Frontend>, socket: net.Socket): void {
     socket.destroy();
     return;
   }
-  const client = socket as ClientSocket;
-  client.conn = null;
-  client.on('data', onClientData);
   const conn = new Connection(frontend);
   conn.source = source;
-  start(frontend, conn, client, route);
+  adoptClientSocket(conn, socket);
+  start(frontend, conn, route);
 }
 
 /**
@@ -120,32 +113,25 @@ function refuse(frontend: Frontend, reason: number): void {
   frontend.slot[END_BASE + reason]++;
 }
 
-function start(
-  frontend: Frontend,
-  conn: Connection,
-  client: ClientSocket,
-  route: Route<Frontend>,
-): void {
-  conn.client = client;
-  client.conn = conn;
-  attachClient(client);
+function start(frontend: Frontend, conn: Connection, route: Route<Frontend>): void {
   if (route.inspects) conn.inspection = new Inspection(route);
   if (route.acceptProxy) {
     // Read the PROXY header first (onClientRead sees the PROXY_HEADER phase); no backend yet.
     conn.phase = PROXY_HEADER;
     conn.deadline = now + frontend.config.proxyTimeoutMs;
     frontend.connecting.add(conn);
-    client.resume();
+    readClient(conn);
     return;
   }
   if (route.inspects) {
     beginInspection(conn);
-    client.resume();
+    readClient(conn);
     return;
   }
   // The peer's address costs a getpeername() and a string: read it only for Maglev or the log.
   if (frontend.hashes || frontend.accessLog !== null) {
-    pickFor(frontend, conn, client.remoteAddress ?? '', client.remotePort ?? 0);
+    const peer = clientPeer(conn);
+    pickFor(frontend, conn, peer.address, peer.port);
   } else {
     connectBackend(conn);
   }
@@ -180,9 +166,9 @@ export function admitProxied(
   frontend.connecting.remove(conn);
   conn.phase = CONNECTING;
   conn.proxied = addresses;
-  const client = conn.client;
-  const address = addresses?.sourceAddress ?? client.remoteAddress ?? '';
-  const port = addresses?.sourcePort ?? client.remotePort ?? 0;
+  const peer = addresses === null ? clientPeer(conn) : null;
+  const address = addresses?.sourceAddress ?? peer?.address ?? '';
+  const port = addresses?.sourcePort ?? peer?.port ?? 0;
   if (frontend.guard !== null) {
     const source = frontend.guard.admit(address, address.includes(':') ? 'IPv6' : 'IPv4');
     if (source === REFUSED) {
@@ -230,8 +216,8 @@ export function route(door: Frontend, conn: Connection, serverName: string | nul
     connectBackend(conn);
     return;
   }
-  const client = conn.client;
-  const address = conn.proxied?.sourceAddress ?? client.remoteAddress ?? '';
-  const port = conn.proxied?.sourcePort ?? client.remotePort ?? 0;
+  const peer = conn.proxied === null ? clientPeer(conn) : null;
+  const address = conn.proxied?.sourceAddress ?? peer?.address ?? '';
+  const port = conn.proxied?.sourcePort ?? peer?.port ?? 0;
   pickFor(target, conn, address, port);
 }

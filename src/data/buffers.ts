@@ -1,11 +1,13 @@
-// Read buffers for the pipe, one set per worker thread. Node keeps a pointer into a written
+// Read buffers for the relay, one set per worker thread. libuv keeps a pointer into a written
 // buffer until the write completes, so a buffer may be read into again only once no write of it
-// is pending. Invariant: a large buffer belongs to at most one socket at a time, from take() to
-// give(); a small buffer belongs to one connection for its whole life.
+// is pending. Invariants: the idle buffer is shared by every socket of the thread that is not
+// streaming, so bytes read into it are copied out (into a small buffer) in the same read callback,
+// before anything is written; a small or large buffer belongs to at most one socket at a time,
+// from take() to give(). So an idle connection holds no buffer at all.
 
 /**
- * What an idle socket reads into. Small enough that 10k idle connections hold little (two per
- * connection), large enough that a typical request or small response arrives in one read.
+ * What a socket reads into while it is not streaming: a typical request or small response
+ * arrives in one read. A read that fills it moves the socket to a large buffer.
  */
 export const SMALL_SIZE = 1024;
 
@@ -15,15 +17,21 @@ export const LARGE_SIZE = 64 * 1024;
 /** Small buffers are cut from slabs so that each does not carry its own ArrayBuffer. */
 const SMALL_PER_SLAB = 64;
 
-/** Free large buffers kept for reuse; beyond this a returned one is left to the GC. */
+/** Free buffers kept for reuse; beyond this a returned one is left to the GC. */
+const SMALL_KEEP = 1024;
 const LARGE_KEEP = 64;
+
+/** The thread's shared read buffer for sockets that are not streaming (see the invariants). */
+export const IDLE: Buffer = Buffer.allocUnsafeSlow(SMALL_SIZE);
 
 const small: Buffer[] = [];
 const large: Buffer[] = [];
 let largeInUse = 0;
+let smallInUse = 0;
 
-/** A small buffer for one connection's socket; give it back with giveSmall when the socket closes. */
+/** A small buffer: bytes copied out of the idle buffer, until their write has completed. */
 export function takeSmall(): Buffer {
+  smallInUse++;
   const b = small.pop();
   if (b !== undefined) return b;
   const slab = Buffer.allocUnsafeSlow(SMALL_SIZE * SMALL_PER_SLAB);
@@ -34,7 +42,8 @@ export function takeSmall(): Buffer {
 }
 
 export function giveSmall(b: Buffer): void {
-  small.push(b);
+  smallInUse--;
+  if (small.length < SMALL_KEEP) small.push(b);
 }
 
 /** A large buffer for a socket whose data is streaming. */
@@ -51,4 +60,9 @@ export function giveLarge(b: Buffer): void {
 /** Large buffers held by sockets right now (for tests and stats). */
 export function largeBuffersInUse(): number {
   return largeInUse;
+}
+
+/** Small buffers held by pending writes right now (for tests and stats). */
+export function smallBuffersInUse(): number {
+  return smallInUse;
 }

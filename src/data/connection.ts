@@ -1,18 +1,20 @@
-// One proxied connection: accept -> pick -> connect (with retries) -> pipe -> close.
-// Invariants: one pre-shaped Connection object per client; every socket handler is a module-level
-// function reading `this.conn`, so no closure is made per connection or per chunk; bytes are
-// written from the buffer they were read into and never copied; a backend slot taken with
-// acquire() is released exactly once; a buffer is read into again only after its write finished.
+// One proxied connection: accept -> pick -> connect (with retries) -> relay -> close.
+// The relay runs on libuv's TCP handles (data/internals.ts) with no net.Socket, or on the public
+// API's sockets where those handles are not available; both drive the same functions below,
+// through a Side per socket. Invariants: one pre-shaped Connection (and two Sides) per client;
+// every handler is a module-level function reading `this.side`, so no closure is made per
+// connection or per chunk; a backend slot taken with acquire() is released exactly once; a buffer
+// is read into again only after its write finished; an idle connection holds no buffer.
 //
 // How a connection ends (the invariant every close order keeps): a connection finishes exactly
-// once, in finish(), when both of its sockets have emitted 'close' (or the client has and no
-// backend was connected); finish() gives back the live count, the backend's active slot, the
-// per-source count and the buffers, and is a no-op the second time. So every path that ends a
-// connection only has to make both sockets close: end() (a FIN, then close once both ways are
-// done), destroy() (close now), or reset() (an RST) -- and reset() falls back to destroy() where
-// libuv cannot reset (a shutdown pending), since a failed reset never emits 'close'.
+// once, in finish(), when both of its sockets have closed (or the client has and no backend is
+// attached). Each side closes when both of its directions are done (its EOF read, our FIN sent),
+// on an error (a reset is passed on to the other side as a reset), or when the connection is
+// cut; when one side closes abruptly, the other follows (closed()). So every path that ends a
+// connection only has to close one of its sockets.
 
 import net from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
 import type { Scheduler } from '../core/scheduler.ts';
 import { acquire, release } from '../core/scheduler.ts';
@@ -35,9 +37,18 @@ import { isLocalError } from '../shared/errors.ts';
 import type { BackendTable } from '../shared/table.ts';
 import type { LatencyRecorder } from '../stats/latency.ts';
 import { CONNECT, DURATION, FIRST_BYTE } from '../stats/latency.ts';
-import { giveLarge, giveSmall, LARGE_SIZE, SMALL_SIZE, takeLarge, takeSmall } from './buffers.ts';
+import {
+  giveLarge,
+  giveSmall,
+  IDLE,
+  LARGE_SIZE,
+  SMALL_SIZE,
+  takeLarge,
+  takeSmall,
+} from './buffers.ts';
 import { now } from './clock.ts';
-import { repointReadBuffer } from './internals.ts';
+import type { RawHandle, RawRequest } from './internals.ts';
+import { raw, UV_EOF } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import { buildV1, buildV2, parseProxyHeader } from './proxy-protocol.ts';
 import type { Linked, LinkedList } from './queue.ts';
@@ -60,13 +71,10 @@ export const PROXY_HEADER = 5;
 /** On a route that reads the ClientHello: reading it, before any frontend is chosen. */
 export const INSPECT = 6;
 
-/** A socket that knows its connection; null once it no longer speaks for it. */
-export class ClientSocket extends net.Socket {
-  conn: Connection | null = null;
-}
-
-export class BackendSocket extends net.Socket {
-  conn: Connection | null = null;
+/** A socket of the public-API path (no raw handles): it knows its side; null once it no longer
+ *  speaks for the connection. */
+export class PublicSocket extends net.Socket {
+  side: Side | null = null;
 }
 
 /**
@@ -102,14 +110,50 @@ export interface ConnectionFrontend {
   onFinish(conn: Connection): void;
 }
 
+/**
+ * One socket of a connection, as the relay drives it: its raw handle (or public socket), what it
+ * reads into, and where each of its directions is. A connection has two for its whole life; the
+ * backend side is reused by each connect attempt.
+ */
+export class Side {
+  readonly conn: Connection;
+  readonly isClient: boolean;
+  peer!: Side;
+  /** The raw handle, or null (public path, or no backend socket now). */
+  handle: RawHandle | null = null;
+  /** The public path's socket, or null. */
+  socket: PublicSocket | null = null;
+  /** A large buffer while streaming; null: reads land in the thread's shared IDLE buffer. */
+  buffer: Buffer | null = null;
+  /** A small buffer holding bytes copied out of IDLE, while their write to the peer is pending. */
+  inflight: Buffer | null = null;
+  reading = false;
+  /** Reading stopped because a write of its bytes to the peer is pending. */
+  stalled = false;
+  /** Writes to this side not yet complete. */
+  pendingWrites = 0;
+  /** Its FIN was read: it sends no more. */
+  readEnded = false;
+  /** Our FIN was asked for (shutdown), and done. */
+  shutSent = false;
+  shutDone = false;
+  /** close() or reset() asked for, and the close done. */
+  closing = false;
+  closed = false;
+
+  constructor(conn: Connection, isClient: boolean) {
+    this.conn = conn;
+    this.isClient = isClient;
+  }
+}
+
 export class Connection implements Linked<Connection> {
   /** Its frontend: where the ClientHello is read, the route's door until the hello picks one. */
   frontend: ConnectionFrontend;
   /** Whose guard took `source` (the frontend it was accepted by). */
   readonly admittedBy: ConnectionFrontend;
-  /** Set right after construction, by the accept path. */
-  client!: ClientSocket;
-  backend: BackendSocket | null = null;
+  readonly client: Side;
+  readonly backend: Side;
   /** Index of the backend in the frontend's table, -1 before a pick. */
   backendIndex = -1;
   /** Whether this connection holds a slot in the table's active count. */
@@ -123,8 +167,8 @@ export class Connection implements Linked<Connection> {
   source = -1;
   /** What a PROXY header said (accept-proxy listeners only); null: the real peer. */
   proxied: ProxyAddresses | null = null;
-  /** The PROXY header read so far, then the client's bytes that came with it, or the ClientHello
-   *  and what came with it: the bytes the backend is sent first. */
+  /** Client bytes read before a backend was connected (what came with a PROXY header, or the
+   *  ClientHello and what came with it): the bytes the backend is sent first. */
   pending: Buffer | null = null;
   /** The ClientHello being read, and the route that reads it; null once a frontend has it. */
   inspection: Inspection | null = null;
@@ -133,17 +177,6 @@ export class Connection implements Linked<Connection> {
   phase = CONNECTING;
   /** An END reason, -1 until known. The first cause wins. */
   end = -1;
-
-  /** The buffers each socket owns for its life, and the ones it reads into now. */
-  clientSmall: Buffer;
-  backendSmall: Buffer;
-  clientBuffer: Buffer;
-  backendBuffer: Buffer;
-  /** Reading stopped because the peer's write is pending; resumed on the peer's 'drain'. */
-  clientStalled = false;
-  backendStalled = false;
-  clientClosed = false;
-  backendClosed = false;
 
   /** `address:port` of the client, taken only when the access log is on. */
   clientAddress = '';
@@ -168,129 +201,260 @@ export class Connection implements Linked<Connection> {
   constructor(frontend: ConnectionFrontend) {
     this.frontend = frontend;
     this.admittedBy = frontend;
-    this.clientSmall = takeSmall();
-    this.backendSmall = takeSmall();
-    this.clientBuffer = this.clientSmall;
-    this.backendBuffer = this.backendSmall;
+    this.client = new Side(this, true);
+    this.backend = new Side(this, false);
+    this.client.peer = this.backend;
+    this.backend.peer = this.client;
     this.startedAt = performance.now();
     this.lastActive = now;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Read buffers. Node calls readBuffer() right after every read callback (and once when a socket
-// is set up) and reads into what it returns next time; the callback leaves its choice here.
+// The client's socket.
 
-let nextReadBuffer: Buffer = Buffer.alloc(0);
-
-function readBuffer(): Buffer {
-  return nextReadBuffer;
+/** The accepted raw handle becomes the client's side; it reads nothing until told to. */
+export function adoptClientHandle(conn: Connection, handle: RawHandle): void {
+  const side = conn.client;
+  side.handle = handle;
+  handle.side = side;
+  handle.onread = onRawRead;
+  handle.useUserBuffer(IDLE);
+  handle.setNoDelay(true);
 }
 
-/** Call right before building `conn`'s client socket: it will read into the small buffer first. */
-export function prepareClientRead(conn: Connection): void {
-  nextReadBuffer = conn.clientBuffer;
+/** The public path: the server's socket (paused) becomes the client's side. */
+export function adoptClientSocket(conn: Connection, socket: net.Socket): void {
+  const s = socket as PublicSocket;
+  s.side = conn.client;
+  conn.client.socket = s;
+  listen(s);
 }
 
-export const CLIENT_ONREAD: net.OnReadOpts = { buffer: readBuffer, callback: onClientRead };
-const BACKEND_ONREAD: net.OnReadOpts = { buffer: readBuffer, callback: onBackendRead };
+function listen(socket: PublicSocket): void {
+  socket.on('data', onSocketData);
+  socket.on('end', onSocketEnd);
+  socket.on('error', onSocketError);
+  socket.on('close', onSocketClose);
+  socket.on('drain', onSocketDrain);
+  socket.on('finish', onSocketFinish);
+}
 
-/** `writableHighWaterMark` reaches the Duplex constructor; Node's types just omit it here. */
-const BACKEND_OPTIONS: net.SocketConstructorOpts = {
-  allowHalfOpen: true,
-  noDelay: true,
-  onread: BACKEND_ONREAD,
-  ...{ writableHighWaterMark: PEER_HIGH_WATER_MARK },
-};
+/** Starts (or resumes) reading the client: its PROXY header, ClientHello, or relayed bytes. */
+export function readClient(conn: Connection): void {
+  resume(conn.client);
+}
+
+/** The client's address and port (its real peer, not what a PROXY header said). */
+export function clientPeer(conn: Connection): { address: string; port: number } {
+  const socket = conn.client.socket;
+  if (socket !== null) return { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+  const out: { address?: string; port?: number } = {};
+  conn.client.handle?.getpeername(out);
+  return { address: out.address ?? '', port: out.port ?? 0 };
+}
+
+/** Where the client connected to (for a PROXY header we send). */
+function clientLocal(conn: Connection): { address: string; port: number } {
+  const socket = conn.client.socket;
+  if (socket !== null) return { address: socket.localAddress ?? '', port: socket.localPort ?? 0 };
+  const out: { address?: string; port?: number } = {};
+  conn.client.handle?.getsockname(out);
+  return { address: out.address ?? '', port: out.port ?? 0 };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and relaying. On the raw path, Node calls onRawRead with the count in streamBaseState
+// and reads next into the buffer it returns; the handle always reads into `side.buffer ?? IDLE`.
+
+const WRITE_DONE = 0;
+const WRITE_PENDING = 1;
+
+const READ_BYTES = raw?.kReadBytesOrError ?? 0;
+const LAST_WRITE_ASYNC = raw?.kLastWriteWasAsync ?? 0;
+const state = raw?.state ?? new Int32Array(4);
+
+function onRawRead(this: RawHandle): Buffer | undefined {
+  const side = this.side as Side | null;
+  if (side === null) return undefined;
+  const nread = state[READ_BYTES];
+  if (nread > 0) {
+    received(side, side.buffer ?? IDLE, nread);
+    return side.buffer ?? IDLE;
+  }
+  if (nread === UV_EOF) gotEnd(side);
+  else if (nread < 0) gotError(side, getSystemErrorName(nread));
+  return undefined;
+}
 
 /**
- * Writes `nread` bytes of `buffer` to `peer` and chooses the buffer for the next read. While the
- * write is pending Node still reads from `buffer`, so reading stops (returns false) until the
- * peer drains: memory per direction stays at one buffer whatever the peers do. A socket whose
- * read filled its small buffer is streaming and moves to a large one; one whose read left a large
- * buffer part empty has caught up and moves back. (One that goes quiet right after a full read
- * keeps its large buffer until the idle sweep's releaseIdleBuffers().)
+ * `nread` bytes of `data` came from `side`: relay them to its peer. While the write is pending
+ * libuv still points into the bytes, so reading stops until the peer drains: memory per
+ * direction stays at one buffer whatever the peers do. Bytes read into the shared IDLE buffer are
+ * first copied into a small buffer (the write may pend). A read that fills IDLE means a stream:
+ * the side reads into a large buffer of its own until a read leaves it part empty.
  */
-function relay(peer: net.Socket, buffer: Buffer, nread: number, small: Buffer): boolean {
-  peer.write(nread === buffer.length ? buffer : buffer.subarray(0, nread));
-  if (peer.writableLength !== 0) {
-    nextReadBuffer = buffer;
-    return false;
-  }
-  if (buffer === small) {
-    nextReadBuffer = nread === SMALL_SIZE ? takeLarge() : small;
-  } else if (nread < LARGE_SIZE) {
-    giveLarge(buffer);
-    nextReadBuffer = small;
-  } else {
-    nextReadBuffer = buffer;
-  }
-  return true;
-}
-
-function onClientRead(this: ClientSocket, nread: number, buffer: Buffer): boolean {
-  const conn = this.conn;
-  const backend = conn?.backend;
-  if (conn == null || backend == null || !backend.writable) {
-    // No backend yet: a PROXY header's bytes, or a ClientHello's.
-    let more = true;
-    if (conn?.phase === PROXY_HEADER) more = readProxyHeader(conn, buffer.subarray(0, nread));
-    else if (conn?.phase === INSPECT) more = readClientHello(conn, buffer.subarray(0, nread));
-    // Set after reading: the read that completes a header picks and connects a backend, which
-    // points nextReadBuffer at the backend's own buffer; the client must go on with its own.
-    nextReadBuffer = buffer;
-    return more;
-  }
-  conn.bytesIn += nread;
-  conn.lastActive = now;
-  conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += nread;
-  const more = relay(backend, buffer, nread, conn.clientSmall);
-  conn.clientBuffer = nextReadBuffer;
-  conn.clientStalled = !more;
-  return more;
-}
-
-function onBackendRead(this: BackendSocket, nread: number, buffer: Buffer): boolean {
-  const conn = this.conn;
-  if (conn === null || !conn.client.writable) {
-    nextReadBuffer = buffer;
-    return true;
-  }
-  if (conn.firstByteAt === 0) {
-    conn.firstByteAt = performance.now();
-    conn.frontend.latency[FIRST_BYTE][conn.backendIndex].record(
-      (conn.firstByteAt - conn.connectedAt) * 1000,
-    );
-    // What the client waited for, from the connect to the answer: peak-EWMA's sample.
-    conn.frontend.scheduler.observe(conn.backendIndex, conn.firstByteAt - conn.connectStartedAt);
-  }
-  conn.bytesOut += nread;
-  conn.lastActive = now;
-  conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_OUT] += nread;
-  const more = relay(conn.client, buffer, nread, conn.backendSmall);
-  conn.backendBuffer = nextReadBuffer;
-  conn.backendStalled = !more;
-  return more;
-}
-
-/** The public-API read path, used when hookAccept is unavailable: Node allocates each chunk. */
-export function onClientData(this: ClientSocket, chunk: Buffer): void {
-  const conn = this.conn;
-  const backend = conn?.backend;
-  if (conn == null || backend == null || !backend.writable) {
-    if (conn?.phase === PROXY_HEADER && !readProxyHeader(conn, chunk)) this.pause();
-    else if (conn?.phase === INSPECT && !readClientHello(conn, chunk)) this.pause();
+function received(side: Side, data: Buffer, nread: number): void {
+  const conn = side.conn;
+  if (conn.phase !== ESTABLISHED) {
+    if (side.isClient) early(side, data.subarray(0, nread));
     return;
   }
-  conn.bytesIn += chunk.length;
+  const peer = side.peer;
+  if (peer.shutSent || peer.closing) return; // nothing more can go to it
   conn.lastActive = now;
-  conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += chunk.length;
-  backend.write(chunk);
-  if (backend.writableLength !== 0) {
-    conn.clientStalled = true;
-    this.pause();
+  if (side.isClient) {
+    conn.bytesIn += nread;
+    conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += nread;
+  } else {
+    if (conn.firstByteAt === 0) firstByte(conn);
+    conn.bytesOut += nread;
+    conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_OUT] += nread;
+  }
+  let chunk = data;
+  if (data === IDLE) {
+    chunk = takeSmall();
+    IDLE.copy(chunk, 0, 0, nread);
+  }
+  const status = write(peer, nread === chunk.length ? chunk : chunk.subarray(0, nread));
+  if (status === WRITE_PENDING) {
+    if (data === IDLE) side.inflight = chunk;
+    side.stalled = true;
+    pause(side);
+    return;
+  }
+  if (data === IDLE) giveSmall(chunk);
+  if (status < 0) {
+    gotError(peer, getSystemErrorName(status));
+    return;
+  }
+  if (side.handle === null) return; // public path: Node chose the chunk
+  if (data === IDLE) {
+    if (nread === SMALL_SIZE) side.buffer = takeLarge();
+  } else if (nread < LARGE_SIZE) {
+    giveLarge(data);
+    side.buffer = null;
   }
 }
+
+function firstByte(conn: Connection): void {
+  conn.firstByteAt = performance.now();
+  conn.frontend.latency[FIRST_BYTE][conn.backendIndex].record(
+    (conn.firstByteAt - conn.connectedAt) * 1000,
+  );
+  // What the client waited for, from the connect to the answer: peak-EWMA's sample.
+  conn.frontend.scheduler.observe(conn.backendIndex, conn.firstByteAt - conn.connectStartedAt);
+}
+
+/** Client bytes before a backend is connected: a PROXY header, a ClientHello, or (not reading
+ *  then, but kept should they come) bytes for the backend. Their readers copy them. */
+function early(side: Side, bytes: Buffer): void {
+  const conn = side.conn;
+  let more = false;
+  if (conn.phase === PROXY_HEADER) more = readProxyHeader(conn, bytes);
+  else if (conn.phase === INSPECT) more = readClientHello(conn, bytes);
+  else
+    conn.pending =
+      conn.pending === null ? Buffer.from(bytes) : Buffer.concat([conn.pending, bytes]);
+  if (!more) pause(side);
+}
+
+/** Writes `chunk` to `side`: WRITE_DONE, WRITE_PENDING (then it drains later), or an errno. */
+function write(side: Side, chunk: Buffer): number {
+  const handle = side.handle;
+  if (handle !== null) {
+    const req = spareWrite;
+    const err = handle.writeBuffer(req, chunk);
+    if (err !== 0) {
+      spareWrite = newWrite();
+      return err;
+    }
+    if (state[LAST_WRITE_ASYNC] === 0) return WRITE_DONE; // the request was not used: keep it
+    req.buffer = chunk;
+    spareWrite = newWrite();
+  } else {
+    const socket = side.socket as PublicSocket;
+    socket.write(chunk);
+    if (socket.writableLength === 0) return WRITE_DONE;
+  }
+  side.pendingWrites++;
+  return WRITE_PENDING;
+}
+
+/** A write request for the next write; replaced only when a write keeps it (pends). */
+let spareWrite: RawRequest = newWrite();
+
+function newWrite(): RawRequest {
+  if (raw === null) return { oncomplete: onRawWritten };
+  const req = raw.newWrite();
+  req.oncomplete = onRawWritten;
+  return req;
+}
+
+function onRawWritten(this: RawRequest, status: number, handle: RawHandle): void {
+  this.buffer = undefined;
+  const side = handle.side as Side | null;
+  if (side === null || side.closing) return;
+  if (status < 0) {
+    gotError(side, getSystemErrorName(status));
+    return;
+  }
+  if (--side.pendingWrites === 0) drained(side);
+}
+
+/** Every write to `side` is out: its peer's bytes are free, and the peer reads on. */
+function drained(side: Side): void {
+  const reader = side.peer;
+  if (reader.inflight !== null) {
+    giveSmall(reader.inflight);
+    reader.inflight = null;
+  }
+  if (reader.stalled) {
+    reader.stalled = false;
+    resume(reader);
+  }
+}
+
+function resume(side: Side): void {
+  if (side.reading || side.stalled || side.closing || side.readEnded) return;
+  side.reading = true;
+  if (side.handle !== null) {
+    const err = side.handle.readStart();
+    if (err !== 0) gotError(side, getSystemErrorName(err));
+  } else {
+    side.socket?.resume();
+  }
+}
+
+function pause(side: Side): void {
+  if (!side.reading) return;
+  side.reading = false;
+  if (side.handle !== null) side.handle.readStop();
+  else side.socket?.pause();
+}
+
+/**
+ * For the timer sweep, on a connection quiet for a while: a side still holding a large buffer
+ * (its last read filled it, so it expected more, and nothing came) goes back to IDLE. Only when
+ * not stalled: then no pending write uses the large buffer. This re-points the handle from
+ * outside a read, which costs Node a small listener object per call: it happens only for a
+ * stream that stopped exactly at a full read.
+ */
+export function releaseIdleBuffers(conn: Connection): void {
+  release1(conn.client);
+  release1(conn.backend);
+}
+
+function release1(side: Side): void {
+  const buffer = side.buffer;
+  if (buffer === null || side.stalled || side.handle === null || side.closing) return;
+  side.handle.useUserBuffer(IDLE);
+  giveLarge(buffer);
+  side.buffer = null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PROXY header and ClientHello.
 
 /**
  * Takes bytes of a PROXY header (copied: the read buffer is reused). Returns whether to go on
@@ -328,64 +492,6 @@ export function readClientHello(conn: Connection, bytes: Buffer): boolean {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Client socket events.
-
-export function attachClient(client: ClientSocket): void {
-  client.on('end', onClientEnd);
-  client.on('error', onClientError);
-  client.on('close', onClientClose);
-  client.on('drain', onClientDrain);
-  client.on('finish', onClientFinish);
-}
-
-function onClientEnd(this: ClientSocket): void {
-  // Half-close: the client will send no more; tell the backend, keep the other direction open.
-  const conn = this.conn;
-  if (conn === null) return;
-  if (conn.end < 0) conn.end = END.CLIENT_CLOSED;
-  if (conn.backend !== null) forwardEnd(conn.backend);
-}
-
-function onClientError(this: ClientSocket, err: NodeJS.ErrnoException): void {
-  const conn = this.conn;
-  if (conn === null) return;
-  if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
-    if (conn.end < 0) conn.end = END.CLIENT_RESET;
-    if (conn.backend !== null && conn.phase === ESTABLISHED) reset(conn.backend);
-  }
-}
-
-function onClientClose(this: ClientSocket): void {
-  const conn = this.conn;
-  if (conn === null) return;
-  conn.clientClosed = true;
-  const backend = conn.backend;
-  if (backend !== null && !backend.destroyed) {
-    // The client is gone for good: nothing more can be delivered to it.
-    if (conn.end < 0) conn.end = END.CLIENT_CLOSED;
-    backend.destroy();
-  }
-  if (conn.backendClosed || backend === null || conn.phase === CONNECTING) {
-    if (backend !== null && conn.phase === CONNECTING) detachBackend(conn);
-    finish(conn);
-  }
-}
-
-function onClientFinish(this: ClientSocket): void {
-  // Everything for the client is out; with the backend gone nothing more can come: close.
-  const conn = this.conn;
-  if (conn?.backendClosed) this.destroy();
-}
-
-function onClientDrain(this: ClientSocket): void {
-  const conn = this.conn;
-  if (conn?.backendStalled) {
-    conn.backendStalled = false;
-    conn.backend?.resume();
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Backend: pick, connect, retry.
 
 /** Picks a backend and connects to it; when every backend is full, waits in the queue; when
@@ -401,7 +507,14 @@ export function connectBackend(conn: Connection): void {
   connectTo(conn, i);
 }
 
-/** Connects to backend `i`, picked for this connection. */
+/** `writableHighWaterMark` reaches the Duplex constructor; Node's types just omit it here. */
+const BACKEND_OPTIONS: net.SocketConstructorOpts = {
+  allowHalfOpen: true,
+  noDelay: true,
+  ...{ writableHighWaterMark: PEER_HIGH_WATER_MARK },
+};
+
+/** Connects to backend `i`, picked for this connection, the way its client came (raw or not). */
 export function connectTo(conn: Connection, i: number): void {
   const frontend = conn.frontend;
   acquire(frontend.table, i);
@@ -414,22 +527,53 @@ export function connectTo(conn: Connection, i: number): void {
   conn.deadline = now + frontend.config.connectTimeoutMs;
   frontend.connecting.add(conn);
 
-  const backend = new BackendSocket(BACKEND_OPTIONS);
-  backend.conn = conn;
-  conn.backend = backend;
-  backend.on('connect', onBackendConnect);
-  backend.on('end', onBackendEnd);
-  backend.on('error', onBackendError);
-  backend.on('close', onBackendClose);
-  backend.on('drain', onBackendDrain);
-  nextReadBuffer = conn.backendSmall;
+  const side = conn.backend;
+  side.reading = side.stalled = side.readEnded = side.shutSent = side.shutDone = false;
+  side.closing = side.closed = false;
+  side.pendingWrites = 0;
   const address = frontend.backends[i] as BackendConfig;
-  backend.connect({ host: address.host, port: address.port });
+  if (conn.client.handle !== null && raw !== null) {
+    const handle = raw.newSocket();
+    handle.side = side;
+    side.handle = handle;
+    handle.onread = onRawRead;
+    handle.setNoDelay(true); // kept by libuv until the socket exists
+    const req = raw.newConnect();
+    req.oncomplete = onRawConnect;
+    const err = address.host.includes(':')
+      ? handle.connect6(req, address.host, address.port)
+      : handle.connect(req, address.host, address.port);
+    if (err !== 0) connectError(conn, getSystemErrorName(err));
+    return;
+  }
+  const socket = new PublicSocket(BACKEND_OPTIONS);
+  socket.side = side;
+  side.socket = socket;
+  socket.on('connect', onSocketConnect);
+  listen(socket);
+  socket.connect({ host: address.host, port: address.port });
 }
 
-function onBackendConnect(this: BackendSocket): void {
-  const conn = this.conn;
-  if (conn === null) return;
+function onRawConnect(this: RawRequest, status: number, handle: RawHandle): void {
+  const side = handle.side as Side | null;
+  if (side === null || side.closing) return; // let go of: timed out, or the client left
+  if (status < 0) connectError(side.conn, getSystemErrorName(status));
+  else connected(side.conn);
+}
+
+function connectError(conn: Connection, code: string): void {
+  if (isLocalError(code)) {
+    // Out of descriptors or local ports: our trouble, not the backend's. No failure is
+    // counted against it, and no retry (another backend would meet the same shortage).
+    conn.frontend.connecting.remove(conn);
+    detachBackend(conn);
+    closeClient(conn, END.LOCAL_ERROR);
+    return;
+  }
+  failConnect(conn, false);
+}
+
+function connected(conn: Connection): void {
   const frontend = conn.frontend;
   conn.phase = ESTABLISHED;
   frontend.connecting.remove(conn);
@@ -441,28 +585,41 @@ function onBackendConnect(this: BackendSocket): void {
   frontend.latency[CONNECT][conn.backendIndex].record(
     (conn.connectedAt - conn.connectStartedAt) * 1000,
   );
+  const backend = conn.backend;
+  backend.handle?.useUserBuffer(IDLE);
   const target = frontend.backends[conn.backendIndex] as BackendConfig;
   const version = target.sendProxy >= 0 ? target.sendProxy : frontend.config.sendProxy;
-  if (version !== 0) this.write(proxyHeader(conn, version));
-  if (conn.pending !== null) {
-    // Client bytes that came in with its PROXY header.
+  let status = WRITE_DONE;
+  if (version !== 0) status = write(backend, proxyHeader(conn, version));
+  if (conn.pending !== null && status >= 0) {
+    // Client bytes read before: what came with its PROXY header, or its ClientHello.
     conn.bytesIn += conn.pending.length;
     frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += conn.pending.length;
-    this.write(conn.pending);
+    status = write(backend, conn.pending);
     conn.pending = null;
   }
-  conn.client.resume();
+  if (status < 0) {
+    gotError(backend, getSystemErrorName(status));
+    return;
+  }
+  resume(backend);
+  if (conn.client.readEnded) forwardEnd(backend);
+  else resume(conn.client);
 }
 
 /** The PROXY header for this connection's client: as its own PROXY header said, or as seen. */
 function proxyHeader(conn: Connection, version: number): Buffer {
-  const client = conn.client;
-  const addresses = conn.proxied ?? {
-    sourceAddress: client.remoteAddress ?? '0.0.0.0',
-    sourcePort: client.remotePort ?? 0,
-    destinationAddress: client.localAddress ?? '0.0.0.0',
-    destinationPort: client.localPort ?? 0,
-  };
+  let addresses = conn.proxied;
+  if (addresses === null) {
+    const peer = clientPeer(conn);
+    const local = clientLocal(conn);
+    addresses = {
+      sourceAddress: peer.address || '0.0.0.0',
+      sourcePort: peer.port,
+      destinationAddress: local.address || '0.0.0.0',
+      destinationPort: local.port,
+    };
+  }
   return version === 1 ? buildV1(addresses) : buildV2(addresses);
 }
 
@@ -473,22 +630,25 @@ export function failConnect(conn: Connection, timedOut: boolean): void {
   frontend.connecting.remove(conn);
   conn.avoid |= avoidBit(conn.backendIndex);
   detachBackend(conn);
-  if (conn.clientClosed) {
-    finish(conn);
-  } else if (conn.attempts <= frontend.config.retries) {
-    connectBackend(conn);
-  } else {
-    closeClient(conn, timedOut ? END.TIMEOUT : END.CONNECT_FAILED);
-  }
+  if (conn.client.closing) return; // its close finishes the connection
+  if (conn.attempts <= frontend.config.retries) connectBackend(conn);
+  else closeClient(conn, timedOut ? END.TIMEOUT : END.CONNECT_FAILED);
 }
 
-/** Lets go of the current backend socket and its slot; its late events are ignored. */
+/** Lets go of the backend socket (not yet connected) and its slot; its late events are ignored. */
 function detachBackend(conn: Connection): void {
-  const backend = conn.backend;
-  if (backend !== null) {
-    backend.conn = null;
-    backend.destroy();
-    conn.backend = null;
+  const side = conn.backend;
+  const handle = side.handle;
+  if (handle !== null) {
+    handle.side = null;
+    handle.close();
+    side.handle = null;
+  }
+  const socket = side.socket;
+  if (socket !== null) {
+    socket.side = null;
+    socket.destroy();
+    side.socket = null;
   }
   if (conn.acquired) {
     release(conn.frontend.table, conn.backendIndex);
@@ -496,94 +656,176 @@ function detachBackend(conn: Connection): void {
   }
 }
 
-function onBackendEnd(this: BackendSocket): void {
-  const conn = this.conn;
-  if (conn === null) return;
-  if (conn.end < 0) conn.end = END.BACKEND_CLOSED;
-  forwardEnd(conn.client);
+// ---------------------------------------------------------------------------------------------
+// Ends of directions, errors, closes.
+
+/** `side` sent its FIN. */
+function gotEnd(side: Side): void {
+  if (side.closing) return;
+  side.readEnded = true;
+  side.reading = false;
+  const conn = side.conn;
+  if (conn.end < 0) conn.end = side.isClient ? END.CLIENT_CLOSED : END.BACKEND_CLOSED;
+  if (conn.phase === ESTABLISHED) {
+    forwardEnd(side.peer);
+    if (side.shutDone) close(side);
+  } else if (conn.phase === PROXY_HEADER || conn.phase === INSPECT) {
+    close(side); // gone before saying where it goes
+  }
+  // Connecting or queued: the FIN goes to the backend once it is connected (connected()).
 }
 
 /**
  * Forwards a FIN to `peer`. When `peer` has sent its own FIN already and nothing is queued for
  * it, both directions are done: closing it sends the same FIN, and saves a shutdown() (with its
- * FIN processing, inline on loopback) per connection. Otherwise end(): the half-close.
+ * FIN processing, inline on loopback) per connection. Otherwise a shutdown: the half-close.
  */
-function forwardEnd(peer: net.Socket): void {
-  if (peer.readableEnded && peer.writableLength === 0) peer.destroy();
-  else peer.end();
+function forwardEnd(peer: Side): void {
+  if (peer.closing || peer.shutSent) return;
+  if (peer.readEnded && peer.pendingWrites === 0) close(peer);
+  else shutdown(peer);
 }
 
-function onBackendError(this: BackendSocket, err: NodeJS.ErrnoException): void {
-  const conn = this.conn;
-  if (conn === null) return;
-  if (conn.phase === CONNECTING) {
-    if (isLocalError(err.code)) {
-      // Out of descriptors or local ports: our trouble, not the backend's. No failure is
-      // counted against it, and no retry (another backend would meet the same shortage).
-      conn.frontend.connecting.remove(conn);
-      detachBackend(conn);
-      if (conn.clientClosed) finish(conn);
-      else closeClient(conn, END.LOCAL_ERROR);
-      return;
-    }
-    failConnect(conn, false);
-    return;
-  }
-  if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
-    if (conn.end < 0) conn.end = END.BACKEND_RESET;
-    if (!conn.client.destroyed) reset(conn.client);
+function shutdown(side: Side): void {
+  side.shutSent = true;
+  const handle = side.handle;
+  if (handle !== null) {
+    const req = (raw as NonNullable<typeof raw>).newShutdown();
+    req.oncomplete = onRawShutdown;
+    if (handle.shutdown(req) !== 0) close(side);
+  } else {
+    side.socket?.end();
   }
 }
 
-function onBackendClose(this: BackendSocket): void {
-  const conn = this.conn;
-  if (conn === null) return;
-  if (conn.phase === CONNECTING) {
-    // Closed before connecting without an error event: treat as a failed connect.
-    failConnect(conn, false);
-    return;
-  }
-  conn.backendClosed = true;
-  if (!conn.client.destroyed) {
-    if (conn.end < 0) conn.end = END.BACKEND_CLOSED;
-    // Let what is queued for the client go out, then close (onClientFinish): not destroy().
-    if (conn.client.writableFinished) conn.client.destroy();
-    else conn.client.end();
-  }
-  if (conn.clientClosed) finish(conn);
+function onRawShutdown(this: RawRequest, status: number, handle: RawHandle): void {
+  const side = handle.side as Side | null;
+  if (side !== null) shutDone(side, status < 0);
 }
 
-function onBackendDrain(this: BackendSocket): void {
-  const conn = this.conn;
-  if (conn?.clientStalled) {
-    conn.clientStalled = false;
-    conn.client.resume();
+/** Our FIN to `side` is out (after everything queued before it). */
+function shutDone(side: Side, failed: boolean): void {
+  if (side.closing) return;
+  side.shutDone = true;
+  if (failed || side.readEnded || side.peer.closing) close(side);
+}
+
+/** `side` failed (a read or a write): a reset is passed on as a reset; it closes either way. */
+function gotError(side: Side, code: string): void {
+  if (side.closing) return;
+  const conn = side.conn;
+  if (code === 'ECONNRESET' || code === 'EPIPE') {
+    if (conn.end < 0) conn.end = side.isClient ? END.CLIENT_RESET : END.BACKEND_RESET;
+    if (conn.phase === ESTABLISHED) reset(side.peer);
   }
+  close(side);
+}
+
+function close(side: Side): void {
+  if (side.closing) return;
+  side.closing = true;
+  side.reading = false;
+  if (side.handle !== null) side.handle.close(onRawClosed);
+  else side.socket?.destroy();
 }
 
 /**
- * For the timer sweep, on a connection quiet for a while: a socket still holding a large buffer
- * (its last read filled it, so it expected more, and nothing came) goes back to its small one.
- * Only when not stalled: then no pending write uses the large buffer.
+ * Resets `side` (an RST, so its peer sees the cut) where a reset is possible, and closes it
+ * where it is not: libuv refuses a reset while a shutdown is pending (our FIN waiting behind
+ * queued bytes), and Node then marks the handle closing without closing it, so its close
+ * callback would never come. A backend not yet connected is closed.
  */
-export function releaseIdleBuffers(conn: Connection): void {
-  if (
-    conn.backendBuffer !== conn.backendSmall &&
-    !conn.backendStalled &&
-    conn.backend !== null &&
-    repointReadBuffer(conn.backend, conn.backendSmall)
-  ) {
-    giveLarge(conn.backendBuffer);
-    conn.backendBuffer = conn.backendSmall;
+function reset(side: Side): void {
+  if (side.closing) return;
+  const connecting = !side.isClient && side.conn.phase !== ESTABLISHED;
+  if (connecting || (side.shutSent && !side.shutDone)) {
+    close(side);
+    return;
   }
-  if (
-    conn.clientBuffer !== conn.clientSmall &&
-    !conn.clientStalled &&
-    repointReadBuffer(conn.client, conn.clientSmall)
-  ) {
-    giveLarge(conn.clientBuffer);
-    conn.clientBuffer = conn.clientSmall;
+  side.closing = true;
+  side.reading = false;
+  const handle = side.handle;
+  if (handle !== null) {
+    // Refused anyway (not expected after the checks above): Node will not close the handle
+    // now; the side is counted closed so that the connection still finishes.
+    if (handle.reset(onRawClosed) !== 0) closed(side);
+  } else {
+    side.socket?.resetAndDestroy();
   }
+}
+
+function onRawClosed(this: RawHandle): void {
+  const side = this.side as Side | null;
+  this.side = null;
+  if (side !== null) closed(side);
+}
+
+/** `side` has closed. If the other is still open it follows: the client gone means nothing more
+ *  can be delivered to it; the backend gone means the client gets what is queued, then a FIN. */
+function closed(side: Side): void {
+  if (side.closed) return;
+  side.closed = true;
+  side.closing = true;
+  side.reading = false;
+  const conn = side.conn;
+  const peer = side.peer;
+  if (side.isClient) {
+    if (conn.phase !== ESTABLISHED) {
+      detachBackend(conn);
+    } else if (!peer.closing) {
+      if (conn.end < 0) conn.end = END.CLIENT_CLOSED;
+      close(peer);
+    }
+    if (peer.closed || (peer.handle === null && peer.socket === null)) finish(conn);
+    return;
+  }
+  if (!peer.closing) {
+    if (conn.end < 0) conn.end = END.BACKEND_CLOSED;
+    if (peer.shutDone) close(peer);
+    else if (!peer.shutSent) shutdown(peer);
+  }
+  if (peer.closed) finish(conn);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The public path's socket events, onto the same functions.
+
+function onSocketData(this: PublicSocket, chunk: Buffer): void {
+  if (this.side !== null) received(this.side, chunk, chunk.length);
+}
+
+function onSocketEnd(this: PublicSocket): void {
+  if (this.side !== null) gotEnd(this.side);
+}
+
+function onSocketError(this: PublicSocket, err: NodeJS.ErrnoException): void {
+  const side = this.side;
+  if (side === null) return;
+  if (!side.isClient && side.conn.phase === CONNECTING) connectError(side.conn, err.code ?? '');
+  else gotError(side, err.code ?? '');
+}
+
+function onSocketClose(this: PublicSocket): void {
+  const side = this.side;
+  if (side === null) return;
+  // Closed before connecting without an error event: a failed connect.
+  if (!side.isClient && side.conn.phase === CONNECTING) failConnect(side.conn, false);
+  else closed(side);
+}
+
+function onSocketDrain(this: PublicSocket): void {
+  const side = this.side;
+  if (side === null) return;
+  side.pendingWrites = 0;
+  drained(side);
+}
+
+function onSocketFinish(this: PublicSocket): void {
+  if (this.side !== null) shutDone(this.side, false);
+}
+
+function onSocketConnect(this: PublicSocket): void {
+  if (this.side !== null) connected(this.side.conn);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,34 +834,24 @@ export function releaseIdleBuffers(conn: Connection): void {
 /** Closes the client for `reason` before any byte flowed (limit, no backend, connect failed). */
 export function closeClient(conn: Connection, reason: number): void {
   if (conn.end < 0) conn.end = reason;
-  conn.client.destroy();
+  if (conn.phase !== ESTABLISHED) detachBackend(conn);
+  close(conn.client);
 }
 
 /** Cuts the connection now (idle timeout, drain deadline). */
 export function cut(conn: Connection, reason: number): void {
   if (conn.end < 0) conn.end = reason;
-  conn.backend?.destroy();
-  conn.client.destroy();
+  if (conn.phase === ESTABLISHED) close(conn.backend);
+  else detachBackend(conn);
+  close(conn.client);
 }
 
 /** Resets both sides now (an operator's `del backend ... now`). */
 export function kill(conn: Connection): void {
   if (conn.end < 0) conn.end = END.KILLED;
-  if (conn.backend !== null) reset(conn.backend);
+  if (conn.phase === ESTABLISHED) reset(conn.backend);
+  else detachBackend(conn);
   reset(conn.client);
-}
-
-/**
- * Resets `socket` (an RST, so its peer sees the cut) where a reset is possible, and closes it
- * where it is not: libuv refuses a reset while a shutdown is pending (after end(), our FIN
- * waiting behind queued bytes) and Node then drops the handle without closing it, so 'close'
- * never fires and the connection never finishes. A connecting socket would reset only after
- * connecting; it is closed now instead.
- */
-function reset(socket: net.Socket): void {
-  if (socket.destroyed) return;
-  if (socket.writableEnded || socket.connecting) socket.destroy();
-  else socket.resetAndDestroy();
 }
 
 /** The access log line, HAProxy's log line and termination state in JSON. */
@@ -645,6 +877,13 @@ function logConnection(log: Logger, conn: Connection, reason: number, endedAt: n
   );
 }
 
+function giveBuffers(side: Side): void {
+  if (side.buffer !== null) giveLarge(side.buffer);
+  if (side.inflight !== null) giveSmall(side.inflight);
+  side.buffer = null;
+  side.inflight = null;
+}
+
 /** Both sockets are closed: give everything back exactly once. */
 function finish(conn: Connection): void {
   if (conn.phase === CLOSED) return;
@@ -657,12 +896,10 @@ function finish(conn: Connection): void {
     release(frontend.table, conn.backendIndex);
     conn.acquired = false;
   }
-  if (conn.clientBuffer !== conn.clientSmall) giveLarge(conn.clientBuffer);
-  if (conn.backendBuffer !== conn.backendSmall) giveLarge(conn.backendBuffer);
-  giveSmall(conn.clientSmall);
-  giveSmall(conn.backendSmall);
-  conn.client.conn = null;
-  if (conn.backend !== null) conn.backend.conn = null;
+  giveBuffers(conn.client);
+  giveBuffers(conn.backend);
+  if (conn.client.socket !== null) conn.client.socket.side = null;
+  if (conn.backend.socket !== null) conn.backend.socket.side = null;
   const endedAt = performance.now();
   if (conn.connectedAt !== 0) {
     frontend.latency[DURATION][conn.backendIndex].record((endedAt - conn.startedAt) * 1000);

@@ -1,76 +1,149 @@
-// The one place fulcrum reaches into Node internals, for two things the public API cannot do:
-// 1. Accept: Node hands `net.Server` connections over as sockets it built itself, and those
-//    ignore `onread`, so each read would allocate a fresh buffer. Replacing the listening handle's
-//    `onconnection` lets us build the client socket ourselves, with `onread` and a reused buffer,
-//    and saves a socket object per accept.
-// 2. Re-pointing a socket's read buffer between reads (the call Node makes when it sets a socket
-//    up), so a connection that went quiet gives its large buffer back without waiting for a read.
-// If a Node release changes these, the functions return false and the callers fall back to the
-// public API (slower, or more memory); test/data/internals.test.ts fails loudly on such a release.
+// The one place fulcrum reaches into Node internals. The relay runs on libuv's TCP handles as
+// Node's own `tcp_wrap` and `stream_wrap` bindings expose them, without a net.Socket on either
+// side: a net.Socket costs about 1.2 KB of heap and a pass through the stream machinery on every
+// write, and a balancer holds two per connection. What is used:
+// - accept: the listening handle's `onconnection`, replaced so each accepted handle comes to us
+//   instead of becoming a net.Socket;
+// - connect: `new TCP(SOCKET)`, `connect`/`connect6` with a `TCPConnectWrap` request;
+// - read: `useUserBuffer` (once per handle: every call pushes a listener), `onread` (the bytes
+//   read in `streamBaseState[kReadBytesOrError]`; its return value is the next read's buffer),
+//   `readStart`/`readStop`;
+// - write: `writeBuffer` with a `WriteWrap` request; `streamBaseState[kLastWriteWasAsync]` says
+//   whether it is still pending (then `oncomplete(status, handle)` comes later);
+// - end: `shutdown` with a `ShutdownWrap`, `close(callback)`, `reset(callback)`.
+// If a Node release changes any of these, `raw` is null and the balancer runs the public API
+// (net.Server's sockets, 'data' events): slower, more memory, same behaviour.
+// test/data/internals.test.ts fails loudly on such a release. FULCRUM_NO_ACCEPT_HOOK=1 forces the
+// public path for the listeners opened after it is set (for tests, and as an operator's escape
+// hatch); a connection's backend side always takes the path its client came by.
 
 import type net from 'node:net';
 
-/** libuv's TCP handle as Node's TCP wrap exposes it; opaque to us but for these members. */
-export interface TcpHandle {
-  close(): void;
+/** libuv's TCP handle as Node's TCP wrap exposes it; `side` is ours (the relay's end). */
+export interface RawHandle {
+  side: unknown;
+  onread: ((this: RawHandle, arrayBuffer: ArrayBuffer | undefined) => unknown) | null;
+  readStart(): number;
+  readStop(): number;
+  useUserBuffer(buffer: Uint8Array): void;
+  writeBuffer(req: RawRequest, buffer: Uint8Array): number;
+  shutdown(req: RawRequest): number;
+  close(callback?: (this: RawHandle) => void): void;
+  /** An RST, then close. Never while a shutdown is pending: Node then marks the handle closing
+   *  without closing it, so its close callback never comes. */
+  reset(callback: (this: RawHandle) => void): number;
+  connect(req: RawRequest, address: string, port: number): number;
+  connect6(req: RawRequest, address: string, port: number): number;
   setNoDelay(enable: boolean): number;
-  /** Fills `out` with the peer's address, family and port; 0 on success. */
+  /** Fill `out` with the address, family and port; 0 on success. */
   getpeername(out: { address?: string; family?: string; port?: number }): number;
+  getsockname(out: { address?: string; family?: string; port?: number }): number;
 }
 
-export type AcceptCallback = (status: number, handle: TcpHandle) => void;
+/** A connect, write or shutdown request; Node calls `oncomplete(status, handle)` when done. */
+export interface RawRequest {
+  oncomplete: (this: RawRequest, status: number, handle: RawHandle) => void;
+  /** A pending write's bytes, kept reachable until it completes (Node does the same). */
+  buffer?: Uint8Array;
+}
+
+export interface RawBindings {
+  newSocket(): RawHandle;
+  newConnect(): RawRequest;
+  newWrite(): RawRequest;
+  newShutdown(): RawRequest;
+  /** streamBaseState: read results and write results of the last call. */
+  readonly state: Int32Array;
+  readonly kReadBytesOrError: number;
+  readonly kLastWriteWasAsync: number;
+}
+
+/** libuv's end-of-stream status (the same on every Unix). */
+export const UV_EOF = -4095;
+
+const HANDLE_METHODS = [
+  'readStart',
+  'readStop',
+  'useUserBuffer',
+  'writeBuffer',
+  'shutdown',
+  'close',
+  'reset',
+  'connect',
+  'connect6',
+  'setNoDelay',
+  'getpeername',
+  'getsockname',
+] as const;
+
+interface TcpWrap {
+  TCP: new (type: number) => RawHandle;
+  TCPConnectWrap: new () => RawRequest;
+  constants: { SOCKET: number };
+}
+
+interface StreamWrap {
+  WriteWrap: new () => RawRequest;
+  ShutdownWrap: new () => RawRequest;
+  streamBaseState: Int32Array;
+  kReadBytesOrError: number;
+  kLastWriteWasAsync: number;
+}
+
+/** Node's bindings, or null where they are not what the relay needs. */
+export function loadRaw(): RawBindings | null {
+  try {
+    const binding = (process as unknown as { binding(name: string): unknown }).binding;
+    const tcp = binding('tcp_wrap') as Partial<TcpWrap>;
+    const stream = binding('stream_wrap') as Partial<StreamWrap>;
+    const { TCP, TCPConnectWrap, constants } = tcp;
+    const { WriteWrap, ShutdownWrap, streamBaseState } = stream;
+    if (
+      typeof TCP !== 'function' ||
+      typeof TCPConnectWrap !== 'function' ||
+      typeof WriteWrap !== 'function' ||
+      typeof ShutdownWrap !== 'function' ||
+      !(streamBaseState instanceof Int32Array) ||
+      typeof constants?.SOCKET !== 'number' ||
+      typeof stream.kReadBytesOrError !== 'number' ||
+      typeof stream.kLastWriteWasAsync !== 'number'
+    ) {
+      return null;
+    }
+    const proto = TCP.prototype as unknown as Record<string, unknown>;
+    if (HANDLE_METHODS.some((m) => typeof proto[m] !== 'function') || !('onread' in proto)) {
+      return null;
+    }
+    const socket = constants.SOCKET;
+    return {
+      newSocket: () => new TCP(socket),
+      newConnect: () => new TCPConnectWrap(),
+      newWrite: () => new WriteWrap(),
+      newShutdown: () => new ShutdownWrap(),
+      state: streamBaseState,
+      kReadBytesOrError: stream.kReadBytesOrError,
+      kLastWriteWasAsync: stream.kLastWriteWasAsync,
+    };
+  } catch {
+    return null;
+  }
+}
+
+/** What this thread relays with: Node's handles, or null for the public API. */
+export const raw: RawBindings | null = loadRaw();
+
+export type AcceptCallback = (status: number, handle: RawHandle) => void;
 
 interface ListeningHandle {
   onconnection: AcceptCallback;
 }
 
-/** Routes every accepted connection of a listening server to `accept`; false if unsupported. */
+/** Routes every accepted connection of a listening server to `accept`; false if unsupported
+ *  (then the server's 'connection' sockets are the public path). */
 export function hookAccept(server: net.Server, accept: AcceptCallback): boolean {
-  if (process.env.FULCRUM_NO_ACCEPT_HOOK === '1') return false;
+  if (raw === null || process.env.FULCRUM_NO_ACCEPT_HOOK === '1') return false;
   const handle = (server as unknown as { _handle?: Partial<ListeningHandle> })._handle;
   if (handle == null || typeof handle.onconnection !== 'function') return false;
   handle.onconnection = accept;
-  return true;
-}
-
-/**
- * Builds a socket around an accepted handle, with `onread` honoured (Node's own accept path drops
- * it). `handle` and `pauseOnCreate` are constructor options Node uses internally and does not type.
- */
-export function adoptHandle<S extends net.Socket>(
-  SocketClass: new (options: net.SocketConstructorOpts) => S,
-  handle: TcpHandle,
-  onread: net.OnReadOpts,
-  writableHighWaterMark: number,
-): S {
-  const options = {
-    handle,
-    pauseOnCreate: true,
-    allowHalfOpen: true,
-    readable: true,
-    writable: true,
-    onread,
-    writableHighWaterMark,
-  };
-  return new SocketClass(options as unknown as net.SocketConstructorOpts);
-}
-
-/** The socket's own copy of its `onread` buffer, which Node passes to the read callback. */
-let kBuffer: symbol | null | undefined;
-
-/**
- * Makes `socket` read into `buffer` from its next read on. Call it only between reads, and only
- * when no pending write uses the old buffer. False (nothing changed) if unsupported.
- */
-export function repointReadBuffer(socket: net.Socket, buffer: Buffer): boolean {
-  const handle = (socket as unknown as { _handle?: { useUserBuffer?: (b: Buffer) => void } })
-    ._handle;
-  if (handle == null || typeof handle.useUserBuffer !== 'function') return false;
-  if (kBuffer === undefined) {
-    kBuffer = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'kBuffer') ?? null;
-  }
-  if (kBuffer === null) return false;
-  handle.useUserBuffer(buffer);
-  (socket as unknown as Record<symbol, unknown>)[kBuffer] = buffer;
   return true;
 }
