@@ -1,8 +1,8 @@
 // The pipe's allocation, measured: a frontend runs in this process (no worker thread), a backend
 // and a client run in child processes, and 1 GiB is relayed each way. Counts the garbage
-// collections in this process, which runs nothing but the data plane, for the accept-hook path
-// (the client socket reads into reused buffers) and Node's public path (a fresh buffer per read
-// of the client; the backend socket reads into reused buffers on both paths).
+// collections in this process, which runs nothing but the data plane, for the raw-handle relay
+// (both sides read into reused buffers) and Node's public path (net.Socket on both sides, a
+// fresh buffer per read).
 // Usage: npm run bench:pipe
 
 import { spawn } from 'node:child_process';
@@ -92,7 +92,7 @@ for (const download of [true, false]) {
   );
   for (const hook of [true, false]) {
     const r = await run(hook, download);
-    const name = hook ? 'accept hook (reused buffers)' : 'public path (buffer per read)';
+    const name = hook ? 'raw handles (reused buffers)' : 'public path (buffer per read)';
     console.log(
       `  ${name.padEnd(30)} ${String(r.gcs).padStart(4)} GCs, ${r.gcMs.toFixed(0).padStart(4)} ms in GC, ${(1 / r.seconds).toFixed(2)} GiB/s`,
     );

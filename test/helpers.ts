@@ -117,6 +117,9 @@ function portOf(address: string): number {
 
 /**
  * Runs fulcrum with `args` (plus `--listen 127.0.0.1:0` unless given) and waits until ready.
+ * One worker unless `args` or a config file says how many: each worker thread costs a quarter of
+ * a CPU-second to start, and the suite starts fulcrum about two hundred times (the tests that
+ * are about several workers ask for them).
  * `fdLimit`: run it under `ulimit -n` (the shell execs node, so the pid is fulcrum's).
  */
 export async function startFulcrum(
@@ -124,10 +127,11 @@ export async function startFulcrum(
   env: NodeJS.ProcessEnv = {},
   fdLimit?: number,
 ): Promise<Fulcrum> {
+  const workers = args.includes('--workers') || args.includes('--config') ? [] : ['--workers', '1'];
   const full =
     args.includes('--listen') || args.includes('--config')
-      ? args
-      : ['--listen', '127.0.0.1:0', ...args];
+      ? [...workers, ...args]
+      : ['--listen', '127.0.0.1:0', ...workers, ...args];
   const command =
     fdLimit === undefined
       ? [process.execPath, BIN, ...full]

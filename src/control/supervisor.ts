@@ -169,7 +169,9 @@ export class Supervisor {
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
     if (!hooked.every(Boolean)) {
-      this.log.warn('accept hook unavailable on this Node: client reads allocate per chunk');
+      this.log.warn(
+        'accept hook unavailable on this Node: the relay runs on the public API (more memory and CPU per connection)',
+      );
     }
     for (const frontend of config.frontends) this.logListening(frontend);
     if (this.handover !== null) await this.takeOver();

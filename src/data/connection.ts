@@ -38,13 +38,14 @@ import type { BackendTable } from '../shared/table.ts';
 import type { LatencyRecorder } from '../stats/latency.ts';
 import { CONNECT, DURATION, FIRST_BYTE } from '../stats/latency.ts';
 import {
+  copyOut,
   giveLarge,
   giveSmall,
   IDLE,
   LARGE_SIZE,
+  lendOut,
   SMALL_SIZE,
   takeLarge,
-  takeSmall,
 } from './buffers.ts';
 import { now } from './clock.ts';
 import type { RawHandle, RawRequest } from './internals.ts';
@@ -291,7 +292,8 @@ function onRawRead(this: RawHandle): Buffer | undefined {
  * `nread` bytes of `data` came from `side`: relay them to its peer. While the write is pending
  * libuv still points into the bytes, so reading stops until the peer drains: memory per
  * direction stays at one buffer whatever the peers do. Bytes read into the shared IDLE buffer are
- * first copied into a small buffer (the write may pend). A read that fills IDLE means a stream:
+ * first copied out (the write may pend; then the copy is lent to this side until it completes).
+ * A read that fills IDLE means a stream:
  * the side reads into a large buffer of its own until a read leaves it part empty.
  */
 function received(side: Side, data: Buffer, nread: number): void {
@@ -311,19 +313,16 @@ function received(side: Side, data: Buffer, nread: number): void {
     conn.bytesOut += nread;
     conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_OUT] += nread;
   }
-  let chunk = data;
-  if (data === IDLE) {
-    chunk = takeSmall();
-    IDLE.copy(chunk, 0, 0, nread);
-  }
-  const status = write(peer, nread === chunk.length ? chunk : chunk.subarray(0, nread));
+  const status = write(
+    peer,
+    data === IDLE ? copyOut(nread) : nread === data.length ? data : data.subarray(0, nread),
+  );
   if (status === WRITE_PENDING) {
-    if (data === IDLE) side.inflight = chunk;
+    if (data === IDLE) side.inflight = lendOut();
     side.stalled = true;
     pause(side);
     return;
   }
-  if (data === IDLE) giveSmall(chunk);
   if (status < 0) {
     gotError(peer, getSystemErrorName(status));
     return;
