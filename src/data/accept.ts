@@ -17,7 +17,7 @@ import {
   beginInspection,
   CONNECTING,
   Connection,
-  clientPeer,
+  clientEndpoint,
   closeClient,
   connectBackend,
   PROXY_HEADER,
@@ -130,7 +130,7 @@ function start(frontend: Frontend, conn: Connection, route: Route<Frontend>): vo
   }
   // The peer's address costs a getpeername() and a string: read it only for Maglev or the log.
   if (frontend.hashes || frontend.accessLog !== null) {
-    const peer = clientPeer(conn);
+    const peer = clientEndpoint(conn);
     pickFor(frontend, conn, peer.address, peer.port);
   } else {
     connectBackend(conn);
@@ -166,7 +166,7 @@ export function admitProxied(
   frontend.connecting.remove(conn);
   conn.phase = CONNECTING;
   conn.proxied = addresses;
-  const peer = addresses === null ? clientPeer(conn) : null;
+  const peer = addresses === null ? clientEndpoint(conn) : null;
   const address = addresses?.sourceAddress ?? peer?.address ?? '';
   const port = addresses?.sourcePort ?? peer?.port ?? 0;
   if (frontend.guard !== null) {
@@ -216,7 +216,7 @@ export function route(door: Frontend, conn: Connection, serverName: string | nul
     connectBackend(conn);
     return;
   }
-  const peer = conn.proxied === null ? clientPeer(conn) : null;
+  const peer = conn.proxied === null ? clientEndpoint(conn) : null;
   const address = conn.proxied?.sourceAddress ?? peer?.address ?? '';
   const port = conn.proxied?.sourcePort ?? peer?.port ?? 0;
   pickFor(target, conn, address, port);

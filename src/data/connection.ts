@@ -246,21 +246,20 @@ export function readClient(conn: Connection): void {
   resume(conn.client);
 }
 
-/** The client's address and port (its real peer, not what a PROXY header said). */
-export function clientPeer(conn: Connection): { address: string; port: number } {
+/**
+ * The client's address and port: its real peer (not what a PROXY header said), or, with `local`,
+ * where it connected to (for a PROXY header we send).
+ */
+export function clientEndpoint(conn: Connection, local = false): { address: string; port: number } {
   const socket = conn.client.socket;
-  if (socket !== null) return { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+  if (socket !== null) {
+    return local
+      ? { address: socket.localAddress ?? '', port: socket.localPort ?? 0 }
+      : { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 };
+  }
   const out: { address?: string; port?: number } = {};
-  conn.client.handle?.getpeername(out);
-  return { address: out.address ?? '', port: out.port ?? 0 };
-}
-
-/** Where the client connected to (for a PROXY header we send). */
-function clientLocal(conn: Connection): { address: string; port: number } {
-  const socket = conn.client.socket;
-  if (socket !== null) return { address: socket.localAddress ?? '', port: socket.localPort ?? 0 };
-  const out: { address?: string; port?: number } = {};
-  conn.client.handle?.getsockname(out);
+  if (local) conn.client.handle?.getsockname(out);
+  else conn.client.handle?.getpeername(out);
   return { address: out.address ?? '', port: out.port ?? 0 };
 }
 
@@ -610,8 +609,8 @@ function connected(conn: Connection): void {
 function proxyHeader(conn: Connection, version: number): Buffer {
   let addresses = conn.proxied;
   if (addresses === null) {
-    const peer = clientPeer(conn);
-    const local = clientLocal(conn);
+    const peer = clientEndpoint(conn);
+    const local = clientEndpoint(conn, true);
     addresses = {
       sourceAddress: peer.address || '0.0.0.0',
       sourcePort: peer.port,
