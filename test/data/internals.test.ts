@@ -5,7 +5,7 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import { getSystemErrorName } from 'node:util';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { RawHandle, RawRequest } from '../../src/data/internals.ts';
 import { hookAccept, loadRaw, raw, UV_EOF } from '../../src/data/internals.ts';
 import { waitFor } from '../helpers.ts';
@@ -25,8 +25,8 @@ async function server(onSocket: (s: net.Socket) => void): Promise<net.Server> {
   return s;
 }
 
-/** Connects a raw handle; resolves once connected. */
-async function rawConnect(port: number): Promise<RawHandle> {
+/** Connects a raw handle; resolves once connected (asserted on the calling test). */
+async function rawConnect(t: Test, port: number): Promise<RawHandle> {
   const bindings = raw as NonNullable<typeof raw>;
   const handle = bindings.newSocket();
   handle.side = null;
@@ -56,7 +56,7 @@ t.test(
       });
     });
     t.teardown(() => srv.close());
-    const handle = await rawConnect((srv.address() as net.AddressInfo).port);
+    const handle = await rawConnect(t, (srv.address() as net.AddressInfo).port);
     const out: { address?: string; port?: number } = {};
     t.equal(handle.getsockname(out), 0);
     t.equal(out.address, '127.0.0.1', 'getsockname fills the address');
@@ -122,7 +122,7 @@ t.test('a write the peer cannot take pends, and completes once it reads', async 
     s.pause();
   });
   t.teardown(() => srv.close());
-  const handle = await rawConnect((srv.address() as net.AddressInfo).port);
+  const handle = await rawConnect(t, (srv.address() as net.AddressInfo).port);
   await waitFor(() => peer !== null, 5000, 'the accepted peer');
   const big = Buffer.alloc(16 * 1024 * 1024);
   const req: RawRequest = bindings.newWrite();
@@ -151,7 +151,7 @@ t.test('reset sends an RST: the peer sees ECONNRESET', async (t) => {
     });
   });
   t.teardown(() => srv.close());
-  const handle = await rawConnect((srv.address() as net.AddressInfo).port);
+  const handle = await rawConnect(t, (srv.address() as net.AddressInfo).port);
   await new Promise((resolve) => setImmediate(resolve));
   let closed = false;
   t.equal(
