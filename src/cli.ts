@@ -3,7 +3,6 @@
 
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { loadConfigFile } from './config/file.ts';
 import { addSettingOptions, configLoader, inputsFromFlags } from './config/flags.ts';
 import { ConfigError, parseDuration, parseInteger } from './config/parse.ts';
 import type { Config } from './config/types.ts';
@@ -76,7 +75,10 @@ export function buildProgram(): Command {
     )
     .requiredOption('-c, --config <file>', 'the config file')
     .action(async (flags: { config: string }) => {
-      const { resolveConfig } = await import('./control/discovery.ts');
+      const [{ resolveConfig }, { loadConfigFile }] = await Promise.all([
+        import('./control/discovery.ts'),
+        import('./config/file.ts'),
+      ]);
       const config = await resolveConfig(await loadConfigFile(flags.config));
       const backends = config.frontends.reduce((n, f) => n + f.backends.length, 0);
       process.stdout.write(

@@ -7,8 +7,11 @@
 
 import { readFileSync } from 'node:fs';
 import type { Config } from '../config/types.ts';
-import { MAX_METRICS_CLIENTS } from '../stats/metrics.ts';
 import { MAX_CLIENTS } from '../stats/server.ts';
+
+/** Connections the metrics port holds at most (Prometheus needs one or two). Here, not in
+ *  stats/metrics.ts, so the budget is known without loading prom-client. */
+export const MAX_METRICS_CLIENTS = 16;
 
 /** Descriptors Node and fulcrum hold whatever the load: stdio, threads' pipes, DNS, logs. */
 const BASE_RESERVE = 64;

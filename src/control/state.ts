@@ -9,77 +9,13 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { z } from 'zod';
-import { formatBackend, MAX_MAXCONN, parseBackend } from '../config/backend.ts';
+import { formatBackend, parseBackend } from '../config/backend.ts';
 import type { BackendConfig, Config } from '../config/types.ts';
-import { PROXY_VERSIONS } from '../config/types.ts';
 import type { Logger } from '../log.ts';
-import { MAX_WEIGHT } from '../shared/table.ts';
+import type { StateData } from './state-schema.ts';
 
 /** An operator's admin state for a backend; absent means enabled. */
 export type AdminState = 'disabled' | 'draining';
-
-/** A backend as version 1 wrote it, field by field; version 2 writes its spec (formatBackend). */
-const addedV1 = z
-  .strictObject({
-    address: z.string(),
-    name: z.string(),
-    weight: z.number().int().min(0).max(MAX_WEIGHT),
-    backup: z.boolean(),
-    maxconn: z.number().int().min(0).max(MAX_MAXCONN),
-    slowstartMs: z.number().int().min(0).max(2_147_483_647).default(0),
-    sendProxy: z.union([z.literal(-1), z.literal(0), z.literal(1), z.literal(2)]).default(-1),
-  })
-  .transform((b) =>
-    [
-      b.address,
-      `name=${b.name}`,
-      `weight=${b.weight}`,
-      `maxconn=${b.maxconn}`,
-      `slowstart=${b.slowstartMs}ms`,
-      ...(b.backup ? ['backup'] : []),
-      ...(b.sendProxy === -1 ? [] : [`send-proxy=${PROXY_VERSIONS[b.sendProxy]}`]),
-    ].join(','),
-  );
-
-/** A backend added at runtime: its spec, as `add backend` takes it. */
-const added = z.union([z.string(), addedV1]);
-
-/**
- * A JSON object keyed by names, read into a Map. Not z.record: names are operators' words, and
- * `__proto__` or `constructor` are valid names, which a plain object drops or reads as Object's
- * own (z.record silently loses `__proto__`). JSON.parse gives every key as an own property.
- */
-function byName<T>(value: z.ZodType<T>) {
-  return z
-    .custom<object>((v) => typeof v === 'object' && v !== null && !Array.isArray(v), {
-      message: 'expected an object keyed by name',
-    })
-    .transform((raw, ctx) => {
-      const map = new Map<string, T>();
-      for (const [name, item] of Object.entries(raw)) {
-        const checked = value.safeParse(item);
-        if (!checked.success) {
-          ctx.addIssue({ code: 'custom', message: `${name}: ${checked.error.issues[0]?.message}` });
-          return z.NEVER;
-        }
-        map.set(name, checked.data);
-      }
-      return map;
-    });
-}
-
-const frontendSchema = z.strictObject({
-  added: z.array(added),
-  deleted: z.array(z.string()),
-  weights: byName(z.number().int().min(0).max(MAX_WEIGHT)),
-  admin: byName(z.enum(['disabled', 'draining'])),
-});
-
-const fileSchema = z.strictObject({
-  version: z.union([z.literal(1), z.literal(2)]),
-  frontends: byName(frontendSchema),
-});
 
 /** One frontend's changes; every map is keyed by backend name. */
 interface FrontendState {
@@ -132,7 +68,9 @@ export class RuntimeState {
       this.ignore(`cannot be read (${code ?? 'error'})`);
       return;
     }
-    let data: z.infer<typeof fileSchema>;
+    // The schema (and zod, ~100 ms to load) only when there is a file to read.
+    const { fileSchema, schemaError } = await import('./state-schema.ts');
+    let data: StateData;
     try {
       data = fileSchema.parse(JSON.parse(text));
       // Every added backend must still be a valid backend, as `add backend` checked it.
@@ -140,10 +78,7 @@ export class RuntimeState {
         for (const spec of state.added) parseBackend(spec, `${frontend}: added`);
       }
     } catch (err) {
-      const reason =
-        err instanceof z.ZodError
-          ? (err.issues[0]?.message ?? 'not a state file')
-          : (err as Error).message;
+      const reason = schemaError(err) ?? (err as Error).message;
       this.ignore(`is not a valid state file (${reason.split('\n')[0]})`);
       return;
     }

@@ -24,7 +24,7 @@ import type { Logger } from '../log.ts';
 import { addFrontendFields, END, END_BASE, summarize, sumSlots } from '../shared/counters.ts';
 import type { LatencyAnswer, ListenFailure, OpenListener, WorkerInit } from '../shared/messages.ts';
 import type { Outcome } from '../stats/commands.ts';
-import { MetricsServer } from '../stats/metrics.ts';
+import type { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
 import { StatsView } from '../stats/view.ts';
 import { Admin } from './admin.ts';
@@ -206,6 +206,8 @@ export class Supervisor {
       await this.stats.start(replace);
     }
     if (config.metrics !== null && this.view !== null) {
+      // prom-client (~75 ms to load) only for a balancer that has a metrics port.
+      const { MetricsServer } = await import('../stats/metrics.ts');
       this.metrics = new MetricsServer(this.view, this.log);
       try {
         const port = await this.metrics.start(config.metrics);

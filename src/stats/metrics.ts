@@ -9,6 +9,7 @@ import http from 'node:http';
 import type net from 'node:net';
 import { Counter, Gauge, type Metric, Registry } from 'prom-client';
 import type { Endpoint } from '../config/types.ts';
+import { MAX_METRICS_CLIENTS } from '../control/descriptors.ts';
 import type { Logger } from '../log.ts';
 import { END_BASE, END_NAMES, RETRIES } from '../shared/counters.ts';
 import type { MetricName, Percentiles } from './latency.ts';
@@ -100,8 +101,6 @@ const QUANTILES: Array<[number, keyof Percentiles]> = [
   [0.999, 'p999'],
 ];
 
-/** Connections the metrics port holds at most (Prometheus needs one or two). */
-export const MAX_METRICS_CLIENTS = 16;
 /** A connection that has not sent its request headers by then is closed. */
 export const HEADERS_TIMEOUT_MS = 5000;
 /** A kept-alive connection idle this long is closed. */

@@ -9,8 +9,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import parsePrometheusTextFormat, { type MetricFamily } from 'parse-prometheus-text-format';
 import t from 'tap';
+import { MAX_METRICS_CLIENTS } from '../../src/control/descriptors.ts';
 import { query } from '../../src/stats/client.ts';
-import { HEADERS_TIMEOUT_MS, MAX_METRICS_CLIENTS } from '../../src/stats/metrics.ts';
+import { HEADERS_TIMEOUT_MS } from '../../src/stats/metrics.ts';
 import {
   closedPort,
   connect,
