@@ -10,7 +10,7 @@
 import type net from 'node:net';
 import { fnv1a } from '../core/hash.ts';
 import { ACCEPTED, END, END_BASE, LIVE } from '../shared/counters.ts';
-import { now } from './clock.ts';
+import { deadline } from './clock.ts';
 import {
   adoptClientHandle,
   adoptClientSocket,
@@ -118,7 +118,7 @@ function start(frontend: Frontend, conn: Connection, route: Route<Frontend>): vo
   if (route.acceptProxy) {
     // Read the PROXY header first (onClientRead sees the PROXY_HEADER phase); no backend yet.
     conn.phase = PROXY_HEADER;
-    conn.deadline = now + frontend.config.proxyTimeoutMs;
+    conn.deadline = deadline(frontend.config.proxyTimeoutMs);
     frontend.connecting.add(conn);
     readClient(conn);
     return;

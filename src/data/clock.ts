@@ -1,6 +1,9 @@
 // One coarse clock and timer sweep per worker thread, instead of a setTimeout per connection.
-// Invariant: `now` is at most TICK_MS stale; a connect deadline fires at most TICK_MS late and an
-// idle timeout at most IDLE_SWEEP_TICKS * TICK_MS late.
+// Invariant: `now` is at most a tick stale (TICK_MS, more if the loop lags). No timeout ever fires
+// early: a deadline is counted from the clock read afresh (deadline()), and fires at most a tick
+// late; an idle timeout counts from `now` as the data path saw it (reading the clock per chunk
+// would cost more than the timeout is worth), so the sweep allows a tick more, and it fires at
+// most (IDLE_SWEEP_TICKS + 1) * TICK_MS late.
 
 import { clockCell } from '../core/peak-ewma.ts';
 
@@ -20,6 +23,12 @@ export const BUFFER_RELEASE_MS = 1000;
 export let now = 0;
 
 const origin = performance.now();
+
+/** The time `ms` from this moment, on the worker's clock (read afresh: `now` may be a tick old,
+ *  and a deadline counted from it would fire up to a tick early). */
+export function deadline(ms: number): number {
+  return updateNow() + ms;
+}
 
 export function updateNow(): number {
   now = Math.floor(performance.now() - origin);

@@ -47,7 +47,7 @@ import {
   SMALL_SIZE,
   takeLarge,
 } from './buffers.ts';
-import { now } from './clock.ts';
+import { deadline, now } from './clock.ts';
 import type { RawHandle, RawRequest } from './internals.ts';
 import { raw, UV_EOF } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
@@ -476,7 +476,7 @@ function readProxyHeader(conn: Connection, bytes: Buffer): boolean {
 /** Starts reading the client's ClientHello, within --inspect-timeout. */
 export function beginInspection(conn: Connection): void {
   conn.phase = INSPECT;
-  conn.deadline = now + conn.frontend.config.inspectTimeoutMs;
+  conn.deadline = deadline(conn.frontend.config.inspectTimeoutMs);
   conn.frontend.connecting.add(conn);
 }
 
@@ -522,7 +522,7 @@ export function connectTo(conn: Connection, i: number): void {
   conn.attempts++;
   conn.phase = CONNECTING;
   conn.connectStartedAt = performance.now();
-  conn.deadline = now + frontend.config.connectTimeoutMs;
+  conn.deadline = deadline(frontend.config.connectTimeoutMs);
   frontend.connecting.add(conn);
 
   const side = conn.backend;

@@ -17,7 +17,7 @@ import type { BackendTable, SharedTable } from '../shared/table.ts';
 import { openTable, TABLE_SLOTS } from '../shared/table.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
 import { admitProxied, route } from './accept.ts';
-import { BUFFER_RELEASE_MS, now } from './clock.ts';
+import { BUFFER_RELEASE_MS, deadline, now, TICK_MS } from './clock.ts';
 import {
   CONNECTING,
   type Connection,
@@ -178,7 +178,7 @@ export class Frontend {
   enqueue(conn: Connection): boolean {
     if (this.queue.size >= QUEUE_LIMIT || !anyFull(this.table)) return false;
     conn.phase = QUEUED;
-    conn.deadline = now + this.config.queueTimeoutMs;
+    conn.deadline = deadline(this.config.queueTimeoutMs);
     this.queue.push(conn);
     this.slot[QUEUED_GAUGE] = this.queue.size;
     return true;
@@ -240,7 +240,8 @@ export class Frontend {
 
   /** Idle timeouts and idle buffers: checked every IDLE_SWEEP_TICKS ticks. */
   sweepIdle(): void {
-    const limit = this.config.idleTimeoutMs;
+    // lastActive is `now` as the data path saw it, up to a tick behind the real moment.
+    const limit = this.config.idleTimeoutMs + TICK_MS;
     let conn = this.established.head;
     while (conn !== null) {
       const next = conn.next;

@@ -11,6 +11,8 @@ import {
   connect,
   greet,
   readLine,
+  settled,
+  socketPath,
   startBackend,
   startFulcrum,
   startInFront,
@@ -142,9 +144,45 @@ t.test('a connect that times out is retried on another backend', async (t) => {
   const socket = await connect(fulcrum.port);
   t.equal(await readLine(socket), String(good.port), 'the client reached the good backend');
   const waited = Date.now() - started;
-  t.ok(waited >= 250, `the connect timeout ran first (${waited} ms)`);
+  t.ok(waited >= 300, `the connect timeout ran first (${waited} ms)`);
   t.ok(waited < 2000, `and no longer than it should (${waited} ms)`);
   socket.destroy();
+});
+
+t.test('a timeout never ends a connection before its time', async (t) => {
+  const backend = await startBackend(greet);
+  const stats = socketPath();
+  const fulcrum = await startFulcrum([
+    ...PIPE_ONLY,
+    '--workers',
+    '1',
+    '--stats-socket',
+    stats,
+    '--proxy-timeout',
+    '150ms',
+    '--listen',
+    '127.0.0.1:0,accept-proxy',
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(async () => {
+    await fulcrum.stop();
+    await backend.close();
+  });
+  // Deadlines are checked on the worker's 100 ms tick, and each close below happens on a tick.
+  // The next client comes 0, 12, ... 84 ms after it, at every phase of the tick: counted from the
+  // clock as it stood at the last tick rather than from the accept, the later ones would be cut
+  // up to 84 ms early. (The pause places a client in the tick; it waits for nothing.)
+  for (let i = 0; i < 8; i++) {
+    await new Promise((resolve) => setTimeout(resolve, i * 12));
+    const started = performance.now();
+    const socket = net.connect(fulcrum.port, '127.0.0.1').on('error', () => {});
+    socket.resume();
+    await once(socket, 'close');
+    const waited = performance.now() - started;
+    t.ok(waited >= 150, `silence closed after ${waited.toFixed(0)} ms, not before 150`);
+  }
+  await settled(stats, fulcrum);
 });
 
 t.test('an idle connection is closed after --idle-timeout', async (t) => {
@@ -168,7 +206,8 @@ t.test('an idle connection is closed after --idle-timeout', async (t) => {
   socket.on('error', () => {});
   await once(socket, 'end'); // fulcrum closed its side (the test client is half-open capable)
   const lived = Date.now() - started;
-  t.ok(lived >= 250 && lived < 3000, `closed after ${lived} ms idle`);
+  // Never early (the sweep allows for a clock a tick old); up to the sweep's second late.
+  t.ok(lived >= 300 && lived < 3000, `closed after ${lived} ms idle`);
 });
 
 t.test('--max-connections closes clients beyond the limit at once', async (t) => {

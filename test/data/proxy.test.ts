@@ -158,8 +158,8 @@ t.test(
     const started = Date.now();
     await exchange(fulcrum.port, '');
     const waited = Date.now() - started;
-    // The coarse clock (100 ms ticks) may end it up to a tick early or late.
-    t.ok(waited >= 150 && waited < 2500, `silence closed after ${waited} ms`);
+    // The coarse clock (100 ms ticks) may end it up to a tick late, never early.
+    t.ok(waited >= 300 && waited < 2500, `silence closed after ${waited} ms`);
     t.equal(backend.accepted, 0, 'no backend was ever contacted');
   },
 );

@@ -74,8 +74,8 @@ t.test('a client that waits past --queue-timeout is closed, and counted', async 
     waiting.once('close', resolve);
   });
   const waited = Date.now() - started;
-  // The coarse clock (100 ms ticks) may end it up to a tick early or late.
-  t.ok(waited >= 350 && waited < 2000, `closed after ${waited} ms`);
+  // The coarse clock (100 ms ticks) may end it up to a tick late, never early.
+  t.ok(waited >= 500 && waited < 2000, `closed after ${waited} ms`);
   t.equal(backend.accepted, 1, 'the backend was never asked for more');
   let info = '';
   const until = Date.now() + 2000;

@@ -279,8 +279,8 @@ t.test('one listener, three frontends: exact, wildcard, case, split, none, plain
   const started = Date.now();
   await once(stalled, 'close');
   const held = Date.now() - started;
-  // The coarse clock ticks every 100 ms: the close comes within a tick of the 1 s timeout.
-  t.ok(held >= 850 && held < 3000, `closed at the inspect timeout (${held} ms)`);
+  // The coarse clock ticks every 100 ms: the close comes within a tick after the 1 s timeout.
+  t.ok(held >= 1000 && held < 3000, `closed at the inspect timeout (${held} ms)`);
 
   const byName = new Map((await showStat(stats)).map((f) => [f.name, f]));
   t.equal(byName.get('api')?.accepted, 3, 'api counts its own clients');
