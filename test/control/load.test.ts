@@ -192,7 +192,11 @@ t.test(
     t.match(await statA(), { loadError: 'metrics page answered HTTP 500' });
     const scrapes = a.page.scrapes;
     await waitFor(() => a.page.scrapes >= scrapes + 3, 5000, 'three more failed scrapes');
-    const failures = fulcrum.logs.filter((l) => String(l.msg).startsWith('load report failed'));
+    // a's failures only: under a loaded machine b's scrape may time out (the timeout is the
+    // 200 ms interval) and be logged once on its own.
+    const failures = fulcrum.logs.filter(
+      (l) => l.backend === 'a' && String(l.msg).startsWith('load report failed'),
+    );
     t.equal(failures.length, 1, 'logged once, however often it fails');
 
     // Without a report a is judged by live connections: b reports 0 but holds 3 placed since.
