@@ -141,6 +141,8 @@ export class Side {
   /** close() or reset() asked for, and the close done. */
   closing = false;
   closed = false;
+  /** Times the idle sweep re-pointed it to IDLE (releaseIdleBuffers); bounded by MAX_RELEASES. */
+  releases = 0;
 
   constructor(conn: Connection, isClient: boolean) {
     this.conn = conn;
@@ -432,11 +434,19 @@ function pause(side: Side): void {
 }
 
 /**
+ * Re-pointing a handle from outside a read (useUserBuffer) leaves a small listener object (~50 B)
+ * in Node for the rest of the socket's life. A socket that stops at a full read again and again
+ * (bursts of whole 64 KiB reads, each followed by a quiet second) would grow by that each time:
+ * after this many releases it keeps its large buffer instead. Bounded either way.
+ */
+export const MAX_RELEASES = 16;
+
+/**
  * For the timer sweep, on a connection quiet for a while: a side still holding a large buffer
  * (its last read filled it, so it expected more, and nothing came) goes back to IDLE. Only when
  * not stalled: then no pending write uses the large buffer. This re-points the handle from
  * outside a read, which costs Node a small listener object per call: it happens only for a
- * stream that stopped exactly at a full read.
+ * stream that stopped exactly at a full read, and at most MAX_RELEASES times per socket.
  */
 export function releaseIdleBuffers(conn: Connection): void {
   release1(conn.client);
@@ -446,6 +456,8 @@ export function releaseIdleBuffers(conn: Connection): void {
 function release1(side: Side): void {
   const buffer = side.buffer;
   if (buffer === null || side.stalled || side.handle === null || side.closing) return;
+  if (side.releases >= MAX_RELEASES) return;
+  side.releases++;
   side.handle.useUserBuffer(IDLE);
   giveLarge(buffer);
   side.buffer = null;
@@ -529,6 +541,7 @@ export function connectTo(conn: Connection, i: number): void {
   side.reading = side.stalled = side.readEnded = side.shutSent = side.shutDone = false;
   side.closing = side.closed = false;
   side.pendingWrites = 0;
+  side.releases = 0;
   const address = frontend.backends[i] as BackendConfig;
   if (conn.client.handle !== null && raw !== null) {
     const handle = raw.newSocket();
@@ -815,6 +828,7 @@ function onSocketDrain(this: PublicSocket): void {
   const side = this.side;
   if (side === null) return;
   side.pendingWrites = 0;
+  side.releases = 0;
   drained(side);
 }
 

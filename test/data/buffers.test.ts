@@ -7,8 +7,15 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import t from 'tap';
-import { largeBuffersInUse, smallBuffersInUse } from '../../src/data/buffers.ts';
+import {
+  LARGE_SIZE,
+  largeBuffersInUse,
+  SMALL_SIZE,
+  smallBuffersInUse,
+} from '../../src/data/buffers.ts';
 import { BUFFER_RELEASE_MS, updateNow } from '../../src/data/clock.ts';
+import type { Connection } from '../../src/data/connection.ts';
+import { MAX_RELEASES, releaseIdleBuffers } from '../../src/data/connection.ts';
 import { startLocalFrontend } from '../../src/local.ts';
 import { LIVE } from '../../src/shared/counters.ts';
 import { connect, startBackend, waitFor } from '../helpers.ts';
@@ -87,6 +94,53 @@ t.test('quiet connections give their large buffers back; data stays exact', asyn
   frontend.sweepIdle();
   t.equal(largeBuffersInUse(), 0, 'and given back again after the second burst');
 });
+
+t.test(
+  'a socket the sweep re-points again and again keeps its large buffer after a bound',
+  async (t) => {
+    // Each burst is 1 KiB and then 64 KiB, written at once: fulcrum's backend side reads the first
+    // KiB into the shared buffer, moves to a large one and fills it with the rest. A stream that
+    // stopped at a full read keeps the large buffer until the sweep re-points it, which costs Node
+    // a listener object each time: after MAX_RELEASES the socket keeps its buffer instead.
+    let upstream: net.Socket | null = null;
+    const backend = await startBackend((socket) => {
+      upstream = socket;
+      socket.on('end', () => socket.end());
+    });
+    const local = await startLocalFrontend([
+      '--listen',
+      '127.0.0.1:0',
+      '--backend',
+      backend.address,
+    ]);
+    const client = await connect(local.port);
+    client.pause();
+    t.teardown(async () => {
+      local.close();
+      await backend.close();
+    });
+    await waitFor(() => upstream !== null && local.frontend.established.head !== null, 3000, 'up');
+    const conn = local.frontend.established.head as Connection;
+    let released = 0;
+    let kept = 0;
+    for (let cycle = 0; cycle < 200 && kept < 3; cycle++) {
+      const burst = randomBytes(SMALL_SIZE + LARGE_SIZE);
+      (upstream as unknown as net.Socket).write(burst);
+      t.equal(sha(await receive(client, burst.length)), sha(burst), 'burst exact');
+      await waitFor(() => !conn.backend.stalled, 3000, 'the backend side reading again');
+      if (largeBuffersInUse() !== 1) continue; // the reads fell otherwise this time
+      releaseIdleBuffers(conn);
+      if (largeBuffersInUse() === 0) released++;
+      else kept++;
+    }
+    t.equal(released, MAX_RELEASES, `given back ${MAX_RELEASES} times`);
+    t.equal(kept, 3, 'then kept, however often the sweep comes');
+    t.equal(conn.backend.releases, MAX_RELEASES, 'no re-point beyond the bound');
+    client.destroy();
+    await waitFor(() => local.frontend.slot[LIVE] === 0, 3000, 'the connection to finish');
+    t.equal(largeBuffersInUse(), 0, 'the kept buffer given back when the connection ends');
+  },
+);
 
 /** Sends `first` (a header or hello, and a request), then a second request; each is echoed. */
 async function twoRequests(port: number, first: Buffer, echoed: number): Promise<void> {
