@@ -238,7 +238,7 @@ export class Frontend {
     }
   }
 
-  /** Idle timeouts and idle buffers: checked every IDLE_SWEEP_TICKS ticks. */
+  /** Idle timeouts and idle buffers: checked every idleSweepTicks(idleTimeoutMs) ticks. */
   sweepIdle(): void {
     // lastActive is `now` as the data path saw it, up to a tick behind the real moment.
     const limit = this.config.idleTimeoutMs + TICK_MS;

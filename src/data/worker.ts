@@ -15,7 +15,7 @@ import type {
   WorkerMessage,
 } from '../shared/messages.ts';
 import { SLOT_MS } from '../stats/latency.ts';
-import { IDLE_SWEEP_TICKS, TICK_MS, updateNow } from './clock.ts';
+import { idleSweepTicks, TICK_MS, updateNow } from './clock.ts';
 import { Frontend } from './frontend.ts';
 import { Listeners } from './listeners.ts';
 
@@ -100,13 +100,12 @@ let ticks = 0;
 const timer = setInterval(() => {
   updateNow();
   ticks++;
-  const idle = ticks % IDLE_SWEEP_TICKS === 0;
   const rotate = ticks % (SLOT_MS / TICK_MS) === 0;
   for (const set of [frontends.values(), retired.values()]) {
     for (const frontend of set) {
       frontend.sweepConnecting();
       frontend.sweepQueue();
-      if (idle) frontend.sweepIdle();
+      if (ticks % idleSweepTicks(frontend.config.idleTimeoutMs) === 0) frontend.sweepIdle();
       if (rotate) for (const metric of frontend.latency) for (const r of metric) r?.rotate();
     }
   }
