@@ -1,7 +1,8 @@
 // What a balancer loads at start: a package it does not use costs every start, restart and
 // upgrade ~20-100 ms per thread. Without a config file the YAML and schema parsers stay out,
 // without a metrics port the Prometheus client, without a terminal the pretty printer; a
-// data-plane worker loads pino only for the access log. Recorded with a load hook in the real
+// data-plane worker loads pino only for the access log; no thread loads the histograms' encoding
+// (pako, a WebAssembly build) before stats are asked for. Recorded with a load hook in the real
 // process (test/fixtures/record-loads.ts), main thread and workers apart.
 
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -47,6 +48,10 @@ t.test('flags alone: no config parsers, no metrics client, no pino in the worker
   }
   for (const name of ['yaml', 'zod', 'prom-client', 'pino-pretty', 'pino', 'commander']) {
     t.notOk(workers.has(name), `worker: no ${name}`);
+  }
+  for (const name of ['pako', '@assemblyscript/loader', 'base64-js']) {
+    t.notOk(main.has(name), `main thread: no ${name} (histogram encoding) before stats are asked`);
+    t.notOk(workers.has(name), `worker: no ${name} (histogram encoding) before stats are asked`);
   }
 });
 
