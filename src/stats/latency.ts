@@ -2,21 +2,34 @@
 // Invariant: record() allocates nothing (a typed-array increment in hdr-histogram-js's JS build);
 // encoding, decoding and merging happen only when stats are asked for, off the data path.
 
+import { createRequire } from 'node:module';
 import type { Histogram } from 'hdr-histogram-js';
-import { build, decodeFromCompressedBase64, encodeIntoCompressedBase64 } from 'hdr-histogram-js';
+
+// Every thread records, so every thread loads the histogram; the package's index would also load
+// its WebAssembly build, pako and a number formatter (70-90 ms per thread at every start). The
+// class alone is ~8 ms; the encoding (with pako) loads when stats are first asked for.
+const require = createRequire(import.meta.url);
+type HistogramClass = new (lowest: number, highest: number, digits: number) => Histogram;
+const Int32Histogram = (
+  require('hdr-histogram-js/dist/Int32Histogram.js') as { default: HistogramClass }
+).default;
+
+interface Encoding {
+  encodeIntoCompressedBase64(histogram: Histogram): string;
+  decodeFromCompressedBase64(encoded: string, bitBucketSize: number): Histogram;
+}
+let encoding: Encoding | null = null;
+
+function codec(): Encoding {
+  encoding ??= require('hdr-histogram-js/dist/encoding.js') as Encoding;
+  return encoding;
+}
 
 /** Microseconds. An hour caps it: anything slower than that is recorded as an hour. */
 const HIGHEST_US = 3_600_000_000;
 
-const OPTIONS = {
-  lowestDiscernibleValue: 1,
-  highestTrackableValue: HIGHEST_US,
-  // Two digits (1% resolution) keep a histogram near 10 KB; latency needs no finer grain.
-  numberOfSignificantValueDigits: 2,
-  bitBucketSize: 32,
-  autoResize: false,
-  useWebAssembly: false,
-} as const;
+/** Two digits (1% resolution) keep a histogram near 10 KB; latency needs no finer grain. */
+const SIGNIFICANT_DIGITS = 2;
 
 /** What is timed, per backend: the index into a frontend's `latency` and the name stats print. */
 export const CONNECT = 0;
@@ -29,8 +42,11 @@ export type MetricName = (typeof METRIC_NAMES)[number];
 export const WINDOW_SLOTS = 6;
 export const SLOT_MS = 10_000;
 
+/** 32-bit counts (hdr-histogram-js's bitBucketSize 32), fixed range, its JavaScript build. */
 export function newHistogram(): Histogram {
-  return build(OPTIONS);
+  const histogram = new Int32Histogram(1, HIGHEST_US, SIGNIFICANT_DIGITS);
+  histogram.autoResize = false;
+  return histogram;
 }
 
 export class LatencyRecorder {
@@ -55,12 +71,13 @@ export class LatencyRecorder {
   encode(): [string, string] {
     const minute = newHistogram();
     for (const h of this.window) minute.add(h);
+    const { encodeIntoCompressedBase64 } = codec();
     return [encodeIntoCompressedBase64(this.total), encodeIntoCompressedBase64(minute)];
   }
 }
 
 export function decode(encoded: string): Histogram {
-  return decodeFromCompressedBase64(encoded, 32);
+  return codec().decodeFromCompressedBase64(encoded, 32);
 }
 
 export interface Percentiles {
