@@ -31,10 +31,13 @@ async function packagesLoaded(
   const main = new Set<string>();
   const workers = new Set<string>();
   for (const line of readFileSync(file, 'utf8').split('\n')) {
-    const match = /^(\d+) .*\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(line);
+    const match =
+      /^(\d+) .*\/node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(line) ??
+      /^(\d+) (node:\S+)$/.exec(line);
     if (match !== null) (match[1] === '0' ? main : workers).add(match[2]);
   }
   t.ok(main.has('commander'), 'the hook saw the main thread load its packages');
+  t.ok(main.has('node:net'), 'and its builtins');
   t.ok(workers.has('hdr-histogram-js'), 'and a worker load its own');
   return { main, workers };
 }
@@ -49,6 +52,9 @@ t.test('flags alone: no config parsers, no metrics client, no pino in the worker
   for (const name of ['yaml', 'zod', 'prom-client', 'pino-pretty', 'pino', 'commander']) {
     t.notOk(workers.has(name), `worker: no ${name}`);
   }
+  // Health checks are TCP connects here: the HTTP clients stay out too.
+  for (const name of ['node:http', 'node:http2'])
+    t.notOk(main.has(name), `main thread: no ${name}`);
   for (const name of ['pako', '@assemblyscript/loader', 'base64-js']) {
     t.notOk(main.has(name), `main thread: no ${name} (histogram encoding) before stats are asked`);
     t.notOk(workers.has(name), `worker: no ${name} (histogram encoding) before stats are asked`);
