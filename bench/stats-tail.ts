@@ -1,0 +1,109 @@
+// What reading the stats costs the traffic: small keep-alive requests over 4 connections through
+// fulcrum in front of 16 backends, quiet and while a client asks `show stat json` four times a
+// second (as a dashboard, `fulcrum top` and a Prometheus scrape together might), runs of each
+// interleaved. Every stats answer carries each backend's latency percentiles, so the workers'
+// histograms are read for each: the ratios say whether that stalls the relay.
+// Usage: npm run bench:stats-tail [-- --seconds 5 --runs 3]   (needs nginx-light and wrk)
+
+import { execFile } from 'node:child_process';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs, promisify } from 'node:util';
+import { freePort, has, startFulcrum, startNginx, workDir } from './lib.ts';
+
+const { values } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '5' },
+    runs: { type: 'string', default: '3' },
+    backends: { type: 'string', default: '16' },
+  },
+});
+const seconds = Number(values.seconds);
+const runs = Math.max(1, Number(values.runs));
+
+if (!has('nginx') || !has('wrk')) {
+  console.error('bench:stats-tail needs nginx and wrk: apt-get install -y nginx-light wrk');
+  process.exit(2);
+}
+
+const dir = workDir();
+const ports: number[] = [];
+for (let i = 0; i < Number(values.backends); i++) ports.push(await freePort());
+await startNginx(dir, ports, { small: Buffer.from('ok\n'.padEnd(100, '.')) });
+const port = await freePort();
+const stats = join(tmpdir(), `fulcrum-stats-tail-${process.pid}.sock`);
+await startFulcrum(port, ports, ['--workers', '1', '--no-health-check', '--stats-socket', stats]);
+
+interface Run {
+  rps: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+const run = promisify(execFile);
+
+function ms(text: string | undefined): number {
+  const m = /([\d.]+)(us|ms|s)/.exec(text ?? '');
+  if (m === null) return 0;
+  return Number(m[1]) * (m[2] === 'us' ? 0.001 : m[2] === 's' ? 1000 : 1);
+}
+
+/** wrk in its own process, so this one can ask for stats meanwhile. */
+async function load(connections: number, secs: number): Promise<Run> {
+  const url = `http://127.0.0.1:${port}/small`;
+  const { stdout } = await run('wrk', ['-t1', `-c${connections}`, `-d${secs}s`, '--latency', url]);
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1] ?? 0),
+    p50: ms(/\s50%\s+(\S+)/.exec(stdout)?.[1]),
+    p99: ms(/\s99%\s+(\S+)/.exec(stdout)?.[1]),
+    max: ms(/Latency\s+\S+\s+\S+\s+(\S+)/.exec(stdout)?.[1]),
+  };
+}
+
+/** Asks for `show stat json` every 250 ms, each answer read to its end, until stopped. */
+function poll(): () => void {
+  const timer = setInterval(() => {
+    const socket = net.connect(stats);
+    socket.on('error', () => {});
+    socket.resume();
+    socket.end('show stat json\n');
+  }, 250);
+  return () => clearInterval(timer);
+}
+
+// Every backend has timings before the runs (a histogram nothing was recorded in is cheap to read).
+await load(16, 2);
+
+const quiet: Run[] = [];
+const polled: Run[] = [];
+for (let i = 0; i < runs; i++) {
+  quiet.push(await load(4, seconds));
+  const stop = poll();
+  polled.push(await load(4, seconds));
+  stop();
+}
+
+function median(xs: number[]): number {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+const m = (runs: Run[], key: keyof Run) => median(runs.map((r) => r[key]));
+console.log(
+  `small keep-alive requests, 4 connections, ${ports.length} backends, ${runs} interleaved runs of ${seconds} s (medians):`,
+);
+for (const [name, set] of [
+  ['quiet', quiet],
+  ['stats 4x/s', polled],
+] as const) {
+  console.log(
+    `  ${name.padEnd(11)} ${Math.round(m(set, 'rps'))} requests/s   p50 ${m(set, 'p50').toFixed(3)} ms   p99 ${m(set, 'p99').toFixed(3)} ms   max ${m(set, 'max').toFixed(2)} ms`,
+  );
+}
+console.log(
+  `  read while serving / quiet: throughput ${(m(polled, 'rps') / m(quiet, 'rps')).toFixed(2)}x, p50 ${(m(polled, 'p50') / m(quiet, 'p50')).toFixed(2)}x, p99 ${(m(polled, 'p99') / m(quiet, 'p99')).toFixed(2)}x`,
+);
+process.exit(0);
