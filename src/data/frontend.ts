@@ -11,7 +11,7 @@ import { createScheduler } from '../core/scheduler.ts';
 import { anyFull } from '../core/table.ts';
 import type { Logger } from '../log.ts';
 import { END, openSlot, QUEUED as QUEUED_GAUGE } from '../shared/counters.ts';
-import type { ActivatedListener, EncodedLatency, PoolUpdate } from '../shared/messages.ts';
+import type { ActivatedListener, PoolUpdate, WorkerLatency } from '../shared/messages.ts';
 import { releaseSource } from '../shared/sources.ts';
 import type { BackendTable, SharedTable } from '../shared/table.ts';
 import { openTable, TABLE_SLOTS } from '../shared/table.ts';
@@ -140,12 +140,12 @@ export class Frontend {
     this.hashes = this.config.algorithm === 'maglev';
   }
 
-  /** This worker's timings, encoded, for the main thread to merge: by slot, with its member. */
-  encodeLatency(): EncodedLatency {
+  /** Where this worker's timings are, for the main thread to read: by slot, with its member. */
+  latencyBuffers(): WorkerLatency {
     return {
       ids: [...this.memberIds],
       metrics: this.latency.map((recorders) =>
-        this.memberIds.map((id, i) => (id === 0 ? null : recorders[i].encode())),
+        this.memberIds.map((id, i) => (id === 0 ? null : recorders[i].buffer)),
       ),
     };
   }

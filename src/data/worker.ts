@@ -134,7 +134,7 @@ port.on('message', (message: ControlMessage) => {
       throw new Error('injected fault (FULCRUM_FAULT_WORKER_THROW)');
     }
     const latency: LatencyAnswer = new Map();
-    for (const [name, frontend] of frontends) latency.set(name, frontend.encodeLatency());
+    for (const [name, frontend] of frontends) latency.set(name, frontend.latencyBuffers());
     port.postMessage({ type: 'latency', id: message.id, latency } satisfies WorkerMessage);
   } else if (message.type === 'sockets') {
     port.postMessage({

@@ -24,11 +24,12 @@ export interface PoolUpdate {
   readonly sources: SharedArrayBuffer | null;
 }
 
-/** One frontend's timings from one worker: [metric][slot] = [whole run, last minute]. */
-export interface EncodedLatency {
+/** One frontend's timings in one worker: [metric][slot] = the recorder's shared counts (read
+ *  with stats/latency.ts readRecorder; posting shares them, nothing is copied). */
+export interface WorkerLatency {
   /** The member in each slot (0: free), so timings of a slot's earlier occupant are not mixed in. */
   readonly ids: number[];
-  readonly metrics: Array<Array<[string, string] | null>>;
+  readonly metrics: Array<Array<SharedArrayBuffer | null>>;
 }
 
 /** A socket systemd passed, as one worker holds it: its own descriptor. */
@@ -63,7 +64,7 @@ export interface ListenFailure {
 
 /** One worker's encoded histograms, by frontend name. (Maps, not objects, wherever names are keys:
  *  a frontend may be called `constructor`, and Maps cross postMessage intact.) */
-export type LatencyAnswer = Map<string, EncodedLatency>;
+export type LatencyAnswer = Map<string, WorkerLatency>;
 
 export interface WorkerInit {
   readonly index: number;

@@ -1,29 +1,27 @@
-// Latency histograms: one recorder per backend per worker, merged by the main thread when asked.
-// Invariant: record() allocates nothing (a typed-array increment in hdr-histogram-js's JS build);
-// encoding, decoding and merging happen only when stats are asked for, off the data path.
+// Latency histograms: one recorder per backend per worker, read by the main thread when asked.
+// A recorder's counts live in one SharedArrayBuffer, so the main thread reads them where they are:
+// a worker does nothing for a stats request but hand over the buffers, and the relay never waits
+// while histograms are encoded or merged. Invariants: record() allocates nothing (a typed-array
+// increment in hdr-histogram-js's JS build); only the worker that owns a recorder writes to it; the
+// main thread only reads (a count may be a record behind: stats, not accounting).
 
 import { createRequire } from 'node:module';
 import type { Histogram } from 'hdr-histogram-js';
 
-// Every thread records, so every thread loads the histogram; the package's index would also load
-// its WebAssembly build, pako and a number formatter (70-90 ms per thread at every start). The
-// class alone is ~8 ms; the encoding (with pako) loads when stats are first asked for.
+// The histogram class alone: the package's index would also load its WebAssembly build, pako and
+// a number formatter, 70-90 ms per thread at every start, for nothing fulcrum uses.
 const require = createRequire(import.meta.url);
-type HistogramClass = new (lowest: number, highest: number, digits: number) => Histogram;
-const Int32Histogram = (
-  require('hdr-histogram-js/dist/Int32Histogram.js') as { default: HistogramClass }
+/** `counts` is called (with new) once, for the counts array of the length the range needs. */
+type CountsConstructor = new (length: number) => Int32Array;
+type TypedArrayHistogramClass = new (
+  counts: CountsConstructor,
+  lowest: number,
+  highest: number,
+  digits: number,
+) => Histogram & { establishInternalTackingValues(): void };
+const TypedArrayHistogram = (
+  require('hdr-histogram-js/dist/TypedArrayHistogram.js') as { default: TypedArrayHistogramClass }
 ).default;
-
-interface Encoding {
-  encodeIntoCompressedBase64(histogram: Histogram): string;
-  decodeFromCompressedBase64(encoded: string, bitBucketSize: number): Histogram;
-}
-let encoding: Encoding | null = null;
-
-function codec(): Encoding {
-  encoding ??= require('hdr-histogram-js/dist/encoding.js') as Encoding;
-  return encoding;
-}
 
 /** Microseconds. An hour caps it: anything slower than that is recorded as an hour. */
 const HIGHEST_US = 3_600_000_000;
@@ -42,16 +40,43 @@ export type MetricName = (typeof METRIC_NAMES)[number];
 export const WINDOW_SLOTS = 6;
 export const SLOT_MS = 10_000;
 
-/** 32-bit counts (hdr-histogram-js's bitBucketSize 32), fixed range, its JavaScript build. */
-export function newHistogram(): Histogram {
-  const histogram = new Int32Histogram(1, HIGHEST_US, SIGNIFICANT_DIGITS);
-  histogram.autoResize = false;
-  return histogram;
+/** A histogram of 32-bit counts (hdr-histogram-js's bitBucketSize 32) over `counts`. */
+function histogram(
+  counts: CountsConstructor,
+): Histogram & { establishInternalTackingValues(): void } {
+  const h = new TypedArrayHistogram(counts, 1, HIGHEST_US, SIGNIFICANT_DIGITS);
+  h.autoResize = false;
+  return h;
+}
+
+/** A histogram of this thread's own. */
+function newHistogram(): Histogram {
+  return histogram(Int32Array);
+}
+
+/** Counts per histogram: the same in every thread (fixed range and precision). */
+const COUNTS = (newHistogram() as Histogram & { countsArrayLength: number }).countsArrayLength;
+/** A recorder's histograms, in its buffer in this order: the whole run, then the window's slots. */
+const PER_RECORDER = 1 + WINDOW_SLOTS;
+
+/** The `index`th histogram of a recorder's buffer, over the shared counts themselves. */
+function sharedHistogram(
+  buffer: SharedArrayBuffer,
+  index: number,
+): Histogram & { establishInternalTackingValues(): void } {
+  // A function, not an arrow: it is called with new, and returns the view instead of an object.
+  return histogram(function counts(length: number) {
+    return new Int32Array(buffer, index * COUNTS * 4, length);
+  } as unknown as CountsConstructor);
 }
 
 export class LatencyRecorder {
-  readonly total = newHistogram();
-  readonly window: Histogram[] = Array.from({ length: WINDOW_SLOTS }, newHistogram);
+  /** Every count this recorder keeps, for the main thread to read (LatencySum). */
+  readonly buffer = new SharedArrayBuffer(PER_RECORDER * COUNTS * 4);
+  readonly total = sharedHistogram(this.buffer, 0);
+  readonly window: Histogram[] = Array.from({ length: WINDOW_SLOTS }, (_, i) =>
+    sharedHistogram(this.buffer, 1 + i),
+  );
   private slot = 0;
 
   /** Records one value in microseconds. */
@@ -66,18 +91,53 @@ export class LatencyRecorder {
     this.slot = (this.slot + 1) % WINDOW_SLOTS;
     this.window[this.slot].reset();
   }
+}
 
-  /** Both views, encoded to cross a thread boundary: [whole run, last minute]. */
-  encode(): [string, string] {
-    const minute = newHistogram();
-    for (const h of this.window) minute.add(h);
-    const { encodeIntoCompressedBase64 } = codec();
-    return [encodeIntoCompressedBase64(this.total), encodeIntoCompressedBase64(minute)];
+/**
+ * Timings over every worker (one backend's, or a frontend's over its backends), for the main
+ * thread: the whole run and the last minute. Workers' counts are added straight from their
+ * shared buffers into two histograms of this thread's own, and the totals, maximum and minimum a
+ * histogram keeps beside its counts are worked out once, from the sums, when read.
+ */
+export class LatencySum {
+  private readonly totalCounts = new Int32Array(COUNTS);
+  private readonly minuteCounts = new Int32Array(COUNTS);
+  private readonly total = overCounts(this.totalCounts);
+  private readonly minute = overCounts(this.minuteCounts);
+
+  /** Adds a worker's recorder, read where it is (a count may be a record behind). */
+  addRecorder(buffer: SharedArrayBuffer): void {
+    const counts = new Int32Array(buffer);
+    const total = this.totalCounts;
+    const minute = this.minuteCounts;
+    for (let i = 0; i < COUNTS; i++) total[i] += counts[i];
+    for (let slot = 1; slot < PER_RECORDER; slot++) {
+      const at = slot * COUNTS;
+      for (let i = 0; i < COUNTS; i++) minute[i] += counts[at + i];
+    }
+  }
+
+  /** Adds another sum (a backend's into its frontend's). */
+  addSum(other: LatencySum): void {
+    for (let i = 0; i < COUNTS; i++) {
+      this.totalCounts[i] += other.totalCounts[i];
+      this.minuteCounts[i] += other.minuteCounts[i];
+    }
+  }
+
+  /** Both views' percentiles. */
+  read(): { total: Percentiles; lastMinute: Percentiles } {
+    this.total.establishInternalTackingValues();
+    this.minute.establishInternalTackingValues();
+    return { total: percentiles(this.total), lastMinute: percentiles(this.minute) };
   }
 }
 
-export function decode(encoded: string): Histogram {
-  return codec().decodeFromCompressedBase64(encoded, 32);
+/** A histogram over `counts`, an array of this thread's own. */
+function overCounts(counts: Int32Array): Histogram & { establishInternalTackingValues(): void } {
+  return histogram(function over() {
+    return counts;
+  } as unknown as CountsConstructor);
 }
 
 export interface Percentiles {
@@ -100,7 +160,29 @@ export function percentiles(h: Histogram): Percentiles {
     p99: ms(h.getValueAtPercentile(99)),
     p999: ms(h.getValueAtPercentile(99.9)),
     max: ms(h.maxValue),
-    mean: h.totalCount === 0 ? 0 : ms(h.mean),
+    mean: h.totalCount === 0 ? 0 : ms(mean(h as IndexedHistogram)),
     count: h.totalCount,
   };
+}
+
+/** What mean() reads of a histogram: hdr-histogram-js's JavaScript histograms have these. */
+interface IndexedHistogram extends Histogram {
+  countsArrayLength: number;
+  getCountAtIndex(index: number): number;
+  valueFromIndex(index: number): number;
+  medianEquivalentValue(value: number): number;
+}
+
+/**
+ * The histogram's mean, as its `mean` getter gives it (each bucket's count at the bucket's
+ * median), from a plain walk of the counts: the getter walks them through an iterator object per
+ * step, 30 times slower, and a stats answer asks it of every histogram (0.3 ms each).
+ */
+function mean(h: IndexedHistogram): number {
+  let sum = 0;
+  for (let i = 0; i < h.countsArrayLength; i++) {
+    const count = h.getCountAtIndex(i);
+    if (count > 0) sum += h.medianEquivalentValue(h.valueFromIndex(i)) * count;
+  }
+  return sum / h.totalCount;
 }

@@ -23,7 +23,7 @@ import type { LatencyAnswer } from '../shared/messages.ts';
 import type { BackendTable } from '../shared/table.ts';
 import { AGENT_DOWN, DRAINING, ENABLED, UP } from '../shared/table.ts';
 import type { MetricName, Percentiles } from './latency.ts';
-import { decode, METRIC_NAMES, newHistogram, percentiles } from './latency.ts';
+import { LatencySum, METRIC_NAMES } from './latency.ts';
 
 export type BackendState = 'up' | 'down' | 'disabled' | 'draining';
 
@@ -199,28 +199,20 @@ export class StatsView {
       const backends = members.map((m) => ({ name: m.config.name }) as LatencyStat);
       const whole = { name: pool.name } as LatencyStat;
       METRIC_NAMES.forEach((metric, m) => {
-        const frontendTotal = newHistogram();
-        const frontendMinute = newHistogram();
+        const frontend = new LatencySum();
         members.forEach((member, b) => {
-          const total = newHistogram();
-          const minute = newHistogram();
+          const backend = new LatencySum();
           for (const answer of answers) {
-            const encoded = answer.get(pool.name);
+            const latency = answer.get(pool.name);
             // A worker that has not seen this member yet has no timings for it.
-            if (encoded?.ids[member.index] !== member.id) continue;
-            const pair = encoded.metrics[m][member.index];
-            if (pair === null) continue;
-            total.add(decode(pair[0]));
-            minute.add(decode(pair[1]));
+            if (latency?.ids[member.index] !== member.id) continue;
+            const buffer = latency.metrics[m][member.index];
+            if (buffer !== null) backend.addRecorder(buffer);
           }
-          frontendTotal.add(total);
-          frontendMinute.add(minute);
-          backends[b][metric] = { total: percentiles(total), lastMinute: percentiles(minute) };
+          frontend.addSum(backend);
+          backends[b][metric] = backend.read();
         });
-        whole[metric] = {
-          total: percentiles(frontendTotal),
-          lastMinute: percentiles(frontendMinute),
-        };
+        whole[metric] = frontend.read();
       });
       return { ...whole, backends };
     });
