@@ -1,8 +1,9 @@
 // What reading the stats costs the traffic: small keep-alive requests over 4 connections through
-// fulcrum in front of 16 backends, quiet and while a client asks `show stat json` four times a
-// second (as a dashboard, `fulcrum top` and a Prometheus scrape together might), runs of each
-// interleaved. Every stats answer carries each backend's latency percentiles, so the workers'
-// histograms are read for each: the ratios say whether that stalls the relay.
+// fulcrum in front of 16 backends, quiet, while a client asks `show info json` four times a second
+// (no histogram: what any stats client costs), and while it asks `show stat json` as often (as a
+// dashboard, `fulcrum top` and a Prometheus scrape together might), runs interleaved. Every
+// `show stat` answer carries each backend's latency percentiles, read from the workers'
+// histograms: the ratios to the quiet runs say whether that stalls the relay.
 // Usage: npm run bench:stats-tail [-- --seconds 5 --runs 3]   (needs nginx-light and wrk)
 
 import { execFile } from 'node:child_process';
@@ -62,13 +63,13 @@ async function load(connections: number, secs: number): Promise<Run> {
   };
 }
 
-/** Asks for `show stat json` every 250 ms, each answer read to its end, until stopped. */
-function poll(): () => void {
+/** Sends `command` every 250 ms, each answer read to its end, until stopped. */
+function poll(command: string): () => void {
   const timer = setInterval(() => {
     const socket = net.connect(stats);
     socket.on('error', () => {});
     socket.resume();
-    socket.end('show stat json\n');
+    socket.end(`${command}\n`);
   }, 250);
   return () => clearInterval(timer);
 }
@@ -76,13 +77,19 @@ function poll(): () => void {
 // Every backend has timings before the runs (a histogram nothing was recorded in is cheap to read).
 await load(16, 2);
 
-const quiet: Run[] = [];
-const polled: Run[] = [];
+// `show info` reads no histogram: what any client of the stats socket costs on this machine.
+const modes = [
+  { name: 'quiet', command: null },
+  { name: 'show info 4x/s', command: 'show info json' },
+  { name: 'show stat 4x/s', command: 'show stat json' },
+] as const;
+const results: Run[][] = modes.map(() => []);
 for (let i = 0; i < runs; i++) {
-  quiet.push(await load(4, seconds));
-  const stop = poll();
-  polled.push(await load(4, seconds));
-  stop();
+  for (const [k, mode] of modes.entries()) {
+    const stop = mode.command === null ? () => {} : poll(mode.command);
+    results[k].push(await load(4, seconds));
+    stop();
+  }
 }
 
 function median(xs: number[]): number {
@@ -95,15 +102,11 @@ const m = (runs: Run[], key: keyof Run) => median(runs.map((r) => r[key]));
 console.log(
   `small keep-alive requests, 4 connections, ${ports.length} backends, ${runs} interleaved runs of ${seconds} s (medians):`,
 );
-for (const [name, set] of [
-  ['quiet', quiet],
-  ['stats 4x/s', polled],
-] as const) {
+for (const [k, mode] of modes.entries()) {
+  const set = results[k];
+  const vs = (key: keyof Run) => (m(set, key) / m(results[0], key)).toFixed(2);
   console.log(
-    `  ${name.padEnd(11)} ${Math.round(m(set, 'rps'))} requests/s   p50 ${m(set, 'p50').toFixed(3)} ms   p99 ${m(set, 'p99').toFixed(3)} ms   max ${m(set, 'max').toFixed(2)} ms`,
+    `  ${mode.name.padEnd(15)} ${Math.round(m(set, 'rps'))} requests/s (${vs('rps')}x)   p50 ${m(set, 'p50').toFixed(3)} ms (${vs('p50')}x)   p99 ${m(set, 'p99').toFixed(3)} ms (${vs('p99')}x)   max ${m(set, 'max').toFixed(2)} ms`,
   );
 }
-console.log(
-  `  read while serving / quiet: throughput ${(m(polled, 'rps') / m(quiet, 'rps')).toFixed(2)}x, p50 ${(m(polled, 'p50') / m(quiet, 'p50')).toFixed(2)}x, p99 ${(m(polled, 'p99') / m(quiet, 'p99')).toFixed(2)}x`,
-);
 process.exit(0);

@@ -105,6 +105,12 @@ export class LatencySum {
   private readonly total = overCounts(this.totalCounts);
   private readonly minute = overCounts(this.minuteCounts);
 
+  /** Back to nothing, to sum something else (a sum is 26 KB: reused, not made anew). */
+  clear(): void {
+    this.totalCounts.fill(0);
+    this.minuteCounts.fill(0);
+  }
+
   /** Adds a worker's recorder, read where it is (a count may be a record behind). */
   addRecorder(buffer: SharedArrayBuffer): void {
     const counts = new Int32Array(buffer);
@@ -173,16 +179,25 @@ interface IndexedHistogram extends Histogram {
   medianEquivalentValue(value: number): number;
 }
 
+/** Each count index's value as the histogram's `mean` weighs it (its bucket's median): the same
+ *  for every histogram here (one range and precision), so worked out once, on first use. */
+let medians: Float64Array | null = null;
+
 /**
- * The histogram's mean, as its `mean` getter gives it (each bucket's count at the bucket's
- * median), from a plain walk of the counts: the getter walks them through an iterator object per
- * step, 30 times slower, and a stats answer asks it of every histogram (0.3 ms each).
+ * The histogram's mean, as its `mean` getter gives it, from one walk of the counts: the getter
+ * walks them through an iterator object per step, and a stats answer asks it of every histogram
+ * (0.3 ms each, 30 times this).
  */
 function mean(h: IndexedHistogram): number {
+  if (medians === null) {
+    medians = new Float64Array(h.countsArrayLength);
+    for (let i = 0; i < medians.length; i++)
+      medians[i] = h.medianEquivalentValue(h.valueFromIndex(i));
+  }
   let sum = 0;
-  for (let i = 0; i < h.countsArrayLength; i++) {
+  for (let i = 0; i < medians.length; i++) {
     const count = h.getCountAtIndex(i);
-    if (count > 0) sum += h.medianEquivalentValue(h.valueFromIndex(i)) * count;
+    if (count > 0) sum += medians[i] * count;
   }
   return sum / h.totalCount;
 }

@@ -200,8 +200,9 @@ export class StatsView {
       const whole = { name: pool.name } as LatencyStat;
       METRIC_NAMES.forEach((metric, m) => {
         const frontend = new LatencySum();
+        const backend = new LatencySum();
         members.forEach((member, b) => {
-          const backend = new LatencySum();
+          backend.clear();
           for (const answer of answers) {
             const latency = answer.get(pool.name);
             // A worker that has not seen this member yet has no timings for it.
