@@ -4,13 +4,16 @@
 
 import net from 'node:net';
 import t from 'tap';
+import { fnv1a } from '../../src/core/hash.ts';
+import { Guard, REFUSED } from '../../src/data/guard.ts';
+import { allocateSources, FIELDS, KEY, SECOND, SOURCE_SLOTS } from '../../src/shared/sources.ts';
 import { query } from '../../src/stats/client.ts';
 import { greet, socketPath, startBackend, startFulcrum, waitFor } from '../helpers.ts';
 
 /** Connects and resolves with what happened: the backend's line, or 'closed'. */
-function attempt(port: number): Promise<{ socket: net.Socket; answer: string }> {
+function attempt(port: number, from?: string): Promise<{ socket: net.Socket; answer: string }> {
   return new Promise((resolve) => {
-    const socket = net.connect({ port, host: '127.0.0.1' });
+    const socket = net.connect({ port, host: '127.0.0.1', localAddress: from });
     let text = '';
     socket.on('data', (chunk: Buffer) => {
       text += chunk.toString();
@@ -20,6 +23,17 @@ function attempt(port: number): Promise<{ socket: net.Socket; answer: string }> 
     socket.on('close', () => resolve({ socket, answer: 'closed' }));
   });
 }
+
+/** The per-source table keys an address by its 32-bit hash: half of all addresses hash to 2^31
+ *  or more, which a signed 32-bit table cell holds as a negative number. The first such loopback
+ *  address, for the tests to come from. */
+const HIGH_HASH = (() => {
+  for (let i = 2; i < 65536; i++) {
+    const address = `127.0.${i >> 8}.${i & 255}`;
+    if (fnv1a(address) >= 2 ** 31) return address;
+  }
+  throw new Error('no loopback address hashes high');
+})();
 
 async function info(stats: string): Promise<Record<string, number>> {
   const text = await query(stats, 'show info json');
@@ -82,7 +96,7 @@ t.test('a denied client is closed before any backend is contacted, and counted',
 });
 
 t.test(
-  '--max-conns-per-source holds under a burst of 1000 connections from one address',
+  '--max-conns-per-source holds under a burst of 1000 connections from one address (a high hash)',
   async (t) => {
     const backend = await startBackend(greet);
     t.teardown(() => backend.close());
@@ -99,9 +113,11 @@ t.test(
       '10',
     ]);
     t.teardown(() => fulcrum.stop());
-    const results = await Promise.all(Array.from({ length: 1000 }, () => attempt(fulcrum.port)));
+    const results = await Promise.all(
+      Array.from({ length: 1000 }, () => attempt(fulcrum.port, HIGH_HASH)),
+    );
     const served = results.filter((r) => r.answer !== 'closed');
-    t.equal(served.length, 10, 'exactly 10 held connections got through');
+    t.equal(served.length, 10, `exactly 10 held connections from ${HIGH_HASH} got through`);
     t.ok(backend.accepted <= 10, `the backend saw ${backend.accepted}`);
     t.equal((await info(stats))['ended_source-limit'], 990, 'the rest were closed and counted');
     for (const r of served) r.socket.destroy();
@@ -109,7 +125,9 @@ t.test(
     await waitFor(() => backend.open.size === 0, 5000, 'the held ones to close');
     let again = { answer: 'closed', socket: new net.Socket() };
     const until = Date.now() + 3000;
-    while (again.answer === 'closed' && Date.now() < until) again = await attempt(fulcrum.port);
+    while (again.answer === 'closed' && Date.now() < until) {
+      again = await attempt(fulcrum.port, HIGH_HASH);
+    }
     t.equal(again.answer, String(backend.port), 'the limit counts live connections only');
     again.socket.destroy();
     for (const r of results) r.socket.destroy();
@@ -145,3 +163,33 @@ t.test(
     for (const r of results) r.socket.destroy();
   },
 );
+
+t.test('an idle entry taken by another address starts that address afresh', async (t) => {
+  // Two guards over one table, as two workers have; two addresses with the same home entry,
+  // both hashing high.
+  const sources = allocateSources();
+  const config = { allow: [], deny: [], proxyFrom: [], maxConnsPerSource: 0, connRatePerSource: 5 };
+  const one = new Guard(config, sources);
+  const two = new Guard(config, sources);
+  const home = (address: string) => (fnv1a(address) || 1) & (SOURCE_SLOTS - 1);
+  const seen = new Map<number, string>();
+  let pair: [string, string] | null = null;
+  for (let i = 1; pair === null && i < 65536; i++) {
+    const address = `127.0.${i >> 8}.${i & 255}`;
+    if (fnv1a(address) < 2 ** 31) continue; // the hashes a signed cell holds as negative
+    const other = seen.get(home(address));
+    if (other === undefined) seen.set(home(address), address);
+    else pair = [other, address];
+  }
+  if (pair === null) throw new Error('no two addresses share an entry');
+  const [a, b] = pair;
+  for (let k = 0; k < 5; k++) t.not(one.admit(a, 'IPv4'), REFUSED, `${a}: connection ${k + 1}`);
+  t.equal(one.admit(a, 'IPv4'), REFUSED, `${a}: the sixth within a second is refused`);
+  // a goes quiet: its entry's second is three seconds old, as if they had passed.
+  const table = new Int32Array(sources);
+  const base = home(a) * FIELDS;
+  table[base + SECOND] -= 3;
+  for (let k = 0; k < 5; k++) t.not(two.admit(b, 'IPv4'), REFUSED, `${b}: connection ${k + 1}`);
+  t.equal(two.admit(b, 'IPv4'), REFUSED, `${b}: its sixth is refused`);
+  t.equal(table[base + KEY], fnv1a(b) | 0 || 1, `${b} took the entry ${a} left idle`);
+});
