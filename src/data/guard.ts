@@ -83,7 +83,10 @@ export class Guard {
     if ((this.maxConns === 0 && this.rate === 0) || this.table.length === 0) return UNTRACKED;
     const ms = Date.now();
     const second = Math.floor(ms / 1000) | 0;
-    const entry = this.find(fnv1a(plain) || 1, second);
+    // The key as the table's signed cells hold it: fnv1a is unsigned, and half of all addresses
+    // hash to 2^31 or more, which a cell reads back as negative (then the key never matched, and
+    // those addresses had no limit at all). 0 marks a free entry.
+    const entry = this.find(fnv1a(plain) | 0 || 1, second);
     if (entry < 0) return UNTRACKED;
     const t = this.table;
     const base = entry * FIELDS;
