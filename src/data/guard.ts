@@ -93,9 +93,10 @@ export class Guard {
     if (this.rate > 0) {
       const seen = Atomics.load(t, base + SECOND);
       if (seen !== second && Atomics.compareExchange(t, base + SECOND, seen, second) === seen) {
-        // A new second: last second's count weighs on this one as it slides out (below).
-        Atomics.store(t, base + PREVIOUS, seen === second - 1 ? Atomics.load(t, base + COUNT) : 0);
-        Atomics.store(t, base + COUNT, 0);
+        // A new second: last second's count weighs on this one as it slides out (below). Taken
+        // and zeroed in one step, so a connection another worker counts meanwhile is not lost.
+        const last = Atomics.exchange(t, base + COUNT, 0);
+        Atomics.store(t, base + PREVIOUS, seen === second - 1 ? last : 0);
       }
       const previous = Atomics.load(t, base + PREVIOUS);
       const count = Atomics.add(t, base + COUNT, 1) + 1;
@@ -137,14 +138,11 @@ export class Guard {
         (Atomics.load(t, base + LIVE) === 0 && second - Atomics.load(t, base + SECOND) > 1);
       if (idle) {
         const was = Atomics.compareExchange(t, base + KEY, current, key);
-        if (was === current) {
-          // LIVE is left alone: an idle entry holds no connection, and another worker may
-          // already count one of this address on it (it saw the key the moment it was set).
-          Atomics.store(t, base + SECOND, 0);
-          Atomics.store(t, base + COUNT, 0);
-          Atomics.store(t, base + PREVIOUS, 0);
-          return home;
-        }
+        // Nothing else is reset: another worker may count this address on the entry from the
+        // moment the key is set, and a reset after that would wipe its counts (a burst across two
+        // workers got twice the rate through). None is needed: an idle entry holds no live
+        // connection, and its stale second makes the first admit start the rate window afresh.
+        if (was === current) return home;
         // Another worker claimed it a moment ago, for this very address: share it, rather than
         // claim a second entry whose count would let the address past its limit.
         if (was === key) return home;
