@@ -19,6 +19,7 @@ import { parseArgs } from 'node:util';
 import {
   freePort,
   has,
+  median,
   startFulcrum,
   startHaproxy,
   startNginx,
@@ -83,12 +84,6 @@ function startPipeRelay(port: number, backendPort: number): ChildProcess {
 function cpuSeconds(pid: number): number {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime: fields 14, 15
-}
-
-function median(xs: number[]): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 /** CPU milliseconds the balancer `pid` spends per 1000 requests, and requests/s, over one run. */

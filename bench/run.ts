@@ -10,6 +10,7 @@ import {
   freePort,
   has,
   load,
+  median,
   startFulcrum,
   startFulcrumConfig,
   startHaproxy,
@@ -30,12 +31,6 @@ const { values } = parseArgs({
 });
 const seconds = Number(values.seconds);
 const runs = Math.max(1, Number(values.runs));
-
-function median(xs: number[]): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
 
 /** The median of each figure over several runs. */
 function medianLoad(all: Load[]): Load {

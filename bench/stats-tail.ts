@@ -11,7 +11,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs, promisify } from 'node:util';
-import { freePort, has, startFulcrum, startNginx, workDir } from './lib.ts';
+import { freePort, has, median, startFulcrum, startNginx, workDir } from './lib.ts';
 
 const { values } = parseArgs({
   options: {
@@ -90,12 +90,6 @@ for (let i = 0; i < runs; i++) {
     results[k].push(await load(4, seconds));
     stop();
   }
-}
-
-function median(xs: number[]): number {
-  const sorted = [...xs].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 const m = (runs: Run[], key: keyof Run) => median(runs.map((r) => r[key]));
