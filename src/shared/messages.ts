@@ -25,7 +25,7 @@ export interface PoolUpdate {
 }
 
 /** One frontend's timings in one worker: [metric][slot] = the recorder's shared counts (read
- *  with stats/latency.ts readRecorder; posting shares them, nothing is copied). */
+ *  with stats/latency.ts LatencySum; posting shares them, nothing is copied). */
 export interface WorkerLatency {
   /** The member in each slot (0: free), so timings of a slot's earlier occupant are not mixed in. */
   readonly ids: number[];
@@ -62,7 +62,7 @@ export interface ListenFailure {
   readonly message: string;
 }
 
-/** One worker's encoded histograms, by frontend name. (Maps, not objects, wherever names are keys:
+/** Where one worker's histograms are, by frontend name. (Maps, not objects, wherever names are keys:
  *  a frontend may be called `constructor`, and Maps cross postMessage intact.) */
 export type LatencyAnswer = Map<string, WorkerLatency>;
 
