@@ -1,5 +1,6 @@
 // What crosses threads: the messages between the control plane and the data-plane workers, and
-// the shapes they carry (a pool as a worker receives it, where the histograms are, listener failures).
+// the shapes they carry (a pool as a worker receives it, the histograms' shared buffers, listener
+// failures).
 // Invariant: a contract between threads, like HAProxy's *-t.h headers: plain data and shared
 // memory only, and it imports nothing of control/, data/ or stats/.
 
