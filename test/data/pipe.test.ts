@@ -150,25 +150,16 @@ t.test('a connect that times out is retried on another backend', async (t) => {
 });
 
 t.test('a timeout never ends a connection before its time', async (t) => {
-  const backend = await startBackend(greet);
   const stats = socketPath();
-  const fulcrum = await startFulcrum([
+  const { fulcrum } = await startInFront(t, greet, [
     ...PIPE_ONLY,
-    '--workers',
-    '1',
     '--stats-socket',
     stats,
     '--proxy-timeout',
     '150ms',
     '--listen',
     '127.0.0.1:0,accept-proxy',
-    '--backend',
-    backend.address,
   ]);
-  t.teardown(async () => {
-    await fulcrum.stop();
-    await backend.close();
-  });
   // Deadlines are checked on the worker's 100 ms tick, and each close below happens on a tick.
   // The next client comes 0, 12, ... 84 ms after it, at every phase of the tick: counted from the
   // clock as it stood at the last tick rather than from the accept, the later ones would be cut
@@ -186,23 +177,14 @@ t.test('a timeout never ends a connection before its time', async (t) => {
 });
 
 t.test('an idle connection is closed after --idle-timeout, and not long after', async (t) => {
-  const backend = await startBackend(greet);
   const stats = socketPath();
-  const fulcrum = await startFulcrum([
+  const { fulcrum } = await startInFront(t, greet, [
     ...PIPE_ONLY,
-    '--workers',
-    '1',
     '--stats-socket',
     stats,
     '--idle-timeout',
     '300ms',
-    '--backend',
-    backend.address,
   ]);
-  t.teardown(async () => {
-    await fulcrum.stop();
-    await backend.close();
-  });
   // Idle connections are found by a sweep on the worker's tick. Eight clients go quiet 125 ms
   // apart, at every phase of a second: with a sweep once a second (as for a 5-minute timeout),
   // some would wait most of a second more than their 300 ms. (The pauses place the clients;
