@@ -828,7 +828,6 @@ function onSocketDrain(this: PublicSocket): void {
   const side = this.side;
   if (side === null) return;
   side.pendingWrites = 0;
-  side.releases = 0;
   drained(side);
 }
 
