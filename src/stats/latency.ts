@@ -13,12 +13,17 @@ import type { Histogram } from 'hdr-histogram-js';
 const require = createRequire(import.meta.url);
 /** `counts` is called (with new) once, for the counts array of the length the range needs. */
 type CountsConstructor = new (length: number) => Int32Array;
+/** What fulcrum uses of hdr-histogram-js's JavaScript histograms beyond its Histogram type. */
+type JsHistogram = Histogram & {
+  countsArrayLength: number;
+  establishInternalTackingValues(): void;
+};
 type TypedArrayHistogramClass = new (
   counts: CountsConstructor,
   lowest: number,
   highest: number,
   digits: number,
-) => Histogram & { establishInternalTackingValues(): void };
+) => JsHistogram;
 const TypedArrayHistogram = (
   require('hdr-histogram-js/dist/TypedArrayHistogram.js') as { default: TypedArrayHistogramClass }
 ).default;
@@ -41,33 +46,20 @@ export const WINDOW_SLOTS = 6;
 export const SLOT_MS = 10_000;
 
 /** A histogram of 32-bit counts (hdr-histogram-js's bitBucketSize 32) over `counts`. */
-function histogram(
-  counts: CountsConstructor,
-): Histogram & { establishInternalTackingValues(): void } {
+function histogram(counts: CountsConstructor): JsHistogram {
   const h = new TypedArrayHistogram(counts, 1, HIGHEST_US, SIGNIFICANT_DIGITS);
   h.autoResize = false;
   return h;
 }
 
-/** A histogram of this thread's own. */
-function newHistogram(): Histogram {
-  return histogram(Int32Array);
-}
-
 /** Counts per histogram: the same in every thread (fixed range and precision). */
-const COUNTS = (newHistogram() as Histogram & { countsArrayLength: number }).countsArrayLength;
+const COUNTS = histogram(Int32Array).countsArrayLength;
 /** A recorder's histograms, in its buffer in this order: the whole run, then the window's slots. */
 const PER_RECORDER = 1 + WINDOW_SLOTS;
 
 /** The `index`th histogram of a recorder's buffer, over the shared counts themselves. */
-function sharedHistogram(
-  buffer: SharedArrayBuffer,
-  index: number,
-): Histogram & { establishInternalTackingValues(): void } {
-  // A function, not an arrow: it is called with new, and returns the view instead of an object.
-  return histogram(function counts(length: number) {
-    return new Int32Array(buffer, index * COUNTS * 4, length);
-  } as unknown as CountsConstructor);
+function sharedHistogram(buffer: SharedArrayBuffer, index: number): Histogram {
+  return overCounts(new Int32Array(buffer, index * COUNTS * 4, COUNTS));
 }
 
 export class LatencyRecorder {
@@ -139,8 +131,9 @@ export class LatencySum {
   }
 }
 
-/** A histogram over `counts`, an array of this thread's own. */
-function overCounts(counts: Int32Array): Histogram & { establishInternalTackingValues(): void } {
+/** A histogram over `counts` (COUNTS long): shared, or this thread's own. */
+function overCounts(counts: Int32Array): JsHistogram {
+  // A function, not an arrow: the histogram calls it with new, and gets `counts` back.
   return histogram(function over() {
     return counts;
   } as unknown as CountsConstructor);
@@ -173,7 +166,6 @@ export function percentiles(h: Histogram): Percentiles {
 
 /** What mean() reads of a histogram: hdr-histogram-js's JavaScript histograms have these. */
 interface IndexedHistogram extends Histogram {
-  countsArrayLength: number;
   getCountAtIndex(index: number): number;
   valueFromIndex(index: number): number;
   medianEquivalentValue(value: number): number;
@@ -190,7 +182,7 @@ let medians: Float64Array | null = null;
  */
 function mean(h: IndexedHistogram): number {
   if (medians === null) {
-    medians = new Float64Array(h.countsArrayLength);
+    medians = new Float64Array(COUNTS);
     for (let i = 0; i < medians.length; i++)
       medians[i] = h.medianEquivalentValue(h.valueFromIndex(i));
   }
