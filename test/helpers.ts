@@ -178,7 +178,8 @@ export async function startFulcrum(
     address: listen,
     logs,
     stop: async (signal = 'SIGTERM') => {
-      if (proc.exitCode !== null) return proc.exitCode;
+      // Ended already (by a signal too: then exitCode is null and 'exit' will not come again).
+      if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
       proc.kill(signal);
       const [code] = (await once(proc, 'exit')) as [number | null];
       return code;

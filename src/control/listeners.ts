@@ -44,13 +44,15 @@ export class Listeners {
   /** `FRONTEND ADDRESS` as written (port 0 included) -> as bound, so a reload keeps the port. */
   private bound = new Map<string, Endpoint>();
 
-  /** Listening sockets the process this one replaces handed over, by address: one descriptor
-   *  of each per worker. */
-  private inherited: Array<Omit<ActivatedSocket, 'name'>> = [];
+  /** Listening sockets the process this one replaces handed over: each kernel socket once, its
+   *  descriptor at HANDED_FDS_START + its index, to be listened on by one worker (spread). */
+  private inherited: InheritedListener[] = [];
 
   /**
-   * Takes the sockets systemd passed, or those the process this one replaces handed over (one
-   * descriptor per worker), and gives systemd's to frontends.
+   * Takes the sockets systemd passed, or those the process this one replaces handed over, and
+   * gives systemd's to frontends. A systemd socket is one kernel socket every worker listens on
+   * (a descriptor of it each); a handed-over reuseport socket keeps its own accept queue and goes
+   * to one worker only, so each is held once, however many upgrades come after.
    */
   async activate(
     workers: number,
@@ -61,21 +63,28 @@ export class Listeners {
       this.activated = assignActivated(await takeActivatedSockets(workers), frontends);
       return;
     }
-    const fds = handover.sockets.map((_, i) => HANDED_FDS_START + i);
-    const sockets = await duplicateSockets(fds, workers);
-    const systemd: ActivatedSocket[] = [];
-    sockets.forEach((socket, i) => {
-      const name = handover.sockets[i].systemd;
-      if (name === null) this.inherited.push(socket);
-      else systemd.push({ ...socket, name });
+    const systemdFds: number[] = [];
+    const names: string[] = [];
+    handover.sockets.forEach((socket, i) => {
+      const fd = HANDED_FDS_START + i;
+      if (socket.systemd === null)
+        this.inherited.push({ host: socket.host, port: socket.port, fd });
+      else {
+        systemdFds.push(fd);
+        names.push(socket.systemd);
+      }
     });
-    this.activated = assignActivated(systemd, frontends);
+    const systemd = systemdFds.length === 0 ? [] : await duplicateSockets(systemdFds, workers);
+    this.activated = assignActivated(
+      systemd.map((socket, i) => ({ ...socket, name: names[i] })),
+      frontends,
+    );
     this.bound = new Map(handover.bound);
   }
 
-  /** Worker `index`'s descriptors of the handed-over listening sockets. */
-  inheritedFor(index: number): InheritedListener[] {
-    return this.inherited.map((s) => ({ host: s.host, port: s.port, fd: s.fds[index] }));
+  /** The handed-over listening sockets worker `index` of `workers` listens on. */
+  inheritedFor(index: number, workers: number): InheritedListener[] {
+    return spread(this.inherited, index, workers);
   }
 
   /** `FRONTEND ADDRESS` as written -> as bound, for a successor to keep the same ports. */
@@ -145,6 +154,27 @@ export class Listeners {
     this.bound = bound;
     return { ...config, frontends };
   }
+}
+
+/**
+ * The share of `sockets` worker `index` of `workers` listens on: of each address's sockets, the
+ * k-th goes to worker k mod `workers`. Every socket has one worker; a worker left without one
+ * for an address opens its own (a successor with more workers than the process it replaces).
+ */
+export function spread(
+  sockets: readonly InheritedListener[],
+  index: number,
+  workers: number,
+): InheritedListener[] {
+  const seen = new Map<string, number>();
+  const mine: InheritedListener[] = [];
+  for (const socket of sockets) {
+    const key = `${socket.host} ${socket.port}`;
+    const k = seen.get(key) ?? 0;
+    seen.set(key, k + 1);
+    if (k % workers === index) mine.push(socket);
+  }
+  return mine;
 }
 
 /** Binds each listener `next` adds to `current`, once, to find a taken port before changing

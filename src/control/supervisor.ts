@@ -22,7 +22,7 @@ import { ConfigError } from '../config/parse.ts';
 import type { Config, FrontendConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { addFrontendFields, END, END_BASE, summarize, sumSlots } from '../shared/counters.ts';
-import type { LatencyAnswer, ListenFailure, OpenListener, WorkerInit } from '../shared/messages.ts';
+import type { LatencyAnswer, ListenFailure, WorkerInit } from '../shared/messages.ts';
 import type { Outcome } from '../stats/commands.ts';
 import type { MetricsServer } from '../stats/metrics.ts';
 import { StatsServer } from '../stats/server.ts';
@@ -32,14 +32,28 @@ import { AgentChecker } from './agent.ts';
 import { connectionBudget, descriptorLimit } from './descriptors.ts';
 import { Discovery } from './discovery.ts';
 import { HealthChecker } from './health.ts';
-import { checkNewListeners, hostText, ListenError, Listeners, listenReason } from './listeners.ts';
+import {
+  checkNewListeners,
+  hostText,
+  ListenError,
+  Listeners,
+  listenReason,
+  spread,
+} from './listeners.ts';
 import { LoadScraper } from './load.ts';
 import type { PoolChanges } from './pool.ts';
 import { Pool } from './pool.ts';
 import { RuntimeState } from './state.ts';
 import { notify } from './systemd.ts';
-import type { Handover, UpgradeMessage } from './upgrade.ts';
-import { handoverFromEnv, nextMessage, startSuccessor, tell } from './upgrade.ts';
+import type { Handover, Reserve, UpgradeMessage } from './upgrade.ts';
+import {
+  handoverFromEnv,
+  nextMessage,
+  reserveSockets,
+  startSuccessor,
+  tell,
+  uniqueSockets,
+} from './upgrade.ts';
 import { WorkerGroup } from './workers.ts';
 
 export { ListenError };
@@ -89,6 +103,12 @@ export class Supervisor {
   /** A reload asked for while starting: it runs once ready (the config may have changed since). */
   private reloadWhenReady: string | null = null;
   private drained = 0;
+  /** Counts drains: a worker's 'drained' from before a take-back is not counted. */
+  private drainGeneration = 0;
+  private drainTimer: NodeJS.Timeout | null = null;
+  private exitTimer: NodeJS.Timeout | null = null;
+  /** Tells the successor how many connections this process still drains. */
+  private reportTimer: NodeJS.Timeout | null = null;
   /** The last note about the connection budget, so it is logged once, not at every change. */
   private budgetSaid = '';
   /** Clients closed by local resource errors, as last logged, and when (at most every 10 s). */
@@ -98,8 +118,13 @@ export class Supervisor {
   private readonly startedAt = new Date();
   /** Set when this process is a successor: what it inherited from the process it replaces. */
   private readonly handover: Handover | null = handoverFromEnv();
+  /** An upgrade runs (from the request to its handover or failure). */
+  private upgradeBusy = false;
   /** The successor of an upgrade in progress; null when none is. */
   private upgrading: ChildProcess | null = null;
+  /** After a handover: a descriptor of every listening socket handed over, to take back if the
+   *  successor dies while this process drains. */
+  private reserve: Reserve | null = null;
   /** This process handed everything to a successor and only drains now. */
   private handedOver = false;
   /** The process this one replaced, while it still drains: its pid and live connections. */
@@ -147,25 +172,20 @@ export class Supervisor {
         accessLog: config.accessLog,
         logFormat: config.logFormat,
         activated: this.listeners.forWorker(index, this.loaded),
-        inherited: this.listeners.inheritedFor(index),
+        inherited: this.listeners.inheritedFor(index, config.workers),
       });
     }
     let hooked: boolean[];
     try {
       hooked = await this.group.start(inits, {
-        drained: () => this.onDrained(),
+        drained: (generation) => this.onDrained(generation),
         died: (code, err) => this.onWorkerDied(code, err),
       });
     } catch (err) {
       this.stats?.close();
       throw err;
     }
-    this.watchers = [
-      new HealthChecker(this.log),
-      new AgentChecker(this.log),
-      new LoadScraper(this.log),
-    ];
-    for (const watcher of this.watchers) watcher.sync(this.pools);
+    this.startWatchers();
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
     if (!hooked.every(Boolean)) {
@@ -185,6 +205,16 @@ export class Supervisor {
       this.reloadWhenReady = null;
       void this.reload(source);
     }
+  }
+
+  /** Health probes, agents and load reports, each following the pools from now on. */
+  private startWatchers(): void {
+    this.watchers = [
+      new HealthChecker(this.log),
+      new AgentChecker(this.log),
+      new LoadScraper(this.log),
+    ];
+    for (const watcher of this.watchers) watcher.sync(this.pools);
   }
 
   /** Opens the stats socket and the metrics port; `replace`: taking them over from the process
@@ -234,7 +264,13 @@ export class Supervisor {
     while (health !== undefined && !health.allProbed() && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
+    // The old process may be gone already (the channel closed before anything here listened for
+    // it): then there is nobody to wait for, and everything is this process's to take.
     await new Promise<void>((resolve) => {
+      if (!process.connected) {
+        resolve();
+        return;
+      }
       const onMessage = (message: UpgradeMessage) => {
         if (message.type !== 'takeover') return;
         process.off('message', onMessage);
@@ -245,18 +281,21 @@ export class Supervisor {
       process.once('disconnect', resolve);
       tell(process, { type: 'ready' });
     });
+    if (!process.connected) this.log.warn('upgrade: the old process is gone; taking over');
     await this.openSideChannels(true);
-    process.on('message', (message: UpgradeMessage) => {
-      if (message.type === 'draining') this.older = { pid: message.pid, live: message.live };
-    });
-    process.once('disconnect', () => {
-      if (this.older !== null)
-        this.log.info({ oldPid: this.older.pid }, 'upgrade: the old process has exited');
-      this.older = null;
-    });
-    // The channel must not keep this process alive, nor the old one's exit stop it.
-    process.channel?.unref();
-    tell(process, { type: 'took-over' });
+    if (process.connected) {
+      process.on('message', (message: UpgradeMessage) => {
+        if (message.type === 'draining') this.older = { pid: message.pid, live: message.live };
+      });
+      process.once('disconnect', () => {
+        if (this.older !== null)
+          this.log.info({ oldPid: this.older.pid }, 'upgrade: the old process has exited');
+        this.older = null;
+      });
+      // The channel must not keep this process alive, nor the old one's exit stop it.
+      process.channel?.unref();
+      tell(process, { type: 'took-over', statsSocket: this.config.stats.socket });
+    }
     this.log.info('upgrade: took over');
   }
 
@@ -272,39 +311,50 @@ export class Supervisor {
    * changes nothing here; a second request while one runs is logged and refused.
    */
   async upgrade(source: string): Promise<Outcome> {
-    if (this.upgrading !== null || this.handedOver) {
+    if (this.upgradeBusy || this.handedOver) {
       this.log.warn({ source }, 'upgrade already in progress: ignored');
       return { ok: false, message: 'an upgrade is already in progress' };
     }
     if (!this.started || this.stopping) {
       return { ok: false, message: 'not serving: nothing to upgrade' };
     }
+    this.upgradeBusy = true;
+    try {
+      return await this.runUpgrade(source);
+    } finally {
+      this.upgradeBusy = false;
+    }
+  }
+
+  private async runUpgrade(source: string): Promise<Outcome> {
     this.log.info({ source }, 'upgrade: starting a new process');
     const answers = await this.group.request((id) => ({ type: 'sockets', id }));
-    const sockets: OpenListener[] = [];
-    const seen = new Set<string>();
-    for (const answer of answers) {
-      if (answer.type !== 'sockets') continue;
-      for (const socket of answer.sockets) {
-        // Every worker holds its own descriptor of a socket systemd passed: hand one over.
-        const key =
-          socket.systemd === null
-            ? `${socket.fd}`
-            : `${socket.systemd} ${socket.host} ${socket.port}`;
-        if (seen.has(key)) continue;
-        seen.add(key);
-        sockets.push(socket);
-      }
-    }
+    const sockets = uniqueSockets(answers.flatMap((a) => (a.type === 'sockets' ? a.sockets : [])));
     const handover: Handover = {
       sockets: sockets.map(({ host, port, systemd }) => ({ host, port, systemd })),
       bound: this.listeners.boundEntries(),
     };
-    const { child, ready } = startSuccessor(
-      handover,
-      sockets.map((s) => s.fd),
-      this.log,
-    );
+    let reserve: Reserve;
+    let successorStats: string | null = null;
+    let child: ChildProcess;
+    let ready: Promise<void>;
+    try {
+      reserve = await reserveSockets(sockets.filter((s) => s.systemd === null));
+      try {
+        ({ child, ready } = startSuccessor(
+          handover,
+          sockets.map((s) => s.fd),
+          this.log,
+        ));
+      } catch (err) {
+        reserve.release();
+        throw err;
+      }
+    } catch (err) {
+      const message = `cannot start the new process: ${(err as Error).message}`;
+      this.log.error({ source, error: message }, 'upgrade failed: this process keeps serving');
+      return { ok: false, message: `upgrade failed: ${message}` };
+    }
     this.upgrading = child;
     try {
       await ready;
@@ -314,10 +364,11 @@ export class Supervisor {
         this.metrics = null;
       }
       tell(child, { type: 'takeover' });
-      await nextMessage(child, 'took-over');
+      successorStats = (await nextMessage(child, 'took-over')).statsSocket;
     } catch (err) {
       const message = (err as Error).message;
       this.upgrading = null;
+      reserve.release();
       if (child.exitCode === null) child.kill('SIGKILL');
       this.log.error({ source, error: message }, 'upgrade failed: this process keeps serving');
       if (this.metrics === null && this.config.metrics !== null) {
@@ -327,23 +378,34 @@ export class Supervisor {
       }
       return { ok: false, message: `upgrade failed: ${message}` };
     }
+    this.reserve = reserve;
     // After this answer is written: the stats socket that carries it closes next.
-    setImmediate(() => this.drainAfterHandover(child));
+    setImmediate(() => this.drainAfterHandover(child, successorStats));
     return {
       ok: true,
       message: `upgraded: pid ${child.pid} serves now; pid ${process.pid} drains`,
     };
   }
 
-  /** The successor serves everything: stop accepting and drain, telling it how many are left. */
-  private drainAfterHandover(child: ChildProcess): void {
+  /**
+   * The successor serves everything: stop accepting and drain, telling it how many are left. If
+   * it dies before this process has drained, this process takes its listeners back and serves.
+   */
+  private drainAfterHandover(child: ChildProcess, successorStats: string | null): void {
     this.handedOver = true;
-    // Not closed: closing a unix socket server unlinks its path (libuv does), which is the
-    // successor's socket now. It answers no one (the path is the successor's) and goes at exit.
+    // Closing a unix socket server unlinks its path (libuv does): only when the successor serves
+    // another path is ours stale. Otherwise the path is the successor's socket now; ours answers
+    // no one and goes at exit.
+    if (this.stats !== null && successorStats !== this.config.stats.socket) this.stats.close();
     this.stats = null;
-    child.on('exit', (code, signal) =>
-      this.log.error({ newPid: child.pid, code, signal }, 'upgrade: the new process exited'),
-    );
+    child.on('exit', (code, signal) => {
+      if (code === 0) {
+        this.log.info({ newPid: child.pid }, 'upgrade: the new process exited');
+        return;
+      }
+      this.log.error({ newPid: child.pid, code, signal }, 'upgrade: the new process died');
+      if (this.handedOver && this.reserve !== null) void this.takeBack(child.pid ?? 0);
+    });
     const report = () =>
       tell(child, {
         type: 'draining',
@@ -351,8 +413,54 @@ export class Supervisor {
         live: Number(this.view?.info(this.version).connections_now ?? 0),
       });
     report();
-    setInterval(report, 500).unref();
+    this.reportTimer = setInterval(report, 500);
+    this.reportTimer.unref();
     this.drain({ reason: 'upgrade' });
+  }
+
+  /**
+   * The successor died after the handover while this process drains: the listening sockets it
+   * had are still open here (the reserve), so this process listens on them again, takes back the
+   * stats socket and the metrics port, restarts its checks and serves as before. HAProxy's old
+   * process cannot; a connection queued meanwhile in a socket of the dead successor is lost with
+   * it, but no port ever closes.
+   */
+  private async takeBack(deadPid: number): Promise<void> {
+    const reserve = this.reserve;
+    if (reserve === null) return;
+    this.reserve = null;
+    this.log.warn({ newPid: deadPid }, 'upgrade: taking the listeners back and serving');
+    if (this.drainTimer !== null) clearTimeout(this.drainTimer);
+    if (this.exitTimer !== null) clearTimeout(this.exitTimer);
+    if (this.reportTimer !== null) clearInterval(this.reportTimer);
+    this.drainTimer = this.exitTimer = this.reportTimer = null;
+    this.drainGeneration++;
+    this.drained = 0;
+    this.stopping = false;
+    this.handedOver = false;
+    this.upgrading = null;
+    const workers = this.group.size;
+    const answers = await this.group.request((id, index) => ({
+      type: 'resume',
+      id,
+      inherited: spread(reserve.sockets, index, workers),
+    }));
+    for (const answer of answers) {
+      for (const failure of answer.type === 'updated' ? answer.failures : []) {
+        this.log.error(
+          { endpoint: failure.endpoint, reason: listenReason(failure.code, failure.message) },
+          'upgrade: a listener could not be taken back',
+        );
+      }
+    }
+    this.startWatchers();
+    try {
+      await this.openSideChannels(true);
+    } catch (err) {
+      this.log.error({ error: (err as Error).message }, 'upgrade: cannot reopen a side channel');
+    }
+    this.log.info({ workers }, 'upgrade: took the listeners back; serving');
+    await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
   }
 
   /** `show info`: which process answers, and the upgrade it is in. */
@@ -725,14 +833,15 @@ export class Supervisor {
     this.stopping = true;
     for (const watcher of this.watchers) watcher.stop();
     this.log.info({ ...cause, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');
-    this.group.broadcast({ type: 'drain' });
-    const deadline = setTimeout(() => {
+    this.group.broadcast({ type: 'drain', generation: this.drainGeneration });
+    this.drainTimer = setTimeout(() => {
       this.log.warn('drain timeout: cutting the remaining connections');
       this.group.broadcast({ type: 'cut' });
       // Give the cut a moment to be counted, then go.
-      setTimeout(() => this.exit(), 200).unref();
+      this.exitTimer = setTimeout(() => this.exit(), 200);
+      this.exitTimer.unref();
     }, this.config.drainTimeoutMs);
-    deadline.unref();
+    this.drainTimer.unref();
   }
 
   /** The live-connection limit the workers enforce: the configured one, or the one the
@@ -753,7 +862,8 @@ export class Supervisor {
     return answers.map((a) => (a.type === 'latency' ? a.latency : new Map()));
   }
 
-  private onDrained(): void {
+  private onDrained(generation: number): void {
+    if (generation !== this.drainGeneration) return;
     this.drained++;
     if (this.drained === this.group.size) this.exit();
   }

@@ -84,8 +84,17 @@ interface HelperMessage {
   address?: { address: string; port: number; family: string };
 }
 
-/** Descriptors received from the helper: kept (never closed here) so their numbers stay ours. */
-const kept: unknown[] = [];
+/** Descriptors received from the helper, by number: kept (closed only by release) so their
+ *  numbers stay ours while a worker or the upgrade reserve uses them. */
+const kept = new Map<number, { close(): void }>();
+
+/** Closes descriptors the helper gave that nothing listens on. */
+export function release(fds: readonly number[]): void {
+  for (const fd of fds) {
+    kept.get(fd)?.close();
+    kept.delete(fd);
+  }
+}
 
 /**
  * The listening sockets systemd passed (LISTEN_FDS, for this process: LISTEN_PID), each with a
@@ -121,6 +130,8 @@ export async function duplicateSockets(
   workers: number,
 ): Promise<Array<Omit<ActivatedSocket, 'name'>>> {
   const count = fds.length;
+  // Nothing to duplicate: no helper (it would never send the message that ends the wait).
+  if (count === 0) return [];
   const child = spawn(process.execPath, ['-e', HELPER, String(count), String(workers)], {
     stdio: ['ignore', 'ignore', 'inherit', 'ipc', ...fds],
   });
@@ -132,14 +143,14 @@ export async function duplicateSockets(
       child.kill();
       reject(new ActivationError('the descriptor helper did not answer'));
     }, 10_000);
-    child.on('message', (message: HelperMessage, handle?: { fd: number }) => {
+    child.on('message', (message: HelperMessage, handle?: { fd: number; close(): void }) => {
       const socket = sockets[message.i];
       if (message.k === undefined) {
         socket.tcp = message.tcp === true;
         socket.address = message.address;
         expected -= socket.tcp ? 1 : workers;
       } else if (handle !== undefined) {
-        kept.push(handle);
+        kept.set(handle.fd, handle);
         socket.fds[message.k] = handle.fd;
         expected--;
       }

@@ -5,12 +5,16 @@
 // everything, runs its first health checks and says it is ready; only then does the old process
 // give up its metrics port and stats socket path, and drain. Invariants: until the successor is
 // ready nothing of the old process changes; an upgrade that fails leaves it serving; the two
-// talk only over the IPC channel (fd 3) and the FULCRUM_UPGRADE variable.
+// talk only over the IPC channel (fd 3) and the FULCRUM_UPGRADE variable; each kernel socket is
+// handed over once (so descriptors stay flat across any number of upgrades), and the old process
+// keeps a descriptor of each until it exits, to take the listeners back if its successor dies.
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, fstatSync } from 'node:fs';
 import type { Endpoint } from '../config/types.ts';
 import type { Logger } from '../log.ts';
+import type { InheritedListener, OpenListener } from '../shared/messages.ts';
+import { duplicateSockets, release } from './systemd.ts';
 
 /** The variable that tells a process it is a successor, and what it inherits. */
 export const UPGRADE_ENV = 'FULCRUM_UPGRADE';
@@ -42,8 +46,8 @@ export type UpgradeMessage =
   | { type: 'failed'; message: string }
   /** old -> successor: the metrics port is free; take the stats socket and metrics. */
   | { type: 'takeover' }
-  /** successor -> old: it serves everything now. */
-  | { type: 'took-over' }
+  /** successor -> old: it serves everything now, with its stats socket at `statsSocket`. */
+  | { type: 'took-over'; statsSocket: string | null }
   /** old -> successor: how many connections it still drains. */
   | { type: 'draining'; pid: number; live: number };
 
@@ -53,6 +57,45 @@ export function handoverFromEnv(): Handover | null {
   delete process.env[UPGRADE_ENV];
   if (text === undefined || typeof process.send !== 'function') return null;
   return JSON.parse(text) as Handover;
+}
+
+/**
+ * The listening sockets to hand over, from every worker's list: each kernel socket once (two
+ * descriptors of one socket, such as each worker's of a socket systemd passed, share an inode).
+ * A socket closed since its worker listed it is left out.
+ */
+export function uniqueSockets(listed: readonly OpenListener[]): OpenListener[] {
+  const seen = new Set<number>();
+  const unique: OpenListener[] = [];
+  for (const socket of listed) {
+    let inode: number;
+    try {
+      inode = fstatSync(socket.fd).ino;
+    } catch {
+      continue;
+    }
+    if (seen.has(inode)) continue;
+    seen.add(inode);
+    unique.push(socket);
+  }
+  return unique;
+}
+
+/** A descriptor of each handed-over socket, held (not listened on) by the main thread. */
+export interface Reserve {
+  readonly sockets: readonly InheritedListener[];
+  /** Closes the descriptors; for an upgrade that failed before the handover. */
+  release(): void;
+}
+
+/** Takes a descriptor of each of `sockets` of its own, so they outlive the workers' listeners. */
+export async function reserveSockets(sockets: readonly OpenListener[]): Promise<Reserve> {
+  const copies = await duplicateSockets(
+    sockets.map((s) => s.fd),
+    2,
+  );
+  const held = sockets.map((s, i) => ({ host: s.host, port: s.port, fd: copies[i].fds[1] }));
+  return { sockets: held, release: () => release(held.map((s) => s.fd)) };
 }
 
 /** Sends `message` to the process on the other end of the IPC channel, if there is one. */
@@ -72,6 +115,7 @@ export function startSuccessor(
   log: Logger,
 ): { child: ChildProcess; ready: Promise<void> } {
   const node = existsSync(process.execPath) ? process.execPath : 'node';
+  // Some failures (E2BIG, ENOMEM) throw rather than emit 'error': the caller catches them.
   const child = spawn(node, [...process.execArgv, ...process.argv.slice(1)], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...fds],
     env: { ...process.env, [UPGRADE_ENV]: JSON.stringify(handover) },
@@ -107,7 +151,10 @@ export function startSuccessor(
 }
 
 /** Resolves with the successor's next message of `type`; rejects if it exits first. */
-export function nextMessage(child: ChildProcess, type: UpgradeMessage['type']): Promise<void> {
+export function nextMessage<T extends UpgradeMessage['type']>(
+  child: ChildProcess,
+  type: T,
+): Promise<Extract<UpgradeMessage, { type: T }>> {
   return new Promise((resolve, reject) => {
     const onMessage = (message: UpgradeMessage) => {
       if (message.type === 'failed') {
@@ -115,7 +162,7 @@ export function nextMessage(child: ChildProcess, type: UpgradeMessage['type']): 
         reject(new Error(message.message));
       } else if (message.type === type) {
         done();
-        resolve();
+        resolve(message as Extract<UpgradeMessage, { type: T }>);
       }
     };
     const onExit = () => {

@@ -26,7 +26,7 @@ type Answer = Extract<WorkerMessage, { id: number }>;
 
 export interface WorkerEvents {
   /** A worker has no live connection left after a drain. */
-  drained(): void;
+  drained(generation: number): void;
   /** A worker failed or exited while it should be running. */
   died(code: number | null, err: Error | null): void;
 }
@@ -67,19 +67,21 @@ export class WorkerGroup {
 
   private watch(worker: Worker, events: WorkerEvents): void {
     worker.on('message', (message: WorkerMessage) => {
-      if (message.type === 'drained') events.drained();
+      if (message.type === 'drained') events.drained(message.generation);
       else if ('id' in message) this.onAnswer(message);
     });
     worker.on('error', (err) => events.died(null, err));
     worker.on('exit', (code) => events.died(code, null));
   }
 
-  /** Sends `build(id)` to every worker; resolves with all their answers. */
-  request(build: (id: number) => ControlMessage): Promise<WorkerMessage[]> {
+  /** Sends `build(id, index)` to each worker; resolves with all their answers. */
+  request(build: (id: number, index: number) => ControlMessage): Promise<WorkerMessage[]> {
     const id = this.nextRequestId++;
     return new Promise((resolve) => {
       this.requests.set(id, { answers: [], resolve });
-      this.broadcast(build(id));
+      for (let index = 0; index < this.workers.length; index++) {
+        this.workers[index].postMessage(build(id, index));
+      }
     });
   }
 

@@ -1,8 +1,9 @@
 // The listening sockets of one worker: one per address the frontends name (with SO_REUSEPORT,
 // so every worker has its own), whichever frontends share it, and the sockets systemd passed.
 // Each socket carries the Route that says which frontend takes its clients (data/routes.ts).
-// Sockets a replaced fulcrum handed over (an upgrade) are listened on as they are, all of them,
-// so the connections queued in each are accepted. Invariant: an address that stays across a
+// Sockets a replaced fulcrum handed over (an upgrade), or taken back from a successor that died,
+// are listened on as they are, this worker's share of them, so the connections queued in each
+// are accepted. Invariant: an address that stays across a
 // reload keeps its sockets, even when the frontends on it change (only its Route is replaced);
 // only added addresses open and removed ones close, and the accept hook (or the public
 // 'connection' path) is set before the first accept.
@@ -49,6 +50,13 @@ export class Listeners {
 
   constructor(backlog: number, inherited: readonly InheritedListener[] = []) {
     this.backlog = backlog;
+    this.inherited = null;
+    this.adopt(inherited);
+  }
+
+  /** Sockets to listen on, as they are, at the next sync: handed over by the process this one
+   *  replaces, or taken back after a drain from the successor that died. */
+  adopt(inherited: readonly InheritedListener[]): void {
     this.inherited = new Map();
     for (const socket of inherited) {
       const key = `${socket.host} ${socket.port}`;

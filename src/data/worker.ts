@@ -38,6 +38,8 @@ let accessLog: Logger | null = null;
 
 let draining = false;
 let drainedSent = false;
+/** The drain this worker is in, echoed in its 'drained' message (a resume makes it stale). */
+let drainGeneration = 0;
 
 function live(): number {
   let total = 0;
@@ -54,7 +56,7 @@ function onIdle(this: Frontend): void {
 function checkDrained(): void {
   if (draining && !drainedSent && live() === 0) {
     drainedSent = true;
-    port?.postMessage({ type: 'drained' } satisfies WorkerMessage);
+    port?.postMessage({ type: 'drained', generation: drainGeneration } satisfies WorkerMessage);
   }
 }
 
@@ -124,8 +126,17 @@ let updating: Promise<void> = Promise.resolve();
 port.on('message', (message: ControlMessage) => {
   if (message.type === 'drain') {
     draining = true;
+    drainedSent = false;
+    drainGeneration = message.generation;
     listeners.close();
     checkDrained();
+  } else if (message.type === 'resume') {
+    updating = updating.then(async () => {
+      draining = false;
+      listeners.adopt(message.inherited);
+      const failures = await listeners.sync([...frontends.values()]);
+      port.postMessage({ type: 'updated', id: message.id, failures } satisfies WorkerMessage);
+    });
   } else if (message.type === 'cut') {
     for (const frontend of frontends.values()) frontend.cutAll(END.DRAIN_CUT);
     for (const frontend of retired) frontend.cutAll(END.DRAIN_CUT);

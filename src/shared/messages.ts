@@ -88,7 +88,8 @@ export type WorkerMessage =
   | { type: 'listen-error'; endpoint: string; code: string; message: string }
   | { type: 'updated'; id: number; failures: ListenFailure[] }
   | { type: 'killed'; id: number; count: number }
-  | { type: 'drained' }
+  /** No live connection left since the drain of `generation` (a resume starts a new one). */
+  | { type: 'drained'; generation: number }
   | { type: 'latency'; id: number; latency: LatencyAnswer }
   | { type: 'sockets'; id: number; sockets: OpenListener[] };
 
@@ -103,7 +104,9 @@ export interface UpdateMessage {
 
 /** Messages from the main thread to a worker. */
 export type ControlMessage =
-  | { type: 'drain' }
+  | { type: 'drain'; generation: number }
+  /** Listen again after a drain, on `inherited` too (the process takes its listeners back). */
+  | { type: 'resume'; id: number; inherited: InheritedListener[] }
   | { type: 'cut' }
   | { type: 'latency'; id: number }
   | { type: 'sockets'; id: number }

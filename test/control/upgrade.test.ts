@@ -11,14 +11,13 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { query } from '../../src/stats/client.ts';
 import {
   closedPort,
   connect,
   echo,
   eventually,
-  type Fulcrum,
   notifySocket,
   type Stream,
   send,
@@ -32,79 +31,9 @@ import {
   waitFor,
   waitForLog,
 } from '../helpers.ts';
+import { alive, info, shortConnections, stopServing } from './upgrade-helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'fulcrum-upgrade-'));
-
-/** Short connections, one every 20 ms: each sends a line and must get it echoed whole. */
-function shortConnections(port: number): { stop(): Promise<void>; ok: number; failed: string[] } {
-  const state = { ok: 0, failed: [] as string[], stop: async () => {} };
-  let stopped = false;
-  const one = async () => {
-    const socket = net.connect({ host: '127.0.0.1', port });
-    try {
-      await once(socket, 'connect');
-      socket.write('ping\n');
-      let got = '';
-      await new Promise<void>((resolve, reject) => {
-        socket.on('data', (chunk: Buffer) => {
-          got += chunk.toString();
-          if (got === 'ping\n') resolve();
-        });
-        socket.once('error', reject);
-        socket.once('close', () => reject(new Error(`closed after "${got}"`)));
-      });
-      state.ok++;
-    } catch (err) {
-      state.failed.push((err as Error).message);
-    } finally {
-      socket.destroy();
-    }
-  };
-  const running: Promise<void>[] = [];
-  const timer = setInterval(() => {
-    if (!stopped) running.push(one());
-  }, 20);
-  state.stop = async () => {
-    stopped = true;
-    clearInterval(timer);
-    await Promise.all(running);
-  };
-  return state;
-}
-
-/** Whether process `pid` exists. */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function info(stats: string): Promise<Record<string, string | number>> {
-  return JSON.parse(await query(stats, 'show info json')) as Record<string, string | number>;
-}
-
-/** Stops, when the test ends, the process serving `stats` and every successor `fulcrum` started
- *  (not our children: the helper that spawned fulcrum does not know them). */
-function stopServing(t: Test, stats: string, fulcrum?: Fulcrum): void {
-  t.teardown(async () => {
-    const serving = await info(stats).then(
-      (i) => Number(i.pid),
-      () => 0,
-    );
-    const started = (fulcrum?.logs ?? [])
-      .filter((l) => l.msg === 'upgrade: started the new process')
-      .map((l) => Number(l.newPid));
-    for (const pid of new Set([serving, ...started])) {
-      if (pid > 0 && pid !== process.pid && alive(pid)) {
-        process.kill(pid, 'SIGTERM');
-        await waitFor(() => !alive(pid), 10_000, 'a successor to stop');
-      }
-    }
-  });
-}
 
 for (const workers of [1, 2]) {
   t.test(`SIGUSR2 under load, ${workers} worker(s): nothing dropped, state kept`, async (t) => {

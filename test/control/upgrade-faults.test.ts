@@ -1,0 +1,193 @@
+// Upgrades when a process dies at the wrong moment (issue 24, items 2-4). The old process killed
+// at several moments after its successor appears: the successor finishes taking over (ready, its
+// stats socket, reloads). The successor killed after the handover: the old process, still
+// draining, takes its listeners back and serves. A successor that stops cleanly is logged at
+// info and not replaced; an upgrade that moves the stats socket leaves no stale path behind.
+
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t from 'tap';
+import { query } from '../../src/stats/client.ts';
+import {
+  connect,
+  echo,
+  type Fulcrum,
+  send,
+  settled,
+  socketPath,
+  startBackend,
+  startFulcrum,
+  stream,
+  waitFor,
+  waitForLog,
+} from '../helpers.ts';
+import { alive, info, shortConnections, stopServing } from './upgrade-helpers.ts';
+
+const dir = mkdtempSync(join(tmpdir(), 'fulcrum-upgrade-faults-'));
+
+/** The pid of the successor that `upgrade` number `n` (from 1) of `fulcrum`'s log started. */
+async function successor(fulcrum: Fulcrum, n: number): Promise<number> {
+  const started = (l: Record<string, unknown>) => l.msg === 'upgrade: started the new process';
+  await waitFor(() => fulcrum.logs.filter(started).length >= n, 10_000, `upgrade ${n} to start`);
+  return Number(fulcrum.logs.filter(started)[n - 1].newPid);
+}
+
+/** Echoes one line through `port`. */
+async function echoes(port: number): Promise<boolean> {
+  const socket = await connect(port);
+  socket.write('ping\n');
+  const [reply] = await once(socket, 'data');
+  socket.destroy();
+  return String(reply) === 'ping\n';
+}
+
+t.test(
+  'the old process killed early in the handover: the successor still takes over',
+  async (t) => {
+    const backend = await startBackend(echo);
+    t.teardown(() => backend.close());
+    const stats = socketPath();
+    const fulcrum = await startFulcrum([
+      '--stats-socket',
+      stats,
+      '--health-interval',
+      '300ms',
+      '--backend',
+      backend.address,
+    ]);
+    t.teardown(() => fulcrum.stop('SIGKILL'));
+    stopServing(t, stats, fulcrum);
+    let serving = fulcrum.proc.pid as number;
+    // Each moment is one upgrade of the chain: the process that took over last is the old one.
+    const moments = [10, 400, 900, 1300];
+    for (const [i, ms] of moments.entries()) {
+      process.kill(serving, 'SIGUSR2');
+      const next = await successor(fulcrum, i + 1);
+      // A moment after the successor appears: the point of the test, not a wait for an event.
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      process.kill(serving, 'SIGKILL');
+      await waitFor(() => !alive(serving), 5000, `pid ${serving} to die`);
+      await waitForLog(
+        fulcrum,
+        (l) => l.msg === 'ready' && l.pid === next,
+        15_000,
+        `pid ${next} to be ready (old one killed after ${ms} ms)`,
+      );
+      await waitFor(() => existsSync(stats), 5000, 'the stats socket');
+      t.equal(Number((await info(stats)).pid), next, `${ms} ms: the stats socket answers`);
+      process.kill(next, 'SIGHUP');
+      await waitForLog(fulcrum, (l) => l.msg === 'reloaded' && l.pid === next, 10_000, 'reload');
+      t.ok(await echoes(fulcrum.port), `${ms} ms: serves, and a reload works`);
+      serving = next;
+    }
+    await settled(stats);
+  },
+);
+
+t.test(
+  'the successor killed after the handover: the old process takes the listeners back',
+  async (t) => {
+    const backend = await startBackend(echo);
+    t.teardown(() => backend.close());
+    const stats = socketPath();
+    const fulcrum = await startFulcrum([
+      '--workers',
+      '2',
+      '--stats-socket',
+      stats,
+      '--no-health-check',
+      '--backend',
+      backend.address,
+    ]);
+    t.teardown(() => fulcrum.stop('SIGKILL'));
+    stopServing(t, stats, fulcrum);
+    const oldPid = fulcrum.proc.pid as number;
+    // A stream keeps the old process draining after the handover.
+    const held = await stream(fulcrum.port);
+    send(held, 1024);
+    const answer = await query(stats, 'upgrade');
+    const newPid = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
+    t.ok(newPid > 0, answer.trim());
+    const short = shortConnections(fulcrum.port);
+    await waitFor(() => short.ok >= 5, 10_000, 'short connections through the successor');
+    process.kill(newPid, 'SIGKILL');
+    await waitForLog(
+      fulcrum,
+      (l) => l.msg === 'upgrade: took the listeners back; serving' && l.pid === oldPid,
+      10_000,
+      'the take-back',
+    );
+    t.ok(
+      fulcrum.logs.some((l) => l.msg === 'upgrade: the new process died' && l.level === 50),
+      'the death is logged as an error',
+    );
+    const before = short.ok;
+    const failedBefore = short.failed.length;
+    await waitFor(() => short.ok >= before + 30, 10_000, 'short connections after the take-back');
+    await short.stop();
+    t.same(short.failed.slice(failedBefore), [], 'every connection after the take-back is served');
+    t.equal(
+      Number((await info(stats)).pid),
+      oldPid,
+      'the stats socket answers from the old process',
+    );
+    send(held, 1024);
+    held.socket.end();
+    await held.done;
+    t.equal(held.bytesReceived, held.bytesSent, 'the stream it drained is intact');
+    t.equal(fulcrum.proc.exitCode, null, 'it serves on: it no longer drains to exit');
+    t.match(
+      await query(stats, 'upgrade'),
+      /^upgraded: pid \d+ serves now/,
+      'and can upgrade again',
+    );
+    await settled(stats);
+  },
+);
+
+t.test(
+  'a successor that stops cleanly is not replaced; a moved stats socket leaves no stale path',
+  async (t) => {
+    const backend = await startBackend(echo);
+    t.teardown(() => backend.close());
+    const first = socketPath();
+    const second = socketPath();
+    const config = join(dir, 'moved.yaml');
+    const write = (stats: string) =>
+      writeFileSync(
+        config,
+        `workers: 1\nstatsSocket: ${stats}\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], health: false, backends: [${backend.address}] }\n`,
+      );
+    write(first);
+    const fulcrum = await startFulcrum(['--config', config]);
+    t.teardown(() => fulcrum.stop('SIGKILL'));
+    stopServing(t, second, fulcrum);
+    const held = await stream(fulcrum.port);
+    send(held, 1024);
+    write(second);
+    const answer = await query(first, 'upgrade');
+    const newPid = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
+    t.ok(newPid > 0, answer.trim());
+    await waitFor(() => !existsSync(first), 5000, 'the old stats socket path to go');
+    t.equal(Number((await info(second)).pid), newPid, 'the new path answers');
+
+    process.kill(newPid, 'SIGTERM');
+    const exited = await waitForLog(
+      fulcrum,
+      (l) => l.msg === 'upgrade: the new process exited',
+      10_000,
+      'the clean exit logged',
+    );
+    t.equal(exited.level, 30, 'at info');
+    held.socket.end();
+    await held.done;
+    const [code] = await once(fulcrum.proc, 'exit');
+    t.equal(code, 0, 'the old process drains and exits');
+    t.notOk(
+      fulcrum.logs.some((l) => l.msg === 'upgrade: taking the listeners back and serving'),
+      'nothing taken back',
+    );
+  },
+);
