@@ -5,15 +5,15 @@
 // configured one would; a command that cannot be done changes nothing and says why; what must
 // outlive a restart is recorded in the runtime state and saved.
 
-import { isIP } from 'node:net';
-import { networkInterfaces } from 'node:os';
 import { parseBackend } from '../config/backend.ts';
-import { ConfigError, canonicalHost } from '../config/parse.ts';
-import type { BackendConfig, Config, Endpoint, ListenEndpoint } from '../config/types.ts';
+import { ConfigError } from '../config/parse.ts';
+import type { BackendConfig, Config } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { resetCounters } from '../shared/counters.ts';
+import { MAX_BACKENDS } from '../shared/table.ts';
 import type { AdminInterface, Outcome } from '../stats/commands.ts';
 import type { Discovery } from './discovery.ts';
+import { reaches, sameEndpoint } from './endpoints.ts';
 import type { AdminChoice, Member, Pool, PoolChanges } from './pool.ts';
 import type { RuntimeState } from './state.ts';
 import { isNamed } from './state.ts';
@@ -233,6 +233,10 @@ function clashOf(
   if (frontend?.backends.some((b) => b.name === backend.name) || pool.find(backend.name)) {
     return `name ${backend.name} is already in frontend ${pool.name}`;
   }
+  // The limit as the state file's backends meet it (state.ts), before DNS; roomFor checks after.
+  if (frontend !== undefined && frontend.backends.length >= MAX_BACKENDS) {
+    return `frontend ${pool.name} has ${MAX_BACKENDS} backends already (the most it holds)`;
+  }
   return null;
 }
 
@@ -246,25 +250,4 @@ function saved(outcome: Outcome, unsaved: string | null): Outcome {
     ok: false,
     message: `${outcome.message}: live, but not saved to the state file (${unsaved})`,
   };
-}
-
-/** Whether two endpoints are one destination, however each address is spelled. */
-function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
-  return a.port === b.port && canonicalHost(a.host) === canonicalHost(b.host);
-}
-
-/**
- * Whether a connection to `backend` would reach `listener`: the same endpoint, or the listener
- * takes every address of this host (0.0.0.0, ::) and the backend is one of them.
- */
-function reaches(backend: Endpoint, listener: ListenEndpoint): boolean {
-  if (sameEndpoint(backend, listener)) return true;
-  if (backend.port !== listener.port || (listener.host !== '0.0.0.0' && listener.host !== '::')) {
-    return false;
-  }
-  const host = canonicalHost(backend.host);
-  if (host === '::1' || (isIP(host) === 4 && host.startsWith('127.'))) return true;
-  return Object.values(networkInterfaces()).some((addresses) =>
-    (addresses ?? []).some((a) => canonicalHost(a.address) === host),
-  );
 }

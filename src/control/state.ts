@@ -4,15 +4,26 @@
 // created exclusively under a random name, fsync, rename) after every change, one write at a
 // time; it records only changes, so a config edit still takes effect for everything the operator
 // did not touch; a file that cannot be read as a whole is ignored (and said so once), never
-// fatal; names are Map keys, never plain-object keys (`__proto__` is a valid name).
+// fatal, and never overwritten: it is moved aside before the first save; it is read as the config
+// file is (a regular file, bounded in size and time); an added backend joins only past the checks
+// `add backend` makes (no loop into a listener, no address twice, the backend limit), and one that
+// fails them is logged and left out; names are Map keys, never plain-object keys.
 
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
+import { lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { formatBackend, parseBackend } from '../config/backend.ts';
-import type { BackendConfig, Config } from '../config/types.ts';
+import { FileReadError, readTextFile } from '../config/file.ts';
+import type { BackendConfig, Config, FrontendConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
+import { MAX_BACKENDS } from '../shared/table.ts';
+import { reaches, sameEndpoint } from './endpoints.ts';
 import type { StateData } from './state-schema.ts';
+
+/** The largest state file read: 256 frontends of 256 added backends with every option fit. */
+export const MAX_STATE_BYTES = 16 * 1024 * 1024;
+/** How long reading it may take (a hung filesystem): start goes on without it after that. */
+export const STATE_READ_TIMEOUT_MS = 5000;
 
 /** An operator's admin state for a backend; absent means enabled. */
 export type AdminState = 'disabled' | 'draining';
@@ -50,6 +61,10 @@ export class RuntimeState {
   private frontends = new Map<string, FrontendState>();
   /** Saves run one after another, so the file always ends with the latest state. */
   private saving: Promise<void> = Promise.resolve();
+  /** The file at `path` could not be read: it is moved aside before anything replaces it. */
+  private unreadable = false;
+  /** Added backends left out, as last logged (`FRONTEND SPEC: why`): each logged once. */
+  private refused = new Set<string>();
 
   constructor(path: string | null, log: Logger) {
     this.path = path;
@@ -61,11 +76,11 @@ export class RuntimeState {
     if (this.path === null) return;
     let text: string;
     try {
-      text = await readFile(this.path, 'utf8');
+      text = await readTextFile(this.path, 'state file', MAX_STATE_BYTES, STATE_READ_TIMEOUT_MS);
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT') return;
-      this.ignore(`cannot be read (${code ?? 'error'})`);
+      if (!(err instanceof FileReadError)) throw err;
+      if (err.reason === 'ENOENT') return;
+      this.ignore(`cannot be read (${err.reason})`);
       return;
     }
     // The schema (and zod, ~100 ms to load) only when there is a file to read.
@@ -87,7 +102,11 @@ export class RuntimeState {
   }
 
   private ignore(reason: string): void {
-    this.log.warn({ stateFile: this.path }, `state file ${reason}: starting with the config alone`);
+    this.unreadable = true;
+    this.log.warn(
+      { stateFile: this.path },
+      `state file ${reason}: starting with the config alone (it is moved aside before the first save)`,
+    );
   }
 
   /**
@@ -95,19 +114,31 @@ export class RuntimeState {
    * then the config's address stands). Before DNS: an added hostname is expanded like any other.
    */
   apply(config: Config): Config {
-    return {
-      ...config,
-      frontends: config.frontends.map((frontend) => {
-        const state = this.frontends.get(frontend.name);
-        if (state === undefined) return frontend;
-        const backends = [...frontend.backends];
-        for (const spec of state.added) {
-          const backend = parseBackend(spec, `${frontend.name}: added`);
-          if (!backends.some((b) => b.name === backend.name)) backends.push(backend);
-        }
-        return { ...frontend, backends };
-      }),
-    };
+    const listeners = config.frontends.flatMap((f) => f.listen);
+    const refused = new Set<string>();
+    const frontends = config.frontends.map((frontend) => {
+      const state = this.frontends.get(frontend.name);
+      if (state === undefined) return frontend;
+      const backends = [...frontend.backends];
+      for (const spec of state.added) {
+        const backend = parseBackend(spec, `${frontend.name}: added`);
+        if (backends.some((b) => b.name === backend.name)) continue;
+        const why = refusal(frontend, backends, backend, listeners);
+        if (why === null) backends.push(backend);
+        else refused.add(`${frontend.name} ${spec}: ${why}`);
+      }
+      return { ...frontend, backends };
+    });
+    for (const line of refused) {
+      if (this.refused.has(line)) continue;
+      const at = line.indexOf(' ');
+      this.log.error(
+        { stateFile: this.path, frontend: line.slice(0, at) },
+        `state file: added backend ${line.slice(at + 1)}; left out`,
+      );
+    }
+    this.refused = refused;
+    return { ...config, frontends };
   }
 
   /**
@@ -182,6 +213,38 @@ export class RuntimeState {
     return state;
   }
 
+  /**
+   * Moves the file this process could not read to `PATH.unreadable-TIMESTAMP`, so what it held is
+   * kept for the operator (or the newer fulcrum that wrote it). Resolves with why it could not be
+   * moved (then nothing is written over it), or null.
+   */
+  private async moveAside(path: string): Promise<string | null> {
+    const aside = `${path}.unreadable-${new Date().toISOString().replace(/[:.]/g, '-')}`;
+    try {
+      // Only a file holds something to keep: a FIFO or a directory there is left as it is.
+      if (!(await lstat(path)).isFile()) {
+        this.unreadable = false;
+        return null;
+      }
+      await rename(path, aside);
+      this.log.warn(
+        { stateFile: path, movedTo: aside },
+        'state file it could not read moved aside',
+      );
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+      if (code !== 'ENOENT') {
+        this.log.error(
+          { stateFile: path, reason: code },
+          'cannot move the unreadable state file aside: not saving over it',
+        );
+        return code;
+      }
+    }
+    this.unreadable = false;
+    return null;
+  }
+
   toJSON(): StateFile {
     const frontends = [...this.frontends].map(([name, state]) => [
       name,
@@ -205,6 +268,10 @@ export class RuntimeState {
     if (path === null) return Promise.resolve(null);
     const text = `${JSON.stringify(this.toJSON(), null, 2)}\n`;
     const saved = this.saving.then(async (): Promise<string | null> => {
+      if (this.unreadable) {
+        const aside = await this.moveAside(path);
+        if (aside !== null) return aside;
+      }
       const temporary = `${path}.${randomBytes(6).toString('hex')}.tmp`;
       let created = false;
       try {
@@ -237,6 +304,30 @@ export class RuntimeState {
     this.saving = saved.then(() => {});
     return saved;
   }
+}
+
+/**
+ * Why an added `backend` cannot join `frontend`, whose backends so far are `backends`, or null:
+ * the checks `add backend` makes (admin.ts), on the config.
+ */
+function refusal(
+  frontend: FrontendConfig,
+  backends: readonly BackendConfig[],
+  backend: BackendConfig,
+  listeners: FrontendConfig['listen'],
+): string | null {
+  const listener = listeners.find((l) => reaches(backend, l));
+  if (listener !== undefined) {
+    return `${backend.text} is fulcrum's own listener ${listener.text}: a backend there would loop`;
+  }
+  const same = backends.find((b) => sameEndpoint(b, backend));
+  if (same !== undefined) {
+    return `${backend.text} is already in frontend ${frontend.name} (as ${same.name})`;
+  }
+  if (backends.length >= MAX_BACKENDS) {
+    return `frontend ${frontend.name} has ${MAX_BACKENDS} backends already (the most it holds)`;
+  }
+  return null;
 }
 
 /** The name a spec gives its backend. */

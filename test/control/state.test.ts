@@ -1,6 +1,8 @@
 // The runtime state file: what `add backend` recorded is what is read back, every field of it,
 // from the current format and from version 1's; it is written safely (a fresh temporary file),
-// and a change that cannot be saved says so.
+// and a change that cannot be saved says so. A FIFO in its place never holds up start or stop; an
+// added backend meets the checks `add backend` makes; a file it cannot read is moved aside, never
+// overwritten.
 
 import { spawnSync } from 'node:child_process';
 import {
@@ -10,6 +12,7 @@ import {
   readdirSync,
   readFileSync,
   symlinkSync,
+  unlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,7 +23,7 @@ import { loaderFromArgs } from '../../src/config/flags.ts';
 import { RuntimeState } from '../../src/control/state.ts';
 import { createLogger } from '../../src/log.ts';
 import { query } from '../../src/stats/client.ts';
-import { BIN, greet, showStat, startBackend, startFulcrum } from '../helpers.ts';
+import { BIN, closedPort, greet, showStat, startBackend, startFulcrum } from '../helpers.ts';
 
 const log = createLogger('silent', 'json');
 
@@ -134,3 +137,116 @@ t.test('an admin change that cannot be saved answers an error: live, but not sav
   );
   t.equal(await fulcrum.stop(), 0);
 });
+
+t.test('a state file that is a FIFO: start goes on without it, and SIGTERM exits', async (t) => {
+  const backend = await startBackend(greet);
+  t.teardown(() => backend.close());
+  const stateFile = join(mkdtempSync(join(tmpdir(), 'fulcrum-state-')), 'state.json');
+  t.equal(spawnSync('mkfifo', [stateFile]).status, 0, 'mkfifo');
+  const fulcrum = await startFulcrum([
+    '--no-health-check',
+    '--state-file',
+    stateFile,
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(() => fulcrum.stop('SIGKILL'));
+  t.ok(
+    fulcrum.logs.some(
+      (l) =>
+        typeof l.msg === 'string' &&
+        l.msg.startsWith('state file cannot be read (not a regular file)'),
+    ),
+    'the reason is logged',
+  );
+  t.equal(await fulcrum.stop('SIGTERM'), 0, 'SIGTERM exits 0');
+});
+
+t.test(
+  'added backends pass the checks `add backend` makes; what fails is logged and left out',
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-state-'));
+    const stateFile = join(dir, 'state.json');
+    const stats = join(dir, 'stats.sock');
+    const listen = await closedPort();
+    const added = [
+      '127.0.0.1:1,name=same-as-configured',
+      '127.0.0.2:2000,name=first',
+      '127.0.0.2:2000,name=second',
+      `127.0.0.1:${listen},name=loop`,
+    ];
+    for (let i = 0; i < 300; i++) added.push(`127.0.0.3:${3000 + i}`);
+    writeFileSync(
+      stateFile,
+      JSON.stringify({
+        version: 2,
+        frontends: { default: { added, deleted: [], weights: {}, admin: {} } },
+      }),
+    );
+    const fulcrum = await startFulcrum([
+      '--listen',
+      `127.0.0.1:${listen}`,
+      '--workers',
+      '1',
+      '--no-health-check',
+      '--stats-socket',
+      stats,
+      '--state-file',
+      stateFile,
+      '--backend',
+      '127.0.0.1:1',
+    ]);
+    t.teardown(() => fulcrum.stop());
+    const names = (await showStat(stats))[0].backends.map((b) => b.name);
+    t.equal(names.length, 256, 'the frontend holds the most it may: 256');
+    t.ok(names.includes('first') && !names.includes('second'), 'one address once');
+    t.notOk(names.includes('same-as-configured'), "not the configured backend's address again");
+    t.notOk(names.includes('loop'), "not fulcrum's own listener");
+    const lines = fulcrum.logs.filter(
+      (l) => typeof l.msg === 'string' && l.msg.startsWith('state file: added backend'),
+    );
+    // The configured backend and `first` leave room for 254 of the 300.
+  t.equal(lines.length, 3 + (300 - 254), 'one line for each backend left out');
+    t.match(
+      lines.map((l) => l.msg).join('\n'),
+      /127\.0\.0\.2:2000 is already in frontend default \(as first\)/,
+    );
+    t.match(lines.map((l) => l.msg).join('\n'), /has 256 backends already/);
+    t.match(await query(stats, 'set weight default/first 3'), /weight 3$/);
+    const saved = JSON.parse(readFileSync(stateFile, 'utf8'));
+    t.equal(saved.frontends.default.added.length, added.length, 'nothing is lost from the file');
+  },
+);
+
+t.test(
+  'a state file it cannot read is moved aside before the first save, never overwritten',
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'fulcrum-state-'));
+    const path = join(dir, 'state.json');
+    for (const text of [
+      JSON.stringify({
+        version: 99,
+        frontends: { default: { everything: 'a newer fulcrum knew' } },
+      }),
+      '{"version": 2, "frontends": {"default": {"added": ["127.0.0.1:2"',
+    ]) {
+      writeFileSync(path, text);
+      const state = new RuntimeState(path, log);
+      await state.load();
+      state.weight('default', 'a', 3);
+      t.equal(await state.save(), null, 'saved');
+      const aside = readdirSync(dir).filter((f) => f.startsWith('state.json.unreadable-'));
+      t.equal(aside.length, 1, 'moved aside once');
+      t.equal(readFileSync(join(dir, aside[0]), 'utf8'), text, 'with all it held');
+      t.equal(JSON.parse(readFileSync(path, 'utf8')).frontends.default.weights.a, 3, 'the change');
+      state.weight('default', 'a', 4);
+      t.equal(await state.save(), null, 'saved again');
+      t.equal(
+        readdirSync(dir).filter((f) => f.startsWith('state.json.unreadable-')).length,
+        1,
+        'a readable file is replaced as before',
+      );
+      for (const f of aside) unlinkSync(join(dir, f));
+    }
+  },
+);
