@@ -263,7 +263,13 @@ export function parseEscaped(text: string, where: string): string {
       bytes.push(c);
       continue;
     }
-    const next = String.fromCharCode(literal[i + 1] ?? 0);
+    if (i + 1 === literal.length) {
+      throw new ConfigError(
+        where,
+        `"${printableText(text)}": a trailing backslash escapes nothing (write \\\\ for a backslash)`,
+      );
+    }
+    const next = String.fromCharCode(literal[i + 1]);
     const simple = ESCAPES.get(next);
     if (simple !== undefined) {
       bytes.push(simple);
@@ -292,12 +298,14 @@ const ESCAPES = new Map([
   ['\\', 0x5c],
 ]);
 
-/** Text for a message: control characters shown as escapes, so the line stays one line. */
+/** Text for a message or a terminal: every control character (C0, DEL and C1, such as 0x9b, an
+ *  8-bit CSI) shown as an escape, so the line stays one line and no terminal acts on it. */
 export function printableText(text: string): string {
   let out = '';
   for (const c of text) {
     const code = c.charCodeAt(0);
-    out += code < 0x20 || code === 0x7f ? `\\x${code.toString(16).padStart(2, '0')}` : c;
+    const control = code < 0x20 || (code >= 0x7f && code <= 0x9f);
+    out += control ? `\\x${code.toString(16).padStart(2, '0')}` : c;
   }
   return out;
 }

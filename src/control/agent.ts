@@ -106,10 +106,12 @@ export class AgentChecker {
     const { pool, member } = task;
     const config = pool.config;
     const socket = net.connect({ host: member.config.host, port: task.port });
-    let reply = '';
+    // Bytes, decoded once the line is whole: a character split across reads stays whole.
+    let reply = Buffer.alloc(0);
     let over = false;
+    // Only a complete line is an answer: `30%` cut to `3` by a timeout is none.
     const timer = setTimeout(
-      () => finish(reply === '' ? null : reply, 'no answer in time'),
+      () => finish(null, reply.length === 0 ? 'no answer in time' : 'no complete line in time'),
       config.health.timeoutMs,
     );
     timer.unref();
@@ -127,12 +129,17 @@ export class AgentChecker {
       if (config.agent.send !== null) socket.write(Buffer.from(config.agent.send, 'latin1'));
     });
     socket.on('data', (chunk: Buffer) => {
-      reply += chunk.toString('latin1');
-      if (reply.includes('\n') || reply.length >= MAX_AGENT_REPLY) {
-        finish(reply.slice(0, MAX_AGENT_REPLY), '');
+      reply = Buffer.concat([reply, chunk.subarray(0, MAX_AGENT_REPLY + 1 - reply.length)]);
+      const nl = reply.indexOf(0x0a);
+      if (nl >= 0 && nl <= MAX_AGENT_REPLY) finish(reply.toString('utf8', 0, nl), '');
+      else if (reply.length > MAX_AGENT_REPLY) {
+        finish(null, `no newline in ${MAX_AGENT_REPLY} bytes`);
       }
     });
-    socket.once('end', () => finish(reply === '' ? null : reply, 'closed without a word'));
+    // Closing the connection after the line ends it, as a newline does.
+    socket.once('end', () =>
+      finish(reply.length === 0 ? null : reply.toString('utf8'), 'closed without a word'),
+    );
     socket.once('error', (err: NodeJS.ErrnoException) => finish(null, connectFailure(err)));
   }
 

@@ -124,7 +124,8 @@ export type HttpOutcome =
 
 /**
  * `GET path` over HTTP/1.1 with `Connection: close`, bounded: the whole exchange within
- * `timeoutMs`, at most `limit` bytes of headers and again of body. `done` is called once.
+ * `timeoutMs`, at most `limit` bytes of headers and again of body. `done` is called once. With
+ * `onBody`, the body goes to it as it arrives and is not kept (the answer's body is empty).
  */
 export function httpGet(
   target: ProbeTarget,
@@ -133,6 +134,7 @@ export function httpGet(
   timeoutMs: number,
   limit: number,
   done: (outcome: HttpOutcome) => void,
+  onBody: ((chunk: Buffer) => void) | null = null,
 ): void {
   const request = http().request({
     host: target.host,
@@ -179,6 +181,7 @@ export function httpGet(
     response.on('data', (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) v.finish(false, 'HTTP response too large');
+      else if (onBody !== null) onBody(chunk);
       else chunks.push(chunk);
     });
     response.on('end', () => {
@@ -197,10 +200,12 @@ function probeHttp(target: ProbeTarget, health: HealthConfig, done: ProbeDone): 
   });
 }
 
-/** What a reply began with, for the words of a mismatch: short and on one line. */
-function excerpt(text: string): string {
-  const head = printableText(text.slice(0, 32));
-  return text.length > 32 ? `${head}...` : head;
+/** What a reply (bytes, held as latin1 text) began with, for the words of a mismatch: decoded
+ *  as UTF-8, short, on one line, every control character escaped. */
+function excerpt(bytes: string): string {
+  const chars = [...Buffer.from(bytes.slice(0, 128), 'latin1').toString('utf8')];
+  const head = printableText(chars.slice(0, 32).join(''));
+  return chars.length > 32 || bytes.length > 128 ? `${head}...` : head;
 }
 
 function probeExpect(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
@@ -214,10 +219,11 @@ function probeExpect(target: ProbeTarget, health: HealthConfig, done: ProbeDone)
     if (health.send !== null) socket.write(Buffer.from(health.send, 'latin1'));
   });
   socket.on('data', (chunk: Buffer) => {
-    reply += chunk.toString('latin1');
+    // The first MAX_PROBE_REPLY bytes are searched, however the reply is split into reads.
+    reply += chunk.toString('latin1', 0, MAX_PROBE_REPLY - reply.length);
     v.lateIs(`expect timeout, got "${excerpt(reply)}"`);
     if (reply.includes(expect)) v.finish(true, 'expect ok');
-    else if (reply.length > MAX_PROBE_REPLY) {
+    else if (reply.length >= MAX_PROBE_REPLY) {
       v.finish(false, `expect not found in ${MAX_PROBE_REPLY} bytes`);
     }
   });
@@ -317,11 +323,13 @@ function probeGrpc(target: ProbeTarget, health: HealthConfig, done: ProbeDone): 
     v.failed((err.cause as NodeJS.ErrnoException | undefined) ?? err, 'gRPC stream error'),
   );
   let httpStatus = 0;
+  let contentType = '';
   let grpcStatus: string | undefined;
   const chunks: Buffer[] = [];
   let size = 0;
   stream.on('response', (headers) => {
     httpStatus = Number(headers[':status']);
+    contentType = String(headers['content-type'] ?? '');
     // A trailers-only answer (an error) carries grpc-status with the headers.
     if (headers['grpc-status'] !== undefined) grpcStatus = String(headers['grpc-status']);
   });
@@ -335,7 +343,12 @@ function probeGrpc(target: ProbeTarget, health: HealthConfig, done: ProbeDone): 
   });
   stream.on('end', () => {
     if (httpStatus !== 200) return v.finish(false, `gRPC: HTTP ${httpStatus}`);
-    if (grpcStatus !== undefined && grpcStatus !== '0') {
+    // What a gRPC client would reject is not an answer: another content type, or no status.
+    if (!/^application\/grpc(?:$|[+;])/.test(contentType)) {
+      return v.finish(false, `gRPC: content-type "${printableText(contentType.slice(0, 40))}"`);
+    }
+    if (grpcStatus === undefined) return v.finish(false, 'gRPC: no grpc-status');
+    if (grpcStatus !== '0') {
       const code = Number(grpcStatus);
       return v.finish(false, `gRPC ${GRPC_CODES.get(code) ?? `status ${code}`}`);
     }

@@ -2,7 +2,7 @@
 
 import t from 'tap';
 import { formatBackend, OPTIONS, parseBackend } from '../../src/config/backend.ts';
-import { ConfigError } from '../../src/config/parse.ts';
+import { ConfigError, parseEscaped } from '../../src/config/parse.ts';
 
 /** A value other than the default for every option, as a spec writes it. */
 const SAMPLES: Record<string, string> = {
@@ -66,3 +66,18 @@ t.test('bad options are one ConfigError naming the option', async (t) => {
   t.throws(() => parseBackend('10.0.0.1:5432,send-proxy=v3', 'x'), { message: /send-proxy/ });
   t.throws(() => parseBackend('srv+nodots', 'x'), { message: /srv\+NAME/ });
 });
+
+t.test(
+  'regression: --health-send ending in a backslash names the backslash, not \\x00',
+  async (t) => {
+    t.throws(() => parseEscaped('trail\\', '--health-send'), {
+      message:
+        '--health-send: "trail\\": a trailing backslash escapes nothing (write \\\\ for a backslash)',
+    });
+    t.equal(
+      parseEscaped('a\\\\', '--health-send'),
+      'a\\',
+      'an escaped backslash at the end is fine',
+    );
+  },
+);

@@ -169,3 +169,71 @@ t.test('an agent reply changes only what its words name', async (t) => {
   t.match(applyAgentReply('up\r\nsecond line ignored', start), { said: 'up' });
   t.match(applyAgentReply('fail #a\u0007b', start), { down: 'fail (a\\x07b)' }, 'one line');
 });
+
+t.test(
+  'regression: only a complete line is an answer; what it says is shown escaped',
+  async (t) => {
+    const a = await startBackend(greet);
+    // Trickles its reply a byte every 150 ms; `line` may be cut short of its newline.
+    const mode = { text: '30%\n' };
+    const open = new Set<net.Socket>();
+    const agent = net.createServer((socket) => {
+      open.add(socket);
+      socket.on('close', () => open.delete(socket));
+      socket.on('error', () => {});
+      const bytes = Buffer.from(mode.text, 'utf8');
+      let at = 0;
+      const timer = setInterval(() => {
+        if (at < bytes.length && !socket.destroyed) socket.write(bytes.subarray(at, ++at));
+        else clearInterval(timer);
+      }, 150);
+      socket.on('close', () => clearInterval(timer));
+    });
+    agent.listen(0, '127.0.0.1');
+    await once(agent, 'listening');
+    const agentPort = (agent.address() as net.AddressInfo).port;
+    const stats = socketPath();
+    const fulcrum = await startFulcrum([
+      '--stats-socket',
+      stats,
+      '--no-health-check',
+      '--health-timeout',
+      '500ms',
+      '--agent-interval',
+      '100ms',
+      '--backend',
+      `${a.address},name=a,weight=4,agent=${agentPort}`,
+    ]);
+    t.teardown(async () => {
+      await fulcrum.stop();
+      await a.close();
+      for (const s of open) s.destroy();
+      agent.close();
+    });
+    const statOf = async () => (await showStat(stats))[0].backends[0];
+    await eventually(
+      async () => (await statOf()).agent?.said === '(unreachable: no complete line in time)',
+      5000,
+      'a cut line to be no answer',
+    );
+    t.equal((await statOf()).weight, 4, '`30%` cut to `30` by the timeout changes nothing');
+
+    mode.text = 'up #h\u00e9llo \u009b[2J\x1b[31m';
+    // Short enough to arrive whole within the timeout, then the agent closes: a complete line.
+    for (const s of open) s.destroy();
+    const fast = net.createServer((socket) => socket.end(mode.text));
+    t.teardown(() => fast.close());
+    agent.close();
+    await once(agent, 'close');
+    fast.listen(agentPort, '127.0.0.1');
+    await once(fast, 'listening');
+    await eventually(
+      async () => (await statOf()).agent?.said?.startsWith('up') === true,
+      5000,
+      'the line, ended by the agent closing',
+    );
+    const said = String((await statOf()).agent?.said);
+    t.equal(said, 'up #h\u00e9llo \\x9b[2J\\x1b[31m', 'UTF-8 text kept, C1 and C0 escaped');
+    await settled(stats, fulcrum);
+  },
+);

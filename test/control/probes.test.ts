@@ -418,3 +418,78 @@ t.test('a HealthCheckResponse decodes; anything else is not one', async (t) => {
   t.equal(servingStatus(Buffer.from([1, 0, 0, 0, 2, 0x08, 1])), null, 'compressed');
   t.equal(servingStatus(Buffer.from('hello')), null);
 });
+
+t.test('regression: gRPC answers a gRPC client rejects are down', async (t) => {
+  const serving = Buffer.from([0, 0, 0, 0, 2, 0x08, 1]);
+  const server = http2.createServer();
+  const mode = { contentType: 'text/html', trailers: true };
+  server.on('stream', (stream) => {
+    stream.on('data', () => {});
+    stream.on('end', () => {
+      stream.respond(
+        { ':status': 200, 'content-type': mode.contentType },
+        { waitForTrailers: mode.trailers },
+      );
+      if (mode.trailers)
+        stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(serving);
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  const grpc = { grpc: 'my.Service', timeoutMs: 1000 };
+  t.match(await probeOnce(port, grpc), { ok: false, result: 'gRPC: content-type "text/html"' });
+  mode.contentType = 'application/grpc';
+  mode.trailers = false;
+  t.match(await probeOnce(port, grpc), { ok: false, result: 'gRPC: no grpc-status' });
+  mode.trailers = true;
+  t.match(await probeOnce(port, grpc), { ok: true, result: 'gRPC SERVING' }, 'a proper answer');
+  mode.contentType = 'application/grpc+proto';
+  t.match(await probeOnce(port, grpc), { ok: true }, 'application/grpc+proto is gRPC too');
+});
+
+t.test(
+  'regression: send/expect shows UTF-8 as text and every control escaped; one bound however split',
+  async (t) => {
+    const reply = { chunks: [] as Buffer[] };
+    const server = net.createServer((socket) => {
+      socket.on('error', () => {});
+      const chunks = [...reply.chunks];
+      const next = () => {
+        const chunk = chunks.shift();
+        if (chunk === undefined) socket.end();
+        else socket.write(chunk, () => setImmediate(next));
+      };
+      next();
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    t.teardown(() => server.close());
+    const port = (server.address() as net.AddressInfo).port;
+    reply.chunks = [Buffer.from('h\u00e9llo \u009b[2J\x9b\x1b[31m', 'utf8'), Buffer.from([0x9b])];
+    const out = await probeOnce(port, { expect: 'never said' });
+    t.equal(out.result, 'expect mismatch: "h\u00e9llo \\x9b[2J\\x9b\\x1b[31m\ufffd"');
+    t.notOk(/[\u0080-\u009f]/.test(out.result), 'no C1 control reaches the words');
+
+    // The expected text just past the bound: not found whether it comes in one read or in two.
+    const body = Buffer.concat([Buffer.alloc(MAX_PROBE_REPLY - 2, 0x41), Buffer.from('FOUND')]);
+    reply.chunks = [body];
+    t.match(await probeOnce(port, { expect: 'FOUND' }), {
+      ok: false,
+      result: `expect not found in ${MAX_PROBE_REPLY} bytes`,
+    });
+    reply.chunks = [body.subarray(0, MAX_PROBE_REPLY + 1), body.subarray(MAX_PROBE_REPLY + 1)];
+    t.match(await probeOnce(port, { expect: 'FOUND' }), {
+      ok: false,
+      result: `expect not found in ${MAX_PROBE_REPLY} bytes`,
+    });
+    // Just within it: found both ways.
+    const within = Buffer.concat([Buffer.alloc(MAX_PROBE_REPLY - 5, 0x41), Buffer.from('FOUND')]);
+    reply.chunks = [within];
+    t.match(await probeOnce(port, { expect: 'FOUND' }), { ok: true });
+    reply.chunks = [within.subarray(0, 100), within.subarray(100)];
+    t.match(await probeOnce(port, { expect: 'FOUND' }), { ok: true });
+  },
+);
