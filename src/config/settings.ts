@@ -531,6 +531,18 @@ export const SETTINGS: readonly Setting[] = [
     help: `read every metrics page this often (at least ${MIN_LOAD_INTERVAL_MS}ms); a report older than 3 intervals is dropped`,
     parse: durationAtLeast(MIN_LOAD_INTERVAL_MS),
   },
+  {
+    key: 'loadTimeout',
+    flag: '--load-timeout',
+    arg: '<duration>',
+    file: 'load.timeout',
+    scope: 'frontend',
+    kind: 'value',
+    target: 'load.timeoutMs',
+    default: '2s',
+    help: 'a metrics page not read whole by then is a failed report (whatever the interval)',
+    parse: positiveDuration,
+  },
   // ---- process
   {
     key: 'workers',

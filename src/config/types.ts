@@ -141,6 +141,8 @@ export interface LoadConfig {
   /** Scrape this port instead of the backend's own; null: the backend's. */
   readonly port: number | null;
   readonly intervalMs: number;
+  /** A scrape not done by then fails. */
+  readonly timeoutMs: number;
 }
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;

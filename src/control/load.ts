@@ -2,17 +2,22 @@
 // read each --load-interval; the matching series are summed and the sum goes into the table,
 // where least-load reads it. Invariants: a failed scrape drops the backend's report at once and
 // a report older than STALE_INTERVALS intervals is dropped (the backend is then judged by its
-// live connections); a page is read within one interval and at most MAX_METRICS_PAGE bytes, on
-// the main thread, never by a worker; a backend's failure is logged once, until it reports again.
+// live connections); a page is read as it arrives, keeping only the selected metric's lines
+// (metric-reader.ts), never whole, within --load-timeout and MAX_METRICS_PAGE bytes, at most
+// MAX_CONCURRENT_SCRAPES at a time (those that report first; a failing page is read less often,
+// backing off to MAX_BACKOFF_INTERVALS), on the main thread, never by a worker; a backend's report
+// failing and coming back is logged once per change (back: after REPORTS_BACK good reports in a
+// row), never per scrape.
 
-import parsePrometheusTextFormat from 'parse-prometheus-text-format';
-import { printableText } from '../config/parse.ts';
 import type { MetricSelector } from '../config/types.ts';
 import type { Logger } from '../log.ts';
+import { MetricReader } from './metric-reader.ts';
 import type { Member, Pool } from './pool.ts';
 import { httpGet } from './probes.ts';
 import type { Round } from './rounds.ts';
 import { Rounds } from './rounds.ts';
+
+export { readMetric } from './metric-reader.ts';
 
 /** The largest metrics page read; a bigger one is a failed scrape, not a memory sink. */
 export const MAX_METRICS_PAGE = 4 * 1024 * 1024;
@@ -20,52 +25,28 @@ export const MAX_METRICS_PAGE = 4 * 1024 * 1024;
 /** A report older than this many intervals is dropped. */
 export const STALE_INTERVALS = 3;
 
-/** How long one scrape may take at most, whatever the interval. */
-const MAX_SCRAPE_MS = 5000;
+/** Scrapes in flight at once, over every frontend: forty hostile pages cost what eight do. The
+ *  rest wait their turn, first come first served (a slow page delays others, never starves). */
+export const MAX_CONCURRENT_SCRAPES = 8;
+
+/** Good reports in a row before a backend that failed is logged as reporting again: a backend
+ *  flapping at every scrape is one line, not one per scrape. */
+const REPORTS_BACK = 3;
+
+/** A backend whose page fails is read less often, up to this many intervals apart (HAProxy's
+ *  `downinter` for checks): a page that fails costs little, and reports that work come first. */
+const MAX_BACKOFF_INTERVALS = 8;
 
 interface LoadTask extends Round {
   readonly pool: Pool;
   readonly member: Member;
   intervalMs: number;
-  /** Why its last scrape failed (logged once), or null when it reports. */
+  /** Why it failed since it was last logged as reporting (logged once), or null. */
   failing: string | null;
-}
-
-/**
- * The sum of the series of `page` that `selector` matches, or why there is none. Only the lines
- * of the selected metric reach the parser: a page of thousands of series costs a scan, not a
- * parse of every one.
- */
-export function readMetric(page: string, selector: MetricSelector): number | string {
-  const kept: string[] = [];
-  for (const line of page.split('\n')) {
-    if (!line.startsWith(selector.name)) continue;
-    const next = line.charCodeAt(selector.name.length);
-    // `NAME{`, `NAME ` or `NAME\t`: not a longer name that starts alike.
-    if (next === 0x7b || next === 0x20 || next === 0x09) kept.push(line);
-  }
-  if (kept.length === 0) return `metric ${selector.name} not found`;
-  let families: ReturnType<typeof parsePrometheusTextFormat>;
-  try {
-    families = parsePrometheusTextFormat(`${kept.join('\n')}\n`);
-  } catch (err) {
-    return `metrics page does not parse (${printableText((err as Error).message).slice(0, 80)})`;
-  }
-  let sum = 0;
-  let found = 0;
-  for (const family of families) {
-    if (family.name !== selector.name) continue;
-    for (const sample of family.metrics) {
-      const labels = sample.labels ?? {};
-      if (!selector.labels.every(([k, v]) => labels[k] === v)) continue;
-      const value = Number(sample.value);
-      if (!Number.isFinite(value)) return `${selector.text} is not a finite number`;
-      sum += value;
-      found++;
-    }
-  }
-  if (found === 0) return `no series matches ${selector.text}`;
-  return sum;
+  /** Good reports in a row since it last failed. */
+  good: number;
+  /** Failed scrapes in a row. */
+  failures: number;
 }
 
 export class LoadScraper {
@@ -90,6 +71,8 @@ export class LoadScraper {
         nextAt: now,
         busy: false,
         failing: null,
+        good: 0,
+        failures: 0,
       }),
       (task, _pool, intervalMs) => {
         task.intervalMs = intervalMs;
@@ -108,24 +91,64 @@ export class LoadScraper {
     this.rounds.stop();
   }
 
+  /** Scrapes in flight now, and those waiting for one of them to end: of backends that report
+   *  first, then of those that fail, each in the order they came. */
+  private inFlight = 0;
+  private readonly waiting: [LoadTask[], LoadTask[]] = [[], []];
+
+  /** Starts a scrape of `task` now, or once one in flight ends. `busy` from now until it ends. */
   private scrape(task: LoadTask): void {
     task.busy = true;
+    if (this.inFlight >= MAX_CONCURRENT_SCRAPES) this.waiting[task.failures > 0 ? 1 : 0].push(task);
+    else this.run(task);
+  }
+
+  private run(task: LoadTask): void {
+    this.inFlight++;
     const { pool, member } = task;
     const load = pool.config.load;
-    const selector = load.metric as MetricSelector;
+    const reader = new MetricReader(load.metric as MetricSelector);
     this.dropIfStale(task);
     const target = { host: member.config.host, port: load.port ?? member.config.port };
-    const timeout = Math.min(task.intervalMs, MAX_SCRAPE_MS);
-    httpGet(target, load.path, null, timeout, MAX_METRICS_PAGE, (out) => {
-      task.busy = false;
-      if (this.stopped || !this.rounds.all.includes(task)) return;
-      let value: number | string;
-      if ('failed' in out) value = out.failed;
-      else if (out.status !== 200) value = `metrics page answered HTTP ${out.status}`;
-      else value = readMetric(out.body.toString('utf8'), selector);
-      if (typeof value === 'number') this.reported(task, value);
-      else this.failed(task, value);
-    });
+    httpGet(
+      target,
+      load.path,
+      null,
+      load.timeoutMs,
+      MAX_METRICS_PAGE,
+      (out) => {
+        task.busy = false;
+        this.inFlight--;
+        this.next();
+        if (this.stopped || !this.rounds.all.includes(task)) return;
+        let value: number | string;
+        if ('failed' in out) value = out.failed;
+        else if (out.status !== 200) value = `metrics page answered HTTP ${out.status}`;
+        else value = reader.finish();
+        if (typeof value === 'number') {
+          task.failures = 0;
+          this.reported(task, value);
+        } else {
+          task.failures++;
+          const intervals = Math.min(2 ** (task.failures - 1), MAX_BACKOFF_INTERVALS);
+          task.nextAt = Math.max(task.nextAt, performance.now() + intervals * task.intervalMs);
+          this.failed(task, value);
+        }
+      },
+      (chunk) => reader.feed(chunk),
+    );
+  }
+
+  /** Starts the next waiting scrape whose backend is still read. */
+  private next(): void {
+    for (const queue of this.waiting) {
+      while (queue.length > 0 && this.inFlight < MAX_CONCURRENT_SCRAPES) {
+        // A few dozen at most (a task waits once): shift() is cheap here.
+        const task = queue.shift() as LoadTask;
+        if (this.stopped || !this.rounds.all.includes(task)) task.busy = false;
+        else this.run(task);
+      }
+    }
   }
 
   /** A report older than STALE_INTERVALS intervals says nothing of now. */
@@ -141,7 +164,7 @@ export class LoadScraper {
   private reported(task: LoadTask, value: number): void {
     task.pool.setLoad(task.member, value);
     task.member.loadError = null;
-    if (task.failing === null) return;
+    if (task.failing === null || ++task.good < REPORTS_BACK) return;
     task.failing = null;
     this.log.info(
       { frontend: task.pool.name, backend: task.member.config.name, load: value },
@@ -152,6 +175,7 @@ export class LoadScraper {
   private failed(task: LoadTask, why: string): void {
     task.pool.setLoad(task.member, null);
     task.member.loadError = why;
+    task.good = 0;
     if (task.failing !== null) return;
     task.failing = why;
     this.log.warn(

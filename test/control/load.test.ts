@@ -9,6 +9,7 @@ import net from 'node:net';
 import t from 'tap';
 import { parseMetricSelector } from '../../src/config/parse.ts';
 import { MAX_METRICS_PAGE, readMetric } from '../../src/control/load.ts';
+import { MAX_SAMPLE_LINE, MetricReader } from '../../src/control/metric-reader.ts';
 import { query } from '../../src/stats/client.ts';
 import {
   connect,
@@ -173,6 +174,8 @@ t.test(
       'queue_depth{model="m"}',
       '--load-interval',
       '200ms',
+      '--load-timeout',
+      '500ms',
       '--load-metrics-port',
       String(pool.metricsPort),
       '--backend',
@@ -192,8 +195,8 @@ t.test(
     t.match(await statA(), { loadError: 'metrics page answered HTTP 500' });
     const scrapes = a.page.scrapes;
     await waitFor(() => a.page.scrapes >= scrapes + 3, 5000, 'three more failed scrapes');
-    // a's failures only: under a loaded machine b's scrape may time out (the timeout is the
-    // 200 ms interval) and be logged once on its own.
+    // a's failures only: under a loaded machine b's scrape may time out (--load-timeout) and be
+    // logged once on its own.
     const failures = fulcrum.logs.filter(
       (l) => l.backend === 'a' && String(l.msg).startsWith('load report failed'),
     );
@@ -228,7 +231,8 @@ t.test(
     );
     a.queue(7);
     await eventually(async () => (await statA()).load === 7, 5000, 'back');
-    t.ok(fulcrum.logs.some((l) => l.msg === 'load report back'));
+    // Logged once it has reported three times in a row (a flapping page is not a line a scrape).
+    await waitForLog(fulcrum, (l) => l.msg === 'load report back', 5000, 'back, logged');
 
     const url = (await waitForLog(fulcrum, (l) => l.msg === 'metrics', 5000, 'the metrics url'))
       .url as string;
@@ -257,6 +261,44 @@ t.test('readMetric sums matching series and names what is wrong', async (t) => {
     readMetric(page, sel('vllm:num_requests_waiting{model_name="c"}')),
     'no series matches vllm:num_requests_waiting{model_name="c"}',
   );
-  t.equal(readMetric('queue NaN\n', sel('queue')), 'queue is not a finite number');
+  t.equal(readMetric('queue NaN\n', sel('queue')), 'queue is not a finite number (NaN)');
+  t.equal(readMetric('queue +Inf\n', sel('queue')), 'queue is not a finite number (+Inf)');
   t.equal(readMetric('garbage {{{', sel('queue')), 'metric queue not found');
+  t.equal(
+    readMetric('q{a="x\\"y,}"} 2\nq{a="z"} 3 1700000000000\n', sel('q{a="x\\"y,}"}')),
+    2,
+    'escapes and separators inside a quoted value; a timestamp after the value',
+  );
 });
+
+t.test('regression: only sane loads count (issue 24, item 9)', async (t) => {
+  const sel = (text: string) => parseMetricSelector(text, 'test');
+  t.equal(readMetric('q -5\n', sel('q')), 'q is negative (-5): a load is 0 or more');
+  t.equal(readMetric('q -1e308\n', sel('q')), 'q is negative (-1e308): a load is 0 or more');
+  t.equal(readMetric('q 1e308\nq 1e308\n', sel('q')), 'the sum of q is not finite');
+  t.equal(readMetric('q\n', sel('q')), 'a series of q has no value', 'a line with no value');
+  t.equal(readMetric('q{a="b"}\n', sel('q')), 'a series of q has no value');
+  t.equal(readMetric('q 0x10\n', sel('q')), 'q is not a number (0x10)');
+  t.equal(readMetric('q 1_000\n', sel('q')), 'q is not a number (1_000)');
+  t.equal(readMetric('q 1 2 3\n', sel('q')), 'metrics page does not parse ( 1 2 3)');
+  t.equal(readMetric('q 1e2\nq .5\nq 3.\n', sel('q')), 103.5, 'decimal forms count');
+});
+
+t.test(
+  'a page read as it arrives: split anywhere, the same answer; a long line is refused',
+  async (t) => {
+    const sel = parseMetricSelector('vllm:num_requests_waiting{model_name="a"}', 'test');
+    const page = Buffer.from(
+      '# HELP vllm:num_requests_waiting x\nvllm:num_requests_waiting{model_name="a",e="0"} 3\nvllm:num_requests_waiting_total 9\nother 1\nvllm:num_requests_waiting{model_name="a",e="1"} 4.5',
+    );
+    for (const size of [1, 2, 3, 7, 64]) {
+      const reader = new MetricReader(sel);
+      for (let i = 0; i < page.length; i += size) reader.feed(page.subarray(i, i + size));
+      t.equal(reader.finish(), 7.5, `fed ${size} bytes at a time`);
+    }
+    const reader = new MetricReader(parseMetricSelector('q', 'test'));
+    reader.feed(Buffer.from(`q{a="${'x'.repeat(MAX_SAMPLE_LINE)}`));
+    reader.feed(Buffer.from('"} 1\n'));
+    t.equal(reader.finish(), `a line of q is longer than ${MAX_SAMPLE_LINE} bytes`);
+  },
+);
