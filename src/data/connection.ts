@@ -849,17 +849,26 @@ export function closeClient(conn: Connection, reason: number): void {
   close(conn.client);
 }
 
-/** Cuts the connection now (idle timeout, drain deadline). */
+/**
+ * Cuts the connection now (idle timeout, drain deadline) with a reset on both sides, so neither
+ * peer mistakes the cut for a finished transfer (a FIN after a cut download looks complete). An
+ * idle timeout with no byte in flight either way closes politely instead: nothing was cut short.
+ */
 export function cut(conn: Connection, reason: number): void {
-  if (conn.end < 0) conn.end = reason;
-  if (conn.phase === ESTABLISHED) close(conn.backend);
-  else detachBackend(conn);
-  close(conn.client);
+  const quiet = conn.client.pendingWrites === 0 && conn.backend.pendingWrites === 0;
+  if (reason === END.TIMEOUT && quiet) {
+    if (conn.end < 0) conn.end = reason;
+    if (conn.phase === ESTABLISHED) close(conn.backend);
+    else detachBackend(conn);
+    close(conn.client);
+  } else {
+    kill(conn, reason);
+  }
 }
 
-/** Resets both sides now (an operator's `del backend ... now`). */
-export function kill(conn: Connection): void {
-  if (conn.end < 0) conn.end = END.KILLED;
+/** Resets both sides now (an operator's `del backend ... now`, a cut). */
+export function kill(conn: Connection, reason: number = END.KILLED): void {
+  if (conn.end < 0) conn.end = reason;
   if (conn.phase === ESTABLISHED) reset(conn.backend);
   else detachBackend(conn);
   reset(conn.client);

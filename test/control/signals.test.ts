@@ -4,7 +4,15 @@
 import { once } from 'node:events';
 import net from 'node:net';
 import t from 'tap';
-import { connect, greet, readLine, startBackend, startFulcrum, waitForLog } from '../helpers.ts';
+import {
+  connect,
+  greet,
+  readLine,
+  startBackend,
+  startFulcrum,
+  waitFor,
+  waitForLog,
+} from '../helpers.ts';
 
 t.test('SIGTERM with nothing live: exit 0 at once', async (t) => {
   const backend = await startBackend(greet);
@@ -64,6 +72,49 @@ t.test('--drain-timeout cuts what is left, then exit 0', async (t) => {
   const summary = fulcrum.logs.find((l) => l.msg === 'stopped');
   t.equal(summary?.['drain-cut'], 1, 'the cut connection is counted');
 });
+
+t.test(
+  'regression: a stream cut at the drain deadline ends with a reset on both sides',
+  async (t) => {
+    // A download in progress: the backend sends a chunk every 20 ms and never finishes.
+    let backendEnded = '';
+    const backend = await startBackend((socket) => {
+      const timer = setInterval(() => socket.write(Buffer.alloc(1000, 0x61)), 20);
+      socket.on('error', (err: NodeJS.ErrnoException) => {
+        backendEnded ||= err.code ?? 'error';
+      });
+      socket.on('end', () => {
+        backendEnded ||= 'FIN';
+      });
+      socket.on('close', () => clearInterval(timer));
+    });
+    const fulcrum = await startFulcrum([
+      '--workers',
+      '1',
+      '--drain-timeout',
+      '300ms',
+      // Probes would be backend connections of their own, each ended by a FIN.
+      '--no-health-check',
+      '--backend',
+      backend.address,
+    ]);
+    t.teardown(() => backend.close());
+    const client = await connect(fulcrum.port);
+    let received = 0;
+    client.on('data', (chunk: Buffer) => {
+      received += chunk.length;
+    });
+    const ended = new Promise<string>((resolve) => {
+      client.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+      client.on('end', () => resolve('FIN'));
+    });
+    await waitFor(() => received >= 2000, 5000, 'the download to flow');
+    t.equal(await fulcrum.stop('SIGTERM'), 0);
+    t.equal(await ended, 'ECONNRESET', 'the client sees a reset, not a complete transfer');
+    await waitFor(() => backendEnded !== '', 5000, 'the backend side to end');
+    t.equal(backendEnded, 'ECONNRESET', `the backend sees a reset too (${backendEnded})`);
+  },
+);
 
 t.test('a second signal exits at once', async (t) => {
   const backend = await startBackend(greet);
