@@ -23,7 +23,7 @@ export class ListenError extends Error {
 }
 
 const REASONS = new Map([
-  ['EADDRINUSE', 'address already in use'],
+  ['EADDRINUSE', 'address in use by another process'],
   ['EACCES', 'permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)'],
   ['EADDRNOTAVAIL', 'address not available on this host'],
 ]);
@@ -181,9 +181,22 @@ export function spread(
  *  anything. */
 export async function checkNewListeners(current: Config, next: Config): Promise<void> {
   const open = new Set(current.frontends.flatMap((f) => f.listen.map((l) => l.text)));
-  for (const frontend of next.frontends) {
+  await checkFree(next, (endpoint) => open.has(endpoint.text));
+}
+
+/**
+ * Binds each listener of `config` that `ours` does not claim, once, without SO_REUSEPORT: an
+ * address another process listens on (another fulcrum, whose reuseport sockets would let ours
+ * bind beside them and silently split the traffic) is refused before anything starts. Sockets
+ * handed over by an upgrade or passed by systemd are ours, and not bound here.
+ */
+export async function checkFree(
+  config: Config,
+  ours: (endpoint: ListenEndpoint) => boolean = () => false,
+): Promise<void> {
+  for (const frontend of config.frontends) {
     for (const endpoint of frontend.listen) {
-      if (open.has(endpoint.text)) continue;
+      if (ours(endpoint)) continue;
       const probe = net.createServer();
       probe.listen({ host: endpoint.host, port: endpoint.port, exclusive: true });
       try {

@@ -33,6 +33,7 @@ import { connectionBudget, descriptorLimit } from './descriptors.ts';
 import { Discovery } from './discovery.ts';
 import { HealthChecker } from './health.ts';
 import {
+  checkFree,
   checkNewListeners,
   hostText,
   ListenError,
@@ -148,6 +149,9 @@ export class Supervisor {
     await this.listeners.activate(this.config.workers, this.config.frontends, this.handover);
     const config = await this.listeners.fixPorts(this.config);
     this.listeners.checkEveryFrontendListens(config);
+    // Every address not handed over (systemd's are not in `listen`) must be free of others.
+    const handed = new Set(this.handover?.sockets.map((s) => `${s.host} ${s.port}`));
+    await checkFree(config, (endpoint) => handed.has(`${endpoint.host} ${endpoint.port}`));
     this.config = config;
     this.pools = config.frontends.map((f) => new Pool(f, config.workers, true));
     for (const pool of this.pools) this.applyAdminState(pool);

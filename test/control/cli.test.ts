@@ -273,8 +273,37 @@ t.test('a port in use: exit 2, one line naming --listen and the address', async 
   });
   const run = fulcrum(['--listen', `127.0.0.1:${port}`, ...OK_BACKEND, '--workers', '2']);
   t.equal(run.status, 2);
-  t.equal(run.stderr, `fulcrum: --listen 127.0.0.1:${port}: address already in use\n`);
+  t.equal(run.stderr, `fulcrum: --listen 127.0.0.1:${port}: address in use by another process\n`);
 });
+
+t.test(
+  'regression: an address another process listens on with SO_REUSEPORT is refused',
+  async (t) => {
+    // A listener as a fulcrum worker holds one: SO_REUSEPORT would let a second one bind beside it
+    // and the kernel split the clients between the two processes.
+    const blocker = net.createServer().listen({ port: 0, host: '127.0.0.1', reusePort: true });
+    await once(blocker, 'listening');
+    const port = (blocker.address() as net.AddressInfo).port;
+    t.teardown(() => {
+      blocker.close();
+    });
+    const run = fulcrum(['--listen', `127.0.0.1:${port}`, ...OK_BACKEND, '--workers', '1']);
+    t.equal(run.status, 2);
+    t.equal(run.stderr, `fulcrum: --listen 127.0.0.1:${port}: address in use by another process\n`);
+
+    const first = await startFulcrum(['--listen', '127.0.0.1:0', ...OK_BACKEND]);
+    t.teardown(() => first.stop());
+    const second = fulcrum([
+      '--listen',
+      `127.0.0.1:${first.port}`,
+      ...OK_BACKEND,
+      '--workers',
+      '1',
+    ]);
+    t.equal(second.status, 2, "a second fulcrum on the first one's address");
+    t.match(second.stderr, /address in use by another process\n$/);
+  },
+);
 
 t.test('--help lists every flag with its default, exit 0', async (t) => {
   const run = fulcrum(['run', '--help']);

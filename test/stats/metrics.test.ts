@@ -135,7 +135,7 @@ t.test('--metrics on a taken port is exit 2 with one line', async (t) => {
   t.teardown(() => taken.close());
   await t.rejects(
     startFulcrum(['--backend', taken.address, '--metrics', taken.address]),
-    new RegExp(`--metrics ${taken.address}: address already in use`),
+    new RegExp(`--metrics ${taken.address}: address in use by another process`),
   );
 });
 
