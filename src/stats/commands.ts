@@ -234,14 +234,14 @@ function formatStat(frontends: FrontendStat[]): string {
     ],
   ];
   for (const frontend of frontends) {
-    const active = frontend.backends.reduce((n, b) => n + b.active, 0);
-    const total = frontend.backends.reduce((n, b) => n + b.total, 0);
+    // The frontend's own counts, as `show info` and the JSON give them: a client closed before
+    // it reached a backend (the inspect timeout, no backend up) is one of them.
     rows.push([
       `${frontend.name} (${frontend.listen.join(', ')}, ${frontend.algorithm})`,
       '',
       '',
-      String(active),
-      String(total),
+      String(frontend.live),
+      String(frontend.accepted),
       '',
       '',
       '',

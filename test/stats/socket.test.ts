@@ -10,6 +10,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
+import { query } from '../../src/stats/client.ts';
 import {
   BIN,
   connect,
@@ -279,3 +280,39 @@ t.test('the socket: a stale file is replaced, a live one refused, removed on exi
   t.equal(refused.status, 2);
   t.match(refused.stderr, /exists and is not a socket/);
 });
+
+t.test(
+  'regression: the table counts clients that never reached a backend, as show info does',
+  async (t) => {
+    const backend = await startBackend(greet);
+    t.teardown(() => backend.close());
+    const stats = socketPath();
+    // Denied clients are closed as they come, before any backend (as those closed at the
+    // inspect timeout of a serverNames frontend are).
+    const fulcrum = await startFulcrum([
+      '--stats-socket',
+      stats,
+      '--deny',
+      '127.0.0.0/8',
+      '--backend',
+      backend.address,
+    ]);
+    t.teardown(() => fulcrum.stop());
+    const sockets: net.Socket[] = [];
+    for (let i = 0; i < 3; i++) sockets.push(await connect(fulcrum.port));
+    t.teardown(() => {
+      for (const socket of sockets) socket.destroy();
+    });
+    await eventually(
+      async () => {
+        const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
+        return info.connections_total === 3 && info.connections_now === 0;
+      },
+      5000,
+      'show info to count the three, closed',
+    );
+    const row = (await query(stats, 'show stat')).split('\n')[1].trim().split(/\s+/);
+    // NAME (LISTEN, ALGORITHM) ACTIVE TOTAL: the frontend row's last two columns.
+    t.same(row.slice(-2), ['0', '3'], 'and so does the table');
+  },
+);
