@@ -206,7 +206,7 @@ t.test(
       (l) => typeof l.msg === 'string' && l.msg.startsWith('state file: added backend'),
     );
     // The configured backend and `first` leave room for 254 of the 300.
-  t.equal(lines.length, 3 + (300 - 254), 'one line for each backend left out');
+    t.equal(lines.length, 3 + (300 - 254), 'one line for each backend left out');
     t.match(
       lines.map((l) => l.msg).join('\n'),
       /127\.0\.0\.2:2000 is already in frontend default \(as first\)/,
