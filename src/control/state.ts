@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { formatBackend, parseBackend } from '../config/backend.ts';
-import { FileReadError, readTextFile } from '../config/file.ts';
+import { FileReadError, readTextFile } from '../config/read.ts';
 import type { BackendConfig, Config, FrontendConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { MAX_BACKENDS } from '../shared/table.ts';
@@ -120,12 +120,18 @@ export class RuntimeState {
       const state = this.frontends.get(frontend.name);
       if (state === undefined) return frontend;
       const backends = [...frontend.backends];
+      // What the checks see: the backends that stay (settle() leaves out the deleted ones).
+      const staying = backends.filter((b) => !state.deleted.some((name) => isNamed(b.name, name)));
       for (const spec of state.added) {
         const backend = parseBackend(spec, `${frontend.name}: added`);
         if (backends.some((b) => b.name === backend.name)) continue;
-        const why = refusal(frontend, backends, backend, listeners);
-        if (why === null) backends.push(backend);
-        else refused.add(`${frontend.name} ${spec}: ${why}`);
+        const why = refusal(frontend, staying, backend, listeners);
+        if (why === null) {
+          backends.push(backend);
+          staying.push(backend);
+        } else {
+          refused.add(`${frontend.name} ${spec}: ${why}`);
+        }
       }
       return { ...frontend, backends };
     });

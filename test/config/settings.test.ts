@@ -64,6 +64,7 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   loadMetricsPath: { text: '/stats/prometheus', value: '/stats/prometheus' },
   loadMetricsPort: { text: '9400', value: 9400 },
   loadInterval: { text: '2s', value: 2000 },
+  loadTimeout: { text: '3s', value: 3000 },
   workers: { text: '3', value: 3 },
   maxConnections: { text: '1000', value: 1000 },
   drainTimeout: { text: '12s', value: 12_000 },
@@ -90,6 +91,7 @@ const COMPANIONS: Record<string, string[]> = {
   loadMetricsPath: ['--load-metric', 'queue'],
   loadMetricsPort: ['--load-metric', 'queue'],
   loadInterval: ['--load-metric', 'queue'],
+  loadTimeout: ['--load-metric', 'queue'],
 };
 
 /** One frontend has one kind of probe: the file test writes every key but these, then each

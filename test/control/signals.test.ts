@@ -64,6 +64,11 @@ t.test('--drain-timeout cuts what is left, then exit 0', async (t) => {
   t.teardown(() => backend.close());
   const live = await connect(fulcrum.port);
   await readLine(live);
+  // Cut at the deadline: a reset, not a FIN (see the regression test below).
+  const cutWith = new Promise<string>((resolve) => {
+    live.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+    live.once('end', () => resolve('FIN'));
+  });
   const started = Date.now();
   const code = await fulcrum.stop('SIGTERM');
   const took = Date.now() - started;
@@ -71,6 +76,7 @@ t.test('--drain-timeout cuts what is left, then exit 0', async (t) => {
   t.ok(took >= 450 && took < 3000, `exited after ${took} ms`);
   const summary = fulcrum.logs.find((l) => l.msg === 'stopped');
   t.equal(summary?.['drain-cut'], 1, 'the cut connection is counted');
+  t.equal(await cutWith, 'ECONNRESET', 'the client sees the cut as a reset');
 });
 
 t.test(
