@@ -4,8 +4,9 @@
 // a report older than STALE_INTERVALS intervals is dropped (the backend is then judged by its
 // live connections); a page is read as it arrives, keeping only the selected metric's lines
 // (metric-reader.ts), never whole, within --load-timeout and MAX_METRICS_PAGE bytes, at most
-// MAX_CONCURRENT_SCRAPES at a time (those that report first; a failing page is read less often,
-// backing off to MAX_BACKOFF_INTERVALS), on the main thread, never by a worker; a backend's report
+// MAX_CONCURRENT_SCRAPES at a time (small pages that report first; a failing page is read less
+// often, backing off to MAX_BACKOFF_INTERVALS; a big page at most PAGE_BYTES_PER_SECOND), on the
+// main thread, never by a worker; a backend's report
 // failing and coming back is logged once per change (back: after REPORTS_BACK good reports in a
 // row), never per scrape.
 
@@ -37,6 +38,13 @@ const REPORTS_BACK = 3;
  *  `downinter` for checks): a page that fails costs little, and reports that work come first. */
 const MAX_BACKOFF_INTERVALS = 8;
 
+/** Bytes a second one backend's page may cost: a bigger page is read less often (4 MiB: every
+ *  4 s), so forty huge pages cost the main thread what forty ordinary ones (~100 KiB) do. */
+export const PAGE_BYTES_PER_SECOND = 1024 * 1024;
+
+/** A page above this is big: its scrapes wait behind those of small pages. */
+const SMALL_PAGE = 64 * 1024;
+
 interface LoadTask extends Round {
   readonly pool: Pool;
   readonly member: Member;
@@ -47,6 +55,9 @@ interface LoadTask extends Round {
   good: number;
   /** Failed scrapes in a row. */
   failures: number;
+  /** Bytes of its last page, and the time that costs it between reads (PAGE_BYTES_PER_SECOND). */
+  lastBytes: number;
+  spacingMs: number;
 }
 
 export class LoadScraper {
@@ -73,6 +84,8 @@ export class LoadScraper {
         failing: null,
         good: 0,
         failures: 0,
+        lastBytes: 0,
+        spacingMs: 0,
       }),
       (task, _pool, intervalMs) => {
         task.intervalMs = intervalMs;
@@ -99,8 +112,8 @@ export class LoadScraper {
   /** Starts a scrape of `task` now, or once one in flight ends. `busy` from now until it ends. */
   private scrape(task: LoadTask): void {
     task.busy = true;
-    if (this.inFlight >= MAX_CONCURRENT_SCRAPES) this.waiting[task.failures > 0 ? 1 : 0].push(task);
-    else this.run(task);
+    if (this.inFlight < MAX_CONCURRENT_SCRAPES) this.run(task);
+    else this.waiting[task.failures > 0 || task.lastBytes > SMALL_PAGE ? 1 : 0].push(task);
   }
 
   private run(task: LoadTask): void {
@@ -108,6 +121,7 @@ export class LoadScraper {
     const { pool, member } = task;
     const load = pool.config.load;
     const reader = new MetricReader(load.metric as MetricSelector);
+    let bytes = 0;
     this.dropIfStale(task);
     const target = { host: member.config.host, port: load.port ?? member.config.port };
     httpGet(
@@ -125,6 +139,9 @@ export class LoadScraper {
         if ('failed' in out) value = out.failed;
         else if (out.status !== 200) value = `metrics page answered HTTP ${out.status}`;
         else value = reader.finish();
+        task.lastBytes = bytes;
+        task.spacingMs = (bytes / PAGE_BYTES_PER_SECOND) * 1000;
+        task.nextAt = Math.max(task.nextAt, performance.now() + task.spacingMs);
         if (typeof value === 'number') {
           task.failures = 0;
           this.reported(task, value);
@@ -135,7 +152,10 @@ export class LoadScraper {
           this.failed(task, value);
         }
       },
-      (chunk) => reader.feed(chunk),
+      (chunk) => {
+        bytes += chunk.length;
+        reader.feed(chunk);
+      },
     );
   }
 
@@ -155,7 +175,9 @@ export class LoadScraper {
   private dropIfStale(task: LoadTask): void {
     const report = task.member.load;
     if (report === null) return;
-    if (performance.now() - report.at > STALE_INTERVALS * task.intervalMs) {
+    // Judged against the time between its reads: a big page's report is as fresh as it can be.
+    const between = Math.max(task.intervalMs, task.spacingMs);
+    if (performance.now() - report.at > STALE_INTERVALS * between) {
       task.pool.setLoad(task.member, null);
       this.failed(task, `no report for ${STALE_INTERVALS} intervals`);
     }
