@@ -465,6 +465,10 @@ export class Supervisor {
     }
     this.log.info({ workers }, 'upgrade: took the listeners back; serving');
     await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
+    // What operators changed on the successor (and it saved) is this process's to keep: the state
+    // file is read again and applied by the one path a reload takes.
+    await this.state.load();
+    await this.reload('upgrade take-back');
   }
 
   /** `show info`: which process answers, and the upgrade it is in. */

@@ -13,9 +13,11 @@ import { query } from '../../src/stats/client.ts';
 import {
   connect,
   echo,
+  eventually,
   type Fulcrum,
   send,
   settled,
+  showStat,
   socketPath,
   startBackend,
   startFulcrum,
@@ -97,6 +99,8 @@ t.test(
       '2',
       '--stats-socket',
       stats,
+      '--state-file',
+      join(dir, 'take-back.json'),
       '--no-health-check',
       '--backend',
       backend.address,
@@ -112,6 +116,7 @@ t.test(
     t.ok(newPid > 0, answer.trim());
     const short = shortConnections(fulcrum.port);
     await waitFor(() => short.ok >= 5, 10_000, 'short connections through the successor');
+    t.match(await query(stats, `set weight default/${backend.address} 5`), /weight 5$/);
     process.kill(newPid, 'SIGKILL');
     await waitForLog(
       fulcrum,
@@ -132,6 +137,11 @@ t.test(
       Number((await info(stats)).pid),
       oldPid,
       'the stats socket answers from the old process',
+    );
+    await eventually(
+      async () => (await showStat(stats))[0].backends[0].weight === 5,
+      5000,
+      'the weight set on the successor, read back from the state file',
     );
     send(held, 1024);
     held.socket.end();
