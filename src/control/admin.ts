@@ -124,7 +124,11 @@ export class Admin implements AdminInterface {
         throw err;
       }
       const configured = control.state.apply(control.loaded());
-      const clash = clashOf(pool, control.pools(), backend, found, configured);
+      // Counted as the state file's backends are (state.ts): those an operator deleted are not.
+      const staying =
+        control.state.settle(configured).frontends.find((f) => f.name === pool.name)?.backends
+          .length ?? 0;
+      const clash = clashOf(pool, control.pools(), backend, found, configured, staying);
       if (clash !== null) return { ok: false, message: clash };
       control.state.added(pool.name, backend);
       let changes: PoolChanges;
@@ -212,6 +216,7 @@ function clashOf(
   backend: BackendConfig,
   found: readonly BackendConfig[],
   configured: Config,
+  staying: number,
 ): string | null {
   const listeners = pools.flatMap((p) => p.config.listen);
   for (const b of found) {
@@ -234,7 +239,7 @@ function clashOf(
     return `name ${backend.name} is already in frontend ${pool.name}`;
   }
   // The limit as the state file's backends meet it (state.ts), before DNS; roomFor checks after.
-  if (frontend !== undefined && frontend.backends.length >= MAX_BACKENDS) {
+  if (staying >= MAX_BACKENDS) {
     return `frontend ${pool.name} has ${MAX_BACKENDS} backends already (the most it holds)`;
   }
   return null;

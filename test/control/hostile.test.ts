@@ -265,6 +265,16 @@ t.test(
       'every replaced backend removed, once',
     );
     t.equal((await showStat(stats))[0].backends.length, MAX_BACKENDS, 'only the new set is left');
+    // At the limit an added backend is refused; one deleted makes room (it no longer counts).
+    t.match(
+      await query(stats, 'add backend default 127.0.0.2:9'),
+      /^error: frontend default has 256 backends already/,
+    );
+    t.match(await query(stats, 'del backend default/127.0.0.1:30000'), /deleted/);
+    t.match(
+      await query(stats, 'add backend default 127.0.0.2:9'),
+      /^added default\/127\.0\.0\.2:9/,
+    );
     t.equal(await running.stop(), 0);
   },
 );
