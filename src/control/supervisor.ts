@@ -821,16 +821,19 @@ export class Supervisor {
       this.stats?.close();
       process.exit(0);
     }
+    if (this.handedOver && this.reserve !== null) {
+      // Already draining after an upgrade (drain() set `stopping`, so this is checked first):
+      // the drain deadline stands (systemd stopping the service signals every process of it),
+      // and nothing is taken back from here on. A signal after this one exits at once.
+      this.log.info({ signal }, 'already draining after an upgrade');
+      this.reserve.release();
+      this.reserve = null;
+      return;
+    }
     if (this.stopping) {
       this.log.warn({ signal }, 'second signal: exiting now');
       this.stats?.close();
       process.exit(1);
-    }
-    if (this.handedOver) {
-      // Already draining after an upgrade: the drain deadline stands (systemd stopping the
-      // service signals every process of it).
-      this.log.info({ signal }, 'already draining after an upgrade');
-      return;
     }
     void notify(this.log, 'STOPPING=1');
     this.drain({ signal });

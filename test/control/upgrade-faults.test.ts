@@ -201,3 +201,36 @@ t.test(
     );
   },
 );
+
+t.test('stopped after the handover: a successor that then dies is not replaced', async (t) => {
+  const backend = await startBackend(echo);
+  t.teardown(() => backend.close());
+  const stats = socketPath();
+  const fulcrum = await startFulcrum([
+    '--stats-socket',
+    stats,
+    '--no-health-check',
+    '--backend',
+    backend.address,
+  ]);
+  t.teardown(() => fulcrum.stop('SIGKILL'));
+  stopServing(t, stats, fulcrum);
+  const held = await stream(fulcrum.port);
+  send(held, 1024);
+  const answer = await query(stats, 'upgrade');
+  const newPid = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
+  t.ok(newPid > 0, answer.trim());
+  // systemctl stop: every process of the service is signalled; the successor then dies badly.
+  fulcrum.proc.kill('SIGTERM');
+  await waitForLog(fulcrum, (l) => l.msg === 'already draining after an upgrade', 5000, 'stop');
+  process.kill(newPid, 'SIGKILL');
+  await waitForLog(fulcrum, (l) => l.msg === 'upgrade: the new process died', 5000, 'the death');
+  held.socket.end();
+  await held.done;
+  const [code] = await once(fulcrum.proc, 'exit');
+  t.equal(code, 0, 'the old process drains and exits');
+  t.notOk(
+    fulcrum.logs.some((l) => l.msg === 'upgrade: taking the listeners back and serving'),
+    'nothing taken back after a stop',
+  );
+});
