@@ -140,7 +140,9 @@ export class LoadScraper {
         else if (out.status !== 200) value = `metrics page answered HTTP ${out.status}`;
         else value = reader.finish();
         task.lastBytes = bytes;
-        task.spacingMs = (bytes / PAGE_BYTES_PER_SECOND) * 1000;
+        // A page that reports is read as often as its size allows; one that fails, as its
+        // failures allow (below).
+        task.spacingMs = typeof value === 'number' ? (bytes / PAGE_BYTES_PER_SECOND) * 1000 : 0;
         task.nextAt = Math.max(task.nextAt, performance.now() + task.spacingMs);
         if (typeof value === 'number') {
           task.failures = 0;

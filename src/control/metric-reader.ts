@@ -40,15 +40,22 @@ export class MetricReader {
   private lines = 0;
   private error: string | null = null;
 
+  /** The selector's labels as the page's bytes spell them (each byte one latin1 character). */
+  private readonly wanted: ReadonlyArray<readonly [string, string]>;
+
   constructor(selector: MetricSelector) {
     this.selector = selector;
     this.name = Buffer.from(selector.name, 'utf8');
+    this.wanted = selector.labels.map(([k, v]) => [bytesOf(k), bytesOf(v)] as const);
   }
 
   /** Takes the next bytes of the page. */
   feed(chunk: Buffer): void {
     const length = chunk.length;
     let i = 0;
+    // The chunk as one string of its bytes (latin1: a copy, no decoding), made at the first kept
+    // line: every kept line of the chunk is read in place in it.
+    let text: string | null = null;
     while (i < length && this.error === null) {
       if (this.state === SKIP) {
         const nl = chunk.indexOf(NEWLINE, i);
@@ -80,13 +87,18 @@ export class MetricReader {
         const nl = chunk.indexOf(NEWLINE, i);
         const end = nl < 0 ? length : nl;
         if (nl >= 0 && this.carried === 0) {
-          this.sample(chunk.toString('utf8', i, end));
+          text ??= chunk.toString('latin1');
+          if (end - i > MAX_SAMPLE_LINE) {
+            this.error = `a line of ${this.selector.name} is longer than ${MAX_SAMPLE_LINE} bytes`;
+            return;
+          }
+          this.sample(text, i, end);
         } else if (this.carried + end - i > MAX_SAMPLE_LINE) {
           this.error = `a line of ${this.selector.name} is longer than ${MAX_SAMPLE_LINE} bytes`;
           return;
         } else {
           this.carried += chunk.copy(this.carry, this.carried, i, end);
-          if (nl >= 0) this.sample(this.carry.toString('utf8', 0, this.carried));
+          if (nl >= 0) this.sample(this.carry.toString('latin1', 0, this.carried), 0, this.carried);
         }
         if (nl < 0) return;
         i = nl + 1;
@@ -99,7 +111,7 @@ export class MetricReader {
   /** The page has ended: the sum of the matching series, or why there is none. */
   finish(): number | string {
     if (this.error === null && this.state === KEEP) {
-      this.sample(this.carry.toString('utf8', 0, this.carried));
+      this.sample(this.carry.toString('latin1', 0, this.carried), 0, this.carried);
     }
     this.state = SKIP;
     if (this.error !== null) return this.error;
@@ -108,23 +120,22 @@ export class MetricReader {
     return this.sum;
   }
 
-  /** One sample line, from just after the metric's name: labels, value, maybe a timestamp.
-   *  Scanned in place: one string for the value is all it makes. */
-  private sample(line: string): void {
+  /** One sample line, `line` from `from` (just after the metric's name) to `n`, bytes as latin1:
+   *  labels, value, maybe a timestamp. Scanned in place: the value is the one string it makes. */
+  private sample(line: string, from: number, n: number): void {
     this.lines++;
-    const wanted = this.selector.labels.length;
-    let at = 0;
+    const wanted = this.wanted.length;
+    let at = from;
     let matches = wanted === 0;
-    if (line.charCodeAt(0) === OPEN_BRACE) {
-      const labels = this.labels(line);
+    if (line.charCodeAt(from) === OPEN_BRACE) {
+      const labels = this.labels(line, from, n);
       if (labels < 0) {
-        this.error = `metrics page does not parse (${excerpt(line)})`;
+        this.error = `metrics page does not parse (${excerpt(line.slice(from, n))})`;
         return;
       }
       matches = labels === wanted;
       at = this.labelsEnd + 1;
     }
-    const n = line.length;
     while (at < n && isBlank(line.charCodeAt(at))) at++;
     const start = at;
     while (at < n && !isBlank(line.charCodeAt(at))) at++;
@@ -138,7 +149,7 @@ export class MetricReader {
       const after = at;
       while (at < n && isBlank(line.charCodeAt(at))) at++;
       if (after === digits || at < n) {
-        this.error = `metrics page does not parse (${excerpt(line)})`;
+        this.error = `metrics page does not parse (${excerpt(line.slice(from, n))})`;
         return;
       }
     }
@@ -174,10 +185,9 @@ export class MetricReader {
    * the selector's values, or -1 if it is not a label set. Names and values are compared where
    * they stand; only a value with escapes is copied.
    */
-  private labels(line: string): number {
-    const n = line.length;
-    const wanted = this.selector.labels;
-    let at = 1;
+  private labels(line: string, from: number, n: number): number {
+    const wanted = this.wanted;
+    let at = from + 1;
     let matched = 0;
     for (;;) {
       while (at < n && isBlank(line.charCodeAt(at))) at++;
@@ -247,7 +257,15 @@ export function readMetric(page: string, selector: MetricSelector): number | str
   return reader.finish();
 }
 
-function excerpt(text: string): string {
+/** `text` (UTF-8) as one latin1 character per byte, as feed() reads the page. */
+function bytesOf(text: string): string {
+  return Buffer.from(text, 'utf8').toString('latin1');
+}
+
+/** The start of `bytes` (one latin1 character per byte) for a message: decoded as UTF-8, short,
+ *  control characters escaped. */
+function excerpt(bytes: string): string {
+  const text = Buffer.from(bytes, 'latin1').toString('utf8');
   const head = printableText(text.slice(0, 40));
   return text.length > 40 ? `${head}...` : head;
 }

@@ -173,7 +173,7 @@ t.test(
       '--load-metric',
       'queue_depth{model="m"}',
       '--load-interval',
-      '200ms',
+      '100ms',
       '--load-timeout',
       '500ms',
       '--load-metrics-port',
@@ -282,6 +282,16 @@ t.test('regression: only sane loads count (issue 24, item 9)', async (t) => {
   t.equal(readMetric('q 1_000\n', sel('q')), 'q is not a number (1_000)');
   t.equal(readMetric('q 1 2 3\n', sel('q')), 'metrics page does not parse ( 1 2 3)');
   t.equal(readMetric('q 1e2\nq .5\nq 3.\n', sel('q')), 103.5, 'decimal forms count');
+  t.equal(
+    readMetric(
+      'q{m="h\u00e9llo"} 2\nq{m="hello"} 3\nq{m="\\"\u00e9"} 4\n',
+      sel('q{m="h\u00e9llo"}'),
+    ),
+    2,
+    'a UTF-8 label value matches as written (the page is read as bytes)',
+  );
+  t.equal(readMetric('q{m="\\"\u00e9"} 4\n', sel('q{m="\\"\u00e9"}')), 4, 'escaped, with UTF-8');
+  t.equal(readMetric('q \u00e9\n', sel('q')), 'q is not a number (\u00e9)', 'named as UTF-8');
 });
 
 t.test(
