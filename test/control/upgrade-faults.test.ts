@@ -8,13 +8,14 @@ import { once } from 'node:events';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { query } from '../../src/stats/client.ts';
 import {
   connect,
   echo,
   eventually,
   type Fulcrum,
+  type Stream,
   send,
   settled,
   showStat,
@@ -34,6 +35,21 @@ async function successor(fulcrum: Fulcrum, n: number): Promise<number> {
   const started = (l: Record<string, unknown>) => l.msg === 'upgrade: started the new process';
   await waitFor(() => fulcrum.logs.filter(started).length >= n, 10_000, `upgrade ${n} to start`);
   return Number(fulcrum.logs.filter(started)[n - 1].newPid);
+}
+
+/** Holds a stream through `fulcrum` (so its process still drains after the handover), then
+ *  upgrades it over `stats`: the stream and the successor's pid. */
+async function upgradeHolding(
+  t: Test,
+  fulcrum: Fulcrum,
+  stats: string,
+): Promise<{ held: Stream; newPid: number }> {
+  const held = await stream(fulcrum.port);
+  send(held, 1024);
+  const answer = await query(stats, 'upgrade');
+  const newPid = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
+  t.ok(newPid > 0, answer.trim());
+  return { held, newPid };
 }
 
 /** Echoes one line through `port`. */
@@ -108,12 +124,7 @@ t.test(
     t.teardown(() => fulcrum.stop('SIGKILL'));
     stopServing(t, stats, fulcrum);
     const oldPid = fulcrum.proc.pid as number;
-    // A stream keeps the old process draining after the handover.
-    const held = await stream(fulcrum.port);
-    send(held, 1024);
-    const answer = await query(stats, 'upgrade');
-    const newPid = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
-    t.ok(newPid > 0, answer.trim());
+    const { held, newPid } = await upgradeHolding(t, fulcrum, stats);
     const short = shortConnections(fulcrum.port);
     await waitFor(() => short.ok >= 5, 10_000, 'short connections through the successor');
     t.match(await query(stats, `set weight default/${backend.address} 5`), /weight 5$/);
@@ -174,12 +185,8 @@ t.test(
     const fulcrum = await startFulcrum(['--config', config]);
     t.teardown(() => fulcrum.stop('SIGKILL'));
     stopServing(t, second, fulcrum);
-    const held = await stream(fulcrum.port);
-    send(held, 1024);
     write(second);
-    const answer = await query(first, 'upgrade');
-    const newPid = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
-    t.ok(newPid > 0, answer.trim());
+    const { held, newPid } = await upgradeHolding(t, fulcrum, first);
     await waitFor(() => !existsSync(first), 5000, 'the old stats socket path to go');
     t.equal(Number((await info(second)).pid), newPid, 'the new path answers');
 
@@ -215,11 +222,7 @@ t.test('stopped after the handover: a successor that then dies is not replaced',
   ]);
   t.teardown(() => fulcrum.stop('SIGKILL'));
   stopServing(t, stats, fulcrum);
-  const held = await stream(fulcrum.port);
-  send(held, 1024);
-  const answer = await query(stats, 'upgrade');
-  const newPid = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
-  t.ok(newPid > 0, answer.trim());
+  const { held, newPid } = await upgradeHolding(t, fulcrum, stats);
   // systemctl stop: every process of the service is signalled; the successor then dies badly.
   fulcrum.proc.kill('SIGTERM');
   await waitForLog(fulcrum, (l) => l.msg === 'already draining after an upgrade', 5000, 'stop');
