@@ -457,6 +457,12 @@ export class Supervisor {
         );
       }
     }
+    // systemd's sockets went with the drain (each worker's descriptor is closed): the service
+    // manager, whose main process died, restarts the service to serve them again.
+    const systemd = this.config.frontends.flatMap((f) => this.listeners.activatedFor(f.name));
+    if (systemd.length > 0) {
+      this.log.warn({ systemd }, 'upgrade: the sockets systemd passed are not taken back');
+    }
     this.startWatchers();
     try {
       await this.openSideChannels(true);

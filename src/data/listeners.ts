@@ -3,10 +3,10 @@
 // Each socket carries the Route that says which frontend takes its clients (data/routes.ts).
 // Sockets a replaced fulcrum handed over (an upgrade), or taken back from a successor that died,
 // are listened on as they are, this worker's share of them, so the connections queued in each
-// are accepted. Invariant: an address that stays across a
-// reload keeps its sockets, even when the frontends on it change (only its Route is replaced);
-// only added addresses open and removed ones close, and the accept hook (or the public
-// 'connection' path) is set before the first accept.
+// are accepted. Invariant: an address that stays across a reload keeps its sockets, even when the
+// frontends on it change (only its Route is replaced); only added addresses open and removed ones
+// close; a descriptor systemd passed is listened on only until close() closes it, never again;
+// and the accept hook (or the public 'connection' path) is set before the first accept.
 
 import { closeSync } from 'node:fs';
 import net from 'node:net';
@@ -42,6 +42,8 @@ interface Wanted {
 export class Listeners {
   /** Open listeners by address (several where a replaced process handed over several). */
   readonly open = new Map<string, Listener[]>();
+  /** close() has closed the descriptors systemd passed: they are never listened on again. */
+  private activatedClosed = false;
   /** Whether the accept hook is in use (false: Node's public 'connection' path). */
   hooked = false;
   private readonly backlog: number;
@@ -77,6 +79,8 @@ export class Listeners {
       else found.frontends.push(frontend);
     };
     for (const frontend of frontends) {
+      // Closed by close() (a drain): the number may be another file's by now.
+      if (this.activatedClosed) continue;
       for (const socket of frontend.activated) {
         const key = `systemd ${frontend.config.name} ${socket.text} ${socket.fd}`;
         want(key, activatedEntry(socket, frontend.config.name), frontend);
@@ -154,6 +158,7 @@ export class Listeners {
 
   /** Stops accepting; live connections carry on. */
   close(): void {
+    this.activatedClosed = true;
     for (const listeners of this.open.values()) for (const l of listeners) l.server.close();
     this.open.clear();
   }

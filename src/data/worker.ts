@@ -32,6 +32,9 @@ const limits = {
 const frontends = new Map<string, Frontend>();
 /** Every listening socket, whichever frontends share it. */
 const listeners = new Listeners(init.backlog, init.inherited);
+/** The frontends in config order, as the listeners were last synced to them (a resume after a
+ *  drain syncs them again: the order decides which frontend a shared address prefers). */
+let inOrder: Frontend[] = [];
 /** Frontends a reload removed: listeners closed, connections running to their end. */
 const retired = new Set<Frontend>();
 let accessLog: Logger | null = null;
@@ -90,11 +93,8 @@ async function update(pools: readonly PoolUpdate[]): Promise<ListenFailure[]> {
     }
   }
   // Every frontend is up to date before any route points at it; a removed one no longer listens.
-  if (!draining) {
-    failures.push(
-      ...(await listeners.sync(pools.map((p) => frontends.get(p.config.name) as Frontend))),
-    );
-  }
+  inOrder = pools.map((p) => frontends.get(p.config.name) as Frontend);
+  if (!draining) failures.push(...(await listeners.sync(inOrder)));
   return failures;
 }
 
@@ -134,7 +134,7 @@ port.on('message', (message: ControlMessage) => {
     updating = updating.then(async () => {
       draining = false;
       listeners.adopt(message.inherited);
-      const failures = await listeners.sync([...frontends.values()]);
+      const failures = await listeners.sync(inOrder);
       port.postMessage({ type: 'updated', id: message.id, failures } satisfies WorkerMessage);
     });
   } else if (message.type === 'cut') {

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { query } from '../../src/stats/client.ts';
 import {
+  closedPort,
   connect,
   echo,
   eventually,
@@ -19,6 +20,7 @@ import {
   send,
   settled,
   showStat,
+  socketActivated,
   socketPath,
   startBackend,
   startFulcrum,
@@ -237,3 +239,49 @@ t.test('stopped after the handover: a successor that then dies is not replaced',
     'nothing taken back after a stop',
   );
 });
+
+t.test(
+  'under systemd, a take-back never listens on the descriptors the drain closed',
+  async (t) => {
+    const backend = await startBackend(echo);
+    t.teardown(() => backend.close());
+    const port = await closedPort();
+    const stats = socketPath();
+    const config = join(dir, 'activated.yaml');
+    writeFileSync(
+      config,
+      `workers: 2\nstatsSocket: ${stats}\nfrontends:\n  - { name: web, listen: [127.0.0.1:${port}], health: false, backends: [${backend.address}] }\n`,
+    );
+    const activated = await socketActivated(t, port, 'web', ['--config', config]);
+    stopServing(t, stats);
+    // The first connection starts it (systemd-socket-activate execs on the first client).
+    const held = await stream(port);
+    send(held, 1024);
+    await waitFor(() => activated.logs.some((l) => l.msg === 'ready'), 10_000, 'ready');
+    const oldPid = activated.proc.pid as number;
+    const answer = await query(stats, 'upgrade');
+    const newPid = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
+    t.ok(newPid > 0, answer.trim());
+    process.kill(newPid, 'SIGKILL');
+    await waitFor(
+      () => activated.logs.some((l) => l.msg === 'upgrade: took the listeners back; serving'),
+      10_000,
+      'the take-back',
+    );
+    t.ok(
+      activated.logs.some(
+        (l) => l.msg === 'upgrade: the sockets systemd passed are not taken back',
+      ),
+      'said',
+    );
+    t.notOk(
+      activated.logs.some((l) => l.msg === 'upgrade: a listener could not be taken back'),
+      'no stale descriptor listened on',
+    );
+    t.equal(Number((await info(stats)).pid), oldPid, 'the old process answers');
+    send(held, 1024);
+    held.socket.end();
+    await held.done;
+    t.equal(held.bytesReceived, held.bytesSent, 'its stream intact');
+  },
+);
