@@ -6,9 +6,8 @@
 // (metric-reader.ts), never whole, within --load-timeout and MAX_METRICS_PAGE bytes, at most
 // MAX_CONCURRENT_SCRAPES at a time (small pages that report first; a failing page is read less
 // often, backing off to MAX_BACKOFF_INTERVALS; a big page at most PAGE_BYTES_PER_SECOND), on the
-// main thread, never by a worker; a backend's report
-// failing and coming back is logged once per change (back: after REPORTS_BACK good reports in a
-// row), never per scrape.
+// main thread, never by a worker; a backend's report failing and coming back is logged once per
+// change (back: after REPORTS_BACK good reports in a row), never per scrape.
 
 import type { MetricSelector } from '../config/types.ts';
 import type { Logger } from '../log.ts';
@@ -27,7 +26,8 @@ export const MAX_METRICS_PAGE = 4 * 1024 * 1024;
 export const STALE_INTERVALS = 3;
 
 /** Scrapes in flight at once, over every frontend: forty hostile pages cost what eight do. The
- *  rest wait their turn, first come first served (a slow page delays others, never starves). */
+ *  rest wait their turn: small pages that report first, then the others, each in the order they
+ *  came (a slow page delays others, never starves them). */
 export const MAX_CONCURRENT_SCRAPES = 8;
 
 /** Good reports in a row before a backend that failed is logged as reporting again: a backend
