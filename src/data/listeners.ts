@@ -80,8 +80,8 @@ export class Listeners {
     };
     for (const frontend of frontends) {
       // Closed by close() (a drain): the number may be another file's by now.
-      if (this.activatedClosed) continue;
-      for (const socket of frontend.activated) {
+      const activated = this.activatedClosed ? [] : frontend.activated;
+      for (const socket of activated) {
         const key = `systemd ${frontend.config.name} ${socket.text} ${socket.fd}`;
         want(key, activatedEntry(socket, frontend.config.name), frontend);
       }
