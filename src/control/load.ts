@@ -3,11 +3,14 @@
 // where least-load reads it. Invariants: a failed scrape drops the backend's report at once and
 // a report older than STALE_INTERVALS intervals is dropped (the backend is then judged by its
 // live connections); a page is read as it arrives, keeping only the selected metric's lines
-// (metric-reader.ts), never whole, within --load-timeout and MAX_METRICS_PAGE bytes, at most
-// MAX_CONCURRENT_SCRAPES at a time (small pages that report first; a failing page is read less
-// often, backing off to MAX_BACKOFF_INTERVALS; a big page at most PAGE_BYTES_PER_SECOND), on the
-// main thread, never by a worker; a backend's report failing and coming back is logged once per
-// change (back: after REPORTS_BACK good reports in a row), never per scrape.
+// (metric-reader.ts), never whole, within --load-timeout and MAX_METRICS_PAGE bytes, on the main
+// thread, never by a worker. Two lanes: pages up to SMALL_PAGE, MAX_CONCURRENT_SCRAPES at a time
+// (those that report first; a failing page is read less often, backing off to
+// MAX_BACKOFF_INTERVALS); bigger pages BIG_SCRAPES at a time, within BIG_PAGE_BYTES_PER_SECOND
+// over all of them and PAGE_BYTES_PER_SECOND for each backend, so that what reading costs the
+// main thread is bounded whatever the pages and their number. A backend's report failing and
+// coming back is logged once per change (back: after REPORTS_BACK good reports in a row), never
+// per scrape.
 
 import type { MetricSelector } from '../config/types.ts';
 import type { Logger } from '../log.ts';
@@ -39,11 +42,21 @@ const REPORTS_BACK = 3;
 const MAX_BACKOFF_INTERVALS = 8;
 
 /** Bytes a second one backend's page may cost: a bigger page is read less often (4 MiB: every
- *  4 s), so forty huge pages cost the main thread what forty ordinary ones (~100 KiB) do. */
+ *  4 s at most). */
 export const PAGE_BYTES_PER_SECOND = 1024 * 1024;
 
-/** A page above this is big: its scrapes wait behind those of small pages. */
-const SMALL_PAGE = 64 * 1024;
+/** A page above this is big (a vLLM page is 50-300 KiB): it is read in the big pages' lane. A
+ *  page found bigger in the middle of a read moves to that lane, or is put off until it has room
+ *  (the bytes read so far are the cost of finding out). */
+export const SMALL_PAGE = 256 * 1024;
+
+/** Big pages read at once, besides the small ones: a handful of huge pages keep no slot from
+ *  the backends with ordinary pages. */
+export const BIG_SCRAPES = 2;
+
+/** Bytes a second all big pages together may cost: reading a page of matching series costs the
+ *  main thread about 10 ms a MiB (bench:load-scrape), so forty 4 MiB pages cost it what two do. */
+export const BIG_PAGE_BYTES_PER_SECOND = 8 * 1024 * 1024;
 
 interface LoadTask extends Round {
   readonly pool: Pool;
@@ -58,6 +71,9 @@ interface LoadTask extends Round {
   /** Bytes of its last page, and the time that costs it between reads (PAGE_BYTES_PER_SECOND). */
   lastBytes: number;
   spacingMs: number;
+  /** performance.now() when its scrape was asked for: time spent waiting for a turn is ours,
+   *  and does not make its report stale. */
+  askedAt: number;
 }
 
 export class LoadScraper {
@@ -86,6 +102,7 @@ export class LoadScraper {
         failures: 0,
         lastBytes: 0,
         spacingMs: 0,
+        askedAt: now,
       }),
       (task, _pool, intervalMs) => {
         task.intervalMs = intervalMs;
@@ -102,26 +119,50 @@ export class LoadScraper {
   stop(): void {
     this.stopped = true;
     this.rounds.stop();
+    if (this.budgetTimer !== null) clearTimeout(this.budgetTimer);
   }
 
-  /** Scrapes in flight now, and those waiting for one of them to end: of backends that report
-   *  first, then of those that fail, each in the order they came. */
+  /** Small pages' scrapes in flight, and big ones'. */
   private inFlight = 0;
-  private readonly waiting: [LoadTask[], LoadTask[]] = [[], []];
+  private bigInFlight = 0;
+  /** Scrapes waiting for a turn: of backends whose small pages report, then of those that fail,
+   *  then of big pages, each in the order they came. */
+  private readonly waiting: [LoadTask[], LoadTask[], LoadTask[]] = [[], [], []];
+  /** performance.now() when the bytes big pages have cost so far are paid for
+   *  (BIG_PAGE_BYTES_PER_SECOND): no big page is read before. */
+  private paidAt = 0;
+  private budgetTimer: NodeJS.Timeout | null = null;
 
-  /** Starts a scrape of `task` now, or once one in flight ends. `busy` from now until it ends. */
+  /** Starts a scrape of `task` now, or when its lane has room. `busy` from now until it ends. */
   private scrape(task: LoadTask): void {
     task.busy = true;
-    if (this.inFlight < MAX_CONCURRENT_SCRAPES) this.run(task);
-    else this.waiting[task.failures > 0 || task.lastBytes > SMALL_PAGE ? 1 : 0].push(task);
+    task.askedAt = performance.now();
+    if (task.lastBytes > SMALL_PAGE) {
+      this.waiting[2].push(task);
+      this.next();
+    } else if (this.inFlight < MAX_CONCURRENT_SCRAPES) this.run(task, false);
+    else this.waiting[task.failures > 0 ? 1 : 0].push(task);
   }
 
-  private run(task: LoadTask): void {
-    this.inFlight++;
+  /** Whether a big page may be read now: the lane has room and the bytes are paid for. */
+  private bigRoom(): boolean {
+    return this.bigInFlight < BIG_SCRAPES && performance.now() >= this.paidAt;
+  }
+
+  /** The cost of `bytes` read of a big page, against BIG_PAGE_BYTES_PER_SECOND. */
+  private spend(bytes: number): void {
+    const now = performance.now();
+    this.paidAt = Math.max(this.paidAt, now) + (bytes / BIG_PAGE_BYTES_PER_SECOND) * 1000;
+  }
+
+  private run(task: LoadTask, big: boolean): void {
+    if (big) this.bigInFlight++;
+    else this.inFlight++;
     const { pool, member } = task;
     const load = pool.config.load;
     const reader = new MetricReader(load.metric as MetricSelector);
     let bytes = 0;
+    let putOff = false;
     this.dropIfStale(task);
     const target = { host: member.config.host, port: load.port ?? member.config.port };
     httpGet(
@@ -132,9 +173,17 @@ export class LoadScraper {
       MAX_METRICS_PAGE,
       (out) => {
         task.busy = false;
-        this.inFlight--;
+        if (big) this.bigInFlight--;
+        else this.inFlight--;
+        const gone = this.stopped || !this.rounds.all.includes(task);
+        if (putOff && !gone) {
+          // Found big with no room in its lane: read again there, its report kept meanwhile.
+          task.lastBytes = bytes;
+          this.scrape(task);
+          return;
+        }
         this.next();
-        if (this.stopped || !this.rounds.all.includes(task)) return;
+        if (gone) return;
         let value: number | string;
         if ('failed' in out) value = out.failed;
         else if (out.status !== 200) value = `metrics page answered HTTP ${out.status}`;
@@ -155,21 +204,48 @@ export class LoadScraper {
         }
       },
       (chunk) => {
+        if (putOff) return false;
         bytes += chunk.length;
+        if (big) this.spend(chunk.length);
+        else if (bytes > SMALL_PAGE) {
+          if (!this.bigRoom()) {
+            putOff = true;
+            return false;
+          }
+          // Big after all, and its lane has room: it goes on there, and frees its small slot.
+          big = true;
+          this.inFlight--;
+          this.bigInFlight++;
+          this.spend(bytes);
+          this.next();
+        }
         reader.feed(chunk);
+        return true;
       },
     );
   }
 
-  /** Starts the next waiting scrape whose backend is still read. */
+  /** Starts the waiting scrapes their lanes have room for (of backends still read); if big pages
+   *  wait for the bytes to be paid for, looks again then. */
   private next(): void {
-    for (const queue of this.waiting) {
-      while (queue.length > 0 && this.inFlight < MAX_CONCURRENT_SCRAPES) {
+    for (let lane = 0; lane < this.waiting.length; lane++) {
+      const queue = this.waiting[lane];
+      const big = lane === 2;
+      while (queue.length > 0 && (big ? this.bigRoom() : this.inFlight < MAX_CONCURRENT_SCRAPES)) {
         // A few dozen at most (a task waits once): shift() is cheap here.
         const task = queue.shift() as LoadTask;
         if (this.stopped || !this.rounds.all.includes(task)) task.busy = false;
-        else this.run(task);
+        else this.run(task, big);
       }
+    }
+    const big = this.waiting[2];
+    if (big.length > 0 && this.bigInFlight < BIG_SCRAPES && this.budgetTimer === null) {
+      const wait = Math.max(0, this.paidAt - performance.now());
+      this.budgetTimer = setTimeout(() => {
+        this.budgetTimer = null;
+        if (!this.stopped) this.next();
+      }, wait);
+      this.budgetTimer.unref();
     }
   }
 
@@ -177,9 +253,11 @@ export class LoadScraper {
   private dropIfStale(task: LoadTask): void {
     const report = task.member.load;
     if (report === null) return;
-    // Judged against the time between its reads: a big page's report is as fresh as it can be.
+    // Judged against the time between its reads (a big page's report is as fresh as it can be),
+    // not counting the time its scrape waited for a turn.
     const between = Math.max(task.intervalMs, task.spacingMs);
-    if (performance.now() - report.at > STALE_INTERVALS * between) {
+    const waited = performance.now() - task.askedAt;
+    if (performance.now() - report.at > STALE_INTERVALS * between + waited) {
       task.pool.setLoad(task.member, null);
       this.failed(task, `no report for ${STALE_INTERVALS} intervals`);
     }

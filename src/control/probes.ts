@@ -125,7 +125,8 @@ export type HttpOutcome =
 /**
  * `GET path` over HTTP/1.1 with `Connection: close`, bounded: the whole exchange within
  * `timeoutMs`, at most `limit` bytes of headers and again of body. `done` is called once. With
- * `onBody`, the body goes to it as it arrives and is not kept (the answer's body is empty).
+ * `onBody`, the body goes to it as it arrives and is not kept (the answer's body is empty); when
+ * it answers false the read stops there, a failure (`HTTP read stopped`).
  */
 export function httpGet(
   target: ProbeTarget,
@@ -134,7 +135,7 @@ export function httpGet(
   timeoutMs: number,
   limit: number,
   done: (outcome: HttpOutcome) => void,
-  onBody: ((chunk: Buffer) => void) | null = null,
+  onBody: ((chunk: Buffer) => boolean) | null = null,
 ): void {
   const request = http().request({
     host: target.host,
@@ -181,8 +182,8 @@ export function httpGet(
     response.on('data', (chunk: Buffer) => {
       size += chunk.length;
       if (size > limit) v.finish(false, 'HTTP response too large');
-      else if (onBody !== null) onBody(chunk);
-      else chunks.push(chunk);
+      else if (onBody === null) chunks.push(chunk);
+      else if (!onBody(chunk)) v.finish(false, 'HTTP read stopped');
     });
     response.on('end', () => {
       answer = { status, body: Buffer.concat(chunks) };

@@ -8,7 +8,13 @@ import http from 'node:http';
 import net from 'node:net';
 import t from 'tap';
 import { parseMetricSelector } from '../../src/config/parse.ts';
-import { MAX_METRICS_PAGE, readMetric } from '../../src/control/load.ts';
+import {
+  BIG_PAGE_BYTES_PER_SECOND,
+  BIG_SCRAPES,
+  MAX_METRICS_PAGE,
+  readMetric,
+  SMALL_PAGE,
+} from '../../src/control/load.ts';
 import { MAX_SAMPLE_LINE, MetricReader } from '../../src/control/metric-reader.ts';
 import { query } from '../../src/stats/client.ts';
 import {
@@ -243,6 +249,86 @@ t.test(
   },
 );
 
+t.test(
+  'big pages are read in a lane of their own, within one byte budget; small pages keep their pace',
+  async (t) => {
+    // 20 backends with a 1 MiB page of matching series, 2 with an ordinary page, read every
+    // 100 ms. Alone, each big page would be read once a second (PAGE_BYTES_PER_SECOND): 20 MiB/s
+    // on the main thread. Together they may cost BIG_PAGE_BYTES_PER_SECOND, BIG_SCRAPES at once.
+    const line = 'queue_depth{model="m",engine="0"} 1\n';
+    const lines = Math.floor((1024 * 1024) / line.length);
+    const bigPage = Buffer.from(line.repeat(lines));
+    t.ok(bigPage.length > SMALL_PAGE, 'the big page is big');
+    const hosts = Array.from({ length: 22 }, (_, i) => `127.0.3.${i + 2}`);
+    const requests = hosts.map(() => 0);
+    const servers: http.Server[] = [];
+    let port = 0;
+    for (const [i, host] of hosts.entries()) {
+      const server = http.createServer((_req, res) => {
+        requests[i]++;
+        res.end(i < 20 ? bigPage : 'queue_depth{model="m"} 3\n');
+      });
+      port = await listen(server, host, port);
+      servers.push(server);
+    }
+    const stats = socketPath();
+    const fulcrum = await startFulcrum([
+      '--stats-socket',
+      stats,
+      '--no-health-check',
+      '--algorithm',
+      'least-load',
+      '--load-metric',
+      'queue_depth{model="m"}',
+      '--load-interval',
+      '100ms',
+      '--load-metrics-port',
+      String(port),
+      ...hosts.flatMap((host, i) => ['--backend', `${host}:9,name=b${i}`]),
+    ]);
+    t.teardown(async () => {
+      await fulcrum.stop();
+      for (const server of servers) {
+        server.closeAllConnections();
+        server.close();
+      }
+    });
+    const backends = async () => (await showStat(stats))[0].backends;
+    // Every page reports, the big ones too (those found big while the lane was full were put off
+    // and read there later: a put-off read is no failure).
+    await eventually(
+      async () => (await backends()).every((b, i) => b.load === (i < 20 ? lines : 3)),
+      20_000,
+      'every page reports',
+    );
+
+    const big = () => requests.slice(0, 20).reduce((n, r) => n + r, 0);
+    const small = () => requests.slice(20);
+    const [big0, small0, t0] = [big(), small(), performance.now()];
+    await waitFor(() => performance.now() - t0 >= 2000, 5000, 'two seconds of scrapes');
+    const seconds = (performance.now() - t0) / 1000;
+    const bigReads = big() - big0;
+    // The budget, plus the reads in flight when the window opened and closed.
+    const most =
+      Math.ceil((seconds * BIG_PAGE_BYTES_PER_SECOND) / bigPage.length) + 2 * BIG_SCRAPES;
+    t.ok(
+      bigReads <= most,
+      `big pages read ${bigReads} times in ${seconds.toFixed(1)} s (at most ${most})`,
+    );
+    for (const [i, n] of small().entries()) {
+      t.ok(
+        n - small0[i] >= 5,
+        `a small page is read at its interval beside them (${n - small0[i]})`,
+      );
+    }
+    t.notOk(
+      fulcrum.logs.some((l) => String(l.msg).startsWith('load report failed')),
+      'no report failed or went stale while waiting for its turn',
+    );
+    await settled(stats, fulcrum);
+  },
+);
+
 t.test('readMetric sums matching series and names what is wrong', async (t) => {
   const page = [
     '# TYPE vllm:num_requests_waiting gauge',
@@ -282,6 +368,26 @@ t.test('regression: only sane loads count (issue 24, item 9)', async (t) => {
   t.equal(readMetric('q 1_000\n', sel('q')), 'q is not a number (1_000)');
   t.equal(readMetric('q 1 2 3\n', sel('q')), 'metrics page does not parse ( 1 2 3)');
   t.equal(readMetric('q 1e2\nq .5\nq 3.\n', sel('q')), 103.5, 'decimal forms count');
+  // Values read from their bytes are the numbers Number() reads from their text, to the last bit.
+  for (const v of [
+    '0.1',
+    '4.5e-3',
+    '1e22',
+    '1e23',
+    '123456789012345',
+    '1234567890123456789',
+    '0.000000000000000000001',
+    '1.7976931348623157e308',
+    '5e-324',
+    '2.2250738585072014E-308',
+    '9007199254740993',
+    '0.30000000000000004',
+    '+7',
+    '00012.50',
+    '1e0000000000000000001',
+  ]) {
+    t.equal(readMetric(`q ${v}\n`, sel('q')), Number(v), `${v} reads as Number() does`);
+  }
   t.equal(
     readMetric(
       'q{m="h\u00e9llo"} 2\nq{m="hello"} 3\nq{m="\\"\u00e9"} 4\n',
