@@ -80,6 +80,7 @@ export function buildProgram(): Command {
         import('./config/file.ts'),
       ]);
       const config = await resolveConfig(await loadConfigFile(flags.config));
+      for (const warning of config.warnings) process.stderr.write(`fulcrum: warning: ${warning}\n`);
       const backends = config.frontends.reduce((n, f) => n + f.backends.length, 0);
       process.stdout.write(
         `${flags.config}: ok (${config.frontends.length} frontends, ${backends} backends)\n`,

@@ -112,11 +112,14 @@ t.test(
     const every = [
       ...settingsOf('process').map((s) => s.file),
       ...settingsOf('frontend').map((s) => `frontends[].${s.file}`),
+      ...settingsOf('pool').map((s) => `frontends[].${s.file}`),
+      'pools[].name',
       'frontends[].backends[].address',
       ...OPTIONS.map((o) => `frontends[].backends[].${o.fileKey}`),
     ];
     t.same(
-      every.filter((key) => !seen.has(key)),
+      // A pool's key may be shown in a pool of pools: as well as in a frontend.
+      every.filter((key) => !seen.has(key) && !seen.has(key.replace(/^frontends/, 'pools'))),
       [],
       'every key appears in the example',
     );
@@ -124,6 +127,47 @@ t.test(
     t.ok(readme.includes(`\`\`\`yaml\n${text}\`\`\``), 'the README shows the example as it is');
   },
 );
+
+t.test("a frontend with pool: NAME gets that pool's backends and settings", async (t) => {
+  const config = await loadConfigFile(
+    file(
+      [
+        'pools:',
+        '  - name: replicas',
+        '    algorithm: maglev',
+        '    hashBalanceFactor: 125',
+        '    health: { interval: 3s, http: /health }',
+        '    retries: 1',
+        '    backends: [127.0.0.1:7001, { address: 127.0.0.1:7002, maxconn: 10 }]',
+        '  - { name: spare, backends: [127.0.0.1:7003] }',
+        'frontends:',
+        '  - { name: chat, listen: 127.0.0.1:0, pool: replicas, queueTimeout: 2s }',
+        '  - { name: own, listen: 127.0.0.1:0, backends: [127.0.0.1:7004] }',
+        '',
+      ].join('\n'),
+    ),
+  );
+  const [chat, own] = config.frontends;
+  t.equal(chat.pool, 'replicas');
+  t.same(
+    chat.backends.map((b) => [b.text, b.maxconn]),
+    [
+      ['127.0.0.1:7001', 0],
+      ['127.0.0.1:7002', 10],
+    ],
+  );
+  t.match(chat, {
+    algorithm: 'maglev',
+    hashBalanceFactor: 125,
+    retries: 1,
+    queueTimeoutMs: 2000,
+    health: { intervalMs: 3000, http: '/health' },
+  });
+  t.equal(own.pool, 'own', 'a frontend that lists its backends has a pool of its own, its name');
+  t.equal(own.algorithm, 'least-conn');
+  t.equal(config.warnings.length, 1, 'one warning: the pool nobody uses');
+  t.match(config.warnings[0], /: pools\[1\]\.name: pool spare is used by no frontend$/);
+});
 
 t.test('JSON is accepted too', async (t) => {
   const config = await loadConfigFile(
@@ -262,6 +306,59 @@ const mistakes: Array<[string, string, RegExp]> = [
     /: statsSocket\.mode: 0666 would let every user in/,
   ],
   ['broken YAML', 'frontends:\n  - name: a\n   bad', /not valid YAML: .* at line 3/],
+  [
+    'a frontend with both pool: and backends:',
+    `pools:\n  - { name: p, algorithm: maglev, backends: [127.0.0.1:1] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p, backends: [127.0.0.1:2] }\n`,
+    /: frontends\[0\]\.backends: cannot be given beside pool: p; a pool's settings are given in the pool$/,
+  ],
+  [
+    "a frontend with pool: and a pool's setting",
+    `pools:\n  - { name: p, algorithm: maglev, backends: [127.0.0.1:1] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p, health: { interval: 3s } }\n`,
+    /: frontends\[0\]\.health\.interval: cannot be given beside pool: p/,
+  ],
+  [
+    'a pool: that names no pool',
+    `pools:\n  - { name: p, algorithm: maglev, backends: [127.0.0.1:1] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: q }\n`,
+    /: frontends\[0\]\.pool: "q" names no pool \(pools: p\)$/,
+  ],
+  [
+    'a pool: and no pools: section',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:0], pool: q }\n`,
+    /: frontends\[0\]\.pool: "q" names no pool \(there is no pools: section\)$/,
+  ],
+  [
+    'a pool with no backends',
+    `pools:\n  - { name: p }\nframe`.replace(
+      'frame',
+      `frontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p }\n`,
+    ),
+    /: pools\[0\]\.backends: at least one is required$/,
+  ],
+  [
+    'a bad value in a pool no frontend uses',
+    `pools:\n  - { name: p, algorithm: fastest, backends: [127.0.0.1:1] }\n${ONE('127.0.0.1:1')}`,
+    /: pools\[0\]\.algorithm: /,
+  ],
+  [
+    'two pools of one name',
+    `pools:\n  - { name: p, algorithm: maglev, backends: [127.0.0.1:1] }\n  - { name: p, backends: [127.0.0.1:3] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p }\n`,
+    /: pools\[1\]\.name: "p" is used twice$/,
+  ],
+  [
+    "a pool named as a frontend's own pool",
+    `pools:\n  - { name: a, backends: [127.0.0.1:3] }\n${ONE('127.0.0.1:1')}`,
+    /: pools\[0\]\.name: "a" is the name of frontend a's own pool/,
+  ],
+  [
+    'two frontends on one pool (not yet: their counts would not be shared)',
+    `pools:\n  - { name: p, algorithm: maglev, backends: [127.0.0.1:1] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p }\n  - { name: b, listen: [127.0.0.1:0], pool: p }\n`,
+    /: frontends\[1\]\.pool: pool p is already the pool of frontend a; a pool serves one frontend in this version$/,
+  ],
+  [
+    'an unknown key in a pool',
+    `pools:\n  - { name: p, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n${ONE('127.0.0.1:1')}`,
+    /: pools\[0\]: Unrecognized key: "listen"/,
+  ],
   ['a duplicate key', 'workers: 1\nworkers: 2\n', /not valid YAML: Map keys must be unique/],
 ];
 

@@ -6,7 +6,7 @@
 
 import { MAX_BACKENDS } from '../shared/table.ts';
 import { backendFromObject } from './backend.ts';
-import { ConfigError } from './parse.ts';
+import { ConfigError, checkName } from './parse.ts';
 import type { Scope, Setting } from './settings.ts';
 import { SETTINGS, settingsOf } from './settings.ts';
 import type { BackendConfig, Config, FrontendConfig } from './types.ts';
@@ -69,20 +69,37 @@ function whereIn(inputs: Inputs, key: string, fallback: string): string {
   return inputs.get(key)?.where ?? fallback;
 }
 
+/** Where `key` of this frontend (or pool) would have been written: beside its name in the file,
+ *  or the flag. */
+function keyWhere(inputs: Inputs, key: string, flag: string): string {
+  const name = inputs.get('name');
+  return (
+    inputs.get(key)?.where ?? (name?.indexed === true ? name.where.replace(/name$/, key) : flag)
+  );
+}
+
+/** One frontend from its settings and its pool's (its own, or a named one's: `pool` says). */
 export function buildFrontend(inputs: Inputs): FrontendConfig {
-  const frontend = buildScope('frontend', inputs) as unknown as FrontendConfig;
-  const backendsWhere = whereIn(inputs, 'backends', '--backend');
-  if (frontend.backends.length === 0) {
+  const built = { ...buildScope('frontend', inputs), ...buildPool(inputs) };
+  return { ...built, pool: built.pool ?? built.name } as unknown as FrontendConfig;
+}
+
+/** A pool's settings, checked: its backends (at least one, at most MAX_BACKENDS, each name once)
+ *  and the checks that only make sense together. */
+function buildPool(inputs: Inputs, where = keyWhere(inputs, 'backends', '--backend')) {
+  const pool = buildScope('pool', inputs) as unknown as FrontendConfig;
+  const backendsWhere = where;
+  if (pool.backends.length === 0) {
     throw new ConfigError(backendsWhere, 'at least one is required');
   }
-  if (frontend.backends.length > MAX_BACKENDS) {
+  if (pool.backends.length > MAX_BACKENDS) {
     throw new ConfigError(
       backendsWhere,
-      `${frontend.backends.length} backends; a frontend has at most ${MAX_BACKENDS}`,
+      `${pool.backends.length} backends; a frontend has at most ${MAX_BACKENDS}`,
     );
   }
   const names = new Set<string>();
-  frontend.backends.forEach((backend: BackendConfig, i) => {
+  pool.backends.forEach((backend: BackendConfig, i) => {
     if (names.has(backend.name)) {
       const input = inputs.get('backends');
       throw new ConfigError(
@@ -92,8 +109,8 @@ export function buildFrontend(inputs: Inputs): FrontendConfig {
     }
     names.add(backend.name);
   });
-  checkChecks(frontend, inputs);
-  return frontend;
+  checkChecks(pool, inputs);
+  return pool as unknown as Record<string, unknown>;
 }
 
 /** How a setting is named to someone who writes flags (`--health-http`) or a file (`health.http`). */
@@ -150,9 +167,88 @@ function checkChecks(frontend: FrontendConfig, inputs: Inputs): void {
   }
 }
 
-/** Checks the process-wide settings and every frontend, and builds the Config. */
-export function buildConfig(top: Inputs, frontends: readonly Inputs[], where: string): Config {
-  const built = frontends.map(buildFrontend);
+/** A pool of the file's `pools:` as written: its name, where that is, and its settings. */
+export interface PoolInputs {
+  readonly name: string;
+  readonly where: string;
+  readonly inputs: Inputs;
+}
+
+/**
+ * Each frontend's settings with its pool's: a frontend that names a pool gives none of a pool's
+ * settings itself (they are the pool's, in one place), and gets the named pool's. Pool names are
+ * unique, and none is the name of a frontend with a pool of its own. Warns of a pool nobody uses.
+ */
+function withPools(
+  frontends: readonly Inputs[],
+  pools: readonly PoolInputs[],
+  warnings: string[],
+): Inputs[] {
+  const named = new Map<string, PoolInputs>();
+  for (const pool of pools) {
+    checkName(pool.name, pool.where);
+    if (named.has(pool.name)) throw new ConfigError(pool.where, `"${pool.name}" is used twice`);
+    // Checked whether or not a frontend uses it, and named where it is written.
+    buildPool(pool.inputs, pool.where.replace(/name$/, 'backends'));
+    named.set(pool.name, pool);
+  }
+  const users = new Map<string, string>();
+  const merged = frontends.map((inputs) => {
+    const name = String(inputs.get('name')?.value ?? 'default');
+    const choice = inputs.get('pool');
+    if (choice === undefined) {
+      const clash = named.get(name);
+      if (clash !== undefined) {
+        throw new ConfigError(
+          clash.where,
+          `"${name}" is the name of frontend ${name}'s own pool (it lists its backends); name this pool otherwise, or give ${name} pool: ${name}`,
+        );
+      }
+      return inputs;
+    }
+    const poolName = checkName(String(choice.value), choice.where);
+    const own = [...inputs].find(([key]) => settingsOf('pool').some((s) => s.key === key));
+    if (own !== undefined) {
+      throw new ConfigError(
+        own[1].where,
+        `cannot be given beside pool: ${poolName}; a pool's settings are given in the pool`,
+      );
+    }
+    const pool = named.get(poolName);
+    if (pool === undefined) {
+      throw new ConfigError(
+        choice.where,
+        `"${poolName}" names no pool (${named.size === 0 ? 'there is no pools: section' : `pools: ${[...named.keys()].join(', ')}`})`,
+      );
+    }
+    const other = users.get(poolName);
+    if (other !== undefined) {
+      // Until a pool's counts, queue and checks are shared by its frontends, two frontends on
+      // one pool would each count it alone: refused rather than half done.
+      throw new ConfigError(
+        choice.where,
+        `pool ${poolName} is already the pool of frontend ${other}; a pool serves one frontend in this version`,
+      );
+    }
+    users.set(poolName, name);
+    return new Map([...inputs, ...pool.inputs]);
+  });
+  for (const pool of pools) {
+    if (!users.has(pool.name))
+      warnings.push(`${pool.where}: pool ${pool.name} is used by no frontend`);
+  }
+  return merged;
+}
+
+/** Checks the process-wide settings, the pools and every frontend, and builds the Config. */
+export function buildConfig(
+  top: Inputs,
+  frontends: readonly Inputs[],
+  where: string,
+  pools: readonly PoolInputs[] = [],
+): Config {
+  const warnings: string[] = [];
+  const built = withPools(frontends, pools, warnings).map(buildFrontend);
   if (built.length === 0) throw new ConfigError(where, 'at least one frontend is required');
   const names = new Set<string>();
   built.forEach((frontend, i) => {
@@ -165,7 +261,7 @@ export function buildConfig(top: Inputs, frontends: readonly Inputs[], where: st
     names.add(frontend.name);
   });
   checkListeners(built, frontends);
-  return { ...(buildScope('process', top) as unknown as Config), frontends: built };
+  return { ...(buildScope('process', top) as unknown as Config), frontends: built, warnings };
 }
 
 /** What a client meets before its server name is known: on a shared address, every frontend

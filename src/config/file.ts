@@ -43,11 +43,11 @@ function valueSchema(setting: Setting): z.ZodType {
   return z.union([item.transform((one) => [one]), z.array(item)]);
 }
 
-/** The schema of one scope: its settings at their file keys, groups nested, shorthands allowed. */
-function scopeSchema(scope: Scope, extra: Record<string, z.ZodType> = {}): z.ZodType {
+/** The schema of some scopes' settings at their file keys, groups nested, shorthands allowed. */
+function scopeSchema(scopes: readonly Scope[], extra: Record<string, z.ZodType> = {}): z.ZodType {
   const top: Record<string, z.ZodType> = {};
   const groups = new Map<string, Record<string, z.ZodType>>();
-  for (const setting of settingsOf(scope)) {
+  for (const setting of scopes.flatMap(settingsOf)) {
     let type = valueSchema(setting);
     if (setting.required !== true) type = type.optional();
     const [first, second] = setting.file.split('.');
@@ -60,7 +60,7 @@ function scopeSchema(scope: Scope, extra: Record<string, z.ZodType> = {}): z.Zod
   }
   for (const [group, shape] of groups) {
     let type: z.ZodType = z.strictObject(shape);
-    const shorthand = FILE_SHORTHANDS.find((s) => s.scope === scope && s.group === group);
+    const shorthand = FILE_SHORTHANDS.find((s) => scopes.includes(s.scope) && s.group === group);
     if (shorthand?.when === 'false') {
       type = z.union([z.literal(false).transform(() => ({ [shorthand.key]: false })), type]);
     } else if (shorthand?.when === 'string') {
@@ -71,7 +71,12 @@ function scopeSchema(scope: Scope, extra: Record<string, z.ZodType> = {}): z.Zod
   return z.strictObject({ ...top, ...extra });
 }
 
-const schema = scopeSchema('process', { frontends: z.array(scopeSchema('frontend')) });
+// A frontend may give the settings of its own pool; an entry of `pools:` gives only those, and
+// its name.
+const schema = scopeSchema(['process'], {
+  frontends: z.array(scopeSchema(['frontend', 'pool'])),
+  pools: z.array(scopeSchema(['pool'], { name: z.string() })).optional(),
+});
 
 /** The key path of a schema issue, as a user would write it: `frontends[1].backends[0]`. */
 function keyPath(path: readonly PropertyKey[]): string {
@@ -102,10 +107,14 @@ function deepest(issue: z.core.$ZodIssue): { path: PropertyKey[]; message: strin
   return { path: [...issue.path, ...best.path], message: best.message };
 }
 
-/** The settings of one scope found in a checked file object, each with where it was written. */
-function inputsOf(scope: Scope, data: Record<string, unknown>, prefix: string): Map<string, Input> {
+/** The settings of some scopes found in a checked file object, each with where it was written. */
+function inputsOf(
+  scopes: readonly Scope[],
+  data: Record<string, unknown>,
+  prefix: string,
+): Map<string, Input> {
   const inputs = new Map<string, Input>();
-  for (const setting of settingsOf(scope)) {
+  for (const setting of scopes.flatMap(settingsOf)) {
     let value: unknown = data;
     for (const key of setting.file.split('.')) {
       value = (value as Record<string, unknown> | undefined)?.[key];
@@ -149,12 +158,20 @@ export async function loadConfigFile(file: string, overrides: Inputs = new Map()
     const path = keyPath(issue.path);
     throw new ConfigError(path === '' ? file : `${file}: ${path}`, issue.message);
   }
-  const data = checked.data as Record<string, unknown> & { frontends: Record<string, unknown>[] };
-  const top = inputsOf('process', data, `${file}: `);
+  const data = checked.data as Record<string, unknown> & {
+    frontends: Record<string, unknown>[];
+    pools?: Array<Record<string, unknown> & { name: string }>;
+  };
+  const top = inputsOf(['process'], data, `${file}: `);
   // A value the command line overrode is that flag's, and so is the blame for it.
   for (const [key, input] of overrides) top.set(key, input);
   const frontends = data.frontends.map((f, i) =>
-    inputsOf('frontend', f, `${file}: frontends[${i}].`),
+    inputsOf(['frontend', 'pool'], f, `${file}: frontends[${i}].`),
   );
-  return buildConfig(top, frontends, `${file}: frontends`);
+  const pools = (data.pools ?? []).map((p, i) => ({
+    name: p.name,
+    where: `${file}: pools[${i}].name`,
+    inputs: inputsOf(['pool'], p, `${file}: pools[${i}].`),
+  }));
+  return buildConfig(top, frontends, `${file}: frontends`, pools);
 }

@@ -58,6 +58,7 @@ export function inputsFromFlags(command: Command, options: Map<Setting, Option>)
       where: setting.flag as string,
       indexed: false,
     };
+    // From flags the one frontend lists its backends: the pool's settings are its own.
     (setting.scope === 'process' ? top : frontend).set(setting.key, input);
   }
   return { process: top, frontend };

@@ -34,8 +34,10 @@ import {
 } from './parse.ts';
 import { HASH_KEYS, LOG_FORMATS, LOG_LEVELS, PROXY_VERSIONS, STATS_LEVELS } from './types.ts';
 
-/** Where a setting applies: the whole process, or each frontend (its own value per frontend). */
-export type Scope = 'process' | 'frontend';
+/** Where a setting applies: the whole process, each frontend (the door: listeners, who gets in,
+ *  client timeouts), or each pool (the backends and how they are reached; from flags, and in a
+ *  frontend that lists its own backends, the frontend's pool). */
+export type Scope = 'process' | 'frontend' | 'pool';
 
 /**
  * `value`: one text (a YAML string or number); `list`: repeatable flag, YAML list (or one item);
@@ -121,15 +123,24 @@ export const SETTINGS: readonly Setting[] = [
     parse: parseServerName,
   },
   {
+    key: 'pool',
+    flag: null,
+    file: 'pool',
+    scope: 'frontend',
+    kind: 'value',
+    target: 'pool',
+    help: "the pool (of `pools:`) this frontend sends its clients to, instead of listing its own backends and their settings; without it, the frontend's backends and the pool settings it gives are its own pool, named after it",
+    parse: checkName,
+  },
+  {
     key: 'backends',
     flag: '--backend',
     short: '-b',
     arg: '<spec>',
     file: 'backends',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'list',
     target: 'backends',
-    required: true,
     help: `a backend, ${BACKEND_GRAMMAR}; repeatable. srv+NAME follows a DNS SRV name, a hostname every address it has; weight 0..256 (0 = never picked); backup: used only when no other can take a connection; maxconn: most live connections, more wait in the queue; slowstart: its weight ramps up over this long after it comes up; send-proxy: a PROXY header for it; name: how stats call it`,
     parse: parseBackend,
   },
@@ -139,7 +150,7 @@ export const SETTINGS: readonly Setting[] = [
     short: '-a',
     arg: '<name>',
     file: 'algorithm',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'algorithm',
     default: 'least-conn',
@@ -152,7 +163,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--hash-key',
     arg: '<key>',
     file: 'hashKey',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'hashKey',
     default: 'source-ip',
@@ -165,7 +176,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--hash-balance-factor',
     arg: '<percent>',
     file: 'hashBalanceFactor',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'hashBalanceFactor',
     default: '0',
@@ -177,7 +188,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--send-proxy',
     arg: '<version>',
     file: 'sendProxy',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'sendProxy',
     default: 'none',
@@ -214,7 +225,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--connect-timeout',
     arg: '<duration>',
     file: 'connectTimeout',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'connectTimeoutMs',
     default: '3s',
@@ -250,7 +261,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--retries',
     arg: '<n>',
     file: 'retries',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'retries',
     default: '2',
@@ -318,7 +329,7 @@ export const SETTINGS: readonly Setting[] = [
     key: 'healthCheck',
     flag: '--no-health-check',
     file: 'health.enabled',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'switch',
     target: 'health.enabled',
     default: true,
@@ -329,7 +340,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-interval',
     arg: '<duration>',
     file: 'health.interval',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.intervalMs',
     default: '2s',
@@ -341,7 +352,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-timeout',
     arg: '<duration>',
     file: 'health.timeout',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.timeoutMs',
     default: '1s',
@@ -353,7 +364,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--rise',
     arg: '<n>',
     file: 'health.rise',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.rise',
     default: '2',
@@ -365,7 +376,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--fall',
     arg: '<n>',
     file: 'health.fall',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.fall',
     default: '3',
@@ -377,7 +388,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-http',
     arg: '<path>',
     file: 'health.http',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.http',
     help: 'probe with GET PATH over HTTP/1.1 (Connection: close): healthy when the status is in --health-expect-status',
@@ -388,7 +399,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-host',
     arg: '<name>',
     file: 'health.host',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.host',
     help: "the HTTP probe's Host header (default: the backend's address)",
@@ -399,7 +410,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-expect-status',
     arg: '<list>',
     file: 'health.expectStatus',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.expectStatus',
     default: '200-399',
@@ -411,7 +422,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-send',
     arg: '<text>',
     file: 'health.send',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.send',
     help: 'write TEXT once connected (escapes \\r \\n \\t \\\\ \\xHH); needs --health-expect',
@@ -422,7 +433,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-expect',
     arg: '<text>',
     file: 'health.expect',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.expect',
     help: 'healthy when the reply contains TEXT (same escapes); alone, the greeting is matched and nothing is sent',
@@ -433,7 +444,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-grpc',
     arg: '[service]',
     file: 'health.grpc',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.grpc',
     bare: '',
@@ -445,7 +456,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--health-port',
     arg: '<port>',
     file: 'health.port',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'health.port',
     help: "probe this port instead of each backend's own (a sidecar or admin port)",
@@ -456,7 +467,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--agent-port',
     arg: '<port>',
     file: 'agent.port',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'agent.port',
     help: "ask every backend's agent on this port (HAProxy's agent protocol; a backend's agent=PORT wins)",
@@ -467,7 +478,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--agent-interval',
     arg: '<duration>',
     file: 'agent.interval',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'agent.intervalMs',
     default: '2s',
@@ -479,7 +490,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--agent-send',
     arg: '<text>',
     file: 'agent.send',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'agent.send',
     help: 'write TEXT to the agent once connected (same escapes as --health-send)',
@@ -490,7 +501,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--load-metric',
     arg: '<name{label="v"}>',
     file: 'load.metric',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'load.metric',
     help: "read each backend's load from this Prometheus metric on its metrics page (matching series are summed), for least-load and the stats",
@@ -501,7 +512,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--load-metrics-path',
     arg: '<path>',
     file: 'load.path',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'load.path',
     default: '/metrics',
@@ -513,7 +524,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--load-metrics-port',
     arg: '<port>',
     file: 'load.port',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'load.port',
     help: "read the metrics page on this port (default: each backend's own)",
@@ -524,7 +535,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--load-interval',
     arg: '<duration>',
     file: 'load.interval',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'load.intervalMs',
     default: '1s',
@@ -536,7 +547,7 @@ export const SETTINGS: readonly Setting[] = [
     flag: '--load-timeout',
     arg: '<duration>',
     file: 'load.timeout',
-    scope: 'frontend',
+    scope: 'pool',
     kind: 'value',
     target: 'load.timeoutMs',
     default: '2s',
@@ -724,7 +735,7 @@ export const FILE_SHORTHANDS: ReadonlyArray<{
   /** The key of the group the one value stands for; `false` sets it to false. */
   readonly key: string;
 }> = [
-  { scope: 'frontend', group: 'health', when: 'false', key: 'enabled' },
+  { scope: 'pool', group: 'health', when: 'false', key: 'enabled' },
   { scope: 'process', group: 'statsSocket', when: 'string', key: 'path' },
 ];
 
@@ -740,7 +751,12 @@ export function markdownTable(): string {
       s.flag === null
         ? ''
         : `\`${[s.short, s.flag].filter(Boolean).join(', ')}${s.arg === undefined ? '' : ` ${s.arg}`}\``;
-    const file = `\`${s.scope === 'frontend' ? 'frontends[].' : ''}${s.file}\``;
+    const file =
+      s.scope === 'process'
+        ? `\`${s.file}\``
+        : s.scope === 'frontend'
+          ? `\`frontends[].${s.file}\``
+          : `\`pools[].${s.file}\` or \`frontends[].${s.file}\``;
     const fallback = s.default === undefined ? '' : `\`${String(s.default)}\``;
     const choices = s.choices === undefined ? '' : ` (${s.choices.join(', ')})`;
     rows.push(

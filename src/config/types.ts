@@ -47,6 +47,9 @@ export type HashKey = (typeof HASH_KEYS)[number];
 
 export interface FrontendConfig {
   readonly name: string;
+  /** The pool its clients go to: one of the file's `pools:`, or its own, named after it (its
+   *  backend-side settings below are that pool's either way). */
+  readonly pool: string;
   readonly listen: readonly ListenEndpoint[];
   /** TLS server names it takes on a listen address it may share with other frontends: host
    *  names and `*.` wildcards over one label, lowercased; empty: clients no other frontend on
@@ -180,4 +183,7 @@ export interface Config {
   /** How often hostname and SRV backends are resolved again (sooner if their TTL is shorter). */
   readonly resolveIntervalMs: number;
   readonly frontends: readonly FrontendConfig[];
+  /** What is allowed but probably not meant (a pool no frontend uses): `check` prints each, a
+   *  start and a reload log each. */
+  readonly warnings: readonly string[];
 }

@@ -155,6 +155,7 @@ export class Supervisor {
     this.config = config;
     this.pools = config.frontends.map((f) => new Pool(f, config.workers, true));
     for (const pool of this.pools) this.applyAdminState(pool);
+    for (const warning of config.warnings) this.log.warn(warning);
     this.view = new StatsView({
       workers: () => this.config.workers,
       pools: () => this.pools,
@@ -603,6 +604,7 @@ export class Supervisor {
     try {
       const loaded = await this.load();
       next = await this.listeners.fixPorts(await this.effective(loaded, true));
+      for (const warning of next.warnings) this.log.warn({ source }, warning);
       // Every pool must have room before any changes: a reload is whole or nothing.
       for (const frontend of next.frontends) {
         const pool = this.pools.find((p) => p.name === frontend.name);

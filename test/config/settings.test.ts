@@ -15,6 +15,7 @@ import { README, withTable } from '../fixtures/readme-settings.ts';
 /** For every setting: a value that is not its default, and what it becomes in the Config. */
 const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   name: { text: 'web', value: 'web' },
+  pool: { text: 'replicas', value: 'replicas' },
   listen: {
     text: '127.0.0.1:7001,accept-proxy',
     value: [{ text: '127.0.0.1:7001', host: '127.0.0.1', port: 7001, acceptProxy: true }],
@@ -157,23 +158,29 @@ for (const kind of PROBE_KINDS) {
   const others = PROBE_KINDS.flat().filter((key) => !kind.includes(key));
   const settings = SETTINGS.filter((s) => !others.includes(s.key));
   t.test(`every file key lands where its flag does (probe: ${kind[0]})`, async (t) => {
-    await everyFileKey(t, settings, kind[0]);
+    // A pool's keys in the frontend (its own pool), then in a pool of pools: it names.
+    await everyFileKey(t, settings, kind[0], false);
+    await everyFileKey(t, settings, kind[0], true);
   });
 }
 
-async function everyFileKey(t: Test, settings: typeof SETTINGS, variant: string) {
+async function everyFileKey(t: Test, all: typeof SETTINGS, variant: string, named: boolean) {
+  const settings = named ? all : all.filter((s) => s.key !== 'pool');
   const top: Record<string, unknown> = {};
   const frontend: Record<string, unknown> = {};
+  const pool: Record<string, unknown> = { name: SAMPLES.pool.text };
   for (const setting of settings) {
     const sample = SAMPLES[setting.key].text;
     const [first, second] = setting.file.split('.');
-    const into = setting.scope === 'process' ? top : frontend;
+    const into =
+      setting.scope === 'process' ? top : setting.scope === 'pool' && named ? pool : frontend;
     const value = setting.kind === 'list' ? [sample] : sample;
     if (second === undefined) into[first] = value;
     else into[first] = { ...(into[first] as object), [second]: value };
   }
-  const path = join(dir, `every-${variant}.json`);
-  writeFileSync(path, JSON.stringify({ ...top, frontends: [frontend] }));
+  const path = join(dir, `every-${variant}-${named ? 'pool' : 'own'}.json`);
+  const pools = named ? { pools: [pool] } : {};
+  writeFileSync(path, JSON.stringify({ ...top, ...pools, frontends: [frontend] }));
   const config = await loadConfigFile(path);
   for (const setting of settings) {
     const scope = setting.scope === 'process' ? config : config.frontends[0];

@@ -8,7 +8,15 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { BIN, connect, greet, readLine, startBackend, startFulcrum } from '../helpers.ts';
+import {
+  BIN,
+  connect,
+  greet,
+  readLine,
+  startBackend,
+  startFulcrum,
+  waitForLog,
+} from '../helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'fulcrum-cfg-'));
 
@@ -28,12 +36,17 @@ async function answers(port: number, count: number): Promise<Set<string>> {
   return seen;
 }
 
-t.test('two frontends route each port only to its own pool', async (t) => {
+t.test('two frontends route each port only to its own pool (one listed, one named)', async (t) => {
   const pool = await Promise.all([0, 1, 2, 3].map(() => startBackend(greet)));
   t.teardown(() => Promise.all(pool.map((b) => b.close())));
   const path = write(
     'two.yaml',
     `workers: 2
+pools:
+  - name: batch-replicas
+    algorithm: round-robin
+    health: false
+    backends: [${pool[2].address}, ${pool[3].address}]
 frontends:
   - name: interactive
     listen: [127.0.0.1:0]
@@ -41,9 +54,7 @@ frontends:
     backends: [${pool[0].address}, ${pool[1].address}]
   - name: batch
     listen: [127.0.0.1:0]
-    algorithm: round-robin
-    health: false
-    backends: [${pool[2].address}, ${pool[3].address}]
+    pool: batch-replicas
 `,
   );
   const fulcrum = await startFulcrum(['--config', path]);
@@ -97,6 +108,53 @@ t.test('fulcrum check: a good file exits 0 and binds nothing', async (t) => {
   t.equal(result.status, 0, result.stderr);
   t.match(result.stdout, /good\.yaml: ok \(1 frontends, 1 backends\)/);
 });
+
+t.test(
+  'pools: check warns of an unused one; a reload naming a missing one fails whole',
+  async (t) => {
+    const backend = await startBackend(greet);
+    t.teardown(() => backend.close());
+    const good = `pools:
+  - { name: used, health: false, backends: [${backend.address}] }
+  - { name: spare, backends: [127.0.0.1:1] }
+frontends:
+  - { name: a, listen: [127.0.0.1:0], pool: used }
+`;
+    const path = write('pools.yaml', good);
+    const checked = check(path);
+    t.equal(checked.status, 0, 'a warning is no error');
+    t.equal(
+      checked.stderr,
+      `fulcrum: warning: ${path}: pools[1].name: pool spare is used by no frontend\n`,
+    );
+    t.match(checked.stdout, /pools\.yaml: ok \(1 frontends, 1 backends\)/);
+
+    const fulcrum = await startFulcrum(['--config', path]);
+    t.teardown(() => fulcrum.stop());
+    t.ok(
+      fulcrum.logs.some(
+        (l) => l.level === 40 && String(l.msg).endsWith('pool spare is used by no frontend'),
+      ),
+      'logged at start',
+    );
+    const socket = await connect(fulcrum.port);
+    t.equal(await readLine(socket), String(backend.port), 'served by the pool');
+    socket.destroy();
+
+    writeFileSync(path, good.replace('pool: used', 'pool: gone'));
+    fulcrum.proc.kill('SIGHUP');
+    const failed = await waitForLog(
+      fulcrum,
+      (l) => l.msg === 'reload failed: the running config stays',
+      10_000,
+      'the reload to fail',
+    );
+    t.match(failed.error, /frontends\[0\]\.pool: "gone" names no pool \(pools: used, spare\)/);
+    const again = await connect(fulcrum.port);
+    t.equal(await readLine(again), String(backend.port), 'still served by the pool');
+    again.destroy();
+  },
+);
 
 t.test('fulcrum check: a broken file exits 2 naming the bad key', async (t) => {
   const path = write(

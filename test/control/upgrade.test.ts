@@ -121,7 +121,7 @@ t.test('a failed upgrade leaves the old process serving', async (t) => {
   stopServing(t, stats, fulcrum);
   const pid = fulcrum.proc.pid as number;
 
-  writeFileSync(config, 'frontends: [ { name: a, listen: nope } ]\n');
+  writeFileSync(config, 'frontends: [ { name: a, listen: "127.0.0.1:0" } ]\n');
   t.match(
     await query(stats, 'upgrade'),
     /^error: upgrade failed: .*frontends\[0\]\.backends/,
