@@ -169,6 +169,26 @@ t.test("a frontend with pool: NAME gets that pool's backends and settings", asyn
   t.match(config.warnings[0], /: pools\[1\]\.name: pool spare is used by no frontend$/);
 });
 
+t.test('frontends on one address told apart by sources, alone or on one server name', async (t) => {
+  const config = await loadConfigFile(
+    file(
+      [
+        'frontends:',
+        '  - { name: a, listen: 127.0.0.1:7000, backends: [127.0.0.1:1] }',
+        '  - { name: b, listen: 127.0.0.1:7000, sources: [10.8.0.0/16, "2001:db8::/32"], backends: [127.0.0.1:2] }',
+        '  - { name: c, listen: 127.0.0.1:7000, sources: [10.8.3.0/24], backends: [127.0.0.1:3] }',
+        '  - { name: d, listen: 127.0.0.1:7000, serverNames: [api.example.com], backends: [127.0.0.1:4] }',
+        '  - { name: e, listen: 127.0.0.1:7000, serverNames: [api.example.com], sources: [10.8.0.0/16], backends: [127.0.0.1:5] }',
+        '',
+      ].join('\n'),
+    ),
+  );
+  t.same(
+    config.frontends.map((f) => f.sources),
+    [[], ['10.8.0.0/16', '2001:db8::/32'], ['10.8.3.0/24'], [], ['10.8.0.0/16']],
+  );
+});
+
 t.test('JSON is accepted too', async (t) => {
   const config = await loadConfigFile(
     file(
@@ -247,12 +267,27 @@ const mistakes: Array<[string, string, RegExp]> = [
   [
     'two frontends on one address without serverNames',
     `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [a.example.com], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], backends: [127.0.0.1:2] }\n  - { name: c, listen: [127.0.0.1:7000], backends: [127.0.0.1:3] }\n`,
-    /frontends\[2\]\.listen\[0\]: 127\.0\.0\.1:7000 is already a listener of b, and neither b nor c has serverNames; .*at most one of them has none/,
+    /frontends\[2\]\.listen\[0\]: 127\.0\.0\.1:7000 is already a listener of b, and neither b nor c has serverNames or sources; .*at most one of them has none/,
   ],
   [
     'one exact server name in two frontends on one address',
     `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [api.example.com], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], serverNames: ["*.example.com", API.example.com], backends: [127.0.0.1:2] }\n`,
     /frontends\[1\]\.serverNames\[1\]: "api\.example\.com" is a server name of both a and b, which share 127\.0\.0\.1:7000$/,
+  ],
+  [
+    'one source network in two frontends on one address',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], sources: [10.8.0.0/16], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], sources: [10.9.0.0/16, 10.8.3.0/16], backends: [127.0.0.1:2] }\n`,
+    /frontends\[1\]\.sources\[1\]: "10\.8\.3\.0\/16" is the network of a's source "10\.8\.0\.0\/16" too \(a and b share 127\.0\.0\.1:7000, without serverNames\); the same clients cannot go to both$/,
+  ],
+  [
+    'one source network in two frontends on one server name',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], serverNames: [api.example.com], sources: ["2001:db8::/32"], backends: [127.0.0.1:1] }\n  - { name: b, listen: [127.0.0.1:7000], serverNames: [api.example.com], sources: ["2001:DB8::/32"], backends: [127.0.0.1:2] }\n`,
+    /frontends\[1\]\.sources\[0\]: .* \(a and b share 127\.0\.0\.1:7000, on the name api\.example\.com\)/,
+  ],
+  [
+    'a source that is no network',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], sources: [10.8.0.0/33], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.sources\[0\]: "10\.8\.0\.0\/33": the prefix must be 0\.\.32$/,
   ],
   [
     'one wildcard in two frontends on one address',

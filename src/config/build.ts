@@ -4,9 +4,10 @@
 // Invariant: `fulcrum check`, a start and a reload all build through buildConfig, so what one
 // accepts the others accept; the result is plain data, never mutated afterwards.
 
+import { BlockList } from 'node:net';
 import { MAX_BACKENDS } from '../shared/table.ts';
 import { backendFromObject } from './backend.ts';
-import { ConfigError, checkName } from './parse.ts';
+import { ConfigError, checkName, parseCidr } from './parse.ts';
 import type { Scope, Setting } from './settings.ts';
 import { SETTINGS, settingsOf } from './settings.ts';
 import type { BackendConfig, Config, FrontendConfig } from './types.ts';
@@ -308,6 +309,35 @@ function checkListeners(built: readonly FrontendConfig[], inputs: readonly Input
   });
 }
 
+/** Two frontends equal on the name on one address: their sources must tell their clients apart
+ *  (one may have none: it takes the rest; no network may be in both). */
+function checkSources(
+  inputs: Inputs,
+  a: FrontendConfig,
+  b: FrontendConfig,
+  address: string,
+  how: string,
+): void {
+  if (a.sources.length === 0 || b.sources.length === 0) return;
+  b.sources.forEach((cidr, n) => {
+    const same = a.sources.find((other) => sameNetwork(other, cidr));
+    if (same === undefined) return;
+    throw new ConfigError(
+      itemWhere(inputs.get('sources') as Input, n),
+      `"${cidr}" is the network of ${a.name}'s source "${same}" too (${a.name} and ${b.name} share ${address}, ${how}); the same clients cannot go to both`,
+    );
+  });
+}
+
+/** Whether two CIDRs are one network (`10.8.0.0/16` and `10.8.3.0/16` are). */
+function sameNetwork(x: string, y: string): boolean {
+  const [p, q] = [parseCidr(x), parseCidr(y)];
+  if (p.type !== q.type || p.prefix !== q.prefix) return false;
+  const list = new BlockList();
+  list.addSubnet(p.address, p.prefix, p.type);
+  return list.check(q.address, q.type);
+}
+
 function listenWhere(inputs: Inputs, l: number): string {
   const input = inputs.get('listen');
   return input === undefined ? '--listen' : itemWhere(input, l);
@@ -323,11 +353,17 @@ function checkShared(
   where: string,
 ): void {
   const [a, b] = [built[j], built[i]];
-  if (a.serverNames.length === 0 && b.serverNames.length === 0) {
+  const plain = (f: FrontendConfig) => f.serverNames.length === 0 && f.sources.length === 0;
+  if (plain(a) && plain(b)) {
     throw new ConfigError(
       where,
-      `${address} is already a listener of ${a.name}, and neither ${a.name} nor ${b.name} has serverNames; frontends may share an address only to be chosen by serverNames, and at most one of them has none`,
+      `${address} is already a listener of ${a.name}, and neither ${a.name} nor ${b.name} has serverNames or sources; frontends may share an address only to be chosen by serverNames or sources, and at most one of them has none`,
     );
+  }
+  // Frontends equal on the name (both without serverNames, or both with one name) are told apart
+  // by their sources: not two without, and no network in both.
+  if (a.serverNames.length === 0 && b.serverNames.length === 0) {
+    checkSources(inputs[i], a, b, address, 'without serverNames');
   }
   const l = b.listen.findIndex((e) => e.text === address);
   const other = a.listen.find((e) => e.host === b.listen[l].host && e.port === b.listen[l].port);
@@ -339,12 +375,14 @@ function checkShared(
   }
   const names = new Set(a.serverNames);
   b.serverNames.forEach((name, n) => {
-    if (names.has(name)) {
+    if (!names.has(name)) return;
+    if (a.sources.length === 0 && b.sources.length === 0) {
       throw new ConfigError(
         itemWhere(inputs[i].get('serverNames') as Input, n),
         `"${name}" is a server name of both ${a.name} and ${b.name}, which share ${address}`,
       );
     }
+    checkSources(inputs[i], a, b, address, `on the name ${name}`);
   });
   for (const [key, read] of DOOR_SETTINGS) {
     if (JSON.stringify(read(a)) !== JSON.stringify(read(b))) {

@@ -123,6 +123,16 @@ export const SETTINGS: readonly Setting[] = [
     parse: parseServerName,
   },
   {
+    key: 'sources',
+    flag: null,
+    file: 'sources',
+    scope: 'frontend',
+    kind: 'list',
+    target: 'sources',
+    help: 'client networks (CIDRs) this frontend takes on a listen address other frontends may share: the most specific match wins, after the server name where frontends have both; the one frontend with neither serverNames nor sources takes every other client',
+    parse: checkCidr,
+  },
+  {
     key: 'pool',
     flag: null,
     file: 'pool',

@@ -55,6 +55,10 @@ export interface FrontendConfig {
    *  names and `*.` wildcards over one label, lowercased; empty: clients no other frontend on
    *  the address takes (or, alone on it, every client). */
   readonly serverNames: readonly string[];
+  /** Client networks (CIDRs) this frontend takes on a listen address it may share: the most
+   *  specific match wins among frontends equal on the server name; empty: clients from anywhere
+   *  no other frontend takes. */
+  readonly sources: readonly string[];
   /** How long a client has to send its ClientHello where it is read (serverNames, hashKey sni). */
   readonly inspectTimeoutMs: number;
   /** PROXY protocol header sent to every backend that does not say otherwise. */

@@ -1,7 +1,7 @@
 // Admission: what happens to a client between accept() and its first backend pick. The global
 // connection limit, allow/deny and per-source limits, the PROXY header of an accept-proxy
-// listener, the ClientHello where the route reads it (and the frontend its server name picks),
-// and the client's hash for Maglev. Invariant: per accepted client, one limit check, one
+// listener, the ClientHello where the route reads it, the frontend the route picks (by server
+// name, by source network), and the client's hash for Maglev. Invariant: per accepted client, one limit check, one
 // Connection, one client socket and one pick; nothing is logged, and a client refused here has
 // given back everything it took (global live count, per-source count) before its socket closes.
 // A client is counted as accepted once, by the frontend it lands in (on a route that reads the
@@ -115,6 +115,7 @@ function refuse(frontend: Frontend, reason: number): void {
 
 function start(frontend: Frontend, conn: Connection, route: Route<Frontend>): void {
   if (route.inspects) conn.inspection = new Inspection(route);
+  else if (route.bySource) conn.sourceRoute = route;
   if (route.acceptProxy) {
     // Read the PROXY header first (onClientRead sees the PROXY_HEADER phase); no backend yet.
     conn.phase = PROXY_HEADER;
@@ -126,6 +127,12 @@ function start(frontend: Frontend, conn: Connection, route: Route<Frontend>): vo
   if (route.inspects) {
     beginInspection(conn);
     readClient(conn);
+    return;
+  }
+  if (route.bySource) {
+    const peer = clientEndpoint(conn);
+    const target = handOver(frontend, conn, route.match(null, peer.address), true);
+    if (target !== null) pickFor(target, conn, peer.address, peer.port);
     return;
   }
   // The peer's address costs a getpeername() and a string: read it only for Maglev or the log.
@@ -184,8 +191,40 @@ export function admitProxied(
     conn.pending = null;
     return rest === null || readClientHello(conn, rest);
   }
-  pickFor(frontend, conn, address, port);
+  const route = conn.sourceRoute;
+  const target =
+    route === null
+      ? frontend
+      : handOver(frontend, conn, route.match(null, address) as Frontend | null, true);
+  if (target !== null) pickFor(target, conn, address, port);
   return false;
+}
+
+/**
+ * Gives a client the door admitted to the frontend its route picked (`counted`: the door counted
+ * it accepted, where the route reads no ClientHello), or closes it when none takes it (counted at
+ * the door). Returns the frontend it is now in, or null.
+ */
+function handOver(
+  door: Frontend,
+  conn: Connection,
+  target: Frontend | null,
+  counted: boolean,
+): Frontend | null {
+  if (target === null) {
+    closeClient(conn, END.NO_FRONTEND);
+    return null;
+  }
+  conn.phase = CONNECTING;
+  if (target !== door) {
+    if (counted) door.slot[ACCEPTED]--;
+    door.slot[LIVE]--;
+    target.slot[LIVE]++;
+    conn.frontend = target;
+    door.onIdle();
+  }
+  if (!counted || target !== door) target.slot[ACCEPTED]++;
+  return target;
 }
 
 /**
@@ -195,29 +234,28 @@ export function admitProxied(
  */
 export function route(door: Frontend, conn: Connection, serverName: string | null): void {
   const inspection = conn.inspection as Inspection;
+  const { route } = inspection;
   door.connecting.remove(conn);
   conn.pending = inspection.bytes();
   if (serverName !== null) conn.serverName = serverName;
-  const target = inspection.route.match(serverName) as Frontend | null;
-  if (target === null) {
-    closeClient(conn, END.NO_FRONTEND); // still inspecting: finish() counts it at the door
-    return;
-  }
-  conn.inspection = null;
-  conn.phase = CONNECTING;
-  target.slot[ACCEPTED]++;
-  if (target !== door) {
-    door.slot[LIVE]--;
-    target.slot[LIVE]++;
-    conn.frontend = target;
-    door.onIdle();
-  }
+  // The client's address is read where it may decide, or for Maglev or the log.
+  const client = route.bySource ? clientOf(conn) : null;
+  const picked = route.match(serverName, client?.address ?? null) as Frontend | null;
+  // Still inspecting if none takes it: finish() counts it at the door.
+  if (picked !== null) conn.inspection = null;
+  const target = handOver(door, conn, picked, false);
+  if (target === null) return;
   if (!target.hashes && target.accessLog === null) {
     connectBackend(conn);
     return;
   }
-  const peer = conn.proxied === null ? clientEndpoint(conn) : null;
-  const address = conn.proxied?.sourceAddress ?? peer?.address ?? '';
-  const port = conn.proxied?.sourcePort ?? peer?.port ?? 0;
+  const { address, port } = client ?? clientOf(conn);
   pickFor(target, conn, address, port);
+}
+
+/** The client: as its PROXY header names it, else the peer. */
+function clientOf(conn: Connection): { address: string; port: number } {
+  const proxied = conn.proxied;
+  if (proxied === null) return clientEndpoint(conn);
+  return { address: proxied.sourceAddress, port: proxied.sourcePort };
 }

@@ -53,7 +53,7 @@ import { raw, UV_EOF } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import { buildV1, buildV2, parseProxyHeader } from './proxy-protocol.ts';
 import type { Linked, LinkedList } from './queue.ts';
-import type { Inspection } from './routes.ts';
+import type { Inspection, Route } from './routes.ts';
 
 /**
  * Node emits 'drain' only after a write() that reached the high-water mark. A relay stops reading
@@ -175,6 +175,9 @@ export class Connection implements Linked<Connection> {
   pending: Buffer | null = null;
   /** The ClientHello being read, and the route that reads it; null once a frontend has it. */
   inspection: Inspection | null = null;
+  /** Behind a PROXY header, a route that picks by source network (and reads no ClientHello):
+   *  it picks once the header names the client; null otherwise. */
+  sourceRoute: Route | null = null;
   /** The TLS server name the client asked for; '' if none (or not read). */
   serverName = '';
   phase = CONNECTING;

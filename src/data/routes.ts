@@ -1,10 +1,15 @@
 // Which frontend takes a client on a listen address, in one worker. Most addresses belong to one
-// frontend and nothing is read before the pick. Where frontends choose clients by TLS server
-// name (serverNames), or one hashes by it (hashKey sni), the address's Route reads the client's
-// ClientHello first (data/client-hello.ts) and hands the client to the frontend its name picks.
+// frontend and nothing is read before the pick. Frontends that share an address choose clients by
+// TLS server name (serverNames), by source network (sources), or both: where a name is involved
+// (or one frontend hashes by it, hashKey sni) the address's Route reads the client's ClientHello
+// first (data/client-hello.ts); where only sources are, the client's address decides at accept.
 // Invariants: a Route is immutable (a reload builds new ones; a client mid-inspection keeps the
-// one it arrived on); an exact name beats a wildcard; every byte read here goes to the backend.
+// one it arrived on); an exact name beats a wildcard, and a name beats no name; among frontends
+// equal on the name, the most specific source network wins, and a frontend without sources takes
+// the rest; every byte read here goes to the backend.
 
+import net from 'node:net';
+import { parseCidr } from '../config/parse.ts';
 import type { FrontendConfig } from '../config/types.ts';
 import type { HelloParse } from './client-hello.ts';
 import { MAX_HELLO_BYTES, parseClientHello } from './client-hello.ts';
@@ -14,50 +19,126 @@ export interface Routed {
   readonly config: FrontendConfig;
 }
 
+/** One source network of a frontend, as matched: one per list, so the match says how specific. */
+interface Network {
+  readonly prefix: number;
+  readonly list: net.BlockList;
+}
+
+/** A frontend a name (or no name) may lead to, with its networks, most specific first (none: it
+ *  takes any client the others do not). */
+interface Candidate<F> {
+  readonly frontend: F;
+  readonly networks: readonly Network[];
+}
+
 export class Route<F extends Routed = Routed> {
   /** Frontends by exact server name, and by what a `*.` wildcard stands over (`example.com`). */
-  private readonly exact = new Map<string, F>();
-  private readonly wildcard = new Map<string, F>();
-  /** The frontend without serverNames: no name, no match, not TLS. null: such clients close. */
-  private readonly fallback: F | null = null;
+  private readonly exact = new Map<string, Candidate<F>[]>();
+  private readonly wildcard = new Map<string, Candidate<F>[]>();
+  /** Frontends without serverNames: they take clients no name leads elsewhere. */
+  private readonly nameless: Candidate<F>[] = [];
   /** Who admits clients here (limits, allow/deny, PROXY header, timeouts: the build makes every
-   *  frontend on the address agree on them) and counts the ones no frontend takes: the
-   *  fallback, else the first frontend listing the address. */
+   *  frontend on the address agree on them) and counts the ones no frontend takes: the frontend
+   *  with neither serverNames nor sources, else the first frontend listing the address. */
   readonly door: F;
   /** Whether clients' ClientHellos are read here. */
   readonly inspects: boolean;
+  /** Whether a client's address may decide which frontend takes it. */
+  readonly bySource: boolean;
   readonly acceptProxy: boolean;
 
   /** `frontends`: every frontend listing the address, in config order (at least one). */
   constructor(frontends: readonly F[], acceptProxy: boolean) {
+    let fallback: F | null = null;
     for (const frontend of frontends) {
-      const names = frontend.config.serverNames;
-      if (names.length === 0) this.fallback ??= frontend;
-      for (const name of names) {
-        if (name.startsWith('*.')) this.wildcard.set(name.slice(2), frontend);
-        else this.exact.set(name, frontend);
+      const { serverNames, sources } = frontend.config;
+      const candidate = { frontend, networks: networksOf(sources) };
+      if (serverNames.length === 0) {
+        this.nameless.push(candidate);
+        if (sources.length === 0) fallback ??= frontend;
+      }
+      for (const name of serverNames) {
+        const [map, key] = name.startsWith('*.')
+          ? [this.wildcard, name.slice(2)]
+          : [this.exact, name];
+        const list = map.get(key) ?? [];
+        list.push(candidate);
+        map.set(key, list);
       }
     }
-    this.door = this.fallback ?? frontends[0];
+    this.door = fallback ?? frontends[0];
     this.inspects = frontends.some(
       (f) =>
         f.config.serverNames.length > 0 ||
         (f.config.hashKey === 'sni' && f.config.algorithm === 'maglev'),
     );
+    this.bySource = frontends.some((f) => f.config.sources.length > 0);
     this.acceptProxy = acceptProxy;
   }
 
-  /** The frontend for a client asking for `name` (lowercased; null: none, or not TLS). */
-  match(name: string | null): F | null {
+  /**
+   * The frontend for a client asking for `name` (lowercased; null: none, or not TLS) from
+   * `address` (null: not read, where no frontend has sources), or null when none takes it.
+   */
+  match(name: string | null, address: string | null): F | null {
+    const [plain, type] = address === null ? ['', 'ipv4' as const] : plainAddress(address);
     if (name !== null) {
       const exact = this.exact.get(name);
-      if (exact !== undefined) return exact;
+      const byExact = exact === undefined ? null : choose(exact, plain, type);
+      if (byExact !== null) return byExact;
       const dot = name.indexOf('.');
       const wildcard = dot > 0 ? this.wildcard.get(name.slice(dot + 1)) : undefined;
-      if (wildcard !== undefined) return wildcard;
+      const byWildcard = wildcard === undefined ? null : choose(wildcard, plain, type);
+      if (byWildcard !== null) return byWildcard;
     }
-    return this.fallback;
+    return choose(this.nameless, plain, type);
   }
+}
+
+/** Of frontends equal on the name, the one with the most specific network holding the client,
+ *  else the one without networks; null when neither. */
+function choose<F>(
+  candidates: readonly Candidate<F>[],
+  plain: string,
+  type: 'ipv4' | 'ipv6',
+): F | null {
+  let best: F | null = null;
+  let bestPrefix = -1;
+  for (const { frontend, networks } of candidates) {
+    if (networks.length === 0) {
+      if (best === null) best = frontend;
+      continue;
+    }
+    if (plain === '') continue;
+    for (const network of networks) {
+      if (network.prefix <= bestPrefix) break;
+      if (network.list.check(plain, type)) {
+        best = frontend;
+        bestPrefix = network.prefix;
+        break;
+      }
+    }
+  }
+  return best;
+}
+
+/** A frontend's source networks, most specific first. */
+function networksOf(sources: readonly string[]): Network[] {
+  return sources
+    .map((cidr) => {
+      const { address, prefix, type } = parseCidr(cidr);
+      const list = new net.BlockList();
+      list.addSubnet(address, prefix, type);
+      return { prefix, list };
+    })
+    .sort((a, b) => b.prefix - a.prefix);
+}
+
+/** An address as a BlockList checks it: an IPv4-mapped IPv6 one (a dual-stack listener) as IPv4. */
+export function plainAddress(address: string): [string, 'ipv4' | 'ipv6'] {
+  if (address.startsWith('::ffff:') && address.includes('.')) return [address.slice(7), 'ipv4'];
+  return [address, address.includes(':') ? 'ipv6' : 'ipv4'];
 }
 
 /** One client's ClientHello as it arrives: the bytes so far (copied: read buffers are reused),

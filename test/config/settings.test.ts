@@ -21,6 +21,7 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
     value: [{ text: '127.0.0.1:7001', host: '127.0.0.1', port: 7001, acceptProxy: true }],
   },
   serverNames: { text: '*.Example.com', value: ['*.example.com'] },
+  sources: { text: '10.8.0.0/16', value: ['10.8.0.0/16'] },
   backends: { text: '127.0.0.1:9001,weight=3', value: [{ name: '127.0.0.1:9001', weight: 3 }] },
   algorithm: { text: 'maglev', value: 'maglev' },
   hashKey: { text: 'source-ip-port', value: 'source-ip-port' },

@@ -206,7 +206,7 @@ t.test('fulcrum check: frontends sharing an address by server name', async (t) =
   t.equal(second.status, 2);
   t.match(
     second.stderr,
-    /^fulcrum: .*frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:8443 is already a listener of one, and neither one nor two has serverNames;/,
+    /^fulcrum: .*frontends\[1\]\.listen\[0\]: 127\.0\.0\.1:8443 is already a listener of one, and neither one nor two has serverNames or sources;/,
   );
   t.equal(second.stderr.split('\n').length, 2, 'one line');
   const spaced = write(
