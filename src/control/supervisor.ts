@@ -91,6 +91,10 @@ export class Supervisor {
    *  follows the pools on every change (sync) and ends with stop. */
   private watchers: Array<HealthChecker | AgentChecker | LoadScraper> = [];
   private stats: StatsServer | null = null;
+  /** The stats server given up at a handover to a successor serving the same path: it answers
+   *  no one (the path is the successor's), and is closed if this process takes back (else its
+   *  descriptor would stay open, one per take-back). */
+  private givenUpStats: StatsServer | null = null;
   private metrics: MetricsServer | null = null;
   private view: StatsView | null = null;
   private sweeper: NodeJS.Timeout | null = null;
@@ -402,6 +406,7 @@ export class Supervisor {
     // another path is ours stale. Otherwise the path is the successor's socket now; ours answers
     // no one and goes at exit.
     if (this.stats !== null && successorStats !== this.config.stats.socket) this.stats.close();
+    else this.givenUpStats = this.stats;
     this.stats = null;
     child.on('exit', (code, signal) => {
       if (code === 0) {
@@ -465,6 +470,9 @@ export class Supervisor {
       this.log.warn({ systemd }, 'upgrade: the sockets systemd passed are not taken back');
     }
     this.startWatchers();
+    // The path is the dead successor's socket now: closing ours unlinks it, and ours takes its place.
+    this.givenUpStats?.close();
+    this.givenUpStats = null;
     try {
       await this.openSideChannels(true);
     } catch (err) {

@@ -5,7 +5,14 @@
 // info and not replaced; an upgrade that moves the stats socket leaves no stale path behind.
 
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
@@ -106,6 +113,28 @@ t.test(
   },
 );
 
+/** Unix sockets process `pid` listens on (its descriptors that /proc/net/unix says accept). */
+function listeningUnixSockets(pid: number): number {
+  const accepting = new Set<string>();
+  for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    // Num RefCount Protocol Flags Type St Inode [Path]; __SO_ACCEPTCON is flag 0x10000.
+    if (fields.length >= 7 && (Number.parseInt(fields[3], 16) & 0x10000) !== 0) {
+      accepting.add(fields[6]);
+    }
+  }
+  let count = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1];
+      if (inode !== undefined && accepting.has(inode)) count++;
+    } catch {
+      // closed while listed
+    }
+  }
+  return count;
+}
+
 t.test(
   'the successor killed after the handover: the old process takes the listeners back',
   async (t) => {
@@ -150,6 +179,11 @@ t.test(
       Number((await info(stats)).pid),
       oldPid,
       'the stats socket answers from the old process',
+    );
+    t.equal(
+      listeningUnixSockets(oldPid),
+      1,
+      'one stats server listens in it: the one it gave up is closed, not kept',
     );
     await eventually(
       async () => (await showStat(stats))[0].backends[0].weight === 5,
