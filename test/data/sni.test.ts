@@ -234,9 +234,17 @@ async function startShared(
 }
 
 /** How many connections ended for `reason`, over every frontend (`show info`). */
-async function ended(stats: string, reason: string): Promise<number> {
-  const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
-  return info[`ended_${reason}`];
+/** How many connections ended for `reason`, once that is `expected` (or 5 s have passed): a
+ *  client sees its close before the worker that closed it has counted it. */
+async function ended(stats: string, reason: string, expected: number): Promise<number> {
+  let count = 0;
+  for (const until = Date.now() + 5000; Date.now() < until; ) {
+    const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
+    count = info[`ended_${reason}`];
+    if (count >= expected) break;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return count;
 }
 
 async function frontendStat(stats: string, name: string) {
@@ -286,7 +294,7 @@ t.test('one listener, three frontends: exact, wildcard, case, split, none, plain
   t.equal(byName.get('api')?.accepted, 3, 'api counts its own clients');
   t.equal(byName.get('wild')?.accepted, 2);
   t.equal(byName.get('rest')?.accepted, 6, 'the fallback: its clients and the stalled one');
-  t.equal(await ended(stats, 'inspect-timeout'), 1, 'the stalled client is counted');
+  t.equal(await ended(stats, 'inspect-timeout', 1), 1, 'the stalled client is counted');
 
   const logged = await waitForLog(
     fulcrum,
@@ -360,7 +368,7 @@ t.test('with no frontend for a name, the client is closed and counted', async (t
   await t.rejects(greeting(port, 'www.example.com'), 'an unmatched name is closed');
   await t.rejects(greeting(port, null), 'so is a client without one');
   await t.rejects(plainGreeting(port), 'and plain text');
-  t.equal(await ended(stats, 'no-frontend'), 3, 'each is counted');
+  t.equal(await ended(stats, 'no-frontend', 3), 3, 'each is counted');
   t.equal((await frontendStat(stats, 'api')).accepted, 3, 'by the first frontend on the address');
   t.equal((await frontendStat(stats, 'other')).accepted, 1);
   await settled(stats, fulcrum);
@@ -395,7 +403,7 @@ t.test('allow/deny and the PROXY header come before the hello is read', async (t
   refused.on('error', () => {});
   refused.write(header('203.0.113.9'));
   await once(refused, 'close');
-  t.equal(await ended(stats, 'denied'), 1, 'a denied client is closed on its header');
+  t.equal(await ended(stats, 'denied', 1), 1, 'a denied client is closed on its header');
   t.equal((await frontendStat(stats, 'rest')).accepted, 1, 'counted by the door, the fallback');
   t.equal((await frontendStat(stats, 'api')).accepted, 1);
   await settled(stats, fulcrum);
