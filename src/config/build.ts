@@ -87,9 +87,8 @@ export function buildFrontend(inputs: Inputs): FrontendConfig {
 
 /** A pool's settings, checked: its backends (at least one, at most MAX_BACKENDS, each name once)
  *  and the checks that only make sense together. */
-function buildPool(inputs: Inputs, where = keyWhere(inputs, 'backends', '--backend')) {
+function buildPool(inputs: Inputs, backendsWhere = keyWhere(inputs, 'backends', '--backend')) {
   const pool = buildScope('pool', inputs) as unknown as FrontendConfig;
-  const backendsWhere = where;
   if (pool.backends.length === 0) {
     throw new ConfigError(backendsWhere, 'at least one is required');
   }
