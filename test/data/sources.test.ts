@@ -13,7 +13,15 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import t, { type Test } from 'tap';
 import { query } from '../../src/stats/client.ts';
-import { readLine, settled, showStat, socketPath, startBackend, startFulcrum } from '../helpers.ts';
+import {
+  closedPort,
+  readLine,
+  settled,
+  showStat,
+  socketPath,
+  startBackend,
+  startFulcrum,
+} from '../helpers.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'fulcrum-sources-'));
 
@@ -41,11 +49,8 @@ interface Door {
 }
 
 /** fulcrum with these frontends on one shared port (each its own health-free pool). */
-async function startShared(t: Test, frontends: Door[], listenSuffix = '') {
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const port = (probe.address() as net.AddressInfo).port;
-  probe.close();
+async function startShared(t: Test, frontends: Door[], listenSuffix = '', host = '127.0.0.1') {
+  const port = await closedPort();
   const stats = socketPath();
   const path = join(
     dir,
@@ -57,7 +62,7 @@ async function startShared(t: Test, frontends: Door[], listenSuffix = '') {
       workers: 1,
       statsSocket: stats,
       frontends: frontends.map((f) => ({
-        listen: [`127.0.0.1:${port}${listenSuffix}`],
+        listen: [`${host.includes(':') ? `[${host}]` : host}:${port}${listenSuffix}`],
         health: false,
         ...f,
       })),
@@ -70,7 +75,11 @@ async function startShared(t: Test, frontends: Door[], listenSuffix = '') {
 
 /** The first line a client bound to `from` reads (plain TCP), or a rejection if it is closed. */
 async function greeting(port: number, from: string): Promise<string> {
-  const socket = net.connect({ host: '127.0.0.1', port, localAddress: from });
+  const socket = net.connect({
+    host: from.includes(':') ? '::1' : '127.0.0.1',
+    port,
+    localAddress: from,
+  });
   socket.on('error', () => {});
   try {
     return await readLine(socket);
@@ -150,6 +159,22 @@ t.test('the most specific source network wins; the plain frontend takes the rest
     { nightly: 2, chat: 1, one: 1 },
     'each client counted once, by the frontend it went to',
   );
+  await settled(stats, fulcrum);
+});
+
+t.test('IPv6: a client of ::1 goes to the frontend whose network holds it', async (t) => {
+  const [near, far] = await named(t, 'near', 'far');
+  const { port, stats, fulcrum } = await startShared(
+    t,
+    [
+      { name: 'far', sources: ['fd00::/8'], backends: [far] },
+      { name: 'near', sources: ['::1/128'], backends: [near] },
+    ],
+    '',
+    '::1',
+  );
+  t.equal(await greeting(port, '::1'), 'near');
+  t.same(await accepted(stats), { far: 0, near: 1 });
   await settled(stats, fulcrum);
 });
 
