@@ -45,9 +45,9 @@ const MAX_BACKOFF_INTERVALS = 8;
  *  4 s at most). */
 export const PAGE_BYTES_PER_SECOND = 1024 * 1024;
 
-/** A page above this is big (a vLLM page is 50-300 KiB): it is read in the big pages' lane. A
- *  page found bigger in the middle of a read moves to that lane, or is put off until it has room
- *  (the bytes read so far are the cost of finding out). */
+/** A page above this is big: it is read in the big pages' lane. A page found bigger in the
+ *  middle of a read moves to that lane, or is put off until it has room (the bytes read so far
+ *  are the cost of finding out). */
 export const SMALL_PAGE = 256 * 1024;
 
 /** Big pages read at once, besides the small ones: a handful of huge pages keep no slot from
