@@ -76,6 +76,8 @@ export interface AgentStat {
 
 export interface FrontendStat {
   name: string;
+  /** The pool it sends clients to: a named one of `pools:`, or its own (its name). */
+  pool: string;
   listen: string[];
   algorithm: string;
   /** Clients accepted, live now, waiting in the queue now. */
@@ -226,6 +228,7 @@ export class StatsView {
         const sums = sumSlots(pool.counters);
         return {
           name: pool.name,
+          pool: pool.config.pool,
           listen: pool.config.listen.map((l) => l.text),
           algorithm: pool.config.algorithm,
           accepted: sums[ACCEPTED],

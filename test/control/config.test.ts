@@ -13,6 +13,9 @@ import {
   connect,
   greet,
   readLine,
+  settled,
+  showStat,
+  socketPath,
   startBackend,
   startFulcrum,
   waitForLog,
@@ -39,9 +42,11 @@ async function answers(port: number, count: number): Promise<Set<string>> {
 t.test('two frontends route each port only to its own pool (one listed, one named)', async (t) => {
   const pool = await Promise.all([0, 1, 2, 3].map(() => startBackend(greet)));
   t.teardown(() => Promise.all(pool.map((b) => b.close())));
+  const stats = socketPath();
   const path = write(
     'two.yaml',
     `workers: 2
+statsSocket: ${stats}
 pools:
   - name: batch-replicas
     algorithm: round-robin
@@ -59,6 +64,14 @@ frontends:
   );
   const fulcrum = await startFulcrum(['--config', path]);
   t.teardown(() => fulcrum.stop());
+  t.same(
+    (await showStat(stats)).map((f) => [f.name, f.pool]),
+    [
+      ['interactive', 'interactive'],
+      ['batch', 'batch-replicas'],
+    ],
+    "show stat names each frontend's pool: its own, or the one it names",
+  );
   const [interactive] = fulcrum.ports.interactive;
   const [batch] = fulcrum.ports.batch;
   t.not(interactive, batch);
@@ -72,6 +85,7 @@ frontends:
     [String(pool[2].port), String(pool[3].port)].sort(),
     'the batch port reaches both of its backends and nothing else',
   );
+  await settled(stats, fulcrum);
 });
 
 t.test('flags override the file', async (t) => {
