@@ -285,6 +285,11 @@ const mistakes: Array<[string, string, RegExp]> = [
     /frontends\[1\]\.sources\[0\]: .* \(a and b share 127\.0\.0\.1:7000, on the name api\.example\.com\)/,
   ],
   [
+    'too many source networks',
+    `frontends:\n  - { name: a, listen: [127.0.0.1:7000], sources: [${Array.from({ length: 257 }, (_, i) => `10.${i >> 8}.${i & 255}.0/24`).join(', ')}], backends: [127.0.0.1:1] }\n`,
+    /frontends\[0\]\.sources: 257 networks; a frontend has at most 256$/,
+  ],
+  [
     'a source that is no network',
     `frontends:\n  - { name: a, listen: [127.0.0.1:7000], sources: [10.8.0.0/33], backends: [127.0.0.1:1] }\n`,
     /frontends\[0\]\.sources\[0\]: "10\.8\.0\.0\/33": the prefix must be 0\.\.32$/,

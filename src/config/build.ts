@@ -79,10 +79,21 @@ function keyWhere(inputs: Inputs, key: string, flag: string): string {
   );
 }
 
+/** Most source networks a frontend lists: each costs a few integer operations per client on
+ *  its address (data/networks.ts); a longer list belongs in allow/deny or a firewall. */
+export const MAX_SOURCES = 256;
+
 /** One frontend from its settings and its pool's (its own, or a named one's: `pool` says). */
 export function buildFrontend(inputs: Inputs): FrontendConfig {
   const built = { ...buildScope('frontend', inputs), ...buildPool(inputs) };
-  return { ...built, pool: built.pool ?? built.name } as unknown as FrontendConfig;
+  const frontend = { ...built, pool: built.pool ?? built.name } as unknown as FrontendConfig;
+  if (frontend.sources.length > MAX_SOURCES) {
+    throw new ConfigError(
+      keyWhere(inputs, 'sources', 'sources'),
+      `${frontend.sources.length} networks; a frontend has at most ${MAX_SOURCES}`,
+    );
+  }
+  return frontend;
 }
 
 /** A pool's settings, checked: its backends (at least one, at most MAX_BACKENDS, each name once)

@@ -8,21 +8,15 @@
 // equal on the name, the most specific source network wins, and a frontend without sources takes
 // the rest; every byte read here goes to the backend.
 
-import net from 'node:net';
-import { parseCidr } from '../config/parse.ts';
 import type { FrontendConfig } from '../config/types.ts';
 import type { HelloParse } from './client-hello.ts';
 import { MAX_HELLO_BYTES, parseClientHello } from './client-hello.ts';
+import type { Network } from './networks.ts';
+import { inNetwork, parseAddress, parseNetwork } from './networks.ts';
 
 /** What a Route needs of a frontend: its settings (the data path's Frontend). */
 export interface Routed {
   readonly config: FrontendConfig;
-}
-
-/** One source network of a frontend, as matched: one per list, so the match says how specific. */
-interface Network {
-  readonly prefix: number;
-  readonly list: net.BlockList;
 }
 
 /** A frontend a name (or no name) may lead to, with its networks, most specific first (none: it
@@ -82,27 +76,24 @@ export class Route<F extends Routed = Routed> {
    * `address` (null: not read, where no frontend has sources), or null when none takes it.
    */
   match(name: string | null, address: string | null): F | null {
-    const [plain, type] = address === null ? ['', 'ipv4' as const] : plainAddress(address);
+    const known = address !== null && parseAddress(address);
     if (name !== null) {
       const exact = this.exact.get(name);
-      const byExact = exact === undefined ? null : choose(exact, plain, type);
+      const byExact = exact === undefined ? null : choose(exact, known);
       if (byExact !== null) return byExact;
       const dot = name.indexOf('.');
       const wildcard = dot > 0 ? this.wildcard.get(name.slice(dot + 1)) : undefined;
-      const byWildcard = wildcard === undefined ? null : choose(wildcard, plain, type);
+      const byWildcard = wildcard === undefined ? null : choose(wildcard, known);
       if (byWildcard !== null) return byWildcard;
     }
-    return choose(this.nameless, plain, type);
+    return choose(this.nameless, known);
   }
 }
 
-/** Of frontends equal on the name, the one with the most specific network holding the client,
- *  else the one without networks; null when neither. */
-function choose<F>(
-  candidates: readonly Candidate<F>[],
-  plain: string,
-  type: 'ipv4' | 'ipv6',
-): F | null {
+/** Of frontends equal on the name, the one with the most specific network holding the client
+ *  (`known`: its address is the one parseAddress() last read), else the one without networks;
+ *  null when neither. */
+function choose<F>(candidates: readonly Candidate<F>[], known: boolean): F | null {
   let best: F | null = null;
   let bestPrefix = -1;
   for (const { frontend, networks } of candidates) {
@@ -110,10 +101,10 @@ function choose<F>(
       if (best === null) best = frontend;
       continue;
     }
-    if (plain === '') continue;
+    if (!known) continue;
     for (const network of networks) {
       if (network.prefix <= bestPrefix) break;
-      if (network.list.check(plain, type)) {
+      if (inNetwork(network)) {
         best = frontend;
         bestPrefix = network.prefix;
         break;
@@ -125,20 +116,7 @@ function choose<F>(
 
 /** A frontend's source networks, most specific first. */
 function networksOf(sources: readonly string[]): Network[] {
-  return sources
-    .map((cidr) => {
-      const { address, prefix, type } = parseCidr(cidr);
-      const list = new net.BlockList();
-      list.addSubnet(address, prefix, type);
-      return { prefix, list };
-    })
-    .sort((a, b) => b.prefix - a.prefix);
-}
-
-/** An address as a BlockList checks it: an IPv4-mapped IPv6 one (a dual-stack listener) as IPv4. */
-export function plainAddress(address: string): [string, 'ipv4' | 'ipv6'] {
-  if (address.startsWith('::ffff:') && address.includes('.')) return [address.slice(7), 'ipv4'];
-  return [address, address.includes(':') ? 'ipv6' : 'ipv4'];
+  return sources.map(parseNetwork).sort((a, b) => b.prefix - a.prefix);
 }
 
 /** One client's ClientHello as it arrives: the bytes so far (copied: read buffers are reused),
