@@ -1,9 +1,10 @@
 // Admission: what happens to a client between accept() and its first backend pick. The global
 // connection limit, allow/deny and per-source limits, the PROXY header of an accept-proxy
 // listener, the ClientHello where the route reads it, the frontend the route picks (by server
-// name, by source network), and the client's hash for Maglev. Invariant: per accepted client, one limit check, one
-// Connection, one client socket and one pick; nothing is logged, and a client refused here has
-// given back everything it took (global live count, per-source count) before its socket closes.
+// name, by source network), and the client's hash for Maglev. Invariant: per accepted client,
+// one limit check, one Connection, one client socket and one pick; nothing is logged, and a
+// client refused here has given back everything it took (global live count, per-source count)
+// before its socket closes.
 // A client is counted as accepted once, by the frontend it lands in (on a route that reads the
 // ClientHello: when it is handed over, or by the route's door if it ends before).
 
@@ -115,7 +116,8 @@ function refuse(frontend: Frontend, reason: number): void {
 
 function start(frontend: Frontend, conn: Connection, route: Route<Frontend>): void {
   if (route.inspects) conn.inspection = new Inspection(route);
-  else if (route.bySource) conn.sourceRoute = route;
+  // Behind a PROXY header the source is known only once the header has come.
+  else if (route.bySource && route.acceptProxy) conn.sourceRoute = route;
   if (route.acceptProxy) {
     // Read the PROXY header first (onClientRead sees the PROXY_HEADER phase); no backend yet.
     conn.phase = PROXY_HEADER;
