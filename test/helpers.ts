@@ -471,3 +471,16 @@ export async function socketActivated(
   await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
   return { proc, logs, stderr: () => stderr };
 }
+
+/** How many connections ended for `reason`, once that is `expected` (or 5 s have passed): a
+ *  client sees its close before the worker that closed it has counted it. */
+export async function ended(stats: string, reason: string, expected: number): Promise<number> {
+  let count = 0;
+  for (const until = Date.now() + 5000; Date.now() < until; ) {
+    const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
+    count = info[`ended_${reason}`];
+    if (count >= expected) break;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return count;
+}

@@ -18,6 +18,7 @@ import t, { type Test } from 'tap';
 import { query } from '../../src/stats/client.ts';
 import {
   closedPort,
+  ended,
   type Fulcrum,
   settled,
   showStat,
@@ -231,20 +232,6 @@ async function startShared(
   const fulcrum = await startFulcrum(['--config', path, '--stats-socket', stats, ...extra]);
   t.teardown(() => fulcrum.stop());
   return { fulcrum, port, stats, path, listen };
-}
-
-/** How many connections ended for `reason`, over every frontend (`show info`). */
-/** How many connections ended for `reason`, once that is `expected` (or 5 s have passed): a
- *  client sees its close before the worker that closed it has counted it. */
-async function ended(stats: string, reason: string, expected: number): Promise<number> {
-  let count = 0;
-  for (const until = Date.now() + 5000; Date.now() < until; ) {
-    const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
-    count = info[`ended_${reason}`];
-    if (count >= expected) break;
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  return count;
 }
 
 async function frontendStat(stats: string, name: string) {

@@ -12,9 +12,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import t, { type Test } from 'tap';
-import { query } from '../../src/stats/client.ts';
 import {
   closedPort,
+  ended,
   readLine,
   settled,
   showStat,
@@ -124,19 +124,6 @@ async function tlsGreeting(port: number, from: string, name: string): Promise<st
   } finally {
     socket.destroy();
   }
-}
-
-/** How many connections ended for `reason`, once that is `expected` (or 5 s have passed): a
- *  client sees its close before the worker that closed it has counted it. */
-async function ended(stats: string, reason: string, expected: number): Promise<number> {
-  let count = 0;
-  for (const until = Date.now() + 5000; Date.now() < until; ) {
-    const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
-    count = info[`ended_${reason}`];
-    if (count >= expected) break;
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  return count;
 }
 
 async function accepted(stats: string): Promise<Record<string, number>> {
