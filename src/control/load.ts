@@ -55,7 +55,8 @@ export const SMALL_PAGE = 256 * 1024;
 export const BIG_SCRAPES = 2;
 
 /** Bytes a second all big pages together may cost: reading a page of matching series costs the
- *  main thread about 10 ms a MiB (bench:load-scrape), so forty 4 MiB pages cost it what two do. */
+ *  main thread 7 to 8 ms a MiB on the bench's machine (bench:load-scrape: 29-31 ms a 4 MiB page),
+ *  so at most about 60 ms a second, and forty 4 MiB pages cost it what two do. */
 export const BIG_PAGE_BYTES_PER_SECOND = 8 * 1024 * 1024;
 
 interface LoadTask extends Round {
