@@ -8,11 +8,11 @@
 // Usage: npm run bench:inference [-- --seconds 30 --load-interval 50ms --seed 7]
 // Needs nothing beyond the project's own packages; loopback only (127.0.0.2-9).
 
-import http from 'node:http';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 import { build } from 'hdr-histogram-js';
 import { BIN, freePort, launch, stopAll, waitForPort } from './lib.ts';
+import { exponential, lognormal, random, startReplicas } from './replicas.ts';
 
 const { values } = parseArgs({
   options: {
@@ -46,104 +46,8 @@ const BURST_MS = 1500;
 const CYCLE_MS = 5000;
 const CALM = (CYCLE_MS - BURST * BURST_MS) / (CYCLE_MS - BURST_MS);
 
-/** A small seeded generator (mulberry32), so every scheduler sees the same arrivals. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function exponential(rand: () => number, mean: number): number {
-  return -Math.log(1 - rand()) * mean;
-}
-
 function serviceMs(rand: () => number): number {
-  // Box-Muller: one normal draw.
-  const z = Math.sqrt(-2 * Math.log(1 - rand())) * Math.cos(2 * Math.PI * rand());
-  return MEDIAN_MS * Math.exp(SIGMA * z);
-}
-
-/** One replica: SLOTS requests at once, the rest wait in order. */
-class Replica {
-  readonly host: string;
-  running = 0;
-  readonly waiting: Array<() => void> = [];
-  deepest = 0;
-  private readonly rand: () => number;
-
-  constructor(host: string, seed: number) {
-    this.host = host;
-    this.rand = random(seed);
-  }
-
-  get queue(): number {
-    return this.running + this.waiting.length;
-  }
-
-  request(answer: () => void): void {
-    const run = () => {
-      this.running++;
-      setTimeout(() => {
-        this.running--;
-        answer();
-        this.waiting.shift()?.();
-      }, serviceMs(this.rand));
-    };
-    if (this.running < SLOTS) run();
-    else {
-      this.waiting.push(run);
-      this.deepest = Math.max(this.deepest, this.waiting.length);
-    }
-  }
-}
-
-/** Starts the replicas: the service on one port and /metrics on another, same on each host. */
-async function startReplicas(
-  seed: number,
-): Promise<{ replicas: Replica[]; servers: net.Server[]; port: number; metricsPort: number }> {
-  const port = await freePort();
-  const metricsPort = await freePort();
-  const replicas: Replica[] = [];
-  const servers: net.Server[] = [];
-  for (let r = 0; r < REPLICAS; r++) {
-    const replica = new Replica(`127.0.0.${r + 2}`, seed * 100 + r);
-    replicas.push(replica);
-    const service = net.createServer((socket) => {
-      socket.on('error', () => {});
-      let pending = '';
-      socket.on('data', (chunk: Buffer) => {
-        pending += chunk.toString('latin1');
-        let nl = pending.indexOf('\n');
-        while (nl >= 0) {
-          const id = pending.slice(0, nl);
-          pending = pending.slice(nl + 1);
-          replica.request(() => {
-            if (!socket.destroyed) socket.write(`${id}\n`);
-          });
-          nl = pending.indexOf('\n');
-        }
-      });
-    });
-    const metrics = http.createServer((_req, res) => {
-      res.end(
-        `# TYPE sim:num_requests gauge\nsim:num_requests{state="waiting"} ${replica.waiting.length}\nsim:num_requests{state="running"} ${replica.running}\n`,
-      );
-    });
-    for (const [server, p] of [
-      [service, port],
-      [metrics, metricsPort],
-    ] as const) {
-      server.listen(p, replica.host);
-      await new Promise((resolve) => server.once('listening', resolve));
-      servers.push(server);
-    }
-  }
-  return { replicas, servers, port, metricsPort };
+  return lognormal(rand, MEDIAN_MS, SIGMA);
 }
 
 /** The clients: HEAVY and LIGHT connections, each reconnecting when its lifetime is over. */
@@ -226,7 +130,8 @@ interface Row {
 
 async function run(algorithm: string): Promise<Row> {
   const seed = Number(values.seed);
-  const { replicas, servers, port, metricsPort } = await startReplicas(seed);
+  const simulated = await startReplicas(REPLICAS, SLOTS, seed, serviceMs);
+  const { replicas, port, metricsPort } = simulated;
   const listen = await freePort();
   const args = [
     BIN,
@@ -264,7 +169,7 @@ async function run(algorithm: string): Promise<Row> {
   measuring = false;
   stop();
   child.kill('SIGKILL');
-  for (const s of servers) s.close();
+  simulated.close();
   const row = {
     algorithm,
     p50: histogram.getValueAtPercentile(50),

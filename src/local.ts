@@ -3,6 +3,7 @@
 // It sits above control/ and data/ because it builds a pool (control) and runs it (data).
 
 import { loaderFromArgs } from './config/flags.ts';
+import { Frontend as FrontendState } from './control/frontend.ts';
 import { Pool } from './control/pool.ts';
 import { updateNow } from './data/clock.ts';
 import { Frontend } from './data/frontend.ts';
@@ -24,7 +25,7 @@ export async function startLocalFrontend(args: readonly string[]): Promise<Local
   const config = (await loaderFromArgs(['--workers', '1', ...args])()).frontends[0];
   updateNow();
   const pool = new Pool(config, 1, true);
-  const frontend = new Frontend(pool.update(), 0, {
+  const frontend = new Frontend(new FrontendState(config, pool, 1).update(), 0, {
     live: new Int32Array(new SharedArrayBuffer(4)),
     maxConnections: 0,
     backlog: 511,

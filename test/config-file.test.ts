@@ -169,6 +169,42 @@ t.test("a frontend with pool: NAME gets that pool's backends and settings", asyn
   t.match(config.warnings[0], /: pools\[1\]\.name: pool spare is used by no frontend$/);
 });
 
+t.test(
+  'frontends share a pool, each with its class; a share without maxconn is warned of',
+  async (t) => {
+    const config = await loadConfigFile(
+      file(
+        [
+          'pools:',
+          '  - { name: replicas, backends: ["127.0.0.1:7001,maxconn=10", "127.0.0.1:7002,maxconn=10"] }',
+          '  - { name: open, backends: [127.0.0.1:7003] }',
+          'frontends:',
+          '  - { name: chat, listen: 127.0.0.1:0, pool: replicas }',
+          '  - { name: batch, listen: 127.0.0.1:0, pool: replicas, priority: 10, share: 30, queueTimeout: 10m }',
+          '  - { name: other, listen: 127.0.0.1:0, pool: open, share: 50 }',
+          '',
+        ].join('\n'),
+      ),
+    );
+    const [chat, batch] = config.frontends;
+    t.same(
+      config.frontends.map((f) => [f.name, f.pool, f.priority, f.share]),
+      [
+        ['chat', 'replicas', 0, 100],
+        ['batch', 'replicas', 10, 30],
+        ['other', 'open', 0, 50],
+      ],
+    );
+    t.same(batch.backends, chat.backends, 'one pool: the same backends');
+    t.equal(batch.queueTimeoutMs, 600_000, 'a queue timeout of its own');
+    t.equal(config.warnings.length, 1);
+    t.match(
+      config.warnings[0],
+      /: frontends\[2\]\.share: share 50 means nothing here: no backend of pool open has a maxconn to take a share of$/,
+    );
+  },
+);
+
 t.test('frontends on one address told apart by sources, alone or on one server name', async (t) => {
   const config = await loadConfigFile(
     file(
@@ -390,9 +426,19 @@ const mistakes: Array<[string, string, RegExp]> = [
     /: pools\[0\]\.name: "a" is the name of frontend a's own pool/,
   ],
   [
-    'two frontends on one pool (not yet: their counts would not be shared)',
-    `pools:\n  - { name: p, algorithm: maglev, backends: [127.0.0.1:1] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p }\n  - { name: b, listen: [127.0.0.1:0], pool: p }\n`,
-    /: frontends\[1\]\.pool: pool p is already the pool of frontend a; a pool serves one frontend in this version$/,
+    'a share of 0',
+    `pools:\n  - { name: p, backends: ["127.0.0.1:1,maxconn=10"] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p, share: 0 }\n`,
+    /: frontends\[0\]\.share: 0 is out of range \(1\.\.100\)$/,
+  ],
+  [
+    'a share of 150',
+    `pools:\n  - { name: p, backends: ["127.0.0.1:1,maxconn=10"] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p, share: 150 }\n`,
+    /: frontends\[0\]\.share: 150 is out of range \(1\.\.100\)$/,
+  ],
+  [
+    'a priority out of range',
+    `pools:\n  - { name: p, backends: [127.0.0.1:1] }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], pool: p, priority: -1001 }\n`,
+    /: frontends\[0\]\.priority: -1001 is out of range \(-1000\.\.1000\)$/,
   ],
   [
     'an unknown key in a pool',

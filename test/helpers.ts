@@ -309,8 +309,8 @@ export function heldConnections(pid: number): number {
 }
 
 /**
- * The invariant after every scenario: fulcrum holds no connection. Live and queued counts and
- * each backend's active count are back at zero, and, given the process, the kernel agrees: it
+ * The invariant after every scenario: fulcrum holds no connection. Live and queued counts,
+ * each backend's active count and each frontend's count on it are back at zero, and, given the process, the kernel agrees: it
  * holds no TCP connection (none leaked past its counters).
  */
 export async function settled(stats: string, fulcrum?: Fulcrum): Promise<void> {
@@ -326,7 +326,10 @@ export async function settled(stats: string, fulcrum?: Fulcrum): Promise<void> {
       return (
         info.connections_now === 0 &&
         frontends.every(
-          (f) => f.live === 0 && f.queued === 0 && f.backends.every((b) => b.active === 0),
+          (f) =>
+            f.live === 0 &&
+            f.queued === 0 &&
+            f.backends.every((b) => b.active === 0 && b.held === 0),
         ) &&
         (fulcrum?.proc.pid === undefined || heldConnections(fulcrum.proc.pid) === 0)
       );

@@ -203,7 +203,7 @@ function withPools(
     buildPool(pool.inputs, pool.where.replace(/name$/, 'backends'));
     named.set(pool.name, pool);
   }
-  const users = new Map<string, string>();
+  const users = new Set<string>();
   const merged = frontends.map((inputs) => {
     const name = String(inputs.get('name')?.value ?? 'default');
     const choice = inputs.get('pool');
@@ -232,16 +232,7 @@ function withPools(
         `"${poolName}" names no pool (${named.size === 0 ? 'there is no pools: section' : `pools: ${[...named.keys()].join(', ')}`})`,
       );
     }
-    const other = users.get(poolName);
-    if (other !== undefined) {
-      // Until a pool's counts, queue and checks are shared by its frontends, two frontends on
-      // one pool would each count it alone: refused rather than half done.
-      throw new ConfigError(
-        choice.where,
-        `pool ${poolName} is already the pool of frontend ${other}; a pool serves one frontend in this version`,
-      );
-    }
-    users.set(poolName, name);
+    users.add(poolName);
     return new Map([...inputs, ...pool.inputs]);
   });
   for (const pool of pools) {
@@ -272,6 +263,13 @@ export function buildConfig(
     names.add(frontend.name);
   });
   checkListeners(built, frontends);
+  built.forEach((frontend, i) => {
+    if (frontend.share < 100 && frontend.backends.every((b) => b.maxconn === 0)) {
+      warnings.push(
+        `${whereIn(frontends[i], 'share', 'share')}: share ${frontend.share} means nothing here: no backend of pool ${frontend.pool} has a maxconn to take a share of`,
+      );
+    }
+  });
   return { ...(buildScope('process', top) as unknown as Config), frontends: built, warnings };
 }
 

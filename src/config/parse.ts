@@ -163,10 +163,10 @@ export function parseRate(text: string, where: string): number {
   return parseInteger(match[1], where, 0, 1_000_000);
 }
 
-/** A frontend or backend name as stats commands address it (`FRONTEND/BACKEND`). */
+/** A frontend, pool or backend name as stats commands address it (`POOL/BACKEND`). */
 const NAME = /^[A-Za-z0-9_.:[\]-]{1,64}$/;
 
-/** A frontend or backend name: what `FRONTEND/BACKEND` addresses it by. */
+/** A frontend, pool or backend name: what `POOL/BACKEND` addresses it by. */
 export function checkName(name: string, where: string): string {
   if (!NAME.test(name)) {
     throw new ConfigError(

@@ -75,6 +75,10 @@ export interface Setting {
   readonly parse?: (text: string, where: string) => unknown;
 }
 
+/** The range of `priority`: wide enough for any set of classes, small enough to read. */
+export const MIN_PRIORITY = -1000;
+export const MAX_PRIORITY = 1000;
+
 function choice(choices: readonly string[], what: string) {
   return (text: string, where: string) => parseChoice(text, where, choices, what);
 }
@@ -141,6 +145,28 @@ export const SETTINGS: readonly Setting[] = [
     target: 'pool',
     help: "the pool (of `pools:`) this frontend sends its clients to, instead of listing its own backends and their settings; without it, the frontend's backends and the pool settings it gives are its own pool, named after it",
     parse: checkName,
+  },
+  {
+    key: 'priority',
+    flag: null,
+    file: 'priority',
+    scope: 'frontend',
+    kind: 'value',
+    target: 'priority',
+    default: '0',
+    help: `its clients' class on a pool shared with other frontends, ${MIN_PRIORITY}..${MAX_PRIORITY}: when the pool's backends are at their maxconn, a freed slot goes to a waiting client of the lowest number first, whichever frontend and worker it waits in`,
+    parse: integer(MIN_PRIORITY, MAX_PRIORITY),
+  },
+  {
+    key: 'share',
+    flag: null,
+    file: 'share',
+    scope: 'frontend',
+    kind: 'value',
+    target: 'share',
+    default: '100',
+    help: "the percent (1..100) of each backend's maxconn its clients may hold; beyond that they wait in the queue even when the backend has room (needs a maxconn on the pool's backends)",
+    parse: integer(1, 100),
   },
   {
     key: 'backends',

@@ -50,6 +50,10 @@ export interface FrontendConfig {
   /** The pool its clients go to: one of the file's `pools:`, or its own, named after it (its
    *  backend-side settings below are that pool's either way). */
   readonly pool: string;
+  /** Its clients' class on the pool: a lower number is served first from the pool's queue. */
+  readonly priority: number;
+  /** The percent of each backend's maxconn its clients may hold (100: all of it). */
+  readonly share: number;
   readonly listen: readonly ListenEndpoint[];
   /** TLS server names it takes on a listen address it may share with other frontends: host
    *  names and `*.` wildcards over one label, lowercased; empty: clients no other frontend on

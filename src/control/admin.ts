@@ -7,13 +7,14 @@
 
 import { parseBackend } from '../config/backend.ts';
 import { ConfigError } from '../config/parse.ts';
-import type { BackendConfig, Config } from '../config/types.ts';
+import type { BackendConfig, Config, ListenEndpoint } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { resetCounters } from '../shared/counters.ts';
 import { MAX_BACKENDS } from '../shared/table.ts';
 import type { AdminInterface, Outcome } from '../stats/commands.ts';
 import type { Discovery } from './discovery.ts';
 import { reaches, sameEndpoint } from './endpoints.ts';
+import type { Frontend } from './frontend.ts';
 import type { AdminChoice, Member, Pool, PoolChanges } from './pool.ts';
 import type { RuntimeState } from './state.ts';
 import { isNamed } from './state.ts';
@@ -24,6 +25,7 @@ export interface AdminContext {
   readonly state: RuntimeState;
   readonly discovery: Discovery;
   pools(): readonly Pool[];
+  frontends(): readonly Frontend[];
   /** The config as last loaded, before the runtime state and DNS. */
   loaded(): Config;
   stopping(): boolean;
@@ -37,8 +39,8 @@ export interface AdminContext {
   applyAdminState(pool: Pool): void;
   /** Names to follow may have changed: schedule the next DNS round. */
   scheduleResolve(): void;
-  /** Resets every connection to `slot` of `frontend` in every worker; how many. */
-  kill(frontend: string, slot: number): Promise<number>;
+  /** Resets every connection to `slot` of `pool` in every worker; how many. */
+  kill(pool: Pool, slot: number): Promise<number>;
   reload(source: string): Promise<Outcome>;
   upgrade(source: string): Promise<Outcome>;
 }
@@ -62,23 +64,34 @@ export class Admin implements AdminInterface {
     return this.control.state.toJSON();
   }
 
-  /** Zeroes every frontend's cumulative counters. */
+  /** Zeroes every frontend's and every pool's cumulative counters. */
   resetCounters(): Outcome {
+    for (const frontend of this.control.frontends()) resetCounters(frontend.counters);
     for (const pool of this.control.pools()) resetCounters(pool.counters);
     return { ok: true, message: 'counters reset' };
   }
 
-  /** Resolves `FRONTEND/BACKEND`; a string is the error to answer. */
+  /** Resolves `POOL/BACKEND`; a string is the error to answer. */
   private find(ref: string): { pool: Pool; member: Member } | string {
     const slash = ref.indexOf('/');
-    if (slash < 0) return `"${ref}" is not FRONTEND/BACKEND`;
-    const frontendName = ref.slice(0, slash);
+    if (slash < 0) return `"${ref}" is not POOL/BACKEND`;
+    const pool = this.pool(ref.slice(0, slash));
+    if (typeof pool === 'string') return pool;
     const backendName = ref.slice(slash + 1);
-    const pool = this.control.pools().find((p) => p.name === frontendName);
-    if (pool === undefined) return `no frontend "${frontendName}"`;
     const member = pool.find(backendName);
-    if (member === null) return `no backend "${backendName}" in frontend "${frontendName}"`;
+    if (member === null) return `no backend "${backendName}" in pool "${pool.name}"`;
     return { pool, member };
+  }
+
+  /** The pool named `name` (a frontend with backends of its own has a pool of its name); a
+   *  string is the error to answer. */
+  private pool(name: string): Pool | string {
+    const pool = this.control.pools().find((p) => p.name === name);
+    if (pool !== undefined) return pool;
+    const frontend = this.control.frontends().find((f) => f.name === name);
+    return frontend === undefined
+      ? `no pool "${name}"`
+      : `frontend ${name} uses pool ${frontend.pool.name}: name the pool`;
   }
 
   /** `enable`, `disable`, `drain`: at once in every worker (a store to the shared table). */
@@ -104,16 +117,16 @@ export class Admin implements AdminInterface {
   }
 
   /**
-   * `add backend FRONTEND SPEC`: kept in the runtime state and brought in by the same path as a
+   * `add backend POOL SPEC`: kept in the runtime state and brought in by the same path as a
    * configured backend (a hostname expands to its addresses and follows DNS, srv+NAME its SRV
    * targets), joining at once in every worker. A name that does not resolve changes nothing.
    */
-  addBackend(frontendName: string, spec: string): Promise<Outcome> {
+  addBackend(poolName: string, spec: string): Promise<Outcome> {
     const control = this.control;
     return control.serially(async () => {
       if (control.stopping()) return { ok: false, message: 'stopping' };
-      const pool = control.pools().find((p) => p.name === frontendName);
-      if (pool === undefined) return { ok: false, message: `no frontend "${frontendName}"` };
+      const pool = this.pool(poolName);
+      if (typeof pool === 'string') return { ok: false, message: pool };
       let backend: BackendConfig;
       let found: BackendConfig[];
       try {
@@ -126,15 +139,16 @@ export class Admin implements AdminInterface {
       const configured = control.state.apply(control.loaded());
       // Counted as the state file's backends are (state.ts): those an operator deleted are not.
       const staying =
-        control.state.settle(configured).frontends.find((f) => f.name === pool.name)?.backends
+        control.state.settle(configured).frontends.find((f) => f.pool === pool.name)?.backends
           .length ?? 0;
-      const clash = clashOf(pool, control.pools(), backend, found, configured, staying);
+      const listeners = control.frontends().flatMap((f) => f.config.listen);
+      const clash = clashOf(pool, listeners, backend, found, configured, staying);
       if (clash !== null) return { ok: false, message: clash };
       control.state.added(pool.name, backend);
       let changes: PoolChanges;
       try {
         const next = await control.effective(control.loaded(), false);
-        const frontend = next.frontends.find((f) => f.name === pool.name) ?? pool.config;
+        const frontend = next.frontends.find((f) => f.pool === pool.name) ?? pool.config;
         const refused = pool.roomFor(frontend);
         if (refused !== null) throw new ConfigError('add backend', refused);
         changes = pool.reconfigure({ ...pool.config, backends: frontend.backends });
@@ -149,7 +163,7 @@ export class Admin implements AdminInterface {
       control.scheduleResolve();
       control.log.info(
         {
-          frontend: pool.name,
+          pool: pool.name,
           backend: backend.name,
           address: backend.text,
           joined: changes.added,
@@ -165,14 +179,14 @@ export class Admin implements AdminInterface {
   }
 
   /**
-   * `del backend FRONTEND/BACKEND [now]`: no new connection at once; leaves when its last one
+   * `del backend POOL/BACKEND [now]`: no new connection at once; leaves when its last one
    * ends (`now`: resets them). A name DNS expanded deletes every backend found under it.
    */
-  delBackend(frontendName: string, name: string, now: boolean): Promise<Outcome> {
+  delBackend(poolName: string, name: string, now: boolean): Promise<Outcome> {
     const control = this.control;
     return control.serially(async () => {
-      const pool = control.pools().find((p) => p.name === frontendName);
-      if (pool === undefined) return { ok: false, message: `no frontend "${frontendName}"` };
+      const pool = this.pool(poolName);
+      if (typeof pool === 'string') return { ok: false, message: pool };
       const ref = `${pool.name}/${name}`;
       const members = pool.members().filter((m) => !m.leaving && isNamed(m.config.name, name));
       if (members.length === 0) {
@@ -181,19 +195,19 @@ export class Admin implements AdminInterface {
           ok: false,
           message: leaving
             ? `${ref} is already leaving`
-            : `no backend "${name}" in frontend "${pool.name}"`,
+            : `no backend "${name}" in pool "${pool.name}"`,
         };
       }
       for (const member of members) pool.remove(member);
       await control.publish();
       let killed = 0;
-      if (now) for (const member of members) killed += await control.kill(pool.name, member.index);
+      if (now) for (const member of members) killed += await control.kill(pool, member.index);
       control.state.deleted(pool.name, name);
       const unsaved = await control.state.save();
       const live = members.reduce((n, m) => n + Atomics.load(pool.table.active, m.index), 0);
       control.log.info(
         {
-          frontend: pool.name,
+          pool: pool.name,
           backend: name,
           removed: members.map((m) => m.config.name),
           live,
@@ -212,13 +226,12 @@ export class Admin implements AdminInterface {
  *  already has. `configured` is the config with the runtime additions, before DNS. */
 function clashOf(
   pool: Pool,
-  pools: readonly Pool[],
+  listeners: readonly ListenEndpoint[],
   backend: BackendConfig,
   found: readonly BackendConfig[],
   configured: Config,
   staying: number,
 ): string | null {
-  const listeners = pools.flatMap((p) => p.config.listen);
   for (const b of found) {
     const listener = listeners.find((l) => reaches(b, l));
     if (listener !== undefined) {
@@ -231,16 +244,16 @@ function clashOf(
     const same = found.find((b) => sameEndpoint(b, member.config));
     if (same !== undefined) {
       const address = same === backend ? backend.text : `${same.host}:${same.port}`;
-      return `${address} is already in frontend ${pool.name} (as ${member.config.name})`;
+      return `${address} is already in pool ${pool.name} (as ${member.config.name})`;
     }
   }
-  const frontend = configured.frontends.find((f) => f.name === pool.name);
+  const frontend = configured.frontends.find((f) => f.pool === pool.name);
   if (frontend?.backends.some((b) => b.name === backend.name) || pool.find(backend.name)) {
-    return `name ${backend.name} is already in frontend ${pool.name}`;
+    return `name ${backend.name} is already in pool ${pool.name}`;
   }
   // The limit as the state file's backends meet it (state.ts), before DNS; roomFor checks after.
   if (staying >= MAX_BACKENDS) {
-    return `frontend ${pool.name} has ${MAX_BACKENDS} backends already (the most it holds)`;
+    return `pool ${pool.name} has ${MAX_BACKENDS} backends already (the most it holds)`;
   }
   return null;
 }

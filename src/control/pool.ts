@@ -1,6 +1,8 @@
-// One frontend as the control plane keeps it: its config, its shared backend table and counters,
-// and which backend sits in which table slot. Changes (reload, admin commands) are applied here
-// and then sent to every worker, which rebuilds its scheduler and swaps it in.
+// One pool as the control plane keeps it: its backends, their shared table and counters, and
+// which backend sits in which table slot. Every frontend on the pool (control/frontend.ts) picks
+// over this one table, so live counts, maxconn, health, agents and load reports are the pool's,
+// whatever the number of frontends. Changes (reload, admin commands) are applied here and then
+// sent to every worker, which rebuilds its schedulers and swaps them in.
 // Invariants: a slot keeps its backend, counters and live count for as long as that backend is in
 // the pool; a removed backend stops being pickable at once but keeps its slot until its last
 // connection has finished in every worker; a new backend becomes pickable only after every worker
@@ -9,8 +11,7 @@
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
 import type { SharedCounters } from '../shared/counters.ts';
 import { allocateCounters, clearBackend } from '../shared/counters.ts';
-import type { PoolUpdate } from '../shared/messages.ts';
-import { allocateSources } from '../shared/sources.ts';
+import type { PoolMember } from '../shared/messages.ts';
 import type { BackendTable, SharedTable } from '../shared/table.ts';
 import {
   AGENT_DOWN,
@@ -107,15 +108,21 @@ export const WEIGHT_SCALE = 16;
 /** Where a slow-start ramp begins: this share of the full weight. */
 const RAMP_FLOOR = 0.05;
 
+let nextPoolId = 1;
+
 export class Pool {
+  /** Unique over the process's life: tells a worker that a frontend moved to another pool. */
+  readonly id = nextPoolId++;
+  /** The config of a frontend on this pool: its pool-side settings (backends, algorithm, health,
+   *  agent, load, connect timeout, retries, send-proxy) are the pool's, the same in each of its
+   *  frontends; nothing else of it is read here. */
   config: FrontendConfig;
   readonly shared: SharedTable;
   /** Every slot, whatever the size in use. */
   readonly table: BackendTable;
+  /** The per-backend counters (connections, failures, bytes), every frontend's together. */
   readonly counters: SharedCounters;
   readonly slots: (Member | null)[] = [];
-  /** Shared per-source counts, allocated the first time the frontend needs them. */
-  private sources: SharedArrayBuffer | null = null;
 
   /**
    * `startUp`: backends count as up from the start (the first start, as HAProxy does), instead of
@@ -138,7 +145,7 @@ export class Pool {
   }
 
   get name(): string {
-    return this.config.name;
+    return this.config.pool;
   }
 
   /** Backends in the pool, leaving ones included, in slot order. */
@@ -154,18 +161,9 @@ export class Pool {
     return null;
   }
 
-  update(): PoolUpdate {
-    const guard = this.config.guard;
-    if (this.sources === null && (guard.maxConnsPerSource > 0 || guard.connRatePerSource > 0)) {
-      this.sources = allocateSources();
-    }
-    return {
-      sources: this.sources,
-      config: this.config,
-      table: this.shared,
-      counters: this.counters,
-      members: this.slots.map((m) => (m === null ? null : { id: m.id, config: m.config })),
-    };
+  /** The members by slot, as a worker receives them. */
+  workerMembers(): (PoolMember | null)[] {
+    return this.slots.map((m) => (m === null ? null : { id: m.id, config: m.config }));
   }
 
   /**
@@ -176,7 +174,7 @@ export class Pool {
     let index = this.slots.indexOf(null);
     if (index < 0) {
       // roomFor() said there is room; this would be a bug, not bad input.
-      if (this.slots.length >= TABLE_SLOTS) throw new Error(`frontend ${this.name}: no free slot`);
+      if (this.slots.length >= TABLE_SLOTS) throw new Error(`pool ${this.name}: no free slot`);
       index = this.slots.length;
       this.slots.push(null);
     }
@@ -344,7 +342,7 @@ export class Pool {
     return gone;
   }
 
-  /** Live connections of this frontend's backends, leaving ones included. */
+  /** Live connections of this pool's backends, leaving ones included. */
   active(): number {
     let total = 0;
     for (let i = 0; i < this.slots.length; i++) total += Atomics.load(this.table.active, i);
@@ -358,7 +356,7 @@ export class Pool {
    */
   roomFor(config: FrontendConfig): string | null {
     if (config.backends.length > MAX_BACKENDS) {
-      return `frontend ${this.name}: ${config.backends.length} backends; a frontend has at most ${MAX_BACKENDS}`;
+      return `pool ${this.name}: ${config.backends.length} backends; a pool has at most ${MAX_BACKENDS}`;
     }
     let kept = 0;
     for (const b of config.backends) {
@@ -368,11 +366,11 @@ export class Pool {
     const needed = this.members().length + config.backends.length - kept;
     if (needed <= TABLE_SLOTS) return null;
     const draining = this.members().filter((m) => m.leaving).length;
-    return `frontend ${this.name}: no room for ${config.backends.length - kept} new backends while ${draining} removed ones still drain (${TABLE_SLOTS} slots); retry once they have drained`;
+    return `pool ${this.name}: no room for ${config.backends.length - kept} new backends while ${draining} removed ones still drain (${TABLE_SLOTS} slots); retry once they have drained`;
   }
 
   /**
-   * Applies a new config of this frontend in place (roomFor() must have said it fits): a backend
+   * Applies a new config of this pool in place (roomFor() must have said it fits): a backend
    * keeps its slot (and counters) when its name and address are unchanged, and takes its new
    * weight and backup flag; others leave or join. Admin state (disabled, drained) of a kept
    * backend is kept.

@@ -1,4 +1,6 @@
-// The state file's schema (see state.ts): versions 1 and 2 as read, with names kept as Map keys.
+// The state file's schema (see state.ts): versions 1 to 3 as read, with names kept as Map keys.
+// Versions 1 and 2 keyed changes by frontend, when every frontend had a pool of its own named
+// after it: read as keys of pools, they name the same backends.
 // Its own module so that zod loads only when a state file is read, not at every start.
 
 import { z } from 'zod';
@@ -56,17 +58,22 @@ function byName<T>(value: z.ZodType<T>) {
     });
 }
 
-const frontendSchema = z.strictObject({
+const poolSchema = z.strictObject({
   added: z.array(added),
   deleted: z.array(z.string()),
   weights: byName(z.number().int().min(0).max(MAX_WEIGHT)),
   admin: byName(z.enum(['disabled', 'draining'])),
 });
 
-export const fileSchema = z.strictObject({
-  version: z.union([z.literal(1), z.literal(2)]),
-  frontends: byName(frontendSchema),
-});
+export const fileSchema = z.union([
+  z
+    .strictObject({
+      version: z.union([z.literal(1), z.literal(2)]),
+      frontends: byName(poolSchema),
+    })
+    .transform((file) => ({ pools: file.frontends })),
+  z.strictObject({ version: z.literal(3), pools: byName(poolSchema) }),
+]);
 
 /** The file as read: every map keyed by name. */
 export type StateData = z.infer<typeof fileSchema>;

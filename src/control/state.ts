@@ -20,7 +20,7 @@ import { MAX_BACKENDS } from '../shared/table.ts';
 import { reaches, sameEndpoint } from './endpoints.ts';
 import type { StateData } from './state-schema.ts';
 
-/** The largest state file read: 256 frontends of 256 added backends with every option fit. */
+/** The largest state file read: 256 pools of 256 added backends with every option fit. */
 export const MAX_STATE_BYTES = 16 * 1024 * 1024;
 /** How long reading it may take (a hung filesystem): start goes on without it after that. */
 export const STATE_READ_TIMEOUT_MS = 5000;
@@ -28,8 +28,8 @@ export const STATE_READ_TIMEOUT_MS = 5000;
 /** An operator's admin state for a backend; absent means enabled. */
 export type AdminState = 'disabled' | 'draining';
 
-/** One frontend's changes; every map is keyed by backend name. */
-interface FrontendState {
+/** One pool's changes; every map is keyed by backend name. */
+interface PoolState {
   added: string[];
   deleted: string[];
   weights: Map<string, number>;
@@ -38,8 +38,8 @@ interface FrontendState {
 
 /** The file as written: the maps as JSON objects (Object.fromEntries keeps every name own). */
 export interface StateFile {
-  version: 2;
-  frontends: Record<
+  version: 3;
+  pools: Record<
     string,
     {
       added: string[];
@@ -50,7 +50,7 @@ export interface StateFile {
   >;
 }
 
-function emptyFrontend(): FrontendState {
+function emptyPool(): PoolState {
   return { added: [], deleted: [], weights: new Map(), admin: new Map() };
 }
 
@@ -58,7 +58,8 @@ export class RuntimeState {
   /** Where the state is kept; null: in memory only (no --state-file). */
   readonly path: string | null;
   private readonly log: Logger;
-  private frontends = new Map<string, FrontendState>();
+  /** By pool name (a frontend with backends of its own: its name). */
+  private pools = new Map<string, PoolState>();
   /** Saves run one after another, so the file always ends with the latest state. */
   private saving: Promise<void> = Promise.resolve();
   /** The file at `path` could not be read: it is moved aside before anything replaces it. */
@@ -89,15 +90,15 @@ export class RuntimeState {
     try {
       data = fileSchema.parse(JSON.parse(text));
       // Every added backend must still be a valid backend, as `add backend` checked it.
-      for (const [frontend, state] of data.frontends) {
-        for (const spec of state.added) parseBackend(spec, `${frontend}: added`);
+      for (const [pool, state] of data.pools) {
+        for (const spec of state.added) parseBackend(spec, `${pool}: added`);
       }
     } catch (err) {
       const reason = schemaError(err) ?? (err as Error).message;
       this.ignore(`is not a valid state file (${reason.split('\n')[0]})`);
       return;
     }
-    this.frontends = data.frontends;
+    this.pools = data.pools;
     this.log.info({ stateFile: this.path }, 'runtime state loaded');
   }
 
@@ -117,20 +118,20 @@ export class RuntimeState {
     const listeners = config.frontends.flatMap((f) => f.listen);
     const refused = new Set<string>();
     const frontends = config.frontends.map((frontend) => {
-      const state = this.frontends.get(frontend.name);
+      const state = this.pools.get(frontend.pool);
       if (state === undefined) return frontend;
       const backends = [...frontend.backends];
       // What the checks see: the backends that stay (settle() leaves out the deleted ones).
       const staying = backends.filter((b) => !state.deleted.some((name) => isNamed(b.name, name)));
       for (const spec of state.added) {
-        const backend = parseBackend(spec, `${frontend.name}: added`);
+        const backend = parseBackend(spec, `${frontend.pool}: added`);
         if (backends.some((b) => b.name === backend.name)) continue;
         const why = refusal(frontend, staying, backend, listeners);
         if (why === null) {
           backends.push(backend);
           staying.push(backend);
         } else {
-          refused.add(`${frontend.name} ${spec}: ${why}`);
+          refused.add(`${frontend.pool} ${spec}: ${why}`);
         }
       }
       return { ...frontend, backends };
@@ -139,7 +140,7 @@ export class RuntimeState {
       if (this.refused.has(line)) continue;
       const at = line.indexOf(' ');
       this.log.error(
-        { stateFile: this.path, frontend: line.slice(0, at) },
+        { stateFile: this.path, pool: line.slice(0, at) },
         `state file: added backend ${line.slice(at + 1)}; left out`,
       );
     }
@@ -155,7 +156,7 @@ export class RuntimeState {
     return {
       ...config,
       frontends: config.frontends.map((frontend) => {
-        const state = this.frontends.get(frontend.name);
+        const state = this.pools.get(frontend.pool);
         if (state === undefined) return frontend;
         return {
           ...frontend,
@@ -170,12 +171,12 @@ export class RuntimeState {
     };
   }
 
-  adminOf(frontend: string, backend: string): AdminState | undefined {
-    return this.frontends.get(frontend)?.admin.get(backend);
+  adminOf(pool: string, backend: string): AdminState | undefined {
+    return this.pools.get(pool)?.admin.get(backend);
   }
 
-  added(frontend: string, backend: BackendConfig): void {
-    const state = this.frontend(frontend);
+  added(pool: string, backend: BackendConfig): void {
+    const state = this.pool(pool);
     state.deleted = state.deleted.filter((name) => name !== backend.name);
     state.added = state.added.filter((spec) => nameOf(spec) !== backend.name);
     state.added.push(formatBackend(backend));
@@ -185,8 +186,8 @@ export class RuntimeState {
 
   /** A backend an operator deleted: forgotten if they had added it, else kept out from now on
    *  (whether the config or DNS brings it). */
-  deleted(frontend: string, name: string): void {
-    const state = this.frontend(frontend);
+  deleted(pool: string, name: string): void {
+    const state = this.pool(pool);
     const added = state.added.some((spec) => nameOf(spec) === name);
     state.added = state.added.filter((spec) => nameOf(spec) !== name);
     if (!added && !state.deleted.includes(name)) state.deleted.push(name);
@@ -194,27 +195,27 @@ export class RuntimeState {
     state.admin.delete(name);
   }
 
-  weight(frontend: string, name: string, weight: number): void {
-    const state = this.frontend(frontend);
+  weight(pool: string, name: string, weight: number): void {
+    const state = this.pool(pool);
     const at = state.added.findIndex((spec) => nameOf(spec) === name);
     if (at >= 0) {
-      state.added[at] = formatBackend({ ...parseBackend(state.added[at], frontend), weight });
+      state.added[at] = formatBackend({ ...parseBackend(state.added[at], pool), weight });
     } else {
       state.weights.set(name, weight);
     }
   }
 
-  admin(frontend: string, name: string, admin: AdminState | null): void {
-    const state = this.frontend(frontend);
+  admin(pool: string, name: string, admin: AdminState | null): void {
+    const state = this.pool(pool);
     if (admin === null) state.admin.delete(name);
     else state.admin.set(name, admin);
   }
 
-  private frontend(name: string): FrontendState {
-    let state = this.frontends.get(name);
+  private pool(name: string): PoolState {
+    let state = this.pools.get(name);
     if (state === undefined) {
-      state = emptyFrontend();
-      this.frontends.set(name, state);
+      state = emptyPool();
+      this.pools.set(name, state);
     }
     return state;
   }
@@ -252,7 +253,7 @@ export class RuntimeState {
   }
 
   toJSON(): StateFile {
-    const frontends = [...this.frontends].map(([name, state]) => [
+    const pools = [...this.pools].map(([name, state]) => [
       name,
       {
         added: state.added,
@@ -261,7 +262,7 @@ export class RuntimeState {
         admin: Object.fromEntries(state.admin),
       },
     ]);
-    return { version: 2, frontends: Object.fromEntries(frontends) };
+    return { version: 3, pools: Object.fromEntries(pools) };
   }
 
   /**
@@ -313,7 +314,7 @@ export class RuntimeState {
 }
 
 /**
- * Why an added `backend` cannot join `frontend`, whose backends so far are `backends`, or null:
+ * Why an added `backend` cannot join the pool of `frontend`, whose backends so far are `backends`, or null:
  * the checks `add backend` makes (admin.ts), on the config.
  */
 function refusal(
@@ -328,10 +329,10 @@ function refusal(
   }
   const same = backends.find((b) => sameEndpoint(b, backend));
   if (same !== undefined) {
-    return `${backend.text} is already in frontend ${frontend.name} (as ${same.name})`;
+    return `${backend.text} is already in pool ${frontend.pool} (as ${same.name})`;
   }
   if (backends.length >= MAX_BACKENDS) {
-    return `frontend ${frontend.name} has ${MAX_BACKENDS} backends already (the most it holds)`;
+    return `pool ${frontend.pool} has ${MAX_BACKENDS} backends already (the most it holds)`;
   }
   return null;
 }

@@ -31,6 +31,7 @@ import { Admin } from './admin.ts';
 import { AgentChecker } from './agent.ts';
 import { connectionBudget, descriptorLimit } from './descriptors.ts';
 import { Discovery } from './discovery.ts';
+import { Frontend } from './frontend.ts';
 import { HealthChecker } from './health.ts';
 import {
   checkFree,
@@ -83,9 +84,11 @@ export class Supervisor {
   private resolveTimer: NodeJS.Timeout | null = null;
   /** Changes to the pools (reload, add, del, DNS) run one at a time, in order. */
   private changing: Promise<unknown> = Promise.resolve();
+  /** Every pool in use, once each, whatever the number of frontends on it. */
   pools: Pool[] = [];
+  frontends: Frontend[] = [];
   /** Frontends a reload removed: kept so process totals never go backwards. */
-  private readonly retired: Pool[] = [];
+  private readonly retired: Frontend[] = [];
   readonly live = new SharedArrayBuffer(4);
   /** What watches the backends from the main thread: health probes, agents, load reports. Each
    *  follows the pools on every change (sync) and ends with stop. */
@@ -157,13 +160,14 @@ export class Supervisor {
     const handed = new Set(this.handover?.sockets.map((s) => `${s.host} ${s.port}`));
     await checkFree(config, (endpoint) => handed.has(`${endpoint.host} ${endpoint.port}`));
     this.config = config;
-    this.pools = config.frontends.map((f) => new Pool(f, config.workers, true));
+    this.arrange(config.frontends, true);
     for (const pool of this.pools) this.applyAdminState(pool);
     for (const warning of config.warnings) this.log.warn(warning);
     this.view = new StatsView({
       workers: () => this.config.workers,
+      frontends: () => this.frontends,
       pools: () => this.pools,
-      retiredTotals: () => addFrontendFields(this.retired.map((p) => sumSlots(p.counters))),
+      retiredTotals: () => addFrontendFields(this.retired.map((f) => sumSlots(f.counters))),
       collectLatency: () => this.collectLatency(),
       processInfo: () => this.processInfo(),
     });
@@ -174,7 +178,7 @@ export class Supervisor {
     for (let index = 0; index < config.workers; index++) {
       inits.push({
         index,
-        pools: this.pools.map((p) => p.update()),
+        frontends: this.frontends.map((f) => f.update()),
         live: this.live,
         maxConnections: this.maxConnections(),
         backlog: config.backlog,
@@ -504,6 +508,7 @@ export class Supervisor {
       state: this.state,
       discovery: this.discovery,
       pools: () => this.pools,
+      frontends: () => this.frontends,
       loaded: () => this.loaded,
       stopping: () => this.stopping,
       serially: (change) => this.serially(change),
@@ -511,15 +516,16 @@ export class Supervisor {
       effective: (loaded, strict) => this.effective(loaded, strict),
       applyAdminState: (pool) => this.applyAdminState(pool),
       scheduleResolve: () => this.scheduleResolve(),
-      kill: (frontend, slot) => this.kill(frontend, slot),
+      kill: (pool, slot) => this.kill(pool, slot),
       reload: (source) => this.reload(source),
       upgrade: (source) => this.upgrade(source),
     });
   }
 
-  /** Resets every connection to `slot` of `frontend` in every worker; resolves with how many. */
-  private async kill(frontend: string, slot: number): Promise<number> {
-    const answers = await this.group.request((id) => ({ type: 'kill', id, frontend, slot }));
+  /** Resets every connection to `slot` of `pool` in every worker, whichever frontend holds it;
+   *  resolves with how many. */
+  private async kill(pool: Pool, slot: number): Promise<number> {
+    const answers = await this.group.request((id) => ({ type: 'kill', id, pool: pool.id, slot }));
     let killed = 0;
     for (const answer of answers) if (answer.type === 'killed') killed += answer.count;
     return killed;
@@ -558,7 +564,7 @@ export class Supervisor {
 
   private status(): string {
     const backends = this.pools.reduce((n, p) => n + p.members().length, 0);
-    return `${this.pools.length} frontends, ${backends} backends`;
+    return `${this.frontends.length} frontends, ${this.pools.length} pools, ${backends} backends`;
   }
 
   /**
@@ -614,8 +620,8 @@ export class Supervisor {
       next = await this.listeners.fixPorts(await this.effective(loaded, true));
       for (const warning of next.warnings) this.log.warn({ source }, warning);
       // Every pool must have room before any changes: a reload is whole or nothing.
-      for (const frontend of next.frontends) {
-        const pool = this.pools.find((p) => p.name === frontend.name);
+      for (const [name, frontend] of poolConfigs(next.frontends)) {
+        const pool = this.pools.find((p) => p.name === name);
         const refused = pool?.roomFor(frontend) ?? null;
         if (refused !== null) throw new ConfigError('reload', refused);
       }
@@ -627,30 +633,14 @@ export class Supervisor {
       return { ok: false, message: err.message };
     }
     this.warnFixed(next);
-    const previous = new Map(this.pools.map((p) => [p.name, p]));
-    const changes = new Map<string, PoolChanges>();
-    const pools = next.frontends.map((frontend) => {
-      const pool = previous.get(frontend.name);
-      if (pool !== undefined) {
-        const listenChanged =
-          pool.config.listen.map((l) => l.text).join() !==
-          frontend.listen.map((l) => l.text).join();
-        changes.set(frontend.name, pool.reconfigure(frontend));
-        if (listenChanged) this.logListening(frontend);
-        previous.delete(frontend.name);
-        return pool;
+    const listening = new Map(this.frontends.map((f) => [f.name, f.config.listen]));
+    const { changes, removed } = this.arrange(next.frontends, false);
+    for (const frontend of next.frontends) {
+      const before = listening.get(frontend.name);
+      if (before?.map((l) => l.text).join() !== frontend.listen.map((l) => l.text).join()) {
+        this.logListening(frontend);
       }
-      const pool2 = new Pool(frontend, this.config.workers, false);
-      changes.set(frontend.name, {
-        added: frontend.backends.map((b) => b.name),
-        removed: [],
-        changed: [],
-      });
-      this.logListening(frontend);
-      return pool2;
-    });
-    for (const pool of previous.values()) this.retired.push(pool);
-    this.pools = pools;
+    }
     this.config = {
       ...next,
       // Fixed for the life of the process (see warnFixed).
@@ -675,7 +665,7 @@ export class Supervisor {
       );
     }
     this.log.info(
-      { source, removedFrontends: [...previous.keys()], frontends: Object.fromEntries(changes) },
+      { source, removedFrontends: removed, pools: Object.fromEntries(changes) },
       'reloaded',
     );
     this.scheduleResolve();
@@ -685,6 +675,43 @@ export class Supervisor {
     return failures.length === 0
       ? { ok: true, message: `reloaded (${summary})` }
       : { ok: false, message: `reloaded, but ${[...seen].join(', ')} could not open` };
+  }
+
+  /**
+   * Brings the pools and frontends to `configs`: a pool is kept (reconfigured, `roomFor` having
+   * said it fits) while some frontend still names it, and a frontend while its name stays, even
+   * when it moves to another pool. A pool no frontend names any more is dropped: the connections
+   * it holds run to their end in the workers. `startUp`: the first start (backends count as up).
+   */
+  private arrange(
+    configs: readonly FrontendConfig[],
+    startUp: boolean,
+  ): { changes: Map<string, PoolChanges>; removed: string[] } {
+    const changes = new Map<string, PoolChanges>();
+    const previous = new Map(this.pools.map((p) => [p.name, p]));
+    const pools = new Map<string, Pool>();
+    for (const [name, config] of poolConfigs(configs)) {
+      let pool = previous.get(name);
+      if (pool === undefined) {
+        pool = new Pool(config, this.config.workers, startUp);
+        changes.set(name, { added: config.backends.map((b) => b.name), removed: [], changed: [] });
+      } else {
+        changes.set(name, pool.reconfigure(config));
+      }
+      pools.set(name, pool);
+    }
+    const before = new Map(this.frontends.map((f) => [f.name, f]));
+    this.frontends = configs.map((config) => {
+      const pool = pools.get(config.pool) as Pool;
+      const frontend = before.get(config.name);
+      before.delete(config.name);
+      if (frontend === undefined) return new Frontend(config, pool, this.config.workers);
+      frontend.reconfigure(config, pool);
+      return frontend;
+    });
+    this.retired.push(...before.values());
+    this.pools = [...pools.values()];
+    return { changes, removed: [...before.keys()] };
   }
 
   /** The next round of DNS: every resolveInterval, or when the shortest TTL runs out if sooner
@@ -716,8 +743,9 @@ export class Supervisor {
     if (this.stopping) return;
     const expanded = await this.effective(this.loaded, false);
     const changes = new Map<string, PoolChanges>();
+    const configs = poolConfigs(expanded.frontends);
     for (const pool of this.pools) {
-      const frontend = expanded.frontends.find((f) => f.name === pool.name);
+      const frontend = configs.get(pool.name);
       if (frontend === undefined) continue;
       const now = new Set(
         pool
@@ -745,7 +773,7 @@ export class Supervisor {
     if (changes.size === 0) return;
     for (const pool of this.pools) this.applyAdminState(pool);
     await this.publish();
-    this.log.info({ frontends: Object.fromEntries(changes) }, 'discovery: backends changed');
+    this.log.info({ pools: Object.fromEntries(changes) }, 'discovery: backends changed');
   }
 
   /** The config in force for a loaded one (see Discovery.resolve). */
@@ -799,7 +827,7 @@ export class Supervisor {
     const answers = await this.group.request((id) => ({
       type: 'update',
       id,
-      pools: this.pools.map((p) => p.update()),
+      frontends: this.frontends.map((f) => f.update()),
       maxConnections: this.maxConnections(),
       accessLog: this.config.accessLog,
     }));
@@ -813,7 +841,7 @@ export class Supervisor {
     for (const pool of this.pools) {
       pool.ramp(now);
       for (const name of pool.sweepLeaving()) {
-        this.log.info({ frontend: pool.name, backend: name }, 'backend removed');
+        this.log.info({ pool: pool.name, backend: name }, 'backend removed');
       }
     }
     if (now - this.localErrorsAt >= LOCAL_ERROR_LOG_MS && this.view !== null) {
@@ -905,4 +933,13 @@ export class Supervisor {
 
 function monotonicMicros(): string {
   return String(process.hrtime.bigint() / 1000n);
+}
+
+/** Each pool's config (its first frontend's: the pool-side settings are the same in each), by
+ *  pool name, in the order frontends name them. */
+function poolConfigs(frontends: readonly FrontendConfig[]): Map<string, FrontendConfig> {
+  const configs = new Map<string, FrontendConfig>();
+  for (const frontend of frontends)
+    if (!configs.has(frontend.pool)) configs.set(frontend.pool, frontend);
+  return configs;
 }

@@ -1,6 +1,6 @@
 // The scheduler contract: the only scheduling interface the data path sees.
 // Invariant: pick() allocates nothing, throws nothing and returns a backend index or -1;
-// every acquire(i) is matched by exactly one release(i), so active counts never go negative.
+// every place taken (take or acquire) is matched by exactly one release(i), so active counts never go negative.
 
 import type { BackendTable } from '../shared/table.ts';
 import { LeastConnections } from './least-conn.ts';
@@ -32,7 +32,7 @@ export interface SchedulerContext {
   readonly latency: LatencyState;
 }
 
-export { acquire, release } from './table.ts';
+export { acquire, release, take } from './table.ts';
 
 export const ALGORITHMS = [
   'least-conn',

@@ -45,6 +45,7 @@ function admit(frontend: Frontend, route: Route<Frontend>): boolean {
     return false;
   }
   frontend.slot[LIVE]++;
+  frontend.open++;
   return true;
 }
 
@@ -221,7 +222,9 @@ function handOver(
   if (target !== door) {
     if (counted) door.slot[ACCEPTED]--;
     door.slot[LIVE]--;
+    door.open--;
     target.slot[LIVE]++;
+    target.open++;
     conn.frontend = target;
     door.onIdle();
   }

@@ -3,7 +3,7 @@
 // API's sockets where those handles are not available; both drive the same functions below,
 // through a Side per socket. Invariants: one pre-shaped Connection (and two Sides) per client;
 // every handler is a module-level function reading `this.side`, so no closure is made per
-// connection or per chunk; a backend slot taken with acquire() is released exactly once; a buffer
+// connection or per chunk; a backend place taken with take() is released exactly once; a buffer
 // is read into again only after its write finished; an idle connection holds no buffer.
 //
 // How a connection ends (the invariant every close order keeps): a connection finishes exactly
@@ -17,7 +17,7 @@ import net from 'node:net';
 import { getSystemErrorName } from 'node:util';
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
 import type { Scheduler } from '../core/scheduler.ts';
-import { acquire, release } from '../core/scheduler.ts';
+import { release, take } from '../core/scheduler.ts';
 import { avoidBit } from '../core/table.ts';
 import type { Logger } from '../log.ts';
 import {
@@ -89,6 +89,10 @@ export interface ConnectionFrontend {
   readonly scheduler: Scheduler;
   /** This worker's counter slot for the frontend. */
   readonly slot: Float64Array;
+  /** This worker's slot of its pool's per-backend counters. */
+  readonly poolSlot: Float64Array;
+  /** Its live connections in this worker (see Frontend.open). */
+  open: number;
   /** Timings by metric, then table slot. */
   readonly latency: readonly (readonly LatencyRecorder[])[];
   /** By table slot: where each backend is. */
@@ -97,8 +101,13 @@ export interface ConnectionFrontend {
   readonly established: LinkedList<Connection>;
   /** null: no access log (no cost). */
   readonly accessLog: Logger | null;
-  /** Waits for a backend with room; false when waiting would not help. */
-  enqueue(conn: Connection): boolean;
+  /** Waits for a backend with room; false when waiting would not help. `yielding`: a frontend
+   *  served first waits for the room there is. */
+  enqueue(conn: Connection, yielding: boolean): boolean;
+  /** Whether a frontend of its pool served first waits for the room there is. */
+  yields(): boolean;
+  /** Frontends of its pool served before it (empty: it yields to none). */
+  readonly before: readonly unknown[];
   /** Leaves the queue (the client closed while waiting). */
   unqueue(conn: Connection): void;
   /** Returns whether to read on (for the ClientHello). */
@@ -311,11 +320,11 @@ function received(side: Side, data: Buffer, nread: number): void {
   conn.lastActive = now;
   if (side.isClient) {
     conn.bytesIn += nread;
-    conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += nread;
+    conn.frontend.poolSlot[backendOffset(conn.backendIndex) + B_BYTES_IN] += nread;
   } else {
     if (conn.firstByteAt === 0) firstByte(conn);
     conn.bytesOut += nread;
-    conn.frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_OUT] += nread;
+    conn.frontend.poolSlot[backendOffset(conn.backendIndex) + B_BYTES_OUT] += nread;
   }
   const status = write(
     peer,
@@ -511,13 +520,31 @@ export function readClientHello(conn: Connection, bytes: Buffer): boolean {
  *  none can take it at all, closes the client. */
 export function connectBackend(conn: Connection): void {
   const frontend = conn.frontend;
-  const i = frontend.scheduler.pick(conn.avoid, conn.key);
+  // A first attempt leaves the room there is to a waiting frontend served before it.
+  const yielding = conn.attempts === 0 && frontend.before.length > 0 && frontend.yields();
+  const i = yielding ? -1 : pickAndTake(frontend, conn);
   if (i < 0) {
-    if (conn.attempts === 0 && frontend.enqueue(conn)) return;
+    if (conn.attempts === 0 && frontend.enqueue(conn, yielding)) return;
     closeClient(conn, conn.attempts > 0 ? END.CONNECT_FAILED : END.NO_BACKEND);
     return;
   }
   connectTo(conn, i);
+}
+
+/** How often a pick is made again when another worker took the place first. */
+const TAKE_TRIES = 4;
+
+/**
+ * Picks a backend for `conn` and takes a place on it (see take()); -1 when none has room. The
+ * pick reads the live counts without a lock; a place another worker took first between the
+ * pick and the take means picking again, now that the counts show it.
+ */
+export function pickAndTake(frontend: ConnectionFrontend, conn: Connection): number {
+  for (let tries = 0; tries < TAKE_TRIES; tries++) {
+    const i = frontend.scheduler.pick(conn.avoid, conn.key);
+    if (i < 0 || take(frontend.table, i)) return i;
+  }
+  return -1;
 }
 
 /** `writableHighWaterMark` reaches the Duplex constructor; Node's types just omit it here. */
@@ -527,10 +554,10 @@ const BACKEND_OPTIONS: net.SocketConstructorOpts = {
   ...{ writableHighWaterMark: PEER_HIGH_WATER_MARK },
 };
 
-/** Connects to backend `i`, picked for this connection, the way its client came (raw or not). */
+/** Connects to backend `i`, picked for this connection with a place taken on it (pickAndTake),
+ *  the way its client came (raw or not). */
 export function connectTo(conn: Connection, i: number): void {
   const frontend = conn.frontend;
-  acquire(frontend.table, i);
   conn.acquired = true;
   conn.backendIndex = i;
   if (conn.attempts > 0) frontend.slot[RETRIES]++; // counted only when a retry is really made
@@ -593,7 +620,7 @@ function connected(conn: Connection): void {
   frontend.connecting.remove(conn);
   frontend.established.add(conn);
   conn.lastActive = now;
-  frontend.slot[backendOffset(conn.backendIndex) + B_CONNECTIONS]++;
+  frontend.poolSlot[backendOffset(conn.backendIndex) + B_CONNECTIONS]++;
   conn.connectedAt = performance.now();
   frontend.scheduler.observe(conn.backendIndex, conn.connectedAt - conn.connectStartedAt);
   frontend.latency[CONNECT][conn.backendIndex].record(
@@ -608,7 +635,7 @@ function connected(conn: Connection): void {
   if (conn.pending !== null && status >= 0) {
     // Client bytes read before: what came with its PROXY header, or its ClientHello.
     conn.bytesIn += conn.pending.length;
-    frontend.slot[backendOffset(conn.backendIndex) + B_BYTES_IN] += conn.pending.length;
+    frontend.poolSlot[backendOffset(conn.backendIndex) + B_BYTES_IN] += conn.pending.length;
     status = write(backend, conn.pending);
     conn.pending = null;
   }
@@ -640,7 +667,7 @@ function proxyHeader(conn: Connection, version: number): Buffer {
 /** The connect attempt failed (refused, unreachable, timed out): retry elsewhere or give up. */
 export function failConnect(conn: Connection, timedOut: boolean): void {
   const frontend = conn.frontend;
-  frontend.slot[backendOffset(conn.backendIndex) + B_FAILURES]++;
+  frontend.poolSlot[backendOffset(conn.backendIndex) + B_FAILURES]++;
   frontend.connecting.remove(conn);
   conn.avoid |= avoidBit(conn.backendIndex);
   detachBackend(conn);

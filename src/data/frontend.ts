@@ -1,17 +1,20 @@
-// A frontend as one worker thread runs it: the scheduler over its shared backend table (rebuilt
-// and swapped on every pool update), its counters and timings, the wait queue, and the lists the
-// coarse timer sweeps. Listening is in listeners.ts (one socket per address, which frontends may
-// share), admission in accept.ts. Invariant: nothing here runs per chunk, and nothing is logged.
+// A frontend as one worker thread runs it: the scheduler over its pool's shared backend table
+// (rebuilt and swapped on every update), its counters and timings, the wait queue, and the lists
+// the coarse timer sweeps. Listening is in listeners.ts (one socket per address, which frontends
+// may share), admission in accept.ts. Frontends of one pool are siblings: a slot one frees is
+// offered to the others' queues, and a frontend whose priority number is higher leaves a slot to
+// a waiting sibling with a lower one (wherever that one's clients wait: the waiting counts are
+// shared by every worker). Invariant: nothing here runs per chunk, and nothing is logged.
 
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
 import { fnv1a } from '../core/hash.ts';
 import { createLatencyState } from '../core/peak-ewma.ts';
 import type { Scheduler, SchedulerContext } from '../core/scheduler.ts';
 import { createScheduler } from '../core/scheduler.ts';
-import { anyFull } from '../core/table.ts';
+import { anyFull, hasRoom } from '../core/table.ts';
 import type { Logger } from '../log.ts';
 import { END, openSlot, QUEUED as QUEUED_GAUGE } from '../shared/counters.ts';
-import type { ActivatedListener, PoolUpdate, WorkerLatency } from '../shared/messages.ts';
+import type { ActivatedListener, FrontendUpdate, WorkerLatency } from '../shared/messages.ts';
 import { releaseSource } from '../shared/sources.ts';
 import type { BackendTable, SharedTable } from '../shared/table.ts';
 import { openTable, TABLE_SLOTS } from '../shared/table.ts';
@@ -28,6 +31,7 @@ import {
   INSPECT,
   kill,
   PROXY_HEADER,
+  pickAndTake,
   QUEUED,
   releaseIdleBuffers,
 } from './connection.ts';
@@ -52,8 +56,25 @@ export class Frontend {
   table: BackendTable;
   scheduler: Scheduler;
   readonly shared: SharedTable;
+  /** The pool it picks from (an id unique over the process's life). */
+  readonly poolId: number;
   /** This worker's counter slot for this frontend; the only writer is this thread. */
   readonly slot: Float64Array;
+  /** This worker's slot of the pool's per-backend counters (shared with the pool's other
+   *  frontends in this thread, so still one writer). */
+  readonly poolSlot: Float64Array;
+  /** Its clients waiting in every worker (Atomics): siblings read it to leave it a slot. */
+  readonly waiting: Int32Array;
+  /** What this worker last added to `waiting`: its own queue's length. */
+  private waitingHere = 0;
+  /** Live connections of this object (the counters' LIVE is the frontend's, which a frontend
+   *  moved to another pool shares with the object it replaced). */
+  open = 0;
+  /** The frontends of its pool in this worker, itself included, lowest priority number first:
+   *  whose queues a freed slot is offered to. */
+  siblings: Frontend[] = [this];
+  /** The siblings with a lower priority number than its own: served before it. */
+  before: Frontend[] = [];
   /** By table slot: where the backend is, or null for a free slot. */
   backends: (BackendConfig | null)[] = [];
   /** By table slot: which member sits there, so a slot given to a new backend is noticed. */
@@ -64,6 +85,8 @@ export class Frontend {
     latency: createLatencyState(TABLE_SLOTS),
   };
   readonly limits: WorkerLimits;
+  /** Its live connections per backend slot, every worker's: the table's `held`. */
+  private readonly held: SharedArrayBuffer;
   readonly connecting = new LinkedList<Connection>();
   /** Clients waiting for a backend with room, oldest first (only when backends have maxconn). */
   readonly queue = new LinkedList<Connection>();
@@ -87,7 +110,7 @@ export class Frontend {
   onIdle: (this: Frontend) => void = () => {};
 
   constructor(
-    update: PoolUpdate,
+    update: FrontendUpdate,
     worker: number,
     limits: WorkerLimits,
     activated: readonly ActivatedListener[] = [],
@@ -95,9 +118,13 @@ export class Frontend {
     this.activated = activated;
     this.config = update.config;
     this.shared = update.table;
+    this.poolId = update.poolId;
     this.slot = openSlot(update.counters, worker);
+    this.poolSlot = openSlot(update.poolCounters, worker);
+    this.waiting = new Int32Array(update.waiting);
+    this.held = update.held;
     this.limits = limits;
-    this.table = openTable(this.shared, 0);
+    this.table = openTable(this.shared, 0, this.held, this.config.share);
     this.scheduler = createScheduler(this.config.algorithm, this.table, this.context);
     this.apply(update);
   }
@@ -106,7 +133,7 @@ export class Frontend {
    * Takes a new state of the pool: the backends by slot, the settings, and a scheduler rebuilt
    * over the new size and swapped in. Connections in flight keep their slot; nothing else moves.
    */
-  apply(update: PoolUpdate): void {
+  apply(update: FrontendUpdate): void {
     this.config = update.config;
     const backends: (BackendConfig | null)[] = [];
     update.members.forEach((member, i) => {
@@ -128,7 +155,7 @@ export class Frontend {
     this.guard = Guard.needed(this.config.guard)
       ? new Guard(this.config.guard, update.sources)
       : null;
-    this.table = openTable(this.shared, backends.length);
+    this.table = openTable(this.shared, backends.length, this.held, this.config.share);
     this.scheduler = createScheduler(
       this.config.algorithm,
       this.table,
@@ -167,41 +194,73 @@ export class Frontend {
 
   onFinish(conn: Connection): void {
     Atomics.sub(this.limits.live, 0, 1);
+    this.open--;
     conn.admittedBy.releaseSource(conn.source);
-    // A connection that ends may have made room on a full backend.
-    if (this.queue.size > 0) this.serveQueue();
+    // A connection that ends may have made room on a full backend: the pool's queues, lowest
+    // priority number first.
+    const siblings = this.siblings;
+    for (let s = 0; s < siblings.length; s++) {
+      if (siblings[s].queue.size > 0) siblings[s].serveQueue();
+    }
     this.onIdle();
   }
 
-  /** Puts a client in the queue when every backend that could take it is full; false when the
-   *  queue would not help (nothing full) or is full itself. */
-  enqueue(conn: Connection): boolean {
-    if (this.queue.size >= QUEUE_LIMIT || !anyFull(this.table)) return false;
+  /**
+   * True when a sibling with a lower priority number has clients waiting (in any worker) and a
+   * backend with room for them: the slot is theirs, so this frontend does not take it. Their
+   * worker takes it at once, or at its next tick.
+   */
+  yields(): boolean {
+    const before = this.before;
+    for (let s = 0; s < before.length; s++) {
+      const sibling = before[s];
+      if (Atomics.load(sibling.waiting, 0) > 0 && hasRoom(sibling.table)) return true;
+    }
+    return false;
+  }
+
+  /** Puts a client in the queue when every backend that could take it is full, or a sibling
+   *  served first waits for it (`yielding`); false when the queue would not help (nothing
+   *  full) or is full itself. */
+  enqueue(conn: Connection, yielding: boolean): boolean {
+    if (this.queue.size >= QUEUE_LIMIT || !(yielding || anyFull(this.table))) return false;
     conn.phase = QUEUED;
     conn.deadline = deadline(this.config.queueTimeoutMs);
     this.queue.push(conn);
-    this.slot[QUEUED_GAUGE] = this.queue.size;
+    this.countQueue();
     return true;
   }
 
   /** Takes a client out of the queue (it closed while waiting): O(1), wherever it is. */
   unqueue(conn: Connection): void {
     this.queue.remove(conn);
-    this.slot[QUEUED_GAUGE] = this.queue.size;
+    this.countQueue();
   }
 
-  /** Connects queued clients, oldest first, while a backend has room. */
+  /** The queue's length into the gauge and the shared waiting count. */
+  private countQueue(): void {
+    const size = this.queue.size;
+    this.slot[QUEUED_GAUGE] = size;
+    if (size !== this.waitingHere) {
+      Atomics.add(this.waiting, 0, size - this.waitingHere);
+      this.waitingHere = size;
+    }
+  }
+
+  /** Connects queued clients, oldest first, while a backend has room and no sibling served
+   *  first waits for it. */
   serveQueue(): void {
     let conn = this.queue.head;
     while (conn !== null) {
-      const i = this.scheduler.pick(conn.avoid, conn.key);
+      if (this.before.length > 0 && this.yields()) break;
+      const i = pickAndTake(this, conn);
       if (i < 0) break;
       this.queue.remove(conn);
       conn.phase = CONNECTING;
       connectTo(conn, i);
       conn = this.queue.head;
     }
-    this.slot[QUEUED_GAUGE] = this.queue.size;
+    this.countQueue();
   }
 
   /** Every tick: room made by other workers is taken, and waits past --queue-timeout end. */
@@ -215,7 +274,7 @@ export class Frontend {
       closeClient(conn, END.QUEUE_TIMEOUT);
       conn = this.queue.head;
     }
-    this.slot[QUEUED_GAUGE] = this.queue.size;
+    this.countQueue();
   }
 
   /** Connect deadlines, PROXY header and ClientHello deadlines: checked every tick. */

@@ -5,12 +5,12 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Logger } from '../log.ts';
 import { createAccessLogger } from '../log.ts';
-import { END, LIVE } from '../shared/counters.ts';
+import { END } from '../shared/counters.ts';
 import type {
   ControlMessage,
+  FrontendUpdate,
   LatencyAnswer,
   ListenFailure,
-  PoolUpdate,
   WorkerInit,
   WorkerMessage,
 } from '../shared/messages.ts';
@@ -46,13 +46,13 @@ let drainGeneration = 0;
 
 function live(): number {
   let total = 0;
-  for (const frontend of frontends.values()) total += frontend.slot[LIVE];
-  for (const frontend of retired) total += frontend.slot[LIVE];
+  for (const frontend of frontends.values()) total += frontend.open;
+  for (const frontend of retired) total += frontend.open;
   return total;
 }
 
 function onIdle(this: Frontend): void {
-  if (retired.has(this) && this.slot[LIVE] === 0) retired.delete(this);
+  if (retired.has(this) && this.open === 0) retired.delete(this);
   checkDrained();
 }
 
@@ -72,30 +72,60 @@ function setAccessLog(on: boolean): void {
   for (const frontend of frontends.values()) frontend.accessLog = accessLog;
 }
 
-/** Brings the frontends to `pools`: new ones open, kept ones take the update, absent ones close. */
-async function update(pools: readonly PoolUpdate[]): Promise<ListenFailure[]> {
+/**
+ * Brings the frontends to `updates`: new ones open, kept ones take the update, absent ones close.
+ * A frontend moved to another pool is a new object (its table is another one): the old one, like
+ * a removed frontend, keeps its connections, counted on the old pool, until they end.
+ */
+async function update(updates: readonly FrontendUpdate[]): Promise<ListenFailure[]> {
   const failures: ListenFailure[] = [];
-  const names = new Set(pools.map((p) => p.config.name));
+  const wanted = new Map(updates.map((u) => [u.config.name, u]));
   for (const [name, frontend] of frontends) {
-    if (names.has(name)) continue;
+    if (wanted.get(name)?.poolId === frontend.poolId) continue;
     frontends.delete(name);
-    if (frontend.slot[LIVE] > 0) retired.add(frontend);
+    retire(frontend);
   }
-  for (const pool of pools) {
-    let frontend = frontends.get(pool.config.name);
+  for (const next of updates) {
+    let frontend = frontends.get(next.config.name);
     if (frontend === undefined) {
-      frontend = new Frontend(pool, init.index, limits, init.activated.get(pool.config.name) ?? []);
+      frontend = new Frontend(next, init.index, limits, init.activated.get(next.config.name) ?? []);
       frontend.onIdle = onIdle;
       frontend.accessLog = accessLog;
-      frontends.set(pool.config.name, frontend);
+      frontends.set(next.config.name, frontend);
     } else {
-      frontend.apply(pool);
+      frontend.apply(next);
     }
   }
   // Every frontend is up to date before any route points at it; a removed one no longer listens.
-  inOrder = pools.map((p) => frontends.get(p.config.name) as Frontend);
+  inOrder = updates.map((u) => frontends.get(u.config.name) as Frontend);
+  groupSiblings(inOrder);
   if (!draining) failures.push(...(await listeners.sync(inOrder)));
   return failures;
+}
+
+/** A frontend leaves the config (or its pool): its live connections run to their end, and its
+ *  clients still waiting wait for the pool they came for. */
+function retire(frontend: Frontend): void {
+  frontend.siblings = [frontend];
+  frontend.before = [];
+  if (frontend.open > 0) retired.add(frontend);
+}
+
+/** Frontends of one pool become each other's siblings, lowest priority number first. */
+function groupSiblings(all: readonly Frontend[]): void {
+  const byPool = new Map<number, Frontend[]>();
+  for (const frontend of all) {
+    const group = byPool.get(frontend.poolId);
+    if (group === undefined) byPool.set(frontend.poolId, [frontend]);
+    else group.push(frontend);
+  }
+  for (const group of byPool.values()) {
+    group.sort((a, b) => a.config.priority - b.config.priority);
+    for (const frontend of group) {
+      frontend.siblings = group;
+      frontend.before = group.filter((f) => f.config.priority < frontend.config.priority);
+    }
+  }
 }
 
 let ticks = 0;
@@ -154,13 +184,18 @@ port.on('message', (message: ControlMessage) => {
       sockets: listeners.sockets(),
     } satisfies WorkerMessage);
   } else if (message.type === 'kill') {
-    const count = frontends.get(message.frontend)?.killBackend(message.slot) ?? 0;
+    let count = 0;
+    for (const set of [frontends.values(), retired.values()]) {
+      for (const frontend of set) {
+        if (frontend.poolId === message.pool) count += frontend.killBackend(message.slot);
+      }
+    }
     port.postMessage({ type: 'killed', id: message.id, count } satisfies WorkerMessage);
   } else if (message.type === 'update') {
     updating = updating.then(async () => {
       limits.maxConnections = message.maxConnections;
       setAccessLog(message.accessLog);
-      const failures = await update(message.pools);
+      const failures = await update(message.frontends);
       port.postMessage({ type: 'updated', id: message.id, failures } satisfies WorkerMessage);
     });
   }
@@ -168,7 +203,7 @@ port.on('message', (message: ControlMessage) => {
 
 updateNow();
 setAccessLog(init.accessLog);
-const failures = await update(init.pools);
+const failures = await update(init.frontends);
 if (failures.length > 0) {
   port.postMessage({ type: 'listen-error', ...failures[0] } satisfies WorkerMessage);
 } else {

@@ -14,12 +14,23 @@ export interface PoolMember {
   readonly config: BackendConfig;
 }
 
-/** One frontend as it is sent to a worker: plain data and shared memory. */
-export interface PoolUpdate {
+/** One frontend and its pool as they are sent to a worker: plain data and shared memory. */
+export interface FrontendUpdate {
   readonly config: FrontendConfig;
+  /** Its pool, unique over the process's life; frontends with the same one share its table. */
+  readonly poolId: number;
+  /** The pool's backend table. */
   readonly table: SharedTable;
+  /** The frontend's own counters (accepted, live, ends), with no backend fields. */
   readonly counters: SharedCounters;
-  /** By slot; null for a free slot. Its length is the number of slots in use (the table size). */
+  /** The pool's per-backend counters, every frontend's together. */
+  readonly poolCounters: SharedCounters;
+  /** The frontend's live connections on each slot of the pool (Int32, Atomics). */
+  readonly held: SharedArrayBuffer;
+  /** How many of the frontend's clients wait, every worker's (one Int32, Atomics). */
+  readonly waiting: SharedArrayBuffer;
+  /** The pool's members by slot; null for a free slot. Its length is the number of slots in use
+   *  (the table size). */
   readonly members: readonly (PoolMember | null)[];
   /** The per-source table, once the frontend has a per-source limit (it is kept from then on). */
   readonly sources: SharedArrayBuffer | null;
@@ -69,7 +80,7 @@ export type LatencyAnswer = Map<string, WorkerLatency>;
 
 export interface WorkerInit {
   readonly index: number;
-  readonly pools: readonly PoolUpdate[];
+  readonly frontends: readonly FrontendUpdate[];
   /** Global live connections (Int32, Atomics), for maxConnections. */
   readonly live: SharedArrayBuffer;
   readonly maxConnections: number;
@@ -93,11 +104,11 @@ export type WorkerMessage =
   | { type: 'latency'; id: number; latency: LatencyAnswer }
   | { type: 'sockets'; id: number; sockets: OpenListener[] };
 
-/** A new state of every pool: frontends absent from `pools` are closed. */
+/** A new state of every frontend and pool: frontends absent from `frontends` are closed. */
 export interface UpdateMessage {
   type: 'update';
   id: number;
-  pools: PoolUpdate[];
+  frontends: FrontendUpdate[];
   maxConnections: number;
   accessLog: boolean;
 }
@@ -110,5 +121,6 @@ export type ControlMessage =
   | { type: 'cut' }
   | { type: 'latency'; id: number }
   | { type: 'sockets'; id: number }
-  | { type: 'kill'; id: number; frontend: string; slot: number }
+  /** Resets every connection to `slot` of pool `pool` (its id), whichever frontend has it. */
+  | { type: 'kill'; id: number; pool: number; slot: number }
   | UpdateMessage;

@@ -55,6 +55,11 @@ export interface BackendTable {
   readonly load: Float64Array;
   /** `sent` when that report was read: connections placed since are not in the report yet. */
   readonly loadBase: Int32Array;
+  /** Live connections per backend of the one frontend this view picks for (its class on a pool
+   *  shared by several frontends). Atomics only. */
+  readonly held: Int32Array;
+  /** The percent of each backend's maxconn that frontend may hold (its `share`); 100: all. */
+  readonly share: number;
 }
 
 /** The shared memory behind a table, as it is sent to a worker thread. */
@@ -91,9 +96,18 @@ export function allocateTable(size: number): SharedTable {
 /**
  * Views shared memory as a table; the same call works on the main thread and in a worker.
  * `size` is how many slots a scheduler scans (the slots in use); by default, all of them.
+ * `held` and `share`: the counts and the share of the frontend that picks through this view
+ * (by default counts of its own, and no share).
  */
-export function openTable(shared: SharedTable, size = shared.size): BackendTable {
+export function openTable(
+  shared: SharedTable,
+  size = shared.size,
+  held: SharedArrayBuffer = new SharedArrayBuffer(shared.size * 4),
+  share = 100,
+): BackendTable {
   return {
+    held: new Int32Array(held),
+    share,
     size,
     active: new Int32Array(shared.active),
     weight: new Int32Array(shared.weight),

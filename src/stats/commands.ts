@@ -11,16 +11,17 @@ import type { BackendStat, FrontendStat, LatencyStat, StatsView } from './view.t
 const HELP = [
   'help                              this list',
   'show info [json]                  version, pid, uptime, workers, connections, rates',
-  'show stat [json]                  one row per frontend and backend',
+  'show stat [json]                  one row per frontend and per backend of its pool (json: pools too)',
   'show latency [json]               connect, first-byte and duration percentiles, whole run and last minute',
   'show state                        runtime changes kept in the state file (added, deleted, weights, admin)',
-  'enable FRONTEND/BACKEND           admin: take new connections again',
-  'disable FRONTEND/BACKEND          admin: no new connections; live ones stay',
-  'drain FRONTEND/BACKEND            admin: like disable, reported draining until its last connection ends',
-  'set weight FRONTEND/BACKEND N     admin: weight 0..256',
-  `add backend FRONTEND ${BACKEND_GRAMMAR}`,
+  'enable POOL/BACKEND               admin: take new connections again',
+  'disable POOL/BACKEND              admin: no new connections; live ones stay',
+  'drain POOL/BACKEND                admin: like disable, reported draining until its last connection ends',
+  'set weight POOL/BACKEND N         admin: weight 0..256',
+  `add backend POOL ${BACKEND_GRAMMAR}`,
   '                                  admin: a new backend, in every worker at once (a hostname follows DNS)',
-  'del backend FRONTEND/BACKEND [now] admin: no new connections; leaves after its last (now: resets them)',
+  'del backend POOL/BACKEND [now]    admin: no new connections; leaves after its last (now: resets them)',
+  '                                  (POOL: a pool of pools:, or a frontend that lists its own backends)',
   'reset counters                    admin: zero the cumulative counters',
   'reload                            admin: re-read the config file, as SIGHUP does',
   'upgrade                           admin: start a new fulcrum (a new version) that takes over every listener, as SIGUSR2 does',
@@ -39,8 +40,8 @@ export interface AdminInterface {
   reload(): Promise<Outcome>;
   /** Starts a successor process that takes over, as SIGUSR2 does. */
   upgrade(): Promise<Outcome>;
-  addBackend(frontend: string, spec: string): Promise<Outcome>;
-  delBackend(frontend: string, backend: string, now: boolean): Promise<Outcome>;
+  addBackend(pool: string, spec: string): Promise<Outcome>;
+  delBackend(pool: string, backend: string, now: boolean): Promise<Outcome>;
   setAdmin(ref: string, admin: AdminChoice): Promise<Outcome>;
   setWeight(ref: string, weight: number): Promise<Outcome>;
   resetCounters(): Outcome;
@@ -147,18 +148,18 @@ async function change(
   const [verb, second, third, fourth] = words;
   if (verb === 'add') {
     if (second !== 'backend' || words.length !== 4) {
-      return error(`usage: add backend FRONTEND ${BACKEND_GRAMMAR}`);
+      return error(`usage: add backend POOL ${BACKEND_GRAMMAR}`);
     }
-    log.info({ command: 'add backend', frontend: third, backend: fourth }, 'admin command');
+    log.info({ command: 'add backend', pool: third, backend: fourth }, 'admin command');
     return answer(await admin.addBackend(third, fourth));
   }
   if (verb === 'del') {
     const now = words[3] === 'now';
     if (second !== 'backend' || words.length !== (now ? 4 : 3)) {
-      return error('usage: del backend FRONTEND/BACKEND [now]');
+      return error('usage: del backend POOL/BACKEND [now]');
     }
     const slash = third.indexOf('/');
-    if (slash < 0) return error(`"${printable(third)}" is not FRONTEND/BACKEND`);
+    if (slash < 0) return error(`"${printable(third)}" is not POOL/BACKEND`);
     log.info({ command: 'del backend', backend: third, now }, 'admin command');
     return answer(await admin.delBackend(third.slice(0, slash), third.slice(slash + 1), now));
   }
@@ -168,15 +169,14 @@ async function change(
     return answer(admin.resetCounters());
   }
   if (verb === 'set') {
-    if (second !== 'weight' || words.length !== 4)
-      return error('usage: set weight FRONTEND/BACKEND N');
+    if (second !== 'weight' || words.length !== 4) return error('usage: set weight POOL/BACKEND N');
     if (!/^\d+$/.test(fourth) || Number(fourth) > MAX_WEIGHT) {
       return error(`weight "${printable(fourth)}" is out of range (0..${MAX_WEIGHT})`);
     }
     log.info({ command: 'set weight', backend: third, weight: Number(fourth) }, 'admin command');
     return answer(await admin.setWeight(third, Number(fourth)));
   }
-  if (words.length !== 2) return error(`usage: ${verb} FRONTEND/BACKEND`);
+  if (words.length !== 2) return error(`usage: ${verb} POOL/BACKEND`);
   log.info({ command: verb, backend: second }, 'admin command');
   return answer(
     await admin.setAdmin(
@@ -222,6 +222,8 @@ function formatStat(frontends: FrontendStat[]): string {
       'STATE',
       'WEIGHT',
       'ACTIVE',
+      'HELD',
+      'QUEUED',
       'TOTAL',
       'FAILURES',
       'BYTES_IN',
@@ -235,12 +237,19 @@ function formatStat(frontends: FrontendStat[]): string {
   ];
   for (const frontend of frontends) {
     // The frontend's own counts, as `show info` and the JSON give them: a client closed before
-    // it reached a backend (the inspect timeout, no backend up) is one of them.
+    // it reached a backend (the inspect timeout, no backend up) is one of them. Its backends are
+    // its pool's, named as admin commands name them (POOL/BACKEND): ACTIVE is every frontend's
+    // on it, HELD this frontend's.
+    const pool = frontend.pool === frontend.name ? '' : `, pool ${frontend.pool}`;
+    const priority = frontend.priority === 0 ? '' : `, priority ${frontend.priority}`;
+    const share = frontend.share === 100 ? '' : `, share ${frontend.share}%`;
     rows.push([
-      `${frontend.name} (${frontend.listen.join(', ')}, ${frontend.algorithm})`,
+      `${frontend.name} (${frontend.listen.join(', ')}${pool}${priority}${share}, ${frontend.algorithm})`,
       '',
       '',
       String(frontend.live),
+      '',
+      String(frontend.queued),
       String(frontend.accepted),
       '',
       '',
@@ -253,10 +262,12 @@ function formatStat(frontends: FrontendStat[]): string {
     ]);
     for (const b of frontend.backends) {
       rows.push([
-        `  ${frontend.name}/${b.name}`,
+        `  ${frontend.pool}/${b.name}`,
         b.state,
         weightText(b),
         String(b.active),
+        String(b.held),
+        '',
         String(b.total),
         String(b.failures),
         String(b.bytesIn),

@@ -1,7 +1,10 @@
 // Prometheus metrics on http://HOST:PORT/metrics, in the text format, through prom-client.
 // Invariant: nothing is counted twice and nothing here runs on the data path: each scrape takes
 // one snapshot of the shared counters and the workers' histograms (the same the stats socket
-// shows) and every metric reads that snapshot. Labels: frontend, and backend where it applies.
+// shows) and every metric reads that snapshot. Labels: frontend for what a frontend counts; pool
+// and backend for what a backend counts (once per pool, whatever the number of its frontends:
+// a sum over the labels never counts a connection twice); frontend and backend for timings and
+// for a frontend's own live count on a backend.
 // The port is a side channel and must never starve the data plane: it holds at most
 // MAX_METRICS_CLIENTS connections, and closes silent or idle ones within seconds.
 
@@ -13,11 +16,12 @@ import { MAX_METRICS_CLIENTS } from '../control/descriptors.ts';
 import type { Logger } from '../log.ts';
 import { END_BASE, END_NAMES, RETRIES } from '../shared/counters.ts';
 import type { MetricName, Percentiles } from './latency.ts';
-import type { BackendStat, FrontendStat, LatencyStat, StatsView } from './view.ts';
+import type { BackendStat, FrontendStat, LatencyStat, PoolStat, StatsView } from './view.ts';
 
 /** One scrape's view of everything. */
 interface Snapshot {
   frontends: FrontendStat[];
+  pools: PoolStat[];
   latency: Array<LatencyStat & { backends: LatencyStat[] }>;
   /** Per frontend: counters of how connections ended, and retries. */
   ends: Map<string, Float64Array>;
@@ -207,7 +211,12 @@ export class MetricsServer {
 
   private async scrape(): Promise<string> {
     const [stat, latency] = await Promise.all([this.view.stat(), this.view.latency()]);
-    this.snapshot = { frontends: stat.frontends, latency, ends: this.view.frontendSums() };
+    this.snapshot = {
+      frontends: stat.frontends,
+      pools: stat.pools,
+      latency,
+      ends: this.view.frontendSums(),
+    };
     try {
       return await this.registry.metrics();
     } finally {
@@ -252,16 +261,26 @@ export class MetricsServer {
       (value: (f: FrontendStat, s: Snapshot) => number) =>
       (s: Snapshot): Row[] =>
         s.frontends.map((f) => [{ frontend: f.name }, value(f, s)]);
+    /** Every backend once, with its pool: as the pool's first frontend shows it. */
+    const backends = (s: Snapshot): Array<[{ pool: string; backend: string }, BackendStat]> => {
+      const seen = new Set<string>();
+      return s.frontends.flatMap((f) => {
+        if (seen.has(f.pool)) return [];
+        seen.add(f.pool);
+        return f.backends.map((b): [{ pool: string; backend: string }, BackendStat] => [
+          { pool: f.pool, backend: b.name },
+          b,
+        ]);
+      });
+    };
     const perBackend =
       (value: (b: BackendStat) => number) =>
       (s: Snapshot): Row[] =>
-        s.frontends.flatMap((f) =>
-          f.backends.map((b): Row => [{ frontend: f.name, backend: b.name }, value(b)]),
-        );
+        backends(s).map(([labels, b]): Row => [labels, value(b)]);
     const ends = (f: FrontendStat, s: Snapshot, name: (typeof END_NAMES)[number]) =>
       s.ends.get(f.name)?.[END_BASE + END_NAMES.indexOf(name)] ?? 0;
     const FRONTEND = ['frontend'];
-    const BACKEND = ['frontend', 'backend'];
+    const BACKEND = ['pool', 'backend'];
 
     series(
       'gauge',
@@ -343,14 +362,12 @@ export class MetricsServer {
       'counter',
       'fulcrum_backend_bytes_total',
       'Bytes relayed: to_backend (from clients) and from_backend (to clients).',
-      ['frontend', 'backend', 'direction'],
+      ['pool', 'backend', 'direction'],
       (s) =>
-        s.frontends.flatMap((f) =>
-          f.backends.flatMap((b): Row[] => [
-            [{ frontend: f.name, backend: b.name, direction: 'to_backend' }, b.bytesIn],
-            [{ frontend: f.name, backend: b.name, direction: 'from_backend' }, b.bytesOut],
-          ]),
-        ),
+        backends(s).flatMap(([labels, b]): Row[] => [
+          [{ ...labels, direction: 'to_backend' }, b.bytesIn],
+          [{ ...labels, direction: 'from_backend' }, b.bytesOut],
+        ]),
     );
     series(
       'gauge',
@@ -363,17 +380,10 @@ export class MetricsServer {
       'gauge',
       'fulcrum_backend_state',
       '1 for the state the backend is in: up, down, disabled or draining.',
-      ['frontend', 'backend', 'state'],
+      ['pool', 'backend', 'state'],
       (s) =>
-        s.frontends.flatMap((f) =>
-          f.backends.flatMap((b) =>
-            STATES.map(
-              (state): Row => [
-                { frontend: f.name, backend: b.name, state },
-                b.state === state ? 1 : 0,
-              ],
-            ),
-          ),
+        backends(s).flatMap(([labels, b]) =>
+          STATES.map((state): Row => [{ ...labels, state }, b.state === state ? 1 : 0]),
         ),
     );
     series(
@@ -396,11 +406,7 @@ export class MetricsServer {
       'The load the backend last reported on its metrics page (--load-metric); absent while it has no fresh report.',
       BACKEND,
       (s) =>
-        s.frontends.flatMap((f) =>
-          f.backends.flatMap((b): Row[] =>
-            b.load === null ? [] : [[{ frontend: f.name, backend: b.name }, b.load]],
-          ),
-        ),
+        backends(s).flatMap(([labels, b]): Row[] => (b.load === null ? [] : [[labels, b.load]])),
     );
     series(
       'gauge',
@@ -408,10 +414,8 @@ export class MetricsServer {
       "How long the backend's last health probe took.",
       BACKEND,
       (s) =>
-        s.frontends.flatMap((f) =>
-          f.backends.flatMap((b): Row[] =>
-            b.check === null ? [] : [[{ frontend: f.name, backend: b.name }, b.check.ms / 1000]],
-          ),
+        backends(s).flatMap(([labels, b]): Row[] =>
+          b.check === null ? [] : [[labels, b.check.ms / 1000]],
         ),
     );
     series(
@@ -420,6 +424,26 @@ export class MetricsServer {
       'Health transitions of the backend (up to down, and back).',
       BACKEND,
       perBackend((b) => b.transitions),
+    );
+    series(
+      'gauge',
+      'fulcrum_backend_frontend_connections_current',
+      "Connections open to the backend now that the frontend holds (its count against its share of the backend's maxconn).",
+      ['pool', 'backend', 'frontend'],
+      (s) =>
+        s.frontends.flatMap((f) =>
+          f.backends.map((b): Row => [{ pool: f.pool, backend: b.name, frontend: f.name }, b.held]),
+        ),
+    );
+    series(
+      'gauge',
+      'fulcrum_pool_queued',
+      "Clients waiting for a slot of the pool's backends now, by the priority of their frontend (over every frontend of that priority and every worker).",
+      ['pool', 'priority'],
+      (s) =>
+        s.pools.flatMap((p) =>
+          Object.entries(p.waiting).map(([priority, n]): Row => [{ pool: p.name, priority }, n]),
+        ),
     );
     const summaries: Array<[string, string, MetricName]> = [
       ['fulcrum_backend_connect_seconds', 'Time to connect to the backend.', 'connectMs'],

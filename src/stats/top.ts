@@ -69,10 +69,11 @@ export function render(now: Snapshot, previous: Snapshot | null): string[] {
   ];
   const rows: string[][] = [
     [
-      'FRONTEND/BACKEND',
+      'FRONTEND, POOL/BACKEND',
       'STATE',
       'WEIGHT',
       'ACTIVE',
+      'HELD',
       'CONN/S',
       'TOTAL',
       'FAIL',
@@ -86,11 +87,17 @@ export function render(now: Snapshot, previous: Snapshot | null): string[] {
   ];
   now.frontends.forEach((frontend, f) => {
     const before = previous?.frontends[f];
+    const pool = frontend.pool === frontend.name ? '' : ` pool ${frontend.pool}`;
+    const classes =
+      frontend.priority === 0 && frontend.share === 100
+        ? ''
+        : ` priority ${frontend.priority} share ${frontend.share}%`;
     rows.push([
-      `${frontend.name} ${frontend.listen.join(',')} ${frontend.algorithm}`,
+      `${frontend.name} ${frontend.listen.join(',')}${pool}${classes} ${frontend.algorithm}`,
       '',
       '',
-      '',
+      String(frontend.live),
+      frontend.queued > 0 ? `${frontend.queued} waiting` : '',
       '',
       '',
       '',
@@ -105,10 +112,11 @@ export function render(now: Snapshot, previous: Snapshot | null): string[] {
       const old = before?.backends[k];
       const l = now.latency[f]?.backends[k];
       rows.push([
-        `  ${frontend.name}/${b.name}`,
+        `  ${frontend.pool}/${b.name}`,
         b.state,
         weightText(b),
         String(b.active),
+        String(b.held),
         rate(b.total, old?.total).toFixed(1),
         String(b.total),
         String(b.failures),

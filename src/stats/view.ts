@@ -2,6 +2,7 @@
 // thread when asked. Invariant: read-only (admin commands act through control/admin.ts), and it
 // allocates only when asked, never on the data path.
 
+import type { Frontend } from '../control/frontend.ts';
 import type { CheckResult, Member, Pool } from '../control/pool.ts';
 import { WEIGHT_SCALE } from '../control/pool.ts';
 import {
@@ -54,7 +55,11 @@ export interface BackendStat {
   loadAgeMs: number | null;
   /** Why its load could not be read last time; null: it reads, or nothing is asked. */
   loadError: string | null;
+  /** Live connections on it, every frontend of its pool together. */
   active: number;
+  /** Of those, the ones this frontend holds. */
+  held: number;
+  /** Connections, failures and bytes: the pool's, every frontend's together. */
   total: number;
   failures: number;
   bytesIn: number;
@@ -78,18 +83,40 @@ export interface FrontendStat {
   name: string;
   /** The pool it sends clients to: a named one of `pools:`, or its own (its name). */
   pool: string;
+  /** Its class on the pool. */
+  priority: number;
+  share: number;
   listen: string[];
   algorithm: string;
   /** Clients accepted, live now, waiting in the queue now. */
   accepted: number;
   live: number;
   queued: number;
+  /** Its pool's backends, as this frontend sees them. */
   backends: BackendStat[];
+}
+
+/** One pool: its backends' live counts, by frontend, and who waits for them, by priority. */
+export interface PoolStat {
+  name: string;
+  algorithm: string;
+  frontends: string[];
+  /** Clients waiting for a slot now, by priority (as text: the keys of a JSON object). */
+  waiting: Record<string, number>;
+  backends: Array<{
+    name: string;
+    state: BackendState;
+    maxconn: number;
+    active: number;
+    /** Live connections each frontend holds on it. */
+    held: Record<string, number>;
+  }>;
 }
 
 /** What the view reads of the control plane; the pools change with every reload. */
 export interface ViewSource {
   workers(): number;
+  frontends(): readonly Frontend[];
   pools(): readonly Pool[];
   /** Counter sums of frontends a reload removed, so process totals never go backwards. */
   retiredTotals(): Float64Array;
@@ -176,14 +203,14 @@ export class StatsView {
   /** The frontend-level counters over every frontend, removed ones included. */
   totals(): Float64Array {
     return addFrontendFields([
-      ...this.source.pools().map((p) => sumSlots(p.counters)),
+      ...this.source.frontends().map((f) => sumSlots(f.counters)),
       this.source.retiredTotals(),
     ]);
   }
 
   /** Each current frontend's counter sums, by name. */
   frontendSums(): Map<string, Float64Array> {
-    return new Map(this.source.pools().map((p) => [p.name, sumSlots(p.counters)]));
+    return new Map(this.source.frontends().map((f) => [f.name, sumSlots(f.counters)]));
   }
 
   static state(table: BackendTable, i: number): BackendState {
@@ -196,17 +223,18 @@ export class StatsView {
   /** Every timing per frontend (all its backends) and per backend, merged over every worker. */
   async latency(): Promise<Array<LatencyStat & { backends: LatencyStat[] }>> {
     const answers = await this.latencies.get();
-    return this.source.pools().map((pool) => {
+    return this.source.frontends().map((front) => {
+      const pool = front.pool;
       const members = pool.members();
       const backends = members.map((m) => ({ name: m.config.name }) as LatencyStat);
-      const whole = { name: pool.name } as LatencyStat;
+      const whole = { name: front.name } as LatencyStat;
       METRIC_NAMES.forEach((metric, m) => {
         const frontend = new LatencySum();
         const backend = new LatencySum();
         members.forEach((member, b) => {
           backend.clear();
           for (const answer of answers) {
-            const latency = answer.get(pool.name);
+            const latency = answer.get(front.name);
             // A worker that has not seen this member yet has no timings for it.
             if (latency?.ids[member.index] !== member.id) continue;
             const buffer = latency.metrics[m][member.index];
@@ -221,19 +249,23 @@ export class StatsView {
     });
   }
 
-  async stat(): Promise<{ frontends: FrontendStat[] }> {
+  async stat(): Promise<{ frontends: FrontendStat[]; pools: PoolStat[] }> {
     const latency = await this.latency();
     return {
-      frontends: this.source.pools().map((pool, f) => {
+      frontends: this.source.frontends().map((front, f) => {
+        const pool = front.pool;
+        const own = sumSlots(front.counters);
         const sums = sumSlots(pool.counters);
         return {
-          name: pool.name,
-          pool: pool.config.pool,
-          listen: pool.config.listen.map((l) => l.text),
+          name: front.name,
+          pool: pool.name,
+          priority: front.config.priority,
+          share: front.config.share,
+          listen: front.config.listen.map((l) => l.text),
           algorithm: pool.config.algorithm,
-          accepted: sums[ACCEPTED],
-          live: sums[LIVE],
-          queued: sums[QUEUED],
+          accepted: own[ACCEPTED],
+          live: own[LIVE],
+          queued: own[QUEUED],
           backends: pool.members().map((member, b) => {
             const o = backendOffset(member.index);
             const { host, port } = member.config;
@@ -245,6 +277,7 @@ export class StatsView {
               weight: member.config.weight,
               ...checksOf(pool, member),
               active: Atomics.load(pool.table.active, member.index),
+              held: front.heldOn(member.index),
               total: sums[o + B_CONNECTIONS],
               failures: sums[o + B_FAILURES],
               bytesIn: sums[o + B_BYTES_IN],
@@ -255,7 +288,34 @@ export class StatsView {
           }),
         };
       }),
+      pools: this.pools(),
     };
+  }
+
+  /** Every pool: live counts by frontend, waiting clients by priority. */
+  pools(): PoolStat[] {
+    const frontends = this.source.frontends();
+    return this.source.pools().map((pool) => {
+      const on = frontends.filter((f) => f.pool === pool);
+      const waiting: Record<string, number> = {};
+      for (const f of on) {
+        const key = String(f.config.priority);
+        waiting[key] = (waiting[key] ?? 0) + f.queued();
+      }
+      return {
+        name: pool.name,
+        algorithm: pool.config.algorithm,
+        frontends: on.map((f) => f.name),
+        waiting,
+        backends: pool.members().map((member) => ({
+          name: member.config.name,
+          state: StatsView.state(pool.table, member.index),
+          maxconn: Atomics.load(pool.table.maxconn, member.index),
+          active: Atomics.load(pool.table.active, member.index),
+          held: Object.fromEntries(on.map((f) => [f.name, f.heldOn(member.index)])),
+        })),
+      };
+    });
   }
 
   info(version: string): Record<string, string | number> {

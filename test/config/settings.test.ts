@@ -16,6 +16,8 @@ import { README, withTable } from '../fixtures/readme-settings.ts';
 const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   name: { text: 'web', value: 'web' },
   pool: { text: 'replicas', value: 'replicas' },
+  priority: { text: '-5', value: -5 },
+  share: { text: '30', value: 30 },
   listen: {
     text: '127.0.0.1:7001,accept-proxy',
     value: [{ text: '127.0.0.1:7001', host: '127.0.0.1', port: 7001, acceptProxy: true }],

@@ -236,7 +236,7 @@ t.test(
     const asked = dns.state.asked;
     await waitFor(() => dns.state.asked >= asked + 6, 10_000, 'three more DNS rounds');
     t.same(await names(), [`pair.test:${port}@127.0.0.3`]);
-    t.same(JSON.parse(await query(stats, 'show state')).frontends.default.deleted, [
+    t.same(JSON.parse(await query(stats, 'show state')).pools.default.deleted, [
       `pair.test:${port}@127.0.0.2`,
     ]);
   },
@@ -318,7 +318,7 @@ t.test(
       5000,
       'the deleted addresses to leave',
     );
-    t.same(JSON.parse(await query(stats, 'show state')).frontends.default.added, []);
+    t.same(JSON.parse(await query(stats, 'show state')).pools.default.added, []);
   },
 );
 

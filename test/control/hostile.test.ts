@@ -72,8 +72,8 @@ t.test(
       (await showStat(stats))[0].backends.map((b) => [b.name, b.weight, b.state]);
     t.same(await rows(), expected, 'the changes are live');
     const saved = JSON.parse(readFileSync(stateFile, 'utf8'));
-    t.same(Object.keys(saved.frontends.default.weights).sort(), ['constructor', 'hasOwnProperty']);
-    t.same(Object.keys(saved.frontends.default.admin).sort(), ['__proto__', 'toString']);
+    t.same(Object.keys(saved.pools.default.weights).sort(), ['constructor', 'hasOwnProperty']);
+    t.same(Object.keys(saved.pools.default.admin).sort(), ['__proto__', 'toString']);
 
     first.proc.kill('SIGHUP');
     await waitForLog(first, (l) => l.msg === 'reloaded', 10_000, 'the reload');
@@ -268,7 +268,7 @@ t.test(
     // At the limit an added backend is refused; one deleted makes room (it no longer counts).
     t.match(
       await query(stats, 'add backend default 127.0.0.2:9'),
-      /^error: frontend default has 256 backends already/,
+      /^error: pool default has 256 backends already/,
     );
     t.match(await query(stats, 'del backend default/127.0.0.1:30000'), /deleted/);
     t.match(

@@ -243,8 +243,8 @@ t.test(
     const url = (await waitForLog(fulcrum, (l) => l.msg === 'metrics', 5000, 'the metrics url'))
       .url as string;
     const body = await fetch(url).then((r) => r.text());
-    t.match(body, /fulcrum_backend_reported_load\{frontend="default",backend="a"\} 7/);
-    t.match(body, /fulcrum_backend_reported_load\{frontend="default",backend="b"\} 0/);
+    t.match(body, /fulcrum_backend_reported_load\{pool="default",backend="a"\} 7/);
+    t.match(body, /fulcrum_backend_reported_load\{pool="default",backend="b"\} 0/);
     await settled(stats, fulcrum);
   },
 );

@@ -90,7 +90,7 @@ t.test(
     );
     const outcome = await sighup(fulcrum);
     t.equal(outcome.msg, 'reloaded');
-    t.same((outcome.frontends as Record<string, unknown>).default, {
+    t.same((outcome.pools as Record<string, unknown>).default, {
       added: ['c'],
       removed: [],
       changed: ['a', 'b'],

@@ -242,23 +242,23 @@ t.test('bad commands change nothing and answer one error line', async (t) => {
   t.teardown(() => fulcrum.stop());
   const before = await stat(admin);
   const cases: Array<[string, RegExp]> = [
-    [`add backend nosuch ${b.address}`, /^error: no frontend "nosuch"$/],
+    [`add backend nosuch ${b.address}`, /^error: no pool "nosuch"$/],
     [
       `add backend default ${a.address}`,
-      new RegExp(`^error: ${a.address} is already in frontend default`),
+      new RegExp(`^error: ${a.address} is already in pool default`),
     ],
     [
       `add backend default ${b.address},name=${a.address}`,
-      /^error: name .* is already in frontend default/,
+      /^error: name .* is already in pool default/,
     ],
     // The same backend spelled other ways: IPv4-mapped IPv6, and the unspecified address.
     [
       `add backend default [::ffff:127.0.0.1]:${a.port}`,
-      new RegExp(`^error: \\[::ffff:127\\.0\\.0\\.1\\]:${a.port} is already in frontend default`),
+      new RegExp(`^error: \\[::ffff:127\\.0\\.0\\.1\\]:${a.port} is already in pool default`),
     ],
     [
       `add backend default 0.0.0.0:${a.port}`,
-      new RegExp(`^error: 0\\.0\\.0\\.0:${a.port} is already in frontend default`),
+      new RegExp(`^error: 0\\.0\\.0\\.0:${a.port} is already in pool default`),
     ],
     // fulcrum's own listener: every probe and client would loop back into fulcrum.
     [
@@ -282,9 +282,9 @@ t.test('bad commands change nothing and answer one error line', async (t) => {
     ['add backend default', /^error: usage: add backend FRONTEND/],
     [
       `del backend default/${b.address}`,
-      new RegExp(`^error: no backend "${b.address}" in frontend "default"`),
+      new RegExp(`^error: no backend "${b.address}" in pool "default"`),
     ],
-    [`del backend nosuch/${a.address}`, /^error: no frontend "nosuch"$/],
+    [`del backend nosuch/${a.address}`, /^error: no pool "nosuch"$/],
     [
       `del backend default/${a.address} later`,
       /^error: usage: del backend FRONTEND\/BACKEND \[now\]$/,
@@ -344,8 +344,8 @@ t.test('the state file keeps runtime changes across a reload and a restart', asy
   t.equal(await query(stats, `disable default/${b.address}`), `default/${b.address} disabled`);
   const saved = JSON.parse(readFileSync(stateFile, 'utf8'));
   t.same(JSON.parse(await query(stats, 'show state')), saved, 'show state prints what was written');
-  t.same(saved.frontends.default.added, [`${c.address},weight=7,name=spare`], 'kept as its spec');
-  t.equal(saved.version, 2);
+  t.same(saved.pools.default.added, [`${c.address},weight=7,name=spare`], 'kept as its spec');
+  t.equal(saved.version, 3);
 
   first.proc.kill('SIGHUP');
   await waitForLog(first, (l) => l.msg === 'reloaded', 10_000, 'the reload');
@@ -445,7 +445,7 @@ t.test(
     const second = await startFulcrum(['--config', config]);
     t.teardown(() => second.stop());
     t.equal(await ask(second.ports.default[0]), 'v2', 'after a restart: still sent');
-    const added = JSON.parse(await query(stats, 'show state')).frontends.default.added;
+    const added = JSON.parse(await query(stats, 'show state')).pools.default.added;
     t.equal(added.length, 1);
     t.match(JSON.stringify(added[0]), /30s|30000/, 'slowstart is kept in the state');
   },

@@ -91,7 +91,7 @@ t.test(
     state.weight('default', 'a', 3);
     t.equal(await state.save(), null, 'saved');
     t.equal(readFileSync(victim, 'utf8'), 'precious\n', 'the victim is untouched');
-    t.equal(JSON.parse(readFileSync(path, 'utf8')).frontends.default.weights.a, 3);
+    t.equal(JSON.parse(readFileSync(path, 'utf8')).pools.default.weights.a, 3);
     t.same(
       readdirSync(dir).filter(
         (f) => f.endsWith('.tmp') && !lstatSync(join(dir, f)).isSymbolicLink(),
@@ -209,12 +209,12 @@ t.test(
     t.equal(lines.length, 3 + (300 - 254), 'one line for each backend left out');
     t.match(
       lines.map((l) => l.msg).join('\n'),
-      /127\.0\.0\.2:2000 is already in frontend default \(as first\)/,
+      /127\.0\.0\.2:2000 is already in pool default \(as first\)/,
     );
     t.match(lines.map((l) => l.msg).join('\n'), /has 256 backends already/);
     t.match(await query(stats, 'set weight default/first 3'), /weight 3$/);
     const saved = JSON.parse(readFileSync(stateFile, 'utf8'));
-    t.equal(saved.frontends.default.added.length, added.length, 'nothing is lost from the file');
+    t.equal(saved.pools.default.added.length, added.length, 'nothing is lost from the file');
   },
 );
 
@@ -238,7 +238,7 @@ t.test(
       const aside = readdirSync(dir).filter((f) => f.startsWith('state.json.unreadable-'));
       t.equal(aside.length, 1, 'moved aside once');
       t.equal(readFileSync(join(dir, aside[0]), 'utf8'), text, 'with all it held');
-      t.equal(JSON.parse(readFileSync(path, 'utf8')).frontends.default.weights.a, 3, 'the change');
+      t.equal(JSON.parse(readFileSync(path, 'utf8')).pools.default.weights.a, 3, 'the change');
       state.weight('default', 'a', 4);
       t.equal(await state.save(), null, 'saved again');
       t.equal(

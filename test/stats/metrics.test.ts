@@ -79,15 +79,15 @@ t.test('/metrics parses and carries per-backend series', async (t) => {
   t.equal(m.get('fulcrum_connections_total')?.type, 'COUNTER');
   t.equal(value(m.get('fulcrum_connections_current'), { frontend: 'web' }), 0);
   const perBackend = ['a', 'b'].map((backend) =>
-    value(m.get('fulcrum_backend_connections_total'), { frontend: 'web', backend }),
+    value(m.get('fulcrum_backend_connections_total'), { pool: 'web', backend }),
   );
   t.equal(perBackend[0] + perBackend[1], 6, `six connections over a and b (${perBackend})`);
   t.ok(
     perBackend.every((n) => n > 0),
     'each backend has its own series',
   );
-  t.equal(value(m.get('fulcrum_backend_weight'), { frontend: 'web', backend: 'b' }), 2);
-  t.equal(value(m.get('fulcrum_backend_up'), { frontend: 'web', backend: 'a' }), 1);
+  t.equal(value(m.get('fulcrum_backend_weight'), { pool: 'web', backend: 'b' }), 2);
+  t.equal(value(m.get('fulcrum_backend_up'), { pool: 'web', backend: 'a' }), 1);
   t.equal(value(m.get('fulcrum_backend_state'), { backend: 'a', state: 'up' }), 1);
   t.equal(value(m.get('fulcrum_backend_state'), { backend: 'a', state: 'down' }), 0);
   t.ok(
@@ -124,7 +124,7 @@ t.test('/metrics parses and carries per-backend series', async (t) => {
   fulcrum.proc.kill('SIGHUP');
   await waitForLog(fulcrum, (l) => l.msg === 'reloaded', 10_000, 'the reload');
   const after = await scrape(url);
-  t.equal(value(after.get('fulcrum_backend_weight'), { frontend: 'web', backend: 'c' }), 1);
+  t.equal(value(after.get('fulcrum_backend_weight'), { pool: 'web', backend: 'c' }), 1);
 
   const missing = await fetch(url.replace('/metrics', '/other'));
   t.equal(missing.status, 404);

@@ -30,12 +30,12 @@ for (const key of ['q', 'C-c']) {
     });
     const pane = () => tmux('capture-pane', '-p', '-t', session);
     tmux('send-keys', '-t', session, `${process.execPath} ${BIN} top --socket ${path}`, 'Enter');
-    await waitFor(() => pane().includes('FRONTEND/BACKEND'), 10_000, 'top to draw');
+    await waitFor(() => pane().includes('POOL/BACKEND'), 10_000, 'top to draw');
     const screen = pane();
     for (const b of backends) t.match(screen, new RegExp(`default/${b.address}\\s+up`));
     t.match(screen, /q: quit/);
     tmux('send-keys', '-t', session, key);
-    await waitFor(() => !pane().includes('FRONTEND/BACKEND'), 5000, 'top to leave the screen');
+    await waitFor(() => !pane().includes('POOL/BACKEND'), 5000, 'top to leave the screen');
     tmux('send-keys', '-t', session, 'echo terminal-$((40+2))', 'Enter');
     await waitFor(() => pane().includes('terminal-42'), 5000, 'the shell to answer');
     t.pass('the shell is back and echoes normally');

@@ -1,0 +1,77 @@
+// One frontend as the control plane keeps it: its config, its own counters, the pool it sends
+// clients to, and what it keeps of its class on that pool (its live count on each of the pool's
+// backends, for its share; how many of its clients wait, for priorities).
+// Invariants: the counters outlive a move to another pool (a frontend's totals never go back);
+// the per-backend counts and the waiting count belong to one pool, so a move gets new ones and
+// the connections the old pool holds keep counting there until they end.
+
+import type { FrontendConfig } from '../config/types.ts';
+import type { SharedCounters } from '../shared/counters.ts';
+import { allocateCounters } from '../shared/counters.ts';
+import type { FrontendUpdate } from '../shared/messages.ts';
+import { allocateSources } from '../shared/sources.ts';
+import { TABLE_SLOTS } from '../shared/table.ts';
+import type { Pool } from './pool.ts';
+
+export class Frontend {
+  config: FrontendConfig;
+  /** Accepted, live, queued, ends by reason: this frontend's, whatever pool it is on. */
+  readonly counters: SharedCounters;
+  pool: Pool;
+  /** Its live connections on each backend slot of `pool` (Int32, Atomics), every worker's. */
+  held: SharedArrayBuffer;
+  /** Its clients waiting for a slot of `pool`, every worker's (one Int32, Atomics). */
+  waiting: SharedArrayBuffer;
+  /** Shared per-source counts, allocated the first time the frontend needs them. */
+  private sources: SharedArrayBuffer | null = null;
+
+  constructor(config: FrontendConfig, pool: Pool, workers: number) {
+    this.config = config;
+    this.pool = pool;
+    this.counters = allocateCounters(workers, 0);
+    this.held = new SharedArrayBuffer(TABLE_SLOTS * 4);
+    this.waiting = new SharedArrayBuffer(4);
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  /** Takes a new config and, when it names another pool, that pool (with counts of its own). */
+  reconfigure(config: FrontendConfig, pool: Pool): void {
+    this.config = config;
+    if (pool === this.pool) return;
+    this.pool = pool;
+    this.held = new SharedArrayBuffer(TABLE_SLOTS * 4);
+    this.waiting = new SharedArrayBuffer(4);
+  }
+
+  /** Its live connections on backend slot `index` of its pool. */
+  heldOn(index: number): number {
+    return Atomics.load(new Int32Array(this.held), index);
+  }
+
+  /** Its clients waiting now, over every worker. */
+  queued(): number {
+    return Atomics.load(new Int32Array(this.waiting), 0);
+  }
+
+  /** This frontend, with its pool as it is now, as a worker receives it. */
+  update(): FrontendUpdate {
+    const guard = this.config.guard;
+    if (this.sources === null && (guard.maxConnsPerSource > 0 || guard.connRatePerSource > 0)) {
+      this.sources = allocateSources();
+    }
+    return {
+      config: this.config,
+      poolId: this.pool.id,
+      table: this.pool.shared,
+      counters: this.counters,
+      poolCounters: this.pool.counters,
+      held: this.held,
+      waiting: this.waiting,
+      members: this.pool.workerMembers(),
+      sources: this.sources,
+    };
+  }
+}
