@@ -81,9 +81,12 @@ export function buildProgram(): Command {
       ]);
       const config = await resolveConfig(await loadConfigFile(flags.config));
       for (const warning of config.warnings) process.stderr.write(`fulcrum: warning: ${warning}\n`);
-      const backends = config.frontends.reduce((n, f) => n + f.backends.length, 0);
+      // Each pool's backends once, however many frontends share it.
+      const pools = new Map(config.frontends.map((f) => [f.pool, f.backends.length]));
+      const backends = [...pools.values()].reduce((n, count) => n + count, 0);
+      const shared = pools.size < config.frontends.length ? `, ${pools.size} pools` : '';
       process.stdout.write(
-        `${flags.config}: ok (${config.frontends.length} frontends, ${backends} backends)\n`,
+        `${flags.config}: ok (${config.frontends.length} frontends${shared}, ${backends} backends)\n`,
       );
     });
 

@@ -89,6 +89,8 @@ export class Supervisor {
   frontends: Frontend[] = [];
   /** Frontends a reload removed: kept so process totals never go backwards. */
   private readonly retired: Frontend[] = [];
+  /** Pools a reload dropped that still hold connections: shown until the last one ends. */
+  private leavingPools: Pool[] = [];
   readonly live = new SharedArrayBuffer(4);
   /** What watches the backends from the main thread: health probes, agents, load reports. Each
    *  follows the pools on every change (sync) and ends with stop. */
@@ -166,7 +168,7 @@ export class Supervisor {
     this.view = new StatsView({
       workers: () => this.config.workers,
       frontends: () => this.frontends,
-      pools: () => this.pools,
+      pools: () => [...this.pools, ...this.leavingPools],
       retiredTotals: () => addFrontendFields(this.retired.map((f) => sumSlots(f.counters))),
       collectLatency: () => this.collectLatency(),
       processInfo: () => this.processInfo(),
@@ -710,6 +712,9 @@ export class Supervisor {
       return frontend;
     });
     this.retired.push(...before.values());
+    for (const pool of this.pools) {
+      if (!pools.has(pool.name) && pool.active() > 0) this.leavingPools.push(pool);
+    }
     this.pools = [...pools.values()];
     return { changes, removed: [...before.keys()] };
   }
@@ -843,6 +848,9 @@ export class Supervisor {
       for (const name of pool.sweepLeaving()) {
         this.log.info({ pool: pool.name, backend: name }, 'backend removed');
       }
+    }
+    if (this.leavingPools.length > 0) {
+      this.leavingPools = this.leavingPools.filter((p) => p.active() > 0);
     }
     if (now - this.localErrorsAt >= LOCAL_ERROR_LOG_MS && this.view !== null) {
       const total = this.view.totals()[END_BASE + END.LOCAL_ERROR];

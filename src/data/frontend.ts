@@ -108,6 +108,8 @@ export class Frontend {
   accessLog: Logger | null = null;
   /** Called after every finished connection; the worker uses it to notice it has drained. */
   onIdle: (this: Frontend) => void = () => {};
+  /** Called when a client starts waiting: the worker serves the queues often while any waits. */
+  onQueued: () => void = () => {};
 
   constructor(
     update: FrontendUpdate,
@@ -228,6 +230,7 @@ export class Frontend {
     conn.deadline = deadline(this.config.queueTimeoutMs);
     this.queue.push(conn);
     this.countQueue();
+    this.onQueued();
     return true;
   }
 

@@ -90,6 +90,7 @@ async function update(updates: readonly FrontendUpdate[]): Promise<ListenFailure
     if (frontend === undefined) {
       frontend = new Frontend(next, init.index, limits, init.activated.get(next.config.name) ?? []);
       frontend.onIdle = onIdle;
+      frontend.onQueued = onQueued;
       frontend.accessLog = accessLog;
       frontends.set(next.config.name, frontend);
     } else {
@@ -126,6 +127,38 @@ function groupSiblings(all: readonly Frontend[]): void {
       frontend.before = group.filter((f) => f.config.priority < frontend.config.priority);
     }
   }
+}
+
+/**
+ * While clients wait, the queues are served this often, besides at every finish in this worker:
+ * a slot freed in another worker, or left by a frontend that yields to a waiting one, is taken
+ * within this instead of a whole tick.
+ */
+const QUEUE_POLL_MS = 5;
+let queuePoll: NodeJS.Timeout | null = null;
+
+function onQueued(): void {
+  if (queuePoll !== null) return;
+  queuePoll = setInterval(pollQueues, QUEUE_POLL_MS);
+  queuePoll.unref();
+}
+
+/** Serves every queue; stops polling once none has a client left. */
+function pollQueues(): void {
+  let waiting = false;
+  for (const frontend of frontends.values()) waiting = serveWaiting(frontend) || waiting;
+  for (const frontend of retired) waiting = serveWaiting(frontend) || waiting;
+  if (!waiting && queuePoll !== null) {
+    clearInterval(queuePoll);
+    queuePoll = null;
+  }
+}
+
+/** Serves a frontend's queue if it has one; whether clients still wait in it. */
+function serveWaiting(frontend: Frontend): boolean {
+  if (frontend.queue.size === 0) return false;
+  frontend.serveQueue();
+  return frontend.queue.size > 0;
 }
 
 let ticks = 0;

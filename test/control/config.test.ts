@@ -3,10 +3,11 @@
 // path of the bad key, binding nothing either way.
 
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import {
   BIN,
@@ -167,6 +168,37 @@ frontends:
     const again = await connect(fulcrum.port);
     t.equal(await readLine(again), String(backend.port), 'still served by the pool');
     again.destroy();
+
+    // A class out of range fails the same way.
+    const before = fulcrum.logs.length;
+    writeFileSync(path, good.replace('pool: used', 'pool: used, share: 150'));
+    fulcrum.proc.kill('SIGHUP');
+    const share = await waitForLog(
+      fulcrum,
+      (l) =>
+        l.msg === 'reload failed: the running config stays' && fulcrum.logs.indexOf(l) >= before,
+      10_000,
+      'the second reload to fail',
+    );
+    t.match(share.error, /frontends\[0\]\.share: 150 is out of range \(1\.\.100\)$/);
+    const still = await connect(fulcrum.port);
+    t.equal(await readLine(still), String(backend.port), 'still served by the pool');
+    still.destroy();
+  },
+);
+
+t.test(
+  'fulcrum check passes on examples/classes.yaml (batch and interactive on one pool)',
+  async (t) => {
+    const path = fileURLToPath(new URL('../../examples/classes.yaml', import.meta.url));
+    const result = check(path);
+    t.equal(result.status, 0, result.stderr);
+    t.equal(result.stderr, '', 'no warning');
+    t.match(result.stdout, /classes\.yaml: ok \(2 frontends, 1 pools, 3 backends\)/);
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const text = readFileSync(path, 'utf8');
+    const body = text.slice(text.indexOf('pools:'));
+    t.ok(readme.includes(body), 'the README shows its pools and frontends as they are');
   },
 );
 

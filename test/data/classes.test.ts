@@ -359,10 +359,17 @@ t.test(
     const c4 = client(bulk);
     t.equal(await c4.greeted, String(b.port), "batch's new clients go to p2");
     pools = Object.fromEntries((await poolsOf(stats)).map((p) => [p.name, p]));
-    t.same(Object.keys(pools), ['p2']);
+    t.same(Object.keys(pools), ['p2', 'p1'], 'p1 is shown while it holds connections');
+    t.same(pools.p1.frontends, [], 'by no frontend');
+    t.equal(pools.p1.backends[0].active, 3, "batch's three connections on it");
     t.same(pools.p2.backends[0].held, { web: 1, batch: 1 });
     for (const c of [c2, c3, c4, ...more]) c.close();
     await settled(stats, fulcrum);
+    await eventually(
+      async () => (await poolsOf(stats)).length === 1,
+      5000,
+      'p1 to leave show stat after its last connection',
+    );
     await waitFor(() => a.open.size === 0, 5000, 'every connection to the dropped pool to end');
   },
 );
