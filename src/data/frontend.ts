@@ -65,7 +65,7 @@ export class Frontend {
   readonly poolSlot: Float64Array;
   /** Its clients waiting in every worker (Atomics): siblings read it to leave it a slot. */
   readonly waiting: Int32Array;
-  /** What this worker last added to `waiting`: its own queue's length. */
+  /** What this object last added to `waiting` and to the gauge: its own queue's length. */
   private waitingHere = 0;
   /** Live connections of this object (the counters' LIVE is the frontend's, which a frontend
    *  moved to another pool shares with the object it replaced). */
@@ -240,14 +240,14 @@ export class Frontend {
     this.countQueue();
   }
 
-  /** The queue's length into the gauge and the shared waiting count. */
+  /** The queue's length into the gauge and the shared waiting count, as a change: an object a
+   *  move to another pool retired shares the gauge with the one that replaced it. */
   private countQueue(): void {
-    const size = this.queue.size;
-    this.slot[QUEUED_GAUGE] = size;
-    if (size !== this.waitingHere) {
-      Atomics.add(this.waiting, 0, size - this.waitingHere);
-      this.waitingHere = size;
-    }
+    const change = this.queue.size - this.waitingHere;
+    if (change === 0) return;
+    this.slot[QUEUED_GAUGE] += change;
+    Atomics.add(this.waiting, 0, change);
+    this.waitingHere = this.queue.size;
   }
 
   /** Connects queued clients, oldest first, while a backend has room and no sibling served

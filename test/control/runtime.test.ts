@@ -279,16 +279,13 @@ t.test('bad commands change nothing and answer one error line', async (t) => {
       /^error: add backend: cannot resolve no-such-host\.invalid/,
     ],
     [`add backend default ${b.address},turbo`, /^error: add backend: .*unknown option "turbo"/],
-    ['add backend default', /^error: usage: add backend FRONTEND/],
+    ['add backend default', /^error: usage: add backend POOL/],
     [
       `del backend default/${b.address}`,
       new RegExp(`^error: no backend "${b.address}" in pool "default"`),
     ],
     [`del backend nosuch/${a.address}`, /^error: no pool "nosuch"$/],
-    [
-      `del backend default/${a.address} later`,
-      /^error: usage: del backend FRONTEND\/BACKEND \[now\]$/,
-    ],
+    [`del backend default/${a.address} later`, /^error: usage: del backend POOL\/BACKEND \[now\]$/],
     [`set weight default/${a.address} 300`, /^error: weight "300" is out of range \(0\.\.256\)$/],
   ];
   for (const [command, expected] of cases) {

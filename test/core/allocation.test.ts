@@ -1,4 +1,5 @@
-// A million picks trigger no garbage collection: the pick path allocates nothing.
+// A million picks trigger no garbage collection: the pick path (pick, take a place within a share,
+// release, a sibling's room) allocates nothing.
 // Runs the picks in a child Node with --expose-gc so the heap starts clean and nothing else in
 // the process allocates meanwhile.
 
