@@ -4,7 +4,7 @@
 // priority number, whichever frontend and worker it waits in. Real backends that greet and hold
 // each client; every scenario ends with live, queued and per-frontend counts at zero.
 
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -371,5 +371,67 @@ t.test(
       'p1 to leave show stat after its last connection',
     );
     await waitFor(() => a.open.size === 0, 5000, 'every connection to the dropped pool to end');
+  },
+);
+
+t.test(
+  'admin commands name a shared pool (POOL/BACKEND), and the state file keeps its changes by pool',
+  async (t) => {
+    const { backends } = await holders(t, 2);
+    const stats = socketPath();
+    const stateFile = join(dir, 'admin-state.json');
+    const path = join(dir, 'admin.json');
+    writeFileSync(
+      path,
+      JSON.stringify({
+        workers: 1,
+        statsSocket: stats,
+        stateFile,
+        pools: [
+          {
+            name: 'replicas',
+            health: false,
+            backends: backends.map((b, i) => `${b.address},name=r${i}`),
+          },
+        ],
+        frontends: [
+          { name: 'chat', listen: ['127.0.0.1:0'], pool: 'replicas' },
+          { name: 'bulk', listen: ['127.0.0.1:0'], pool: 'replicas', priority: 5 },
+        ],
+      }),
+    );
+    let fulcrum = await startFulcrum(['--config', path]);
+    t.teardown(() => fulcrum.stop());
+    t.equal(
+      await query(stats, 'disable chat/r0'),
+      'error: frontend chat uses pool replicas: name the pool',
+    );
+    t.equal(await query(stats, 'disable replicas/r0'), 'replicas/r0 disabled');
+    for (const frontend of ['chat', 'bulk']) {
+      const c = client(fulcrum.ports[frontend][0]);
+      t.equal(
+        await c.greeted,
+        String(backends[1].port),
+        `${frontend}: the disabled backend is skipped`,
+      );
+      c.close();
+    }
+    const saved = JSON.parse(readFileSync(stateFile, 'utf8'));
+    t.equal(saved.version, 3);
+    t.same(Object.keys(saved.pools), ['replicas'], 'kept by pool');
+    t.same(saved.pools.replicas.admin, { r0: 'disabled' });
+    await settled(stats);
+
+    // After a restart, the pool's backend is still disabled, for both frontends.
+    await fulcrum.stop();
+    fulcrum = await startFulcrum(['--config', path]);
+    const stat = await showStat(stats);
+    t.same(
+      stat.map((f) => [f.name, f.backends.map((b) => b.state)]),
+      [
+        ['chat', ['disabled', 'up']],
+        ['bulk', ['disabled', 'up']],
+      ],
+    );
   },
 );
