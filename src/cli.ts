@@ -104,6 +104,27 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('ready')
+    .description(
+      "whether fulcrum should get traffic (for keepalived's vrrp_script): exit 0 ready, 1 not ready (and why), 2 when it cannot be asked",
+    )
+    .requiredOption('-s, --socket <path>', 'the stats socket')
+    .action(async (flags: { socket: string }) => {
+      const answer = await query(flags.socket, 'show info json');
+      let ready: unknown;
+      try {
+        ready = (JSON.parse(answer) as { ready?: unknown }).ready;
+      } catch {
+        throw new ClientError(flags.socket, `not an answer to show info: ${answer.slice(0, 80)}`);
+      }
+      if (typeof ready !== 'string') {
+        throw new ClientError(flags.socket, 'show info does not say whether it is ready');
+      }
+      process.stdout.write(ready === 'yes' ? 'ready\n' : `not ready: ${ready.slice(4)}\n`);
+      if (ready !== 'yes') process.exitCode = 1;
+    });
+
+  program
     .command('ctl')
     .description(
       'send one command to the stats socket and print the answer (exit 1 on an error answer)',

@@ -50,6 +50,8 @@ export interface FrontendConfig {
   /** The pool its clients go to: one of the file's `pools:`, or its own, named after it (its
    *  backend-side settings below are that pool's either way). */
   readonly pool: string;
+  /** Backends of its pool that must be up for fulcrum to call itself ready; 0: none. */
+  readonly readyMinUp: number;
   /** Its clients' class on the pool: a lower number is served first from the pool's queue. */
   readonly priority: number;
   /** The percent of each backend's maxconn its clients may hold (100: all of it). */
@@ -176,6 +178,8 @@ export interface Config {
   /** 0 means no limit. */
   readonly maxConnections: number;
   readonly drainTimeoutMs: number;
+  /** On SIGTERM/SIGINT: not ready at once, still accepting for this long, then the drain. */
+  readonly graceMs: number;
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
   /** One log line per finished connection, written by the workers. */

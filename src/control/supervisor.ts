@@ -11,7 +11,8 @@
 // socket; once it is ready this process frees the metrics port, the successor takes it and the
 // stats socket path, and this process drains as on SIGTERM (without telling systemd it stops).
 //
-// How fulcrum stops (the stop path's invariant): SIGTERM/SIGINT closes the listeners and asks
+// How fulcrum stops (the stop path's invariant): SIGTERM/SIGINT makes fulcrum not ready at once;
+// after --grace (0 by default), during which it still accepts, it closes the listeners and asks
 // every worker to drain; the process exits 0 as soon as every worker says it holds no live
 // connection (at once when nothing is live), and in any case at the drain timeout, when what is
 // left is cut and the exit follows 200 ms later; a second signal exits 1 at once. Nothing on
@@ -104,6 +105,12 @@ export class Supervisor {
   private view: StatsView | null = null;
   private sweeper: NodeJS.Timeout | null = null;
   private stopping = false;
+  /** SIGTERM/SIGINT came with a grace period: not ready, still accepting until it ends. */
+  private graceTimer: NodeJS.Timeout | null = null;
+  /** Listen addresses the last change could not open (not ready while any is missing). */
+  private unbound: string[] = [];
+  /** A worker thread died (the process is on its way out: not ready meanwhile). */
+  private workerLost = false;
   /** Frontends whose discovered backends would not fit: logged once until they fit again. */
   private readonly overfull = new Set<string>();
   private started = false;
@@ -172,6 +179,7 @@ export class Supervisor {
       retiredTotals: () => addFrontendFields(this.retired.map((f) => sumSlots(f.counters))),
       collectLatency: () => this.collectLatency(),
       processInfo: () => this.processInfo(),
+      readiness: () => this.readiness(),
     });
     // The stats socket first: if it cannot open, nothing has been bound or started yet. A
     // successor opens them when the process it replaces hands them over.
@@ -330,7 +338,7 @@ export class Supervisor {
       this.log.warn({ source }, 'upgrade already in progress: ignored');
       return { ok: false, message: 'an upgrade is already in progress' };
     }
-    if (!this.started || this.stopping) {
+    if (!this.started || this.stopping || this.graceTimer !== null) {
       return { ok: false, message: 'not serving: nothing to upgrade' };
     }
     this.upgradeBusy = true;
@@ -535,6 +543,7 @@ export class Supervisor {
 
   /** After start: a worker that dies is logged, and the process stops (systemd restarts it). */
   private onWorkerDied(code: number | null, err: Error | null): void {
+    this.workerLost = true;
     if (err !== null) {
       this.log.fatal({ err }, 'worker thread failed');
       return;
@@ -575,7 +584,7 @@ export class Supervisor {
    * that does not load, or a new listener that cannot open, changes nothing.
    */
   reload(source: string): Promise<Outcome> {
-    if (this.stopping) {
+    if (this.stopping || this.graceTimer !== null) {
       this.log.warn({ source }, 'reload ignored: stopping');
       return Promise.resolve({ ok: false, message: 'stopping' });
     }
@@ -666,6 +675,7 @@ export class Supervisor {
         'reload: a new listener could not open',
       );
     }
+    this.unbound = [...seen];
     this.log.info(
       { source, removedFrontends: removed, pools: Object.fromEntries(changes) },
       'reloaded',
@@ -882,17 +892,55 @@ export class Supervisor {
       this.reserve = null;
       return;
     }
-    if (this.stopping) {
+    if (this.stopping || this.graceTimer !== null) {
       this.log.warn({ signal }, 'second signal: exiting now');
       this.stats?.close();
       process.exit(1);
     }
     void notify(this.log, 'STOPPING=1');
-    this.drain({ signal });
+    const graceMs = this.config.graceMs;
+    if (graceMs <= 0) {
+      this.drain({ signal });
+      return;
+    }
+    // Not ready from now on, so keepalived or a router moves traffic away while this process
+    // still takes what comes; then the drain, as without a grace period.
+    this.log.info({ signal, graceMs }, 'stopping: not ready; accepting during the grace period');
+    this.graceTimer = setTimeout(() => this.drain({ signal }), graceMs);
+  }
+
+  /**
+   * Whether a router, keepalived or a cloud health check should send this process traffic, and
+   * if not, why (one line): it serves (started, not stopping, every worker alive, every listener
+   * open) and every frontend has at least its readyMinUp backends up.
+   */
+  readiness(): { ready: boolean; reason: string } {
+    const no = (reason: string) => ({ ready: false, reason });
+    if (!this.started) return no('starting');
+    if (this.stopping || this.graceTimer !== null) return no('stopping');
+    if (this.workerLost) return no('a worker thread died');
+    if (this.unbound.length > 0) return no(`not listening on ${this.unbound.join(', ')}`);
+    for (const frontend of this.frontends) {
+      const needed = frontend.config.readyMinUp;
+      if (needed === 0) continue;
+      const pool = frontend.pool;
+      const members = pool.members().filter((m) => !m.leaving);
+      const up = members.filter(
+        (m) => !m.joining && StatsView.state(pool.table, m.index) === 'up',
+      ).length;
+      if (up < needed) {
+        return no(
+          `frontend ${frontend.name}: ${up} of ${members.length} backends up (needs ${needed})`,
+        );
+      }
+    }
+    return { ready: true, reason: 'ready' };
   }
 
   /** Stops accepting and lets live connections finish, up to the drain timeout. */
   private drain(cause: { signal: string } | { reason: string }): void {
+    if (this.graceTimer !== null) clearTimeout(this.graceTimer);
+    this.graceTimer = null;
     this.stopping = true;
     for (const watcher of this.watchers) watcher.stop();
     this.log.info({ ...cause, drainTimeoutMs: this.config.drainTimeoutMs }, 'stopping: draining');

@@ -187,8 +187,19 @@ export class MetricsServer {
     this.busy.add(socket);
     res.once('close', () => this.busy.delete(socket));
     const path = (req.url ?? '').split('?')[0];
+    if (path === '/ready' || path === '/live') {
+      // For routers, keepalived and cloud health checks: one line, the status says it all.
+      const { ready, reason } =
+        path === '/ready' ? this.view.readiness() : { ready: true, reason: 'live' };
+      res
+        .writeHead(ready ? 200 : 503, { 'content-type': 'text/plain', 'cache-control': 'no-store' })
+        .end(req.method === 'HEAD' ? undefined : `${ready ? reason : `not ready: ${reason}`}\n`);
+      return;
+    }
     if (path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try /metrics\n');
+      res
+        .writeHead(404, { 'content-type': 'text/plain' })
+        .end('not found: try /metrics, /ready or /live\n');
       return;
     }
     if (req.method !== 'GET' && req.method !== 'HEAD') {

@@ -123,6 +123,14 @@ export interface ViewSource {
   collectLatency(): Promise<LatencyAnswer[]>;
   /** Which process answers and what upgrade it is in: added to `show info`. */
   processInfo?(): Record<string, string | number>;
+  /** Whether traffic should come here, and if not, why (see Supervisor.readiness). */
+  readiness?(): Readiness;
+}
+
+export interface Readiness {
+  ready: boolean;
+  /** `ready`, or why not, in one line. */
+  reason: string;
 }
 
 /** How many one-second samples the connection rate averages over. */
@@ -318,8 +326,14 @@ export class StatsView {
     });
   }
 
+  /** Ready unless the control plane says otherwise (a view without one: tests). */
+  readiness(): Readiness {
+    return this.source.readiness?.() ?? { ready: true, reason: 'ready' };
+  }
+
   info(version: string): Record<string, string | number> {
     const sums = this.totals();
+    const readiness = this.readiness();
     const first = this.samples[0] ?? sums[ACCEPTED];
     const span = Math.max(1, this.samples.length - 1);
     const info: Record<string, string | number> = {
@@ -327,6 +341,7 @@ export class StatsView {
       pid: process.pid,
       uptime_seconds: Math.floor((Date.now() - this.startedAt) / 1000),
       workers: this.source.workers(),
+      ready: readiness.ready ? 'yes' : `no: ${readiness.reason}`,
       connections_now: sums[LIVE],
       connections_total: sums[ACCEPTED],
       connection_rate: Math.round(((sums[ACCEPTED] - first) / span) * 10) / 10,

@@ -17,6 +17,8 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   name: { text: 'web', value: 'web' },
   pool: { text: 'replicas', value: 'replicas' },
   priority: { text: '-5', value: -5 },
+  readyMinUp: { text: '2', value: 2 },
+  grace: { text: '3s', value: 3000 },
   share: { text: '30', value: 30 },
   listen: {
     text: '127.0.0.1:7001,accept-proxy',
