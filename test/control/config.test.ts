@@ -202,6 +202,17 @@ t.test(
   },
 );
 
+t.test(
+  'fulcrum check passes on examples/ha/fulcrum.yaml (two balancers, one address)',
+  async (t) => {
+    const path = fileURLToPath(new URL('../../examples/ha/fulcrum.yaml', import.meta.url));
+    const result = check(path);
+    t.equal(result.status, 0, result.stderr);
+    t.equal(result.stderr, '', 'no warning');
+    t.match(result.stdout, /fulcrum\.yaml: ok \(1 frontends, 3 backends\)/);
+  },
+);
+
 t.test('fulcrum check: a broken file exits 2 naming the bad key', async (t) => {
   const path = write(
     'broken.yaml',
