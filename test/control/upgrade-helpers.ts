@@ -2,6 +2,7 @@
 // is alive, `show info`, and a teardown that stops whichever process serves at the end.
 
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import type { Test } from 'tap';
 import { query } from '../../src/stats/client.ts';
@@ -49,10 +50,18 @@ export function shortConnections(port: number): {
 }
 
 /** Whether process `pid` exists. */
+/** Whether process `pid` runs: a zombie (exited, not yet reaped by an init that reaps slowly,
+ *  as a process whose parent has exited is) has exited. */
 export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
+  } catch {
+    return false;
+  }
+  try {
+    // The state is the field after the command name, which is in parentheses.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
   } catch {
     return false;
   }
