@@ -110,18 +110,8 @@ export function buildProgram(): Command {
     )
     .requiredOption('-s, --socket <path>', 'the stats socket')
     .action(async (flags: { socket: string }) => {
-      const answer = await query(flags.socket, 'show info json');
-      let ready: unknown;
-      try {
-        ready = (JSON.parse(answer) as { ready?: unknown }).ready;
-      } catch {
-        throw new ClientError(flags.socket, `not an answer to show info: ${answer.slice(0, 80)}`);
-      }
-      if (typeof ready !== 'string') {
-        throw new ClientError(flags.socket, 'show info does not say whether it is ready');
-      }
-      process.stdout.write(ready === 'yes' ? 'ready\n' : `not ready: ${ready.slice(4)}\n`);
-      if (ready !== 'yes') process.exitCode = 1;
+      const { runReady } = await import('./ready.ts');
+      await runReady(['--socket', flags.socket]);
     });
 
   program
