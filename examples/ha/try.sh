@@ -113,7 +113,12 @@ CONF
   disown
 }
 
-for host in lb1 lb2; do inside "$host" sysctl -q -w net.ipv4.ip_nonlocal_bind=1; done
+# The address is local on both balancers (on lo), so each can listen on it and the one giving it
+# up still answers on it while it moves; only the holder (keepalived puts it on eth0) answers ARP.
+for host in lb1 lb2; do
+  inside "$host" ip addr add "$vip/32" dev lo
+  inside "$host" sysctl -q -w net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+done
 start_fulcrum lb1
 start_fulcrum lb2
 start_keepalived lb1 "$net.2" "$net.3" 254 MASTER

@@ -48,19 +48,21 @@ async function holders(t: Test, count: number) {
   return { backends, arrivals };
 }
 
-/** fulcrum with a pool of `backends` and the given frontends on it, two workers. */
+/** fulcrum with a pool of `backends` and the given frontends on it (two workers unless told:
+ *  a worker thread costs a quarter of a CPU-second to start). */
 async function startPool(
   t: Test,
   name: string,
   pool: Record<string, unknown>,
   frontends: Array<Record<string, unknown>>,
+  workers = 2,
 ) {
   const stats = socketPath();
   const path = join(dir, `${name}.json`);
   writeFileSync(
     path,
     JSON.stringify({
-      workers: 2,
+      workers,
       statsSocket: stats,
       pools: [{ name: 'replicas', ...pool }],
       frontends: frontends.map((f) => ({ listen: ['127.0.0.1:0'], pool: 'replicas', ...f })),
@@ -117,6 +119,7 @@ t.test(
         backends: backends.map((b) => b.address),
       },
       [{ name: 'a' }, { name: 'b' }],
+      1,
     );
     // Probes only, for a while: each backend is asked once per interval, not once per frontend.
     const from = performance.now();
@@ -284,7 +287,7 @@ t.test(
       writeFileSync(
         path,
         JSON.stringify({
-          workers: 2,
+          workers: 1,
           statsSocket: stats,
           pools,
           frontends: frontends.map((f) => ({ listen: ['127.0.0.1:0'], ...f })),
