@@ -56,6 +56,7 @@ async function startPool(
   pool: Record<string, unknown>,
   frontends: Array<Record<string, unknown>>,
   workers = 2,
+  extra: Record<string, unknown> = {},
 ) {
   const stats = socketPath();
   const path = join(dir, `${name}.json`);
@@ -64,6 +65,7 @@ async function startPool(
     JSON.stringify({
       workers,
       statsSocket: stats,
+      ...extra,
       pools: [{ name: 'replicas', ...pool }],
       frontends: frontends.map((f) => ({ listen: ['127.0.0.1:0'], pool: 'replicas', ...f })),
     }),
@@ -71,7 +73,8 @@ async function startPool(
   const fulcrum = await startFulcrum(['--config', path]);
   t.teardown(() => fulcrum.stop());
   const port = (frontend: string) => fulcrum.ports[frontend][0];
-  return { fulcrum, stats, port };
+  const metrics = () => fulcrum.logs.find((l) => l.msg === 'metrics')?.url as string | undefined;
+  return { fulcrum, stats, port, metrics };
 }
 
 /** A client that connects and waits for its greeting; `greeted` resolves with the backend's
@@ -225,7 +228,7 @@ t.test(
   'a freed slot goes to a waiting interactive client before any batch client that waited longer',
   async (t) => {
     const { backends } = await holders(t, 3);
-    const { stats, port } = await startPool(
+    const { stats, port, metrics } = await startPool(
       t,
       'priority',
       { health: false, backends: backends.map((b) => `${b.address},maxconn=10`) },
@@ -233,6 +236,8 @@ t.test(
         { name: 'interactive', queueTimeout: '20s' },
         { name: 'batch', share: 30, priority: 10, queueTimeout: '20s' },
       ],
+      2,
+      { metrics: '127.0.0.1:0' },
     );
     // Interactive fills every slot.
     const holding: Client[] = [];
@@ -244,6 +249,27 @@ t.test(
     const batch: Client[] = [];
     for (let i = 0; i < 4; i++) batch.push(client(port('batch')));
     await eventually(async () => (await queued(stats, 'batch')) === 4, 5000, '4 batch waiting');
+    // Who holds what and who waits, as show stat json and /metrics say it.
+    const [pool] = await poolsOf(stats);
+    t.same(pool.waiting, { '0': 0, '10': 4 }, 'waiting by priority');
+    t.same(
+      pool.backends.map((b) => b.held.interactive + b.held.batch),
+      [10, 10, 10],
+      'every slot held by interactive',
+    );
+    const page = await (await fetch(`${metrics()}`)).text();
+    t.match(page, /^fulcrum_pool_queued\{pool="replicas",priority="10"\} 4$/m);
+    t.match(page, /^fulcrum_pool_queued\{pool="replicas",priority="0"\} 0$/m);
+    const held = [
+      ...page.matchAll(
+        /^fulcrum_backend_frontend_connections_current\{pool="replicas",backend="[^"]+",frontend="interactive"\} (\d+)$/gm,
+      ),
+    ];
+    t.same(
+      held.map((m) => Number(m[1])),
+      [10, 10, 10],
+      "each backend's interactive count on /metrics",
+    );
     const waiting: Client[] = [];
     for (let i = 0; i < 10; i++) {
       waiting.push(client(port('interactive')));
@@ -419,6 +445,12 @@ t.test(
       );
       c.close();
     }
+    // The table names the pool's backends as admin commands do, under each frontend.
+    const table = await query(stats, 'show stat');
+    t.match(table, /^NAME\s+STATE\s+WEIGHT\s+ACTIVE\s+HELD\s+QUEUED/);
+    t.match(table, /^chat \(127\.0\.0\.1:\d+, pool replicas, least-conn\)/m);
+    t.match(table, /^bulk \(127\.0\.0\.1:\d+, pool replicas, priority 5, least-conn\)/m);
+    t.equal(table.match(/^ {2}replicas\/r0\s+disabled/gm)?.length, 2, 'r0 under both frontends');
     const saved = JSON.parse(readFileSync(stateFile, 'utf8'));
     t.equal(saved.version, 3);
     t.same(Object.keys(saved.pools), ['replicas'], 'kept by pool');
