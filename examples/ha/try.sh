@@ -123,7 +123,8 @@ start_fulcrum lb1
 start_fulcrum lb2
 start_keepalived lb1 "$net.2" "$net.3" 254 MASTER
 start_keepalived lb2 "$net.3" "$net.2" 250 BACKUP
-holds() { inside "$1" ip addr show eth0 | grep -q "$vip/24"; }
+# grep reads the whole output (with -q it could stop early, and pipefail would see ip's SIGPIPE).
+holds() { inside "$1" ip addr show eth0 | grep "$vip/24" >/dev/null; }
 for _ in $(seq 150); do holds lb1 && break; sleep 0.1; done
 holds lb1 || { echo "try.sh: lb1 never took $vip" >&2; exit 1; }
 echo "lb1 holds $vip; a client connects through it every 20 ms"
