@@ -19,9 +19,9 @@ export class Frontend {
   readonly counters: SharedCounters;
   pool: Pool;
   /** Its live connections on each backend slot of `pool` (Int32, Atomics), every worker's. */
-  held: SharedArrayBuffer;
+  private held: Int32Array<SharedArrayBuffer>;
   /** Its clients waiting for a slot of `pool`, every worker's (one Int32, Atomics). */
-  waiting: SharedArrayBuffer;
+  private waiting: Int32Array<SharedArrayBuffer>;
   /** Shared per-source counts, allocated the first time the frontend needs them. */
   private sources: SharedArrayBuffer | null = null;
 
@@ -29,8 +29,8 @@ export class Frontend {
     this.config = config;
     this.pool = pool;
     this.counters = allocateCounters(workers, 0);
-    this.held = new SharedArrayBuffer(TABLE_SLOTS * 4);
-    this.waiting = new SharedArrayBuffer(4);
+    this.held = newCounts(TABLE_SLOTS);
+    this.waiting = newCounts(1);
   }
 
   get name(): string {
@@ -42,18 +42,18 @@ export class Frontend {
     this.config = config;
     if (pool === this.pool) return;
     this.pool = pool;
-    this.held = new SharedArrayBuffer(TABLE_SLOTS * 4);
-    this.waiting = new SharedArrayBuffer(4);
+    this.held = newCounts(TABLE_SLOTS);
+    this.waiting = newCounts(1);
   }
 
   /** Its live connections on backend slot `index` of its pool. */
   heldOn(index: number): number {
-    return Atomics.load(new Int32Array(this.held), index);
+    return Atomics.load(this.held, index);
   }
 
   /** Its clients waiting now, over every worker. */
   queued(): number {
-    return Atomics.load(new Int32Array(this.waiting), 0);
+    return Atomics.load(this.waiting, 0);
   }
 
   /** This frontend, with its pool as it is now, as a worker receives it. */
@@ -68,10 +68,15 @@ export class Frontend {
       table: this.pool.shared,
       counters: this.counters,
       poolCounters: this.pool.counters,
-      held: this.held,
-      waiting: this.waiting,
+      held: this.held.buffer,
+      waiting: this.waiting.buffer,
       members: this.pool.workerMembers(),
       sources: this.sources,
     };
   }
+}
+
+/** `n` shared counts, zero. */
+function newCounts(n: number): Int32Array<SharedArrayBuffer> {
+  return new Int32Array(new SharedArrayBuffer(n * 4));
 }
