@@ -107,7 +107,7 @@ export interface ConnectionFrontend {
   /** Whether a frontend of its pool served first waits for the room there is. */
   yields(): boolean;
   /** Frontends of its pool served before it (empty: it yields to none). */
-  readonly before: readonly unknown[];
+  readonly before: readonly ConnectionFrontend[];
   /** Leaves the queue (the client closed while waiting). */
   unqueue(conn: Connection): void;
   /** Returns whether to read on (for the ClientHello). */

@@ -210,7 +210,7 @@ export class Frontend {
   /**
    * True when a sibling with a lower priority number has clients waiting (in any worker) and a
    * backend with room for them: the slot is theirs, so this frontend does not take it. Their
-   * worker takes it at once, or at its next tick.
+   * worker takes it at once, or at its next queue poll (5 ms, data/worker.ts).
    */
   yields(): boolean {
     const before = this.before;
