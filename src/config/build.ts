@@ -86,7 +86,16 @@ export const MAX_SOURCES = 256;
 /** One frontend from its settings and its pool's (its own, or a named one's: `pool` says). */
 export function buildFrontend(inputs: Inputs): FrontendConfig {
   const built = { ...buildScope('frontend', inputs), ...buildPool(inputs) };
-  const frontend = { ...built, pool: built.pool ?? built.name } as unknown as FrontendConfig;
+  const protocol = protocolOf(built.listen as FrontendConfig['listen'], inputs);
+  const pool = built.pool ?? built.name;
+  const health = built.health as FrontendConfig['health'];
+  const frontend = {
+    ...built,
+    pool,
+    protocol,
+    health: { ...health, udp: protocol === 'udp' && udpProbe(health) },
+  } as unknown as FrontendConfig;
+  checkProtocol(frontend, inputs);
   if (frontend.sources.length > MAX_SOURCES) {
     throw new ConfigError(
       keyWhere(inputs, 'sources', 'sources'),
@@ -94,6 +103,81 @@ export function buildFrontend(inputs: Inputs): FrontendConfig {
     );
   }
   return frontend;
+}
+
+/** What a frontend's listen addresses speak: all `,udp` or none. */
+function protocolOf(listen: FrontendConfig['listen'], inputs: Inputs): FrontendConfig['protocol'] {
+  const udp = listen.filter((e) => e.udp).length;
+  if (udp > 0 && udp < listen.length) {
+    const l = listen.findIndex((e) => e.udp !== listen[0].udp);
+    throw new ConfigError(
+      listenWhere(inputs, l),
+      `${listen[l].text} is ${listen[l].udp ? 'UDP' : 'TCP'} and ${listen[0].text} is not: one frontend listens on TCP or on UDP, never both (make two frontends; they may share the pool)`,
+    );
+  }
+  return udp > 0 ? 'udp' : 'tcp';
+}
+
+/** Whether a UDP pool's probe is a datagram: unless it is HTTP, gRPC, or a plain TCP connect to
+ *  a health port (a service's TCP side). */
+function udpProbe(health: FrontendConfig['health']): boolean {
+  if (health.http !== null || health.grpc !== null) return false;
+  return !(health.port !== null && health.expect === null);
+}
+
+/** Settings that mean something for TCP only, refused on a UDP frontend (by key). */
+const TCP_ONLY = [
+  'serverNames',
+  'sources',
+  'sendProxy',
+  'proxyTimeout',
+  'inspectTimeout',
+  'acceptProxyFrom',
+  'idleTimeout',
+  'queueTimeout',
+  'connectTimeout',
+  'retries',
+  'maxConnsPerSource',
+  'connRatePerSource',
+];
+
+/** Settings that mean something for UDP only, refused on a TCP frontend. */
+const UDP_ONLY = [
+  'udpIdleTimeout',
+  'udpResponses',
+  'udpRequests',
+  'udpMaxSessions',
+  'udpMaxDatagram',
+];
+
+/** A UDP frontend takes none of TCP's settings, nor a TCP frontend UDP's: one line names it. */
+function checkProtocol(frontend: FrontendConfig, inputs: Inputs): void {
+  const udp = frontend.protocol === 'udp';
+  for (const key of udp ? TCP_ONLY : UDP_ONLY) {
+    const input = inputs.get(key);
+    if (input === undefined) continue;
+    throw new ConfigError(
+      input.where,
+      udp
+        ? `is for TCP; ${frontend.name} is a UDP frontend (its listen addresses end in ,udp)`
+        : `is for UDP; ${frontend.name} is a TCP frontend (a UDP one lists HOST:PORT,udp)`,
+    );
+  }
+  if (!udp) return;
+  if (frontend.hashKey === 'sni') {
+    throw new ConfigError(
+      keyWhere(inputs, 'hashKey', '--hash-key'),
+      `sni is for TLS over TCP; ${frontend.name} is a UDP frontend (hash source-ip or source-ip-port)`,
+    );
+  }
+  const proxied = frontend.backends.findIndex((b) => b.sendProxy > 0);
+  if (proxied >= 0) {
+    const backends = inputs.get('backends');
+    throw new ConfigError(
+      backends === undefined ? '--backend' : itemWhere(backends, proxied),
+      `send-proxy is for TCP; ${frontend.name} is a UDP frontend`,
+    );
+  }
 }
 
 /** A pool's settings, checked: its backends (at least one, at most MAX_BACKENDS, each name once)
@@ -263,6 +347,17 @@ export function buildConfig(
     names.add(frontend.name);
   });
   checkListeners(built, frontends);
+  const poolProtocol = new Map<string, FrontendConfig>();
+  built.forEach((frontend, i) => {
+    const first = poolProtocol.get(frontend.pool);
+    if (first === undefined) poolProtocol.set(frontend.pool, frontend);
+    else if (first.protocol !== frontend.protocol) {
+      throw new ConfigError(
+        whereIn(frontends[i], 'pool', 'pool'),
+        `pool ${frontend.pool} serves ${first.name} over ${first.protocol.toUpperCase()}; ${frontend.name} is ${frontend.protocol.toUpperCase()}: a pool's backends speak one protocol`,
+      );
+    }
+  });
   built.forEach((frontend, i) => {
     if (frontend.share < 100 && frontend.backends.every((b) => b.maxconn === 0)) {
       warnings.push(
@@ -303,12 +398,19 @@ function checkListeners(built: readonly FrontendConfig[], inputs: readonly Input
       seen.add(name);
     });
     frontend.listen.forEach((endpoint, l) => {
+      const kind = endpoint.udp ? 'udp' : 'tcp';
       const key =
-        endpoint.port === 0 ? `${i} ${endpoint.text}` : `${endpoint.host}:${endpoint.port}`;
+        endpoint.port === 0 ? `${i} ${endpoint.text}` : `${kind} ${endpoint.host}:${endpoint.port}`;
       const sharing = owners.get(key) ?? [];
       const where = listenWhere(inputs[i], l);
       if (sharing.includes(i)) {
         throw new ConfigError(where, `${endpoint.text} is already a listener of ${frontend.name}`);
+      }
+      if (endpoint.udp && sharing.length > 0) {
+        throw new ConfigError(
+          where,
+          `${endpoint.text} is already a UDP listener of ${built[sharing[0]].name}; UDP frontends cannot share an address (a datagram carries no server name to tell them apart)`,
+        );
       }
       for (const j of sharing) checkShared(built, inputs, j, i, endpoint.text, where);
       sharing.push(i);

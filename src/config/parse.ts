@@ -115,17 +115,25 @@ export function parseProxyVersion(text: string, where: string): ProxyVersion {
   return version as ProxyVersion;
 }
 
-/** `HOST:PORT[,accept-proxy]`: a listen address. Port 0 picks a free port. */
+/** `HOST:PORT[,accept-proxy|,udp]`: a listen address. Port 0 picks a free port. */
 export function parseListen(text: string, where: string): ListenEndpoint {
   const [address, ...options] = text.split(',');
   const endpoint = parseEndpoint(address, where, true);
   let acceptProxy = false;
+  let udp = false;
   for (const option of options) {
     if (option.trim() === 'accept-proxy') acceptProxy = true;
+    else if (option.trim() === 'udp') udp = true;
     else
-      throw new ConfigError(where, `"${text}": unknown option "${option}" (expected accept-proxy)`);
+      throw new ConfigError(
+        where,
+        `"${text}": unknown option "${option}" (expected accept-proxy or udp)`,
+      );
   }
-  return { ...endpoint, acceptProxy };
+  if (acceptProxy && udp) {
+    throw new ConfigError(where, `"${text}": accept-proxy is for TCP; a UDP listener takes none`);
+  }
+  return { ...endpoint, acceptProxy, udp };
 }
 
 /** `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128). Throws on anything else. */

@@ -37,9 +37,28 @@ export interface BackendConfig extends Endpoint {
   readonly agentPort: number | null;
 }
 
-/** A listen address; `acceptProxy`: clients arrive behind a balancer that sends a PROXY header. */
+/** A listen address; `acceptProxy`: clients arrive behind a balancer that sends a PROXY header;
+ *  `udp`: a datagram socket (written `HOST:PORT,udp`), not a TCP listener. */
 export interface ListenEndpoint extends Endpoint {
   readonly acceptProxy: boolean;
+  readonly udp: boolean;
+}
+
+/** What a frontend's listeners speak: every listen address of one frontend is of one kind. */
+export type Protocol = 'tcp' | 'udp';
+
+/** How a UDP frontend keeps its sessions (a session: one client address:port, one backend). */
+export interface UdpConfig {
+  /** A session with no datagram either way for this long ends. */
+  readonly idleTimeoutMs: number;
+  /** Replies expected for each client datagram; once all are in, the session ends. 0: no limit. */
+  readonly responses: number;
+  /** Datagrams a session carries from its client; the next one starts a new session. 0: no limit. */
+  readonly requests: number;
+  /** Sessions of this frontend at once, every worker's; 0: only the process's limit. */
+  readonly maxSessions: number;
+  /** Larger client datagrams are dropped, never truncated. */
+  readonly maxDatagram: number;
 }
 
 export const HASH_KEYS = ['source-ip', 'source-ip-port', 'sni'] as const;
@@ -57,6 +76,9 @@ export interface FrontendConfig {
   /** The percent of each backend's maxconn its clients may hold (100: all of it). */
   readonly share: number;
   readonly listen: readonly ListenEndpoint[];
+  /** What its listeners speak (from the listen addresses: `,udp` on every one, or on none). */
+  readonly protocol: Protocol;
+  readonly udp: UdpConfig;
   /** TLS server names it takes on a listen address it may share with other frontends: host
    *  names and `*.` wildcards over one label, lowercased; empty: clients no other frontend on
    *  the address takes (or, alone on it, every client). */
@@ -127,6 +149,10 @@ export interface HealthConfig {
   readonly grpc: string | null;
   /** Probe this port instead of the backend's own; null: the backend's. */
   readonly port: number | null;
+  /** The probe is a datagram (a UDP pool without an HTTP, gRPC or plain TCP probe on a health
+   *  port): `send` as one datagram; healthy when the reply contains `expect`, or, without
+   *  `expect`, when no ICMP refusal comes back within the timeout. Set by the build. */
+  readonly udp: boolean;
 }
 
 /** HAProxy's agent check: a backend's own agent says its weight, admin and operational state. */

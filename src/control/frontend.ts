@@ -22,6 +22,8 @@ export class Frontend {
   private held: Int32Array<SharedArrayBuffer>;
   /** Its clients waiting for a slot of `pool`, every worker's (one Int32, Atomics). */
   private waiting: Int32Array<SharedArrayBuffer>;
+  /** A UDP frontend's live sessions, every worker's (one Int32, Atomics): kept across moves. */
+  private readonly sessions: Int32Array<SharedArrayBuffer> = newCounts(1);
   /** Shared per-source counts, allocated the first time the frontend needs them. */
   private sources: SharedArrayBuffer | null = null;
 
@@ -51,6 +53,11 @@ export class Frontend {
     return Atomics.load(this.held, index);
   }
 
+  /** A UDP frontend's live sessions now, over every worker. */
+  liveSessions(): number {
+    return Atomics.load(this.sessions, 0);
+  }
+
   /** Its clients waiting now, over every worker. */
   queued(): number {
     return Atomics.load(this.waiting, 0);
@@ -70,6 +77,7 @@ export class Frontend {
       poolCounters: this.pool.counters,
       held: this.held.buffer,
       waiting: this.waiting.buffer,
+      sessions: this.sessions.buffer,
       members: this.pool.workerMembers(),
       sources: this.sources,
     };

@@ -3,6 +3,7 @@
 // worker binds the same, and a trial bind of each address a reload adds. Invariant: nothing here
 // accepts a connection; a port a reload cannot have is found before anything changes.
 
+import dgram from 'node:dgram';
 import { once } from 'node:events';
 import net from 'node:net';
 import { ConfigError } from '../config/parse.ts';
@@ -68,7 +69,7 @@ export class Listeners {
     handover.sockets.forEach((socket, i) => {
       const fd = HANDED_FDS_START + i;
       if (socket.systemd === null)
-        this.inherited.push({ host: socket.host, port: socket.port, fd });
+        this.inherited.push({ host: socket.host, port: socket.port, fd, udp: socket.udp });
       else {
         systemdFds.push(fd);
         names.push(socket.systemd);
@@ -145,9 +146,9 @@ export class Listeners {
         if (activated.some((s) => s.host === endpoint.host && s.port === endpoint.port)) continue;
         const key = `${frontend.name} ${endpoint.text}`;
         let fixed = this.bound.get(key) ?? endpoint;
-        if (fixed.port === 0) fixed = await withFreePort(endpoint);
+        if (fixed.port === 0) fixed = await withFreePort(endpoint, endpoint.udp);
         bound.set(key, fixed);
-        listen.push({ ...fixed, acceptProxy: endpoint.acceptProxy });
+        listen.push({ ...fixed, acceptProxy: endpoint.acceptProxy, udp: endpoint.udp });
       }
       frontends.push({ ...frontend, listen });
     }
@@ -169,7 +170,7 @@ export function spread(
   const seen = new Map<string, number>();
   const mine: InheritedListener[] = [];
   for (const socket of sockets) {
-    const key = `${socket.host} ${socket.port}`;
+    const key = `${socket.udp === true ? 'udp' : 'tcp'} ${socket.host} ${socket.port}`;
     const k = seen.get(key) ?? 0;
     seen.set(key, k + 1);
     if (k % workers === index) mine.push(socket);
@@ -180,8 +181,9 @@ export function spread(
 /** Binds each listener `next` adds to `current`, once, to find a taken port before changing
  *  anything. */
 export async function checkNewListeners(current: Config, next: Config): Promise<void> {
-  const open = new Set(current.frontends.flatMap((f) => f.listen.map((l) => l.text)));
-  await checkFree(next, (endpoint) => open.has(endpoint.text));
+  const key = (l: ListenEndpoint) => `${l.udp ? 'udp' : 'tcp'} ${l.text}`;
+  const open = new Set(current.frontends.flatMap((f) => f.listen.map(key)));
+  await checkFree(next, (endpoint) => open.has(key(endpoint)));
 }
 
 /**
@@ -197,32 +199,50 @@ export async function checkFree(
   for (const frontend of config.frontends) {
     for (const endpoint of frontend.listen) {
       if (ours(endpoint)) continue;
-      const probe = net.createServer();
-      probe.listen({ host: endpoint.host, port: endpoint.port, exclusive: true });
-      try {
-        await once(probe, 'listening');
-      } catch (err) {
-        const e = err as NodeJS.ErrnoException;
-        throw new ListenError(endpoint.text, listenReason(e.code, e.message));
-      }
-      probe.close();
-      await once(probe, 'close');
+      const probe = await bindOnce(endpoint, endpoint.port, endpoint.udp);
+      await probe.close();
     }
   }
 }
 
-async function withFreePort(endpoint: Endpoint): Promise<Endpoint> {
-  const probe = net.createServer();
-  probe.listen({ host: endpoint.host, port: 0 });
+/** A socket bound once, without SO_REUSEPORT (TCP listening, or UDP), to try an address. */
+async function bindOnce(
+  endpoint: Endpoint,
+  port: number,
+  udp: boolean,
+): Promise<{ port: number; close(): Promise<void> }> {
   try {
+    if (udp) {
+      const socket = dgram.createSocket(endpoint.host.includes(':') ? 'udp6' : 'udp4');
+      await new Promise<void>((resolve, reject) => {
+        socket.once('error', reject);
+        socket.bind({ address: endpoint.host, port, exclusive: true }, () => resolve());
+      });
+      return {
+        port: socket.address().port,
+        close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
+      };
+    }
+    const probe = net.createServer();
+    probe.listen({ host: endpoint.host, port, exclusive: true });
     await once(probe, 'listening');
+    return {
+      port: (probe.address() as net.AddressInfo).port,
+      close: async () => {
+        probe.close();
+        await once(probe, 'close');
+      },
+    };
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
     throw new ListenError(endpoint.text, listenReason(e.code, e.message));
   }
-  const port = (probe.address() as net.AddressInfo).port;
-  probe.close();
-  await once(probe, 'close');
+}
+
+async function withFreePort(endpoint: Endpoint, udp: boolean): Promise<Endpoint> {
+  const probe = await bindOnce(endpoint, 0, udp);
+  await probe.close();
+  const port = probe.port;
   return { text: `${hostText(endpoint.host)}:${port}`, host: endpoint.host, port };
 }
 

@@ -163,7 +163,9 @@ export class Pool {
 
   /** The members by slot, as a worker receives them. */
   workerMembers(): (PoolMember | null)[] {
-    return this.slots.map((m) => (m === null ? null : { id: m.id, config: m.config }));
+    return this.slots.map((m) =>
+      m === null ? null : { id: m.id, config: m.config, leaving: m.leaving },
+    );
   }
 
   /**

@@ -1,10 +1,11 @@
 // One health probe of one backend, of the kind its frontend asks for: a TCP connect, an HTTP
-// GET, a send/expect exchange, or gRPC's standard health check. Each ends in a verdict and a few
+// GET, a send/expect exchange, gRPC's standard health check, or a datagram to a UDP backend. Each ends in a verdict and a few
 // words a person can act on (`HTTP 503`, `expect timeout`, `connect refused`).
 // Invariants: `done` is called exactly once; the whole probe (connect, request, reply) is over by
 // the health timeout, whatever the backend trickles; no more than MAX_PROBE_REPLY bytes of a
 // reply are ever kept; every socket and session is destroyed when the verdict is in.
 
+import dgram from 'node:dgram';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import { printableText } from '../config/parse.ts';
@@ -23,9 +24,10 @@ const http2 = () => (http2Module ??= require('node:http2') as typeof import('nod
 export const MAX_PROBE_REPLY = 8192;
 
 /** Which probe a frontend's health settings ask for. */
-export type ProbeKind = 'tcp' | 'http' | 'expect' | 'grpc';
+export type ProbeKind = 'tcp' | 'http' | 'expect' | 'grpc' | 'udp';
 
 export function probeKind(health: HealthConfig): ProbeKind {
+  if (health.udp) return 'udp';
   if (health.http !== null) return 'http';
   if (health.grpc !== null) return 'grpc';
   if (health.expect !== null) return 'expect';
@@ -237,6 +239,43 @@ function probeExpect(target: ProbeTarget, health: HealthConfig, done: ProbeDone)
   socket.once('error', (err: NodeJS.ErrnoException) => v.failed(err, 'expect: connection reset'));
 }
 
+/**
+ * A UDP backend's probe: `send` (or an empty datagram) from a socket connected to it. With
+ * `expect`, healthy when a reply contains it; without, healthy when the timeout passes with no
+ * ICMP refusal (a datagram service need not answer what it does not understand). A refusal
+ * (ECONNREFUSED on the connected socket) is down at once.
+ */
+function probeUdp(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
+  const socket = dgram.createSocket(target.host.includes(':') ? 'udp6' : 'udp4');
+  const expect = health.expect;
+  let finished = false;
+  const finish = (ok: boolean | null, result: string) => {
+    if (finished) return;
+    finished = true;
+    clearTimeout(timer);
+    socket.close();
+    done(ok, result);
+  };
+  let last = '';
+  const timer = setTimeout(() => {
+    if (expect === null) finish(true, 'udp: no refusal');
+    else finish(false, last === '' ? 'udp timeout' : `udp mismatch: "${excerpt(last)}"`);
+  }, health.timeoutMs);
+  timer.unref();
+  socket.on('error', (err: NodeJS.ErrnoException) => {
+    if (isLocalError(err.code)) finish(null, `probe failed: ${err.code}`);
+    else finish(false, err.code === 'ECONNREFUSED' ? 'udp refused' : `udp error ${err.code}`);
+  });
+  socket.on('message', (reply: Buffer) => {
+    if (expect === null) return;
+    last = reply.toString('latin1', 0, MAX_PROBE_REPLY);
+    if (last.includes(expect)) finish(true, 'expect ok');
+  });
+  socket.connect(target.port, target.host, () => {
+    socket.send(Buffer.from(health.send ?? '', 'latin1'));
+  });
+}
+
 /** grpc.health.v1.HealthCheckResponse.ServingStatus, by number. */
 const SERVING_STATUS = ['UNKNOWN', 'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN'];
 
@@ -298,6 +337,7 @@ const PROBES: Record<ProbeKind, typeof probe> = {
   http: probeHttp,
   expect: probeExpect,
   grpc: probeGrpc,
+  udp: probeUdp,
 };
 
 function probeGrpc(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {

@@ -166,8 +166,9 @@ export class Supervisor {
     const config = await this.listeners.fixPorts(this.config);
     this.listeners.checkEveryFrontendListens(config);
     // Every address not handed over (systemd's are not in `listen`) must be free of others.
-    const handed = new Set(this.handover?.sockets.map((s) => `${s.host} ${s.port}`));
-    await checkFree(config, (endpoint) => handed.has(`${endpoint.host} ${endpoint.port}`));
+    const kind = (udp: boolean | undefined) => (udp === true ? 'udp' : 'tcp');
+    const handed = new Set(this.handover?.sockets.map((s) => `${kind(s.udp)} ${s.host} ${s.port}`));
+    await checkFree(config, (e) => handed.has(`${kind(e.udp)} ${e.host} ${e.port}`));
     this.config = config;
     this.arrange(config.frontends, true);
     for (const pool of this.pools) this.applyAdminState(pool);
@@ -354,7 +355,7 @@ export class Supervisor {
     const answers = await this.group.request((id) => ({ type: 'sockets', id }));
     const sockets = uniqueSockets(answers.flatMap((a) => (a.type === 'sockets' ? a.sockets : [])));
     const handover: Handover = {
-      sockets: sockets.map(({ host, port, systemd }) => ({ host, port, systemd })),
+      sockets: sockets.map(({ host, port, systemd, udp }) => ({ host, port, systemd, udp })),
       bound: this.listeners.boundEntries(),
     };
     let reserve: Reserve;
@@ -564,7 +565,7 @@ export class Supervisor {
     this.log.info(
       {
         frontend: frontend.name,
-        listen: frontend.listen.map((l) => l.text),
+        listen: frontend.listen.map((l) => (l.udp ? `${l.text},udp` : l.text)),
         systemd: this.listeners.activatedFor(frontend.name),
         algorithm: frontend.algorithm,
         backends: frontend.backends.map((b) => b.name),

@@ -29,6 +29,8 @@ export interface HandedSocket {
   readonly port: number;
   /** A socket systemd passed: its FileDescriptorName= (the successor treats it as systemd's). */
   readonly systemd: string | null;
+  /** A UDP socket (absent: TCP). */
+  readonly udp?: boolean;
 }
 
 /** What a successor inherits, in FULCRUM_UPGRADE. */
@@ -94,7 +96,12 @@ export async function reserveSockets(sockets: readonly OpenListener[]): Promise<
     sockets.map((s) => s.fd),
     2,
   );
-  const held = sockets.map((s, i) => ({ host: s.host, port: s.port, fd: copies[i].fds[1] }));
+  const held = sockets.map((s, i) => ({
+    host: s.host,
+    port: s.port,
+    fd: copies[i].fds[1],
+    udp: s.udp === true,
+  }));
   return { sockets: held, release: () => release(held.map((s) => s.fd)) };
 }
 

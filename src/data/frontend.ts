@@ -38,6 +38,7 @@ import {
 import { Guard } from './guard.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import { LinkedList } from './queue.ts';
+import { UdpSessions } from './udp.ts';
 
 /** Most clients one worker holds in a frontend's queue; beyond, they are refused at once. */
 export const QUEUE_LIMIT = 10_000;
@@ -78,7 +79,11 @@ export class Frontend {
   /** By table slot: where the backend is, or null for a free slot. */
   backends: (BackendConfig | null)[] = [];
   /** By table slot: which member sits there, so a slot given to a new backend is noticed. */
-  private memberIds: number[] = [];
+  readonly memberIds: number[] = [];
+  /** By table slot: 1 when its backend was removed and only drains (a UDP session on it moves). */
+  readonly leaving = new Uint8Array(TABLE_SLOTS);
+  /** A UDP frontend's sessions in this worker; null for TCP. */
+  udp: UdpSessions | null = null;
   /** What the schedulers keep across rebuilds: backend name hashes, latency observations. */
   private readonly context: SchedulerContext = {
     keys: new Uint32Array(TABLE_SLOTS),
@@ -128,6 +133,7 @@ export class Frontend {
     this.limits = limits;
     this.table = openTable(this.shared, 0, this.held, this.config.share);
     this.scheduler = createScheduler(this.config.algorithm, this.table, this.context);
+    if (update.config.protocol === 'udp') this.udp = new UdpSessions(this, update.sessions);
     this.apply(update);
   }
 
@@ -148,6 +154,7 @@ export class Frontend {
         this.context.latency.stamp[i] = 0;
       }
       this.memberIds[i] = id;
+      this.leaving[i] = member?.leaving === true ? 1 : 0;
       this.context.keys[i] = member === null ? 0 : fnv1a(member.config.name) || 1;
     });
     this.backends = backends;
@@ -314,9 +321,9 @@ export class Frontend {
     }
   }
 
-  /** Resets every connection to the backend in `slot`; returns how many. */
+  /** Resets every connection (ends every session) to the backend in `slot`; returns how many. */
   killBackend(slot: number): number {
-    let killed = 0;
+    let killed = this.udp?.killBackend(slot) ?? 0;
     for (const list of [this.connecting, this.established]) {
       let conn = list.head;
       while (conn !== null) {
@@ -333,6 +340,7 @@ export class Frontend {
 
   /** Cuts every live connection (the drain deadline has passed). */
   cutAll(reason: number): void {
+    this.udp?.endAll(reason);
     for (const list of [this.connecting, this.established]) {
       let conn = list.head;
       while (conn !== null) {

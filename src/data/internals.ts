@@ -17,6 +17,7 @@
 // public path for the listeners opened after it is set (for tests, and as an operator's escape
 // hatch); a connection's backend side always takes the path its client came by.
 
+import type dgram from 'node:dgram';
 import type net from 'node:net';
 
 /** libuv's TCP handle as Node's TCP wrap exposes it; `side` is ours (the relay's end). */
@@ -146,4 +147,88 @@ export function hookAccept(server: net.Server, accept: AcceptCallback): boolean 
   if (handle == null || typeof handle.onconnection !== 'function') return false;
   handle.onconnection = accept;
   return true;
+}
+
+// ---- UDP (data/udp.ts): Node's `udp_wrap` binding, as dgram.Socket drives it.
+// - receive: the handle's `onmessage(nread, handle, buffer, rinfo)` (nread < 0: a socket error,
+//   such as ECONNREFUSED on a connected socket after an ICMP port unreachable), replaced on the
+//   listening sockets once dgram has bound them and started receiving;
+// - send: `send(req, buffers, count, hasCallback)` on a connected handle, `send`/`send6(req,
+//   buffers, count, port, address, hasCallback)` on an unconnected one; the result is the size
+//   + 1 when the datagram went out at once (the request object was not used), 0 when it is queued
+//   (the request is then libuv's until done), < 0 on an error;
+// - a session's socket: `new UDP()`, `connect`/`connect6(address, port)` (synchronous: it binds
+//   an ephemeral port and sets the peer), `recvStart`, `close`.
+
+/** libuv's UDP handle as Node's UDP wrap exposes it; `owner` is ours (a session or listener). */
+export interface RawUdp {
+  owner: unknown;
+  onmessage:
+    | ((
+        this: RawUdp,
+        nread: number,
+        handle: RawUdp,
+        buffer: Buffer | undefined,
+        rinfo: { address: string; port: number } | undefined,
+      ) => void)
+    | null;
+  readonly fd: number;
+  connect(address: string, port: number): number;
+  connect6(address: string, port: number): number;
+  send(req: object, buffers: Uint8Array[], count: number, hasCallback: boolean): number;
+  send(
+    req: object,
+    buffers: Uint8Array[],
+    count: number,
+    port: number,
+    address: string,
+    hasCallback: boolean,
+  ): number;
+  send6(
+    req: object,
+    buffers: Uint8Array[],
+    count: number,
+    port: number,
+    address: string,
+    hasCallback: boolean,
+  ): number;
+  recvStart(): number;
+  recvStop(): number;
+  close(callback?: () => void): void;
+}
+
+export interface UdpBindings {
+  newUdp(): RawUdp;
+  newSend(): object;
+}
+
+const UDP_METHODS = ['connect', 'connect6', 'send', 'send6', 'recvStart', 'recvStop', 'close'];
+
+/** Node's UDP bindings, or null where they are not what the UDP path needs. */
+export function loadUdp(): UdpBindings | null {
+  try {
+    const binding = (process as unknown as { binding(name: string): unknown }).binding;
+    const udp = binding('udp_wrap') as {
+      UDP?: new () => RawUdp;
+      SendWrap?: new () => object;
+    };
+    const { UDP, SendWrap } = udp;
+    if (typeof UDP !== 'function' || typeof SendWrap !== 'function') return null;
+    const proto = UDP.prototype as unknown as Record<string, unknown>;
+    if (UDP_METHODS.some((m) => typeof proto[m] !== 'function')) return null;
+    return { newUdp: () => new UDP(), newSend: () => new SendWrap() };
+  } catch {
+    return null;
+  }
+}
+
+export const rawUdp: UdpBindings | null = loadUdp();
+
+/** The handle under a bound dgram socket (dgram keeps it under a symbol of its own), or null. */
+export function udpHandleOf(socket: dgram.Socket): RawUdp | null {
+  const symbol = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
+  if (symbol === undefined) return null;
+  const state = (socket as unknown as Record<symbol, { handle?: RawUdp | null }>)[symbol];
+  const handle = state?.handle ?? null;
+  return handle !== null && typeof handle.send === 'function' ? handle : null;
 }

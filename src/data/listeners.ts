@@ -19,8 +19,10 @@ import type {
 import { acceptHandle, acceptSocket } from './accept.ts';
 import { PEER_HIGH_WATER_MARK } from './connection.ts';
 import type { Frontend } from './frontend.ts';
-import { hookAccept } from './internals.ts';
+import { hookAccept, raw } from './internals.ts';
 import { Route } from './routes.ts';
+import type { UdpListener } from './udp.ts';
+import { openUdp } from './udp.ts';
 
 /** An open socket and the route its clients take; the route is swapped by a reload. */
 interface Listener {
@@ -42,10 +44,12 @@ interface Wanted {
 export class Listeners {
   /** Open listeners by address (several where a replaced process handed over several). */
   readonly open = new Map<string, Listener[]>();
+  /** Open UDP sockets by `udp HOST PORT`, the same way. */
+  readonly udp = new Map<string, UdpListener[]>();
   /** close() has closed the descriptors systemd passed: they are never listened on again. */
   private activatedClosed = false;
   /** Whether the accept hook is in use (false: Node's public 'connection' path). */
-  hooked = false;
+  hooked = raw !== null && process.env.FULCRUM_NO_ACCEPT_HOOK !== '1';
   private readonly backlog: number;
   /** Handed-over sockets by address, until the first sync takes (or closes) them. */
   private inherited: Map<string, number[]> | null;
@@ -61,7 +65,7 @@ export class Listeners {
   adopt(inherited: readonly InheritedListener[]): void {
     this.inherited = new Map();
     for (const socket of inherited) {
-      const key = `${socket.host} ${socket.port}`;
+      const key = `${socket.udp === true ? 'udp ' : ''}${socket.host} ${socket.port}`;
       this.inherited.set(key, [...(this.inherited.get(key) ?? []), socket.fd]);
     }
   }
@@ -73,6 +77,11 @@ export class Listeners {
    */
   async sync(frontends: readonly Frontend[]): Promise<ListenFailure[]> {
     const wanted = new Map<string, Wanted>();
+    /** UDP addresses: one frontend each (the build lets no two share one). */
+    const wantedUdp = new Map<
+      string,
+      { text: string; host: string; port: number; frontend: Frontend }
+    >();
     const want = (key: string, entry: Omit<Wanted, 'frontends'>, frontend: Frontend) => {
       const found = wanted.get(key);
       if (found === undefined) wanted.set(key, { ...entry, frontends: [frontend] });
@@ -86,6 +95,11 @@ export class Listeners {
         want(key, activatedEntry(socket, frontend.config.name), frontend);
       }
       for (const endpoint of frontend.config.listen) {
+        if (endpoint.udp) {
+          const key = `udp ${endpoint.host} ${endpoint.port}`;
+          wantedUdp.set(key, { ...endpoint, frontend });
+          continue;
+        }
         // The build lets frontends share an address only with the same accept-proxy.
         const key = `${endpoint.host} ${endpoint.port}`;
         const options = {
@@ -104,11 +118,39 @@ export class Listeners {
         this.open.delete(key);
       }
     }
+    for (const [key, listeners] of this.udp) {
+      if (!wantedUdp.has(key)) {
+        for (const listener of listeners) listener.close();
+        this.udp.delete(key);
+      }
+    }
     // Handed-over sockets are taken once, at the first sync; those no frontend names now close.
     const inherited = this.inherited ?? new Map<string, number[]>();
     this.inherited = null;
-    for (const [key, fds] of inherited) if (!wanted.has(key)) for (const fd of fds) closeSync(fd);
+    for (const [key, fds] of inherited) {
+      if (!wanted.has(key) && !wantedUdp.has(key)) for (const fd of fds) closeSync(fd);
+    }
     const failures: ListenFailure[] = [];
+    for (const [key, entry] of wantedUdp) {
+      const listeners = this.udp.get(key);
+      if (listeners !== undefined) {
+        for (const listener of listeners) listener.frontend = entry.frontend;
+        continue;
+      }
+      const opened: UdpListener[] = [];
+      try {
+        const fds = inherited.get(key) ?? [];
+        if (fds.length === 0)
+          opened.push(await openUdp(entry.host, entry.port, null, entry.frontend));
+        for (const fd of fds)
+          opened.push(await openUdp(entry.host, entry.port, fd, entry.frontend));
+        this.udp.set(key, opened);
+      } catch (err) {
+        for (const listener of opened) listener.close();
+        const e = err as NodeJS.ErrnoException;
+        failures.push({ endpoint: entry.text, code: e.code ?? 'ERROR', message: e.message });
+      }
+    }
     for (const [key, entry] of wanted) {
       const route = new Route(entry.frontends, entry.acceptProxy);
       const listeners = this.open.get(key);
@@ -161,6 +203,8 @@ export class Listeners {
     this.activatedClosed = true;
     for (const listeners of this.open.values()) for (const l of listeners) l.server.close();
     this.open.clear();
+    for (const listeners of this.udp.values()) for (const l of listeners) l.close();
+    this.udp.clear();
   }
 
   /** Every open listening socket with its descriptor, for an upgrade to hand over. */
@@ -172,6 +216,19 @@ export class Listeners {
         const address = server.address() as net.AddressInfo | null;
         if (fd === undefined || fd < 0 || address === null) continue;
         out.push({ host: address.address, port: address.port, fd, systemd });
+      }
+    }
+    for (const listeners of this.udp.values()) {
+      for (const { socket, handle } of listeners) {
+        const address = socket.address();
+        if (handle.fd < 0) continue;
+        out.push({
+          host: address.address,
+          port: address.port,
+          fd: handle.fd,
+          systemd: null,
+          udp: true,
+        });
       }
     }
     return out;

@@ -171,6 +171,10 @@ const timer = setInterval(() => {
       frontend.sweepConnecting();
       frontend.sweepQueue();
       if (ticks % idleSweepTicks(frontend.config.idleTimeoutMs) === 0) frontend.sweepIdle();
+      const udp = frontend.udp;
+      if (udp !== null && ticks % idleSweepTicks(frontend.config.udp.idleTimeoutMs) === 0) {
+        udp.sweep();
+      }
       if (rotate) for (const metric of frontend.latency) for (const r of metric) r?.rotate();
     }
   }

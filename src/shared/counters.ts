@@ -22,6 +22,12 @@ export const END = {
   LOCAL_ERROR: 15,
   INSPECT_TIMEOUT: 16,
   NO_FRONTEND: 17,
+  /** UDP: every datagram the session forwarded had its --udp-responses replies. */
+  RESPONDED: 18,
+  /** UDP: the backend answered with ICMP port unreachable. */
+  BACKEND_REFUSED: 19,
+  /** UDP: its backend went down, was disabled or removed; the next datagram picks anew. */
+  BACKEND_GONE: 20,
 } as const;
 
 export const END_NAMES = [
@@ -43,7 +49,26 @@ export const END_NAMES = [
   'local-error',
   'inspect-timeout',
   'no-frontend',
+  'responded',
+  'backend-refused',
+  'backend-gone',
 ] as const;
+
+/** UDP datagrams a frontend dropped, by reason (counted per datagram, not per session). */
+export const DROP_NAMES = [
+  'no-backend',
+  'session-limit',
+  'too-large',
+  'backend-refused',
+  'denied',
+] as const;
+export const DROP = {
+  NO_BACKEND: 0,
+  SESSION_LIMIT: 1,
+  TOO_LARGE: 2,
+  BACKEND_REFUSED: 3,
+  DENIED: 4,
+} as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */
 export const ACCEPTED = 0;
@@ -52,13 +77,24 @@ export const RETRIES = 2;
 /** Clients waiting in this worker's queue for a backend with room (a gauge, like LIVE). */
 export const QUEUED = 3;
 export const END_BASE = 4;
-const FRONTEND_FIELDS = END_BASE + END_NAMES.length;
+/** UDP: datagrams and bytes from clients (forwarded to backends) and to them (replies). */
+export const DGRAMS_IN = END_BASE + END_NAMES.length;
+export const DGRAMS_OUT = DGRAMS_IN + 1;
+export const BYTES_IN = DGRAMS_IN + 2;
+export const BYTES_OUT = DGRAMS_IN + 3;
+/** UDP: then one counter per drop reason (DROP). */
+export const DROP_BASE = DGRAMS_IN + 4;
+const FRONTEND_FIELDS = DROP_BASE + DROP_NAMES.length;
 
 export const B_CONNECTIONS = 0;
 export const B_FAILURES = 1;
 export const B_BYTES_IN = 2;
 export const B_BYTES_OUT = 3;
-export const BACKEND_STRIDE = 4;
+/** UDP: datagrams from clients sent to the backend, and its replies sent out to them (as the
+ *  bytes: IN is the client's way, OUT the backend's). */
+export const B_DGRAMS_IN = 4;
+export const B_DGRAMS_OUT = 5;
+export const BACKEND_STRIDE = 6;
 
 /** One frontend's counters: a slot per worker, each with room for `capacity` backends. */
 export interface SharedCounters {

@@ -12,6 +12,8 @@ import type { SharedTable } from './table.ts';
 export interface PoolMember {
   readonly id: number;
   readonly config: BackendConfig;
+  /** Removed from the pool: it drains, and takes nothing new. */
+  readonly leaving: boolean;
 }
 
 /** One frontend and its pool as they are sent to a worker: plain data and shared memory. */
@@ -29,6 +31,8 @@ export interface FrontendUpdate {
   readonly held: SharedArrayBuffer;
   /** How many of the frontend's clients wait, every worker's (one Int32, Atomics). */
   readonly waiting: SharedArrayBuffer;
+  /** A UDP frontend's live sessions, every worker's (one Int32, Atomics). */
+  readonly sessions: SharedArrayBuffer;
   /** The pool's members by slot; null for a free slot. Its length is the number of slots in use
    *  (the table size). */
   readonly members: readonly (PoolMember | null)[];
@@ -56,6 +60,8 @@ export interface InheritedListener {
   readonly host: string;
   readonly port: number;
   readonly fd: number;
+  /** A UDP socket (absent: TCP, as a process before UDP handed it). */
+  readonly udp?: boolean;
 }
 
 /** One open listening socket of a worker, for an upgrade to hand over. */
@@ -63,6 +69,7 @@ export interface OpenListener {
   readonly host: string;
   readonly port: number;
   readonly fd: number;
+  readonly udp?: boolean;
   /** A socket systemd passed: the frontend it was named after. */
   readonly systemd: string | null;
 }

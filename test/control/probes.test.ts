@@ -39,6 +39,7 @@ const HEALTH: HealthConfig = {
   expect: null,
   grpc: null,
   port: null,
+  udp: false,
 };
 
 /** One probe's verdict, awaited. */
