@@ -215,7 +215,73 @@ export function loadText(b: BackendStat): string {
   return b.loadError === null ? '-' : `none (${b.loadError})`;
 }
 
-function formatStat(frontends: FrontendStat[]): string {
+/** UDP frontends and their backends: sessions, datagrams and bytes each way, drops by reason. */
+function formatUdpStat(frontends: FrontendStat[]): string {
+  const rows: string[][] = [
+    [
+      'NAME',
+      'STATE',
+      'WEIGHT',
+      'SESSIONS',
+      'TOTAL',
+      'FAILURES',
+      'DGRAMS_IN',
+      'DGRAMS_OUT',
+      'BYTES_IN',
+      'BYTES_OUT',
+      'DROPPED',
+      'CHECK',
+    ],
+  ];
+  for (const frontend of frontends) {
+    const udp = frontend.udp;
+    if (udp === null) continue;
+    const pool = frontend.pool === frontend.name ? '' : `, pool ${frontend.pool}`;
+    const dropped = Object.entries(udp.dropped)
+      .filter(([, n]) => n > 0)
+      .map(([reason, n]) => `${reason}=${n}`);
+    rows.push([
+      `${frontend.name} (${frontend.listen.join(', ')}${pool}, ${frontend.algorithm})`,
+      '',
+      '',
+      String(frontend.live),
+      String(frontend.accepted),
+      '',
+      String(udp.datagramsIn),
+      String(udp.datagramsOut),
+      String(udp.bytesIn),
+      String(udp.bytesOut),
+      dropped.length === 0 ? '0' : dropped.join(' '),
+      '',
+    ]);
+    for (const b of frontend.backends) {
+      rows.push([
+        `  ${frontend.pool}/${b.name}`,
+        b.state,
+        weightText(b),
+        String(b.active),
+        String(b.total),
+        String(b.failures),
+        String(b.datagramsIn),
+        String(b.datagramsOut),
+        String(b.bytesIn),
+        String(b.bytesOut),
+        '',
+        b.check === null ? '-' : `${b.check.result} (${b.check.ms}ms)`,
+      ]);
+    }
+  }
+  return table(rows);
+}
+
+function formatStat(all: FrontendStat[]): string {
+  const frontends = all.filter((f) => f.protocol === 'tcp');
+  const udp = all.length > frontends.length ? formatUdpStat(all) : '';
+  if (frontends.length === 0) return udp;
+  return udp === '' ? formatTcpStat(frontends) : `${formatTcpStat(frontends)}\n\n${udp}`;
+}
+
+function formatTcpStat(frontends: FrontendStat[]): string {
   const rows: string[][] = [
     [
       'NAME',

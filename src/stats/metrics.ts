@@ -14,9 +14,16 @@ import { Counter, Gauge, type Metric, Registry } from 'prom-client';
 import type { Endpoint } from '../config/types.ts';
 import { MAX_METRICS_CLIENTS } from '../control/descriptors.ts';
 import type { Logger } from '../log.ts';
-import { END_BASE, END_NAMES, RETRIES } from '../shared/counters.ts';
+import { DROP_NAMES, END_BASE, END_NAMES, RETRIES } from '../shared/counters.ts';
 import type { MetricName, Percentiles } from './latency.ts';
-import type { BackendStat, FrontendStat, LatencyStat, PoolStat, StatsView } from './view.ts';
+import type {
+  BackendStat,
+  FrontendStat,
+  LatencyStat,
+  PoolStat,
+  StatsView,
+  UdpStat,
+} from './view.ts';
 
 /** One scrape's view of everything. */
 interface Snapshot {
@@ -347,6 +354,64 @@ export class MetricsServer {
       'Connect attempts made on another backend after one failed.',
       FRONTEND,
       perFrontend((f, s) => s.ends.get(f.name)?.[RETRIES] ?? 0),
+    );
+    const udpFrontends = (s: Snapshot) => s.frontends.filter((f) => f.udp !== null);
+    const udpEachWay = (read: (u: UdpStat, way: 'in' | 'out') => number) => (s: Snapshot) =>
+      udpFrontends(s).flatMap((f) =>
+        (['in', 'out'] as const).map(
+          (direction): Row => [{ frontend: f.name, direction }, read(f.udp as UdpStat, direction)],
+        ),
+      );
+    series(
+      'gauge',
+      'fulcrum_udp_sessions_current',
+      'UDP sessions (a client address:port pinned to a backend) open now.',
+      FRONTEND,
+      (s) => udpFrontends(s).map((f): Row => [{ frontend: f.name }, f.live]),
+    );
+    series('counter', 'fulcrum_udp_sessions_total', 'UDP sessions started.', FRONTEND, (s) =>
+      udpFrontends(s).map((f): Row => [{ frontend: f.name }, f.accepted]),
+    );
+    series(
+      'counter',
+      'fulcrum_udp_datagrams_total',
+      'UDP datagrams: in from clients (sent on to backends), out to clients (replies).',
+      ['frontend', 'direction'],
+      udpEachWay((u, way) => (way === 'in' ? u.datagramsIn : u.datagramsOut)),
+    );
+    series(
+      'counter',
+      'fulcrum_udp_bytes_total',
+      'UDP payload bytes: in from clients, out to clients.',
+      ['frontend', 'direction'],
+      udpEachWay((u, way) => (way === 'in' ? u.bytesIn : u.bytesOut)),
+    );
+    series(
+      'counter',
+      'fulcrum_udp_dropped_total',
+      'UDP datagrams dropped: no backend, over the session limit, larger than --udp-max-datagram, refused by the backend (ICMP port unreachable), denied by --allow/--deny.',
+      ['frontend', 'reason'],
+      (s) =>
+        udpFrontends(s).flatMap((f) =>
+          DROP_NAMES.map(
+            (reason): Row => [{ frontend: f.name, reason }, (f.udp as UdpStat).dropped[reason]],
+          ),
+        ),
+    );
+    const udpBackends = (s: Snapshot) => {
+      const pools = new Set(udpFrontends(s).map((f) => f.pool));
+      return backends(s).filter(([labels]) => pools.has(labels.pool));
+    };
+    series(
+      'counter',
+      'fulcrum_backend_udp_datagrams_total',
+      'UDP datagrams to the backend (in: from clients) and from it (out: replies to clients).',
+      ['pool', 'backend', 'direction'],
+      (s) =>
+        udpBackends(s).flatMap(([labels, b]) => [
+          [{ ...labels, direction: 'in' }, b.datagramsIn] as Row,
+          [{ ...labels, direction: 'out' }, b.datagramsOut] as Row,
+        ]),
     );
     series(
       'gauge',

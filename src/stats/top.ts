@@ -92,17 +92,22 @@ export function render(now: Snapshot, previous: Snapshot | null): string[] {
       frontend.priority === 0 && frontend.share === 100
         ? ''
         : ` priority ${frontend.priority} share ${frontend.share}%`;
+    // A UDP frontend: ACTIVE is its sessions, CONN/S new sessions, IN and OUT datagrams a second,
+    // FAIL the datagrams it dropped.
+    const udp = frontend.udp;
+    const old = before?.udp ?? null;
+    const dropped = udp === null ? 0 : Object.values(udp.dropped).reduce((a, b) => a + b, 0);
     rows.push([
       `${frontend.name} ${frontend.listen.join(',')}${pool}${classes} ${frontend.algorithm}`,
       '',
       '',
       String(frontend.live),
       frontend.queued > 0 ? `${frontend.queued} waiting` : '',
-      '',
-      '',
-      '',
-      '',
-      '',
+      udp === null ? '' : rate(frontend.accepted, before?.accepted).toFixed(1),
+      udp === null ? '' : String(frontend.accepted),
+      udp === null ? '' : `${dropped} dropped`,
+      udp === null ? '' : `${rate(udp.datagramsIn, old?.datagramsIn).toFixed(0)} dg/s`,
+      udp === null ? '' : `${rate(udp.datagramsOut, old?.datagramsOut).toFixed(0)} dg/s`,
       '',
       '',
       '',

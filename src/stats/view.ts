@@ -11,8 +11,16 @@ import {
   B_BYTES_IN,
   B_BYTES_OUT,
   B_CONNECTIONS,
+  B_DGRAMS_IN,
+  B_DGRAMS_OUT,
   B_FAILURES,
+  BYTES_IN,
+  BYTES_OUT,
   backendOffset,
+  DGRAMS_IN,
+  DGRAMS_OUT,
+  DROP_BASE,
+  DROP_NAMES,
   END_BASE,
   END_NAMES,
   LIVE,
@@ -64,6 +72,9 @@ export interface BackendStat {
   failures: number;
   bytesIn: number;
   bytesOut: number;
+  /** UDP: datagrams from clients sent to it, and its replies sent out (0 for TCP). */
+  datagramsIn: number;
+  datagramsOut: number;
   /** Health transitions (up to down and back) so far. */
   transitions: number;
   /** Time to connect, over the whole run. */
@@ -88,12 +99,40 @@ export interface FrontendStat {
   share: number;
   listen: string[];
   algorithm: string;
-  /** Clients accepted, live now, waiting in the queue now. */
+  protocol: 'tcp' | 'udp';
+  /** Clients accepted, live now, waiting in the queue now (UDP: sessions started, live). */
   accepted: number;
   live: number;
   queued: number;
+  /** UDP: datagrams and bytes each way, and datagrams dropped by reason; null for TCP. */
+  udp: UdpStat | null;
   /** Its pool's backends, as this frontend sees them. */
   backends: BackendStat[];
+}
+
+export interface UdpStat {
+  /** From clients (sent on to backends), and to them (backends' replies). */
+  datagramsIn: number;
+  datagramsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** By reason: no-backend, session-limit, too-large, backend-refused, denied. */
+  dropped: Record<(typeof DROP_NAMES)[number], number>;
+}
+
+/** The UDP counts of a frontend's counter sums. */
+export function udpStat(own: Float64Array): UdpStat {
+  const dropped = {} as UdpStat['dropped'];
+  DROP_NAMES.forEach((name, r) => {
+    dropped[name] = own[DROP_BASE + r];
+  });
+  return {
+    datagramsIn: own[DGRAMS_IN],
+    datagramsOut: own[DGRAMS_OUT],
+    bytesIn: own[BYTES_IN],
+    bytesOut: own[BYTES_OUT],
+    dropped,
+  };
 }
 
 /** One pool: its backends' live counts, by frontend, and who waits for them, by priority. */
@@ -269,11 +308,13 @@ export class StatsView {
           pool: pool.name,
           priority: front.config.priority,
           share: front.config.share,
-          listen: front.config.listen.map((l) => l.text),
+          listen: front.config.listen.map((l) => (l.udp ? `${l.text},udp` : l.text)),
           algorithm: pool.config.algorithm,
+          protocol: front.config.protocol,
           accepted: own[ACCEPTED],
           live: own[LIVE],
           queued: own[QUEUED],
+          udp: front.config.protocol === 'udp' ? udpStat(own) : null,
           backends: pool.members().map((member, b) => {
             const o = backendOffset(member.index);
             const { host, port } = member.config;
@@ -290,6 +331,8 @@ export class StatsView {
               failures: sums[o + B_FAILURES],
               bytesIn: sums[o + B_BYTES_IN],
               bytesOut: sums[o + B_BYTES_OUT],
+              datagramsIn: sums[o + B_DGRAMS_IN],
+              datagramsOut: sums[o + B_DGRAMS_OUT],
               transitions: member.transitions,
               connectMs: withoutCount(latency[f].backends[b].connectMs.total),
             };
@@ -349,6 +392,11 @@ export class StatsView {
       ...this.source.processInfo?.(),
     };
     for (let r = 0; r < END_NAMES.length; r++) info[`ended_${END_NAMES[r]}`] = sums[END_BASE + r];
+    info.datagrams_in_total = sums[DGRAMS_IN];
+    info.datagrams_out_total = sums[DGRAMS_OUT];
+    for (let r = 0; r < DROP_NAMES.length; r++) {
+      info[`datagrams_dropped_${DROP_NAMES[r]}`] = sums[DROP_BASE + r];
+    }
     return info;
   }
 }
