@@ -112,7 +112,7 @@ export interface Fulcrum {
 }
 
 function portOf(address: string): number {
-  return Number(address.slice(address.lastIndexOf(':') + 1));
+  return Number.parseInt(address.slice(address.lastIndexOf(':') + 1), 10);
 }
 
 /**

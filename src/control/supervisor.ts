@@ -363,7 +363,10 @@ export class Supervisor {
     let child: ChildProcess;
     let ready: Promise<void>;
     try {
-      reserve = await reserveSockets(sockets.filter((s) => s.systemd === null));
+      // UDP sockets are not reserved: the descriptor helper passes listening TCP sockets only,
+      // and a UDP socket's queue is not a backlog of clients to keep. If the successor dies,
+      // this process binds them anew (SO_REUSEPORT) when it resumes.
+      reserve = await reserveSockets(sockets.filter((s) => s.systemd === null && s.udp !== true));
       try {
         ({ child, ready } = startSuccessor(
           handover,
