@@ -112,7 +112,7 @@ function protocolOf(listen: FrontendConfig['listen'], inputs: Inputs): FrontendC
     const l = listen.findIndex((e) => e.udp !== listen[0].udp);
     throw new ConfigError(
       listenWhere(inputs, l),
-      `${listen[l].text} is ${listen[l].udp ? 'UDP' : 'TCP'} and ${listen[0].text} is not: one frontend listens on TCP or on UDP, never both (make two frontends; they may share the pool)`,
+      `${listen[l].text}${listen[l].udp ? ',udp is UDP' : ' is TCP'} and ${listen[0].text}${listen[0].udp ? ',udp' : ''} is not: one frontend listens on TCP or on UDP, never both (make two frontends)`,
     );
   }
   return udp > 0 ? 'udp' : 'tcp';
