@@ -22,8 +22,15 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
   share: { text: '30', value: 30 },
   listen: {
     text: '127.0.0.1:7001,accept-proxy',
-    value: [{ text: '127.0.0.1:7001', host: '127.0.0.1', port: 7001, acceptProxy: true }],
+    value: [
+      { text: '127.0.0.1:7001', host: '127.0.0.1', port: 7001, acceptProxy: true, udp: false },
+    ],
   },
+  udpIdleTimeout: { text: '45s', value: 45_000 },
+  udpResponses: { text: '1', value: 1 },
+  udpRequests: { text: '3', value: 3 },
+  udpMaxSessions: { text: '5000', value: 5000 },
+  udpMaxDatagram: { text: '1500', value: 1500 },
   serverNames: { text: '*.Example.com', value: ['*.example.com'] },
   sources: { text: '10.8.0.0/16', value: ['10.8.0.0/16'] },
   backends: { text: '127.0.0.1:9001,weight=3', value: [{ name: '127.0.0.1:9001', weight: 3 }] },
@@ -128,6 +135,9 @@ writeFileSync(
   'workers: 1\nlog: { level: error }\nfrontends:\n  - { name: a, listen: [127.0.0.1:0], backends: [127.0.0.1:1] }\n',
 );
 const MINIMAL = ['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:1'];
+/** Settings for UDP frontends only (a TCP frontend refuses them): tried on a UDP listener. */
+const UDP_KEYS = new Set(SETTINGS.filter((s) => s.key.startsWith('udp')).map((s) => s.key));
+const MINIMAL_UDP = ['--listen', '127.0.0.1:0,udp', '--backend', '127.0.0.1:1'];
 
 t.test('every setting has a sample here: a new one must show where it lands', async (t) => {
   t.same(SETTINGS.map((s) => s.key).sort(), Object.keys(SAMPLES).sort());
@@ -143,7 +153,9 @@ for (const setting of SETTINGS) {
         ? ['--backend', '127.0.0.1:1']
         : setting.key === 'backends'
           ? ['--listen', '127.0.0.1:0']
-          : MINIMAL;
+          : UDP_KEYS.has(setting.key)
+            ? MINIMAL_UDP
+            : MINIMAL;
     const config = await loaderFromArgs([...base, ...(COMPANIONS[setting.key] ?? []), ...args])();
     const scope = setting.scope === 'process' ? config : config.frontends[0];
     t.match(at(scope, setting.target), SAMPLES[setting.key].value);
@@ -161,7 +173,7 @@ for (const setting of SETTINGS) {
 
 for (const kind of PROBE_KINDS) {
   const others = PROBE_KINDS.flat().filter((key) => !kind.includes(key));
-  const settings = SETTINGS.filter((s) => !others.includes(s.key));
+  const settings = SETTINGS.filter((s) => !others.includes(s.key) && !UDP_KEYS.has(s.key));
   t.test(`every file key lands where its flag does (probe: ${kind[0]})`, async (t) => {
     // A pool's keys in the frontend (its own pool), then in a pool of pools: it names.
     await everyFileKey(t, settings, kind[0], false);
@@ -192,6 +204,24 @@ async function everyFileKey(t: Test, all: typeof SETTINGS, variant: string, name
     t.match(at(scope, setting.target), SAMPLES[setting.key].value, setting.file);
   }
 }
+
+t.test('every UDP file key lands where its flag does (udp: in a UDP frontend)', async (t) => {
+  const udp: Record<string, unknown> = {};
+  for (const setting of SETTINGS.filter((s) => UDP_KEYS.has(s.key))) {
+    udp[setting.file.split('.')[1]] = SAMPLES[setting.key].text;
+  }
+  const path = join(dir, 'every-udp.json');
+  writeFileSync(
+    path,
+    JSON.stringify({
+      frontends: [{ name: 'dns', listen: ['127.0.0.1:0,udp'], udp, backends: ['127.0.0.1:1'] }],
+    }),
+  );
+  const config = await loadConfigFile(path);
+  for (const setting of SETTINGS.filter((s) => UDP_KEYS.has(s.key))) {
+    t.match(at(config.frontends[0], setting.target), SAMPLES[setting.key].value, setting.file);
+  }
+});
 
 t.test('the README table is the one the settings table makes (npm run docs)', async (t) => {
   const readme = readFileSync(README, 'utf8');

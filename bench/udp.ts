@@ -1,0 +1,215 @@
+// UDP benchmark: datagrams a second through fulcrum (one worker, then two) against nginx's stream
+// module (`listen ... udp`, one worker: Debian's nginx-light with libnginx-mod-stream) and the
+// direct path, at 64, 512 and 1400 bytes; request/response (each client port keeps one datagram
+// in flight and waits for its reply) and one-way (a paced offered rate, counted at the backend),
+// with the loss of each run. The same load generator and echo backend (bench/udp-peer.ts, raw
+// UDP handles) serve every target, so the ratios compare the proxies; on a 2-core machine the
+// generator and backend share the cores with the proxy, which the direct row shows.
+//   apt-get install -y nginx-light libnginx-mod-stream
+// Usage: npm run bench:udp [-- --seconds 3 --clients 32 --rate 40000]
+
+import { type ChildProcess, spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import { once } from 'node:events';
+import { existsSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { BIN, has, launch, stopAll, workDir } from './lib.ts';
+
+const PEER = fileURLToPath(new URL('./udp-peer.ts', import.meta.url));
+const arg = (name: string, fallback: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i < 0 ? fallback : Number(process.argv[i + 1]);
+};
+const SECONDS = arg('seconds', 3);
+const CLIENTS = arg('clients', 32);
+const RATE = arg('rate', 40_000);
+const SIZES = [64, 512, 1400];
+const STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
+
+async function freeUdpPort(): Promise<number> {
+  const socket = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  const { port } = socket.address();
+  await new Promise<void>((resolve) => socket.close(() => resolve()));
+  return port;
+}
+
+/** Whether something answers a datagram on `port` (the proxy is up, its backend too). */
+async function answers(port: number, ms = 10_000): Promise<void> {
+  const socket = dgram.createSocket('udp4');
+  const until = Date.now() + ms;
+  try {
+    for (;;) {
+      const got = new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), 200);
+        socket.once('message', () => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+      });
+      socket.send('ping', port, '127.0.0.1');
+      if (await got) return;
+      if (Date.now() > until) throw new Error(`nothing answers on udp ${port}`);
+    }
+  } finally {
+    socket.close();
+  }
+}
+
+/** A child speaking one JSON line per answer (bench/udp-peer.ts). */
+function peer(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  return spawn(process.execPath, [PEER, ...args], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: { ...process.env, ...env },
+  });
+}
+
+async function line(child: ChildProcess): Promise<string> {
+  const [chunk] = (await once(child.stdout as NodeJS.ReadableStream, 'data')) as [Buffer];
+  return chunk.toString().trim();
+}
+
+interface Target {
+  name: string;
+  port: number;
+}
+
+async function startBackend(ports: number[], oneway: boolean): Promise<ChildProcess> {
+  const backend = peer(['backend', ...ports.map(String)], { ONEWAY: oneway ? '1' : '0' });
+  if ((await line(backend)) !== 'ready') throw new Error('backend did not start');
+  return backend;
+}
+
+async function backendReceived(backend: ChildProcess): Promise<number> {
+  backend.stdin?.write('report\n');
+  return (JSON.parse(await line(backend)) as { received: number }).received;
+}
+
+async function startTargets(dir: string, backends: number[]): Promise<Target[]> {
+  const targets: Target[] = [{ name: 'direct', port: backends[0] }];
+  if (has('nginx') && existsSync(STREAM_MODULE)) {
+    const port = await freeUdpPort();
+    const conf = join(dir, 'nginx-udp.conf');
+    writeFileSync(
+      conf,
+      `load_module ${STREAM_MODULE};
+worker_processes 1;
+daemon off;
+pid ${dir}/nginx-udp.pid;
+error_log ${dir}/nginx-udp-error.log warn;
+events { worker_connections 16384; }
+stream {
+  upstream backends { ${backends.map((b) => `server 127.0.0.1:${b};`).join(' ')} }
+  server { listen 127.0.0.1:${port} udp; proxy_pass backends; proxy_timeout 30s; }
+}
+`,
+    );
+    launch('nginx', ['-c', conf, '-e', `${dir}/nginx-udp-error.log`]);
+    await answers(port);
+    targets.push({ name: 'nginx', port });
+  } else {
+    console.error(
+      'bench:udp: nginx with the stream module is not installed (apt-get install -y nginx-light libnginx-mod-stream): no comparison',
+    );
+  }
+  for (const workers of [1, 2]) {
+    const port = await freeUdpPort();
+    launch(process.execPath, [
+      BIN,
+      '--listen',
+      `127.0.0.1:${port},udp`,
+      '--workers',
+      String(workers),
+      '--log-level',
+      'warn',
+      '--no-health-check',
+      ...backends.flatMap((b) => ['--backend', `127.0.0.1:${b}`]),
+    ]);
+    await answers(port);
+    targets.push({ name: `fulcrum-${workers}w`, port });
+  }
+  return targets;
+}
+
+interface Result {
+  rate: number;
+  loss: number;
+}
+
+async function requestResponse(target: Target, size: number): Promise<Result> {
+  const client = peer([
+    'client',
+    String(target.port),
+    String(size),
+    String(SECONDS),
+    String(CLIENTS),
+  ]);
+  const out = JSON.parse(await line(client)) as { rate: number; received: number; lost: number };
+  return { rate: out.rate, loss: out.lost / Math.max(1, out.received + out.lost) };
+}
+
+async function oneWay(target: Target, size: number, backend: ChildProcess): Promise<Result> {
+  const before = await backendReceived(backend);
+  const sender = peer([
+    'oneway',
+    String(target.port),
+    String(size),
+    String(SECONDS),
+    String(CLIENTS),
+    String(RATE),
+  ]);
+  const out = JSON.parse(await line(sender)) as { sent: number; rate: number };
+  // What is still in flight arrives within a moment.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const received = (await backendReceived(backend)) - before;
+  return { rate: received / SECONDS, loss: Math.max(0, 1 - received / out.sent) };
+}
+
+const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
+const k = (x: number) => `${(x / 1000).toFixed(1)}k`;
+
+async function main(): Promise<void> {
+  const dir = workDir();
+  const backendPorts = [await freeUdpPort(), await freeUdpPort()];
+  console.log(
+    `bench:udp: ${SECONDS}s per run after a 1s warm-up, ${CLIENTS} client ports; one-way offered ${k(RATE)}/s`,
+  );
+  const rows: string[][] = [['mode', 'size', 'target', 'datagrams/s', 'loss', 'vs nginx']];
+  for (const mode of ['request/response', 'one-way'] as const) {
+    const backend = await startBackend(backendPorts, mode === 'one-way');
+    const targets = await startTargets(dir, backendPorts);
+    for (const size of SIZES) {
+      const results = new Map<string, Result>();
+      for (const target of targets) {
+        const result =
+          mode === 'one-way'
+            ? await oneWay(target, size, backend)
+            : await requestResponse(target, size);
+        results.set(target.name, result);
+        const nginx = results.get('nginx');
+        rows.push([
+          mode,
+          String(size),
+          target.name,
+          k(result.rate),
+          pct(result.loss),
+          nginx === undefined || target.name === 'direct'
+            ? ''
+            : `${(result.rate / nginx.rate).toFixed(2)}x`,
+        ]);
+        console.log(rows[rows.length - 1].join('  '));
+      }
+    }
+    stopAll();
+    backend.kill();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  console.log(
+    `\n${rows.map((r) => `| ${r.map((cell, c) => cell.padEnd(widths[c])).join(' | ')} |`).join('\n')}`,
+  );
+  process.exit(0);
+}
+
+await main();
