@@ -1,6 +1,7 @@
 // The two ends of bench/udp.ts, as child processes on raw UDP handles (Node's dgram would spend
 // more than the proxy under test on each datagram):
 //   backend PORTS...                  echo every datagram (or, with ONEWAY=1, only count it)
+//                                     and count all but 4-byte ones (the is-it-up probes)
 //   client PORT SIZE SECONDS CLIENTS  request/response: each client port keeps one datagram in
 //                                     flight and sends the next when its reply comes back
 //   oneway PORT SIZE SECONDS CLIENTS RATE   send RATE datagrams a second, spread over the ports
@@ -40,8 +41,9 @@ if (role === 'backend') {
     const handle = udpHandleOf(socket) as RawUdp;
     handle.onmessage = function (nread, _h, buffer, rinfo) {
       if (nread < 0 || buffer === undefined || rinfo === undefined) return;
-      received++;
-      if (echo) sendTo(this, buffer.subarray(0, nread), rinfo.port);
+      // One-way: only the orchestrator's 4-byte "is it up" probe is answered.
+      if (echo || nread === 4) sendTo(this, buffer.subarray(0, nread), rinfo.port);
+      if (nread !== 4) received++;
     };
   }
   process.stdout.write('ready\n');

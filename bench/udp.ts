@@ -6,7 +6,7 @@
 // UDP handles) serve every target, so the ratios compare the proxies; on a 2-core machine the
 // generator and backend share the cores with the proxy, which the direct row shows.
 //   apt-get install -y nginx-light libnginx-mod-stream
-// Usage: npm run bench:udp [-- --seconds 3 --clients 32 --rate 40000]
+// Usage: npm run bench:udp [-- --seconds 3 --rounds 3 --clients 32 --rate 40000]
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
@@ -14,7 +14,7 @@ import { once } from 'node:events';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BIN, has, launch, stopAll, workDir } from './lib.ts';
+import { BIN, has, launch, median, stopAll, workDir } from './lib.ts';
 
 const PEER = fileURLToPath(new URL('./udp-peer.ts', import.meta.url));
 const arg = (name: string, fallback: number) => {
@@ -24,6 +24,7 @@ const arg = (name: string, fallback: number) => {
 const SECONDS = arg('seconds', 3);
 const CLIENTS = arg('clients', 32);
 const RATE = arg('rate', 40_000);
+const ROUNDS = arg('rounds', 3);
 const SIZES = [64, 512, 1400];
 const STREAM_MODULE = '/usr/lib/nginx/modules/ngx_stream_module.so';
 
@@ -42,11 +43,15 @@ async function answers(port: number, ms = 10_000): Promise<void> {
   try {
     for (;;) {
       const got = new Promise<boolean>((resolve) => {
-        const timer = setTimeout(() => resolve(false), 200);
-        socket.once('message', () => {
+        const onMessage = () => {
           clearTimeout(timer);
           resolve(true);
-        });
+        };
+        const timer = setTimeout(() => {
+          socket.off('message', onMessage);
+          resolve(false);
+        }, 200);
+        socket.once('message', onMessage);
       });
       socket.send('ping', port, '127.0.0.1');
       if (await got) return;
@@ -173,19 +178,32 @@ async function main(): Promise<void> {
   const dir = workDir();
   const backendPorts = [await freeUdpPort(), await freeUdpPort()];
   console.log(
-    `bench:udp: ${SECONDS}s per run after a 1s warm-up, ${CLIENTS} client ports; one-way offered ${k(RATE)}/s`,
+    `bench:udp: ${ROUNDS} rounds of ${SECONDS}s runs (the median; loss: the worst run), ${CLIENTS} client ports; one-way offered ${k(RATE)}/s`,
   );
-  const rows: string[][] = [['mode', 'size', 'target', 'datagrams/s', 'loss', 'vs nginx']];
+  const rows: string[][] = [['mode', 'size', 'target', 'datagrams/s', 'worst loss', 'vs nginx']];
   for (const mode of ['request/response', 'one-way'] as const) {
     const backend = await startBackend(backendPorts, mode === 'one-way');
     const targets = await startTargets(dir, backendPorts);
     for (const size of SIZES) {
+      // Rounds with the targets interleaved (direct, nginx, fulcrum, direct, ...): the median
+      // rate of each, and its worst loss.
+      const runs = new Map<string, Result[]>();
+      for (let round = 0; round < ROUNDS; round++) {
+        for (const target of targets) {
+          const result =
+            mode === 'one-way'
+              ? await oneWay(target, size, backend)
+              : await requestResponse(target, size);
+          runs.set(target.name, [...(runs.get(target.name) ?? []), result]);
+        }
+      }
       const results = new Map<string, Result>();
       for (const target of targets) {
-        const result =
-          mode === 'one-way'
-            ? await oneWay(target, size, backend)
-            : await requestResponse(target, size);
+        const all = runs.get(target.name) ?? [];
+        const result = {
+          rate: median(all.map((r) => r.rate)),
+          loss: Math.max(...all.map((r) => r.loss)),
+        };
         results.set(target.name, result);
         const nginx = results.get('nginx');
         rows.push([
