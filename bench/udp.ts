@@ -11,7 +11,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import { once } from 'node:events';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BIN, has, launch, median, stopAll, workDir } from './lib.ts';
@@ -63,11 +63,18 @@ async function answers(port: number, ms = 10_000): Promise<void> {
 }
 
 /** A child speaking one JSON line per answer (bench/udp-peer.ts). */
+const peers: ChildProcess[] = [];
+process.on('exit', () => {
+  for (const child of peers) child.kill('SIGKILL');
+});
+
 function peer(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
-  return spawn(process.execPath, [PEER, ...args], {
+  const child = spawn(process.execPath, [PEER, ...args], {
     stdio: ['pipe', 'pipe', 'inherit'],
     env: { ...process.env, ...env },
   });
+  peers.push(child);
+  return child;
 }
 
 async function line(child: ChildProcess): Promise<string> {
@@ -78,6 +85,28 @@ async function line(child: ChildProcess): Promise<string> {
 interface Target {
   name: string;
   port: number;
+  /** The proxy's process (nginx's master: its workers are counted with it); null: direct. */
+  pid: number | null;
+}
+
+/** CPU time (user + system, in seconds) of `pid` and its children, from /proc. */
+function cpuSeconds(pid: number): number {
+  const tick = 100; // USER_HZ on Linux
+  let total = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // fields[1] is the parent, fields[11] and [12] utime and stime (the whole process).
+      if (Number(entry) === pid || Number(fields[1]) === pid) {
+        total += (Number(fields[11]) + Number(fields[12])) / tick;
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
 }
 
 async function startBackend(ports: number[], oneway: boolean): Promise<ChildProcess> {
@@ -92,7 +121,7 @@ async function backendReceived(backend: ChildProcess): Promise<number> {
 }
 
 async function startTargets(dir: string, backends: number[]): Promise<Target[]> {
-  const targets: Target[] = [{ name: 'direct', port: backends[0] }];
+  const targets: Target[] = [{ name: 'direct', port: backends[0], pid: null }];
   if (has('nginx') && existsSync(STREAM_MODULE)) {
     const port = await freeUdpPort();
     const conf = join(dir, 'nginx-udp.conf');
@@ -110,9 +139,9 @@ stream {
 }
 `,
     );
-    launch('nginx', ['-c', conf, '-e', `${dir}/nginx-udp-error.log`]);
+    const nginx = launch('nginx', ['-c', conf, '-e', `${dir}/nginx-udp-error.log`]);
     await answers(port);
-    targets.push({ name: 'nginx', port });
+    targets.push({ name: 'nginx', port, pid: nginx.pid ?? null });
   } else {
     console.error(
       'bench:udp: nginx with the stream module is not installed (apt-get install -y nginx-light libnginx-mod-stream): no comparison',
@@ -120,7 +149,7 @@ stream {
   }
   for (const workers of [1, 2]) {
     const port = await freeUdpPort();
-    launch(process.execPath, [
+    const fulcrum = launch(process.execPath, [
       BIN,
       '--listen',
       `127.0.0.1:${port},udp`,
@@ -132,7 +161,7 @@ stream {
       ...backends.flatMap((b) => ['--backend', `127.0.0.1:${b}`]),
     ]);
     await answers(port);
-    targets.push({ name: `fulcrum-${workers}w`, port });
+    targets.push({ name: `fulcrum-${workers}w`, port, pid: fulcrum.pid ?? null });
   }
   return targets;
 }
@@ -140,6 +169,8 @@ stream {
 interface Result {
   rate: number;
   loss: number;
+  /** The proxy's CPU time per datagram it carried (both ways), in microseconds; NaN: direct. */
+  cpuUs: number;
 }
 
 async function requestResponse(target: Target, size: number): Promise<Result> {
@@ -150,12 +181,21 @@ async function requestResponse(target: Target, size: number): Promise<Result> {
     String(SECONDS),
     String(CLIENTS),
   ]);
+  // The CPU is read over the whole run, warm-up second included, and divided by every datagram
+  // of it (the measured rate over the whole run's length; two datagrams per exchange).
+  const before = target.pid === null ? 0 : cpuSeconds(target.pid);
   const out = JSON.parse(await line(client)) as { rate: number; received: number; lost: number };
-  return { rate: out.rate, loss: out.lost / Math.max(1, out.received + out.lost) };
+  const cpu = target.pid === null ? Number.NaN : cpuSeconds(target.pid) - before;
+  return {
+    rate: out.rate,
+    loss: out.lost / Math.max(1, out.received + out.lost),
+    cpuUs: (cpu * 1e6) / (out.rate * (SECONDS + 1) * 2),
+  };
 }
 
 async function oneWay(target: Target, size: number, backend: ChildProcess): Promise<Result> {
   const before = await backendReceived(backend);
+  const cpuBefore = target.pid === null ? 0 : cpuSeconds(target.pid);
   const sender = peer([
     'oneway',
     String(target.port),
@@ -168,7 +208,12 @@ async function oneWay(target: Target, size: number, backend: ChildProcess): Prom
   // What is still in flight arrives within a moment.
   await new Promise((resolve) => setTimeout(resolve, 300));
   const received = (await backendReceived(backend)) - before;
-  return { rate: received / SECONDS, loss: Math.max(0, 1 - received / out.sent) };
+  const cpu = target.pid === null ? Number.NaN : cpuSeconds(target.pid) - cpuBefore;
+  return {
+    rate: received / SECONDS,
+    loss: Math.max(0, 1 - received / out.sent),
+    cpuUs: (cpu * 1e6) / Math.max(1, received),
+  };
 }
 
 const pct = (x: number) => `${(x * 100).toFixed(2)}%`;
@@ -180,7 +225,9 @@ async function main(): Promise<void> {
   console.log(
     `bench:udp: ${ROUNDS} rounds of ${SECONDS}s runs (the median; loss: the worst run), ${CLIENTS} client ports; one-way offered ${k(RATE)}/s`,
   );
-  const rows: string[][] = [['mode', 'size', 'target', 'datagrams/s', 'worst loss', 'vs nginx']];
+  const rows: string[][] = [
+    ['mode', 'size', 'target', 'datagrams/s', 'worst loss', 'vs nginx', 'CPU µs/datagram'],
+  ];
   for (const mode of ['request/response', 'one-way'] as const) {
     const backend = await startBackend(backendPorts, mode === 'one-way');
     const targets = await startTargets(dir, backendPorts);
@@ -203,6 +250,7 @@ async function main(): Promise<void> {
         const result = {
           rate: median(all.map((r) => r.rate)),
           loss: Math.max(...all.map((r) => r.loss)),
+          cpuUs: median(all.map((r) => r.cpuUs)),
         };
         results.set(target.name, result);
         const nginx = results.get('nginx');
@@ -215,6 +263,7 @@ async function main(): Promise<void> {
           nginx === undefined || target.name === 'direct'
             ? ''
             : `${(result.rate / nginx.rate).toFixed(2)}x`,
+          Number.isNaN(result.cpuUs) ? '' : result.cpuUs.toFixed(1),
         ]);
         console.log(rows[rows.length - 1].join('  '));
       }
