@@ -133,7 +133,6 @@ export class Frontend {
     this.limits = limits;
     this.table = openTable(this.shared, 0, this.held, this.config.share);
     this.scheduler = createScheduler(this.config.algorithm, this.table, this.context);
-    if (update.config.protocol === 'udp') this.udp = new UdpSessions(this, update.sessions);
     this.apply(update);
   }
 
@@ -143,6 +142,10 @@ export class Frontend {
    */
   apply(update: FrontendUpdate): void {
     this.config = update.config;
+    // A reload may make a TCP frontend of the same name and pool a UDP one.
+    if (update.config.protocol === 'udp' && this.udp === null) {
+      this.udp = new UdpSessions(this, update.sessions);
+    }
     const backends: (BackendConfig | null)[] = [];
     update.members.forEach((member, i) => {
       backends.push(member === null ? null : member.config);

@@ -60,6 +60,9 @@ export class UdpListener {
   frontend: Frontend;
   /** Sessions by client address, then port. */
   readonly byAddress = new Map<string, Map<number, Session>>();
+  /** Closed: a session that still points here (one past --udp-requests, no longer in the table)
+   *  ends at its backend's next reply. */
+  closed = false;
 
   constructor(socket: dgram.Socket, handle: RawUdp, ipv6: boolean, frontend: Frontend) {
     this.socket = socket;
@@ -72,9 +75,11 @@ export class UdpListener {
 
   /** Closes the socket; its sessions end (no reply could reach their clients any more). */
   close(reason: number = END.DRAIN_CUT): void {
+    this.closed = true;
     for (const ports of this.byAddress.values()) {
       for (const session of ports.values()) session.sessions.end(session, reason);
     }
+    this.frontend.udp?.endOn(this, reason);
     this.handle.onmessage = null;
     this.socket.close();
   }
@@ -285,6 +290,10 @@ export class UdpSessions {
       return;
     }
     const listener = session.listener;
+    if (listener.closed) {
+      this.end(session, END.DRAIN_CUT);
+      return;
+    }
     one[0] = buffer;
     const rc = listener.ipv6
       ? listener.handle.send6(sendReq, one, 1, session.port, session.address, false)
@@ -464,7 +473,17 @@ export class UdpSessions {
     return killed;
   }
 
-  /** Ends every session (a drain past its deadline, or its listener gone). */
+  /** Ends every session of `listener` (it closes). */
+  endOn(listener: UdpListener, reason: number): void {
+    let session = this.live.head;
+    while (session !== null) {
+      const next = session.next;
+      if (session.listener === listener) this.end(session, reason);
+      session = next;
+    }
+  }
+
+  /** Ends every session (a drain past its deadline). */
   endAll(reason: number): void {
     let session = this.live.head;
     while (session !== null) {

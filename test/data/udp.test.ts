@@ -71,6 +71,7 @@ t.test(
     const config = writeConfig(`
 workers: 1
 statsSocket: ${stats}
+metrics: 127.0.0.1:0
 log: { access: true }
 frontends:
   - name: main
@@ -147,9 +148,16 @@ frontends:
 
     t.test('sessions end at the idle timeout; the gauge returns to zero', async (t) => {
       await settledUdp(stats, fulcrum);
-      const timeouts = fulcrum.logs.filter((l) => l.msg === 'session' && l.end === 'timeout');
-      t.ok(timeouts.length >= 1002, `${timeouts.length} sessions ended by the idle timeout`);
-      const line = timeouts[0];
+      // The access log is written by the worker as the sessions end: its lines may trail the
+      // counters by a moment.
+      const main = () => fulcrum.logs.filter((l) => l.msg === 'session' && l.frontend === 'main');
+      await waitFor(() => main().length >= 1002, 3000, 'a line for every session');
+      const ends = new Map<unknown, number>();
+      for (const l of main()) {
+        ends.set(l.end, (ends.get(l.end) ?? 0) + 1);
+      }
+      t.same(Object.fromEntries(ends), { timeout: 1002 }, 'every session ended by the timeout');
+      const line = main()[0];
       t.match(line, { protocol: 'udp', frontend: 'main', datagramsIn: Number, bytesOut: Number });
       t.ok(Number(line.durationMs) >= 600, `ended after the idle timeout (${line.durationMs} ms)`);
       const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
@@ -230,8 +238,18 @@ frontends:
       const text = await query(stats, 'show stat');
       t.match(text, /DGRAMS_IN/, 'show stat has a UDP table');
       t.match(text, /session-limit=2 too-large=1/, 'with the drops by reason');
-      const metrics = await query(stats, 'show info json');
-      t.equal(JSON.parse(metrics)['datagrams_dropped_session-limit'], 2);
+      const info = await query(stats, 'show info json');
+      t.equal(JSON.parse(info)['datagrams_dropped_session-limit'], 2);
+      const url = String(fulcrum.logs.find((l) => l.msg === 'metrics')?.url);
+      const metrics = (await (await fetch(url)).text()).split('\n');
+      for (const line of [
+        'fulcrum_udp_dropped_total{frontend="limits",reason="session-limit"} 2',
+        'fulcrum_udp_dropped_total{frontend="limits",reason="too-large"} 1',
+        'fulcrum_udp_sessions_current{frontend="limits"} 3',
+        `fulcrum_backend_udp_datagrams_total{pool="limits",backend="${b1.address}",direction="in"} 4`,
+      ]) {
+        t.ok(metrics.includes(line), line);
+      }
       await closeAll(clients);
       // Their sessions end at the idle timeout (10 s): end them now by removing the backend's
       // sessions (del backend ... now).
@@ -302,8 +320,24 @@ t.test('a killed backend is left within fall x interval and its sessions move', 
   }
   const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
   t.ok(info['ended_backend-gone'] + info['ended_backend-refused'] >= pinned.length, 'moved');
-  await closeAll([...clients, ...fresh]);
+  // A backend added at runtime takes new sessions (round-robin: every other one).
+  const added = await udpBackend('added');
+  t.teardown(() => added.close());
+  t.match(await query(stats, `add backend default ${added.address}`), /added/);
+  await eventually(
+    async () =>
+      (await showStat(stats))[0].backends.some((b) => b.name === added.address && b.state === 'up'),
+    3000,
+    'the added backend up',
+  );
+  const later = await Promise.all(Array.from({ length: 6 }, () => udpClient()));
+  const names = await Promise.all(
+    later.map(async (c) => answeredBy(await ask(c, fulcrum.port, 'x'))),
+  );
+  t.ok(names.includes('added'), `the added backend takes sessions (${names})`);
+  await closeAll([...clients, ...fresh, ...later]);
   t.match(await query(stats, `del backend default/${alive.address} now`), /deleted/);
+  t.match(await query(stats, `del backend default/${added.address} now`), /deleted/);
   await settledUdp(stats, fulcrum);
 });
 
