@@ -5,6 +5,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import net from 'node:net';
 import t from 'tap';
+import { loaderFromArgs } from '../../src/config/flags.ts';
+import { ConfigError } from '../../src/config/parse.ts';
 import { query } from '../../src/stats/client.ts';
 import {
   BIN,
@@ -242,18 +244,50 @@ function runToExit(
   });
 }
 
-// Each case is a process start (a few hundred ms of Node startup): run four at a time, and
-// check each as its own test, in order.
+/**
+ * The error the config loader throws for `args`, when it is a ConfigError: what the CLI prints as
+ * its one line, exit 2 (src/cli.ts maps every ConfigError so, and the cases run as processes
+ * below prove it). Null when the loader accepts them or throws anything else (commander's own
+ * errors, other commands): those cases run as processes.
+ */
+async function configError(args: string[]): Promise<ConfigError | null> {
+  if (args[0] === 'stats' || args[0] === 'ctl') return null;
+  try {
+    await loaderFromArgs(args)();
+    return null;
+  } catch (err) {
+    return err instanceof ConfigError ? err : null;
+  }
+}
+
+/** Cases that run as processes though the loader's ConfigError tells the answer: a sample of
+ *  them, so the CLI's mapping of that error is seen from outside. */
+const SPAWNED_SAMPLE = 8;
+
+// A process start costs a few hundred ms of Node startup: the processes run four at a time, and
+// each case is checked as its own test, in order.
 const RUNNING_AT_ONCE = 4;
-const runs: Array<Promise<Awaited<ReturnType<typeof runToExit>>>> = [];
+const runs: Array<Promise<Awaited<ReturnType<typeof runToExit>> | ConfigError>> = [];
 for (let i = 0; i < cases.length; i++) {
   const before = runs[i - RUNNING_AT_ONCE] ?? Promise.resolve();
-  runs.push(before.then(() => runToExit(cases[i][1])));
+  runs.push(
+    before.then(async () => {
+      const error = i < SPAWNED_SAMPLE ? null : await configError(cases[i][1]);
+      return error ?? runToExit(cases[i][1]);
+    }),
+  );
 }
 
 for (const [i, [what, , flag]] of cases.entries()) {
   t.test(`${what}: exit 2, one line naming ${flag}`, async (t) => {
-    const run = await runs[i];
+    const outcome = await runs[i];
+    if (outcome instanceof ConfigError) {
+      // In process: the line the CLI would print is `fulcrum: MESSAGE`.
+      t.equal(outcome.message.split('\n').length, 1, 'one line');
+      t.ok(outcome.message.includes(flag), `names ${flag}: ${outcome.message}`);
+      return;
+    }
+    const run = outcome;
     t.equal(run.status, 2, `exit status (stderr: ${run.stderr})`);
     const lines = run.stderr.trim().split('\n');
     t.equal(lines.length, 1, 'exactly one line');

@@ -8,6 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import dgram from 'node:dgram';
 import { Resolver } from 'node:dns/promises';
 import { mkdtempSync } from 'node:fs';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -18,52 +19,65 @@ import { heldUdpSockets } from '../udp.ts';
 const hasDnsmasq = spawnSync('dnsmasq', ['--version']).status === 0;
 const dir = mkdtempSync(join(tmpdir(), 'fulcrum-dnsmasq-'));
 
-/** A UDP port free now (dnsmasq takes a number, not 0). */
-async function freeUdpPort(): Promise<number> {
+/** A port free now for UDP and for TCP (dnsmasq binds both; it takes a number, not 0). */
+async function freePort(): Promise<number> {
   const socket = dgram.createSocket('udp4');
   await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
   const { port } = socket.address();
   await new Promise<void>((resolve) => socket.close(() => resolve()));
-  return port;
+  const server = net.createServer();
+  const free = await new Promise<boolean>((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => resolve(true));
+  });
+  if (free) await new Promise<void>((resolve) => server.close(() => resolve()));
+  return free ? port : freePort();
 }
 
-/** dnsmasq answering every name under fulcrum.test with `address`, and nothing else (no
- *  upstream, no hosts file). */
-async function dnsmasq(
-  t: { teardown(fn: () => unknown): void },
-  n: number,
-  address: string,
-): Promise<number> {
-  const port = await freeUdpPort();
-  const server = spawn(
-    'dnsmasq',
-    [
-      '--keep-in-foreground',
-      '--conf-file=/dev/null',
-      `--port=${port}`,
-      '--listen-address=127.0.0.1',
-      '--bind-interfaces',
-      '--no-resolv',
-      '--no-hosts',
-      `--address=/fulcrum.test/${address}`,
-      `--pid-file=${join(dir, `dnsmasq-${n}.pid`)}`,
-      ...(process.getuid?.() === 0 ? ['--user=root'] : []),
-    ],
-    { stdio: 'ignore' },
-  );
-  t.teardown(() => server.kill('SIGKILL'));
-  const direct = new Resolver({ timeout: 200, tries: 1 });
-  direct.setServers([`127.0.0.1:${port}`]);
-  await eventually(
-    () =>
-      direct.resolve4('api.fulcrum.test').then(
-        () => true,
-        () => false,
-      ),
-    10_000,
-    `dnsmasq ${n} to answer`,
-  );
-  return port;
+/**
+ * dnsmasq answering every name under fulcrum.test with `address`, and nothing else (no
+ * upstream, no hosts file). Another process may take the port between the check and dnsmasq's
+ * bind (the suite runs in parallel): then dnsmasq exits, and another port is tried.
+ */
+async function dnsmasq(t: { teardown(fn: () => unknown): void }, n: number, address: string) {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const server = spawn(
+      'dnsmasq',
+      [
+        '--keep-in-foreground',
+        '--conf-file=/dev/null',
+        `--port=${port}`,
+        '--listen-address=127.0.0.1',
+        '--bind-interfaces',
+        '--no-resolv',
+        '--no-hosts',
+        `--address=/fulcrum.test/${address}`,
+        `--pid-file=${join(dir, `dnsmasq-${n}.pid`)}`,
+        ...(process.getuid?.() === 0 ? ['--user=root'] : []),
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    let stderr = '';
+    server.stderr?.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    t.teardown(() => server.kill('SIGKILL'));
+    const direct = new Resolver({ timeout: 200, tries: 1 });
+    direct.setServers([`127.0.0.1:${port}`]);
+    const up = await eventually(
+      async () =>
+        server.exitCode !== null ||
+        (await direct.resolve4('api.fulcrum.test').then(
+          () => true,
+          () => false,
+        )),
+      10_000,
+      `dnsmasq ${n} to answer`,
+    ).then(() => server.exitCode === null);
+    if (up) return port;
+    if (attempt >= 3) throw new Error(`dnsmasq ${n} exited: ${stderr.trim()}`);
+  }
 }
 
 t.test(

@@ -6,6 +6,7 @@
 // clients. Every scenario ends with the live counts, and the session sockets the kernel sees, at
 // zero.
 
+import { spawnSync } from 'node:child_process';
 import type dgram from 'node:dgram';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +14,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import { query } from '../../src/stats/client.ts';
 import {
+  BIN,
   eventually,
   type Fulcrum,
   showStat,
@@ -250,6 +252,12 @@ frontends:
       ]) {
         t.ok(metrics.includes(line), line);
       }
+      const top = spawnSync(
+        process.execPath,
+        [BIN, 'top', '--socket', stats, '-n', '2', '-d', '200ms'],
+        { encoding: 'utf8', timeout: 20_000 },
+      );
+      t.match(top.stdout, /limits 127\.0\.0\.1:\d+,udp .* 3 .* 3 dropped\s+\d+ dg\/s\s+\d+ dg\/s/);
       await closeAll(clients);
       // Their sessions end at the idle timeout (10 s): end them now by removing the backend's
       // sessions (del backend ... now).
