@@ -533,7 +533,7 @@ export const SETTINGS: readonly Setting[] = [
     scope: 'pool',
     kind: 'value',
     target: 'health.send',
-    help: 'write TEXT once connected (escapes \\r \\n \\t \\\\ \\xHH); needs --health-expect',
+    help: 'write TEXT once connected (escapes \\r \\n \\t \\\\ \\xHH); needs --health-expect. On a UDP pool: sent as one datagram',
     parse: parseEscaped,
   },
   {
@@ -544,7 +544,7 @@ export const SETTINGS: readonly Setting[] = [
     scope: 'pool',
     kind: 'value',
     target: 'health.expect',
-    help: 'healthy when the reply contains TEXT (same escapes); alone, the greeting is matched and nothing is sent',
+    help: 'healthy when the reply contains TEXT (same escapes); alone, the greeting is matched and nothing is sent (UDP: an empty datagram is)',
     parse: parseEscaped,
   },
   {
@@ -567,7 +567,7 @@ export const SETTINGS: readonly Setting[] = [
     scope: 'pool',
     kind: 'value',
     target: 'health.port',
-    help: "probe this port instead of each backend's own (a sidecar or admin port)",
+    help: "probe this port instead of each backend's own (a sidecar or admin port); on a UDP pool without --health-expect, a TCP connect to it (the service's TCP side)",
     parse: parsePort,
   },
   {

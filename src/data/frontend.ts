@@ -1,7 +1,7 @@
 // A frontend as one worker thread runs it: the scheduler over its pool's shared backend table
 // (rebuilt and swapped on every update), its counters and timings, the wait queue, and the lists
-// the coarse timer sweeps. Listening is in listeners.ts (one socket per address, which frontends
-// may share), admission in accept.ts. Frontends of one pool are siblings: a slot one frees is
+// the coarse timer sweeps; a UDP frontend's sessions are in udp.ts. Listening is in
+// listeners.ts (one socket per address, which frontends may share), admission in accept.ts. Frontends of one pool are siblings: a slot one frees is
 // offered to the others' queues, and a frontend whose priority number is higher leaves a slot to
 // a waiting sibling with a lower one (wherever that one's clients wait: the waiting counts are
 // shared by every worker). Invariant: nothing here runs per chunk, and nothing is logged.

@@ -1,5 +1,6 @@
 // The listening sockets of one worker: one per address the frontends name (with SO_REUSEPORT,
-// so every worker has its own), whichever frontends share it, and the sockets systemd passed.
+// so every worker has its own), whichever frontends share it, and the sockets systemd passed;
+// a UDP address is a datagram socket of one frontend (data/udp.ts), handed over the same way.
 // Each socket carries the Route that says which frontend takes its clients (data/routes.ts).
 // Sockets a replaced fulcrum handed over (an upgrade), or taken back from a successor that died,
 // are listened on as they are, this worker's share of them, so the connections queued in each

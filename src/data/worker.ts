@@ -1,5 +1,5 @@
 // A data-plane worker thread: runs every frontend's listeners (reusePort, so the kernel spreads
-// connections over workers) and pipes connections. Invariant: it never asks another thread
+// connections and UDP clients over workers), pipes connections and carries UDP sessions. Invariant: it never asks another thread
 // anything per connection; the main thread talks to it only to start, update, drain and cut.
 
 import { parentPort, workerData } from 'node:worker_threads';
