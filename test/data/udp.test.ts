@@ -223,6 +223,25 @@ frontends:
       await settledUdp(stats, fulcrum);
     });
 
+    t.test('drain keeps its sessions; disable moves them', async (t) => {
+      const pinned = await udpClient();
+      const first = answeredBy(await ask(pinned, v4, 'a'));
+      const backend = [b1, b2, b3].find((b) => b.name === first) as UdpBackend;
+      t.match(await query(stats, `drain main/${backend.address}`), /draining/);
+      for (let k = 0; k < 5; k++) {
+        t.equal(answeredBy(await ask(pinned, v4, `d${k}`)), first, 'a drained backend keeps it');
+      }
+      const fresh = await Promise.all(Array.from({ length: 6 }, () => udpClient()));
+      for (const client of fresh) {
+        t.not(answeredBy(await ask(client, v4, 'n')), first, 'new sessions go elsewhere');
+      }
+      t.match(await query(stats, `disable main/${backend.address}`), /disabled/);
+      t.not(answeredBy(await ask(pinned, v4, 'moved')), first, 'disabled: the session moves');
+      t.match(await query(stats, `enable main/${backend.address}`), /enabled/);
+      await closeAll([pinned, ...fresh]);
+      await settledUdp(stats, fulcrum);
+    });
+
     t.test('the session cap and oversize datagrams are dropped and counted', async (t) => {
       const [port] = fulcrum.ports.limits;
       const clients = await Promise.all(Array.from({ length: 5 }, () => udpClient()));
