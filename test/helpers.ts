@@ -288,15 +288,7 @@ export async function showStat(path: string): Promise<FrontendStat[]> {
  * lost track of still holds its descriptor, so it is counted here even when every counter says 0.
  */
 export function heldConnections(pid: number): number {
-  const inodes = new Set<string>();
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
-      if (link.startsWith('socket:[')) inodes.add(link.slice(8, -1));
-    } catch {
-      // closed between the listing and the read
-    }
-  }
+  const inodes = socketInodes(pid);
   let held = 0;
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
     for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
@@ -306,6 +298,20 @@ export function heldConnections(pid: number): number {
     }
   }
   return held;
+}
+
+/** The inodes of the sockets process `pid` holds a descriptor of. */
+export function socketInodes(pid: number): Set<string> {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      if (link.startsWith('socket:[')) inodes.add(link.slice(8, -1));
+    } catch {
+      // closed between the listing and the read
+    }
+  }
+  return inodes;
 }
 
 /**

@@ -2,7 +2,8 @@
 // wait for the answer, and the UDP sockets a process holds, read from the kernel's tables.
 
 import dgram from 'node:dgram';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { socketInodes } from './helpers.ts';
 
 export interface UdpBackend {
   readonly name: string;
@@ -117,15 +118,7 @@ export function answeredBy(answer: Answer): string {
  * from the kernel's tables: a session fulcrum lost track of still holds its socket.
  */
 export function heldUdpSockets(pid: number): number {
-  const inodes = new Set<string>();
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const link = readlinkSync(`/proc/${pid}/fd/${fd}`);
-      if (link.startsWith('socket:[')) inodes.add(link.slice(8, -1));
-    } catch {
-      // closed between the listing and the read
-    }
-  }
+  const inodes = socketInodes(pid);
   let held = 0;
   for (const table of ['/proc/net/udp', '/proc/net/udp6']) {
     for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
