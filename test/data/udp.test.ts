@@ -8,7 +8,7 @@
 
 import { spawnSync } from 'node:child_process';
 import type dgram from 'node:dgram';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
@@ -290,11 +290,14 @@ t.test('a killed backend is left within fall x interval and its sessions move', 
   const alive = await udpBackend('alive');
   let doomed: UdpBackend | null = await udpBackend('doomed');
   const stats = socketPath();
+  const stateFile = join(dir, 'udp-state.json');
   const fulcrum = await startFulcrum([
     '--listen',
     '127.0.0.1:0,udp',
     '--stats-socket',
     stats,
+    '--state-file',
+    stateFile,
     '--algorithm',
     'round-robin',
     '--health-interval',
@@ -362,6 +365,12 @@ t.test('a killed backend is left within fall x interval and its sessions move', 
     later.map(async (c) => answeredBy(await ask(c, fulcrum.port, 'x'))),
   );
   t.ok(names.includes('added'), `the added backend takes sessions (${names})`);
+  // Kept in the state file like any pool's change.
+  t.match(
+    JSON.parse(readFileSync(stateFile, 'utf8')),
+    { version: 3, pools: { default: { added: [added.address] } } },
+    'the state file keeps it',
+  );
   await closeAll([...clients, ...fresh, ...later]);
   t.match(await query(stats, `del backend default/${alive.address} now`), /deleted/);
   t.match(await query(stats, `del backend default/${added.address} now`), /deleted/);
