@@ -12,6 +12,7 @@
 // gives its place back exactly once (end()).
 
 import dgram from 'node:dgram';
+import os from 'node:os';
 import { fnv1a, mix } from '../core/hash.ts';
 import { release, take } from '../core/table.ts';
 import {
@@ -43,6 +44,9 @@ import type { RawUdp } from './internals.ts';
 import { rawUdp, udpHandleOf } from './internals.ts';
 import type { Linked } from './queue.ts';
 import { LinkedList } from './queue.ts';
+
+/** What a send on a connected socket returns after an ICMP port unreachable (libuv's code). */
+const UV_ECONNREFUSED = -os.constants.errno.ECONNREFUSED;
 
 /** Picks a session may try when another worker takes the picked backend's last place meanwhile. */
 const TAKE_TRIES = 3;
@@ -257,6 +261,11 @@ export class UdpSessions {
     const rc = handle.send(sendReq, one, 1, false);
     sent(rc, buffer);
     if (rc < 0) {
+      if (rc !== UV_ECONNREFUSED) {
+        // fulcrum's own trouble (no buffer space): the datagram is lost, the backend not judged.
+        frontend.slot[DROP_BASE + DROP.SEND_FAILED]++;
+        return;
+      }
       // A refusal the kernel kept for this socket (an ICMP port unreachable after an earlier
       // datagram): the backend is not there. Counted against it; the next datagram re-pins.
       frontend.slot[DROP_BASE + DROP.BACKEND_REFUSED]++;
@@ -300,6 +309,10 @@ export class UdpSessions {
       : listener.handle.send(sendReq, one, 1, session.port, session.address, false);
     sent(rc, buffer);
     session.lastActive = now;
+    if (rc < 0) {
+      frontend.slot[DROP_BASE + DROP.SEND_FAILED]++;
+      return;
+    }
     session.bytesOut += nread;
     session.datagramsOut++;
     const slot = frontend.slot;

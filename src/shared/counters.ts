@@ -61,6 +61,7 @@ export const DROP_NAMES = [
   'too-large',
   'backend-refused',
   'denied',
+  'send-failed',
 ] as const;
 export const DROP = {
   NO_BACKEND: 0,
@@ -68,6 +69,8 @@ export const DROP = {
   TOO_LARGE: 2,
   BACKEND_REFUSED: 3,
   DENIED: 4,
+  /** fulcrum's own send failed (no buffer space, an unreachable client): not the backend's. */
+  SEND_FAILED: 5,
 } as const;
 
 /** Per-frontend fields, then one block per end reason, then BACKEND_STRIDE fields per backend. */

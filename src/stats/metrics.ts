@@ -389,7 +389,7 @@ export class MetricsServer {
     series(
       'counter',
       'fulcrum_udp_dropped_total',
-      'UDP datagrams dropped: no backend, over the session limit, larger than --udp-max-datagram, refused by the backend (ICMP port unreachable), denied by --allow/--deny.',
+      "UDP datagrams dropped: no backend, over the session limit, larger than --udp-max-datagram, refused by the backend (ICMP port unreachable), denied by --allow/--deny, or fulcrum's own send failed.",
       ['frontend', 'reason'],
       (s) =>
         udpFrontends(s).flatMap((f) =>

@@ -116,7 +116,7 @@ export interface UdpStat {
   datagramsOut: number;
   bytesIn: number;
   bytesOut: number;
-  /** By reason: no-backend, session-limit, too-large, backend-refused, denied. */
+  /** By reason: no-backend, session-limit, too-large, backend-refused, denied, send-failed. */
   dropped: Record<(typeof DROP_NAMES)[number], number>;
 }
 

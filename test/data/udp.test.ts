@@ -92,6 +92,19 @@ frontends:
     algorithm: round-robin
     health: false
     backends: [${b1.address}, ${b2.address}]
+  - name: by-address
+    listen: ["127.0.0.1:0,udp"]
+    algorithm: maglev
+    udp: { responses: 1 }
+    health: false
+    backends: [${b1.address}, ${b2.address}]
+  - name: by-port
+    listen: ["127.0.0.1:0,udp"]
+    algorithm: maglev
+    hashKey: source-ip-port
+    udp: { responses: 1 }
+    health: false
+    backends: [${b1.address}, ${b2.address}]
   - name: limits
     listen: ["127.0.0.1:0,udp"]
     udp: { maxSessions: 3, maxDatagram: 100, idleTimeout: 10s }
@@ -220,6 +233,25 @@ frontends:
       }
       t.same(Object.fromEntries(by), { b1: 10, b2: 10 }, 'round-robin per datagram');
       await closeAll([client]);
+      await settledUdp(stats, fulcrum);
+    });
+
+    t.test('Maglev hashes the client address, or its address and port', async (t) => {
+      const clients = await Promise.all(Array.from({ length: 40 }, () => udpClient()));
+      const spread = async (frontend: string) => {
+        const [port] = fulcrum.ports[frontend];
+        const first: string[] = [];
+        for (const client of clients) first.push(answeredBy(await ask(client, port, 'h')));
+        // Again: each client meets the backend it met, though every session ended at its reply.
+        for (const [k, client] of clients.slice(0, 10).entries()) {
+          const again = answeredBy(await ask(client, port, 'h'));
+          if (again !== first[k]) t.fail(`${frontend}: client ${k} met ${first[k]}, then ${again}`);
+        }
+        return new Set(first);
+      };
+      t.equal((await spread('by-address')).size, 1, 'one address: one backend for every port');
+      t.equal((await spread('by-port')).size, 2, 'address and port: both backends');
+      await closeAll(clients);
       await settledUdp(stats, fulcrum);
     });
 
