@@ -1,9 +1,11 @@
 // Health that knows the service: HTTP probes against a server that answers 503 then 200,
 // send/expect against a real redis-server and an impostor, gRPC's health protocol against a
 // minimal HTTP/2 server; every probe bounded (a trickle, a flood, garbage); the last check's words
-// and duration in `show stat json` and in the transition log line.
+// and duration in `show stat json` and in the transition log line; UDP probes (a datagram, its
+// reply, silence, an ICMP refusal).
 
 import { spawn, spawnSync } from 'node:child_process';
+import dgram from 'node:dgram';
 import { once } from 'node:events';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -25,6 +27,7 @@ import {
   startFulcrum,
   waitForLog,
 } from '../helpers.ts';
+import { udpBackend } from '../udp.ts';
 
 const HEALTH: HealthConfig = {
   enabled: true,
@@ -494,3 +497,33 @@ t.test(
     t.match(await probeOnce(port, { expect: 'FOUND' }), { ok: true });
   },
 );
+
+t.test('UDP probes: a reply with the text, silence, and a refusal', async (t) => {
+  const answering = await udpBackend('dns');
+  const silent = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => silent.bind(0, '127.0.0.1', resolve));
+  const closed = await udpBackend('gone');
+  const closedPort = closed.port;
+  await closed.close();
+  t.teardown(async () => {
+    await answering.close();
+    silent.close();
+  });
+  const udp = { udp: true, timeoutMs: 300 };
+  // send/expect: the backend echoes with its name, so the reply contains `dns:PING`.
+  t.match(await probeOnce(answering.port, { ...udp, send: 'PING', expect: 'dns:PING' }), {
+    ok: true,
+    result: 'expect ok',
+  });
+  const mismatch = await probeOnce(answering.port, { ...udp, send: 'PING', expect: 'PONG' });
+  t.match(mismatch, { ok: false, result: 'udp mismatch: "dns:PING"' });
+  const quiet = await probeOnce(silent.address().port, { ...udp, send: 'PING', expect: 'x' });
+  t.match(quiet, { ok: false, result: 'udp timeout' });
+  t.ok(quiet.ms >= 290, `timed out at the health timeout (${quiet.ms.toFixed(0)} ms)`);
+  const refused = await probeOnce(closedPort, { ...udp, send: 'PING', expect: 'x' });
+  t.match(refused, { ok: false, result: 'udp refused' });
+  t.ok(refused.ms < 250, `an ICMP refusal is down at once (${refused.ms.toFixed(0)} ms)`);
+  // Without expect: healthy unless refused (a datagram service need not answer).
+  t.match(await probeOnce(silent.address().port, udp), { ok: true, result: 'udp: no refusal' });
+  t.match(await probeOnce(closedPort, udp), { ok: false, result: 'udp refused' });
+});
