@@ -68,9 +68,14 @@ const HELPER = `
 const net = require('node:net');
 const [count, copies] = process.argv.slice(1).map(Number);
 for (let i = 0; i < count; i++) {
-  const socket = new net.Socket({ fd: 4 + i, readable: false, writable: false });
+  let socket = null;
+  try {
+    socket = new net.Socket({ fd: 4 + i, readable: false, writable: false });
+  } catch {
+    // Not a stream socket (a datagram socket, a file): told as not TCP.
+  }
   const address = {};
-  const tcp = typeof socket._handle.getsockname === 'function' && socket._handle.getsockname(address) === 0;
+  const tcp = socket !== null && typeof socket._handle.getsockname === 'function' && socket._handle.getsockname(address) === 0;
   process.send({ i, tcp, address });
   if (tcp) for (let k = 1; k < copies; k++) process.send({ i, k }, socket._handle);
 }
@@ -167,7 +172,9 @@ export async function duplicateSockets(
   });
   return sockets.map((socket, i) => {
     if (!socket.tcp || socket.address === undefined) {
-      throw new ActivationError(`descriptor ${fds[i]} is not a TCP socket`);
+      throw new ActivationError(
+        `descriptor ${fds[i]} is not a listening TCP socket (a UDP frontend binds its own HOST:PORT,udp; systemd's datagram sockets are not taken)`,
+      );
     }
     const { address, port } = socket.address;
     const host = address.includes(':') ? `[${address}]` : address;

@@ -4,6 +4,7 @@
 // to NOTIFY_SOCKET through systemd-notify.
 
 import { spawn, spawnSync } from 'node:child_process';
+import dgram from 'node:dgram';
 import { once } from 'node:events';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import type net from 'node:net';
@@ -158,4 +159,44 @@ t.test('a passed socket named after no frontend is exit 2 with one line', async 
     `fulcrum: socket activation: 127.0.0.1:${port} is named "nope" (FileDescriptorName=), but no frontend is`,
   ]);
   client.destroy();
+});
+
+t.test('a datagram socket from systemd is exit 2 with one line, not a stack trace', async (t) => {
+  const probe = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => probe.bind(0, '127.0.0.1', resolve));
+  const { port } = probe.address();
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  const activator = spawn(
+    'systemd-socket-activate',
+    [
+      '--datagram',
+      '--listen',
+      `127.0.0.1:${port}`,
+      process.execPath,
+      BIN,
+      '--listen',
+      `127.0.0.1:${port},udp`,
+      '--backend',
+      '127.0.0.1:9',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  activator.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  t.teardown(() => {
+    if (activator.exitCode === null) activator.kill('SIGKILL');
+  });
+  await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
+  // It starts the command on the first datagram.
+  const client = dgram.createSocket('udp4');
+  client.send('x', port, '127.0.0.1');
+  const [code] = await once(activator, 'exit');
+  client.close();
+  t.equal(code, 2);
+  const ours = stderr.split('\n').filter((l) => l.startsWith('fulcrum:'));
+  t.equal(ours.length, 1, ours.join('\n'));
+  t.match(ours[0], /descriptor 3 is not a listening TCP socket/);
+  t.notMatch(stderr, /\n\s+at /, 'no stack trace');
 });
