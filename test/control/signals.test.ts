@@ -43,7 +43,12 @@ t.test('SIGINT drains: live connections finish, new ones are refused, then exit 
   t.equal(fulcrum.proc.exitCode, null, 'still running while a connection is live');
   const late = net.connect(fulcrum.port, '127.0.0.1');
   const [err] = (await once(late, 'error')) as [NodeJS.ErrnoException];
-  t.equal(err.code, 'ECONNREFUSED', 'no longer accepting');
+  // The drain is logged as the workers are told to close their listeners: a connect just before
+  // they have is reset from the closing listener's queue instead of refused. Neither is served.
+  t.ok(
+    err.code === 'ECONNREFUSED' || err.code === 'ECONNRESET',
+    `no longer accepting (${err.code})`,
+  );
   live.write('still here\n');
   live.end();
   const [code] = (await exited) as [number];
