@@ -130,36 +130,47 @@ t.test('socket activation with two workers, and sd_notify readiness', async (t) 
   t.pass('STOPPING=1 on stop');
 });
 
-t.test('a passed socket named after no frontend is exit 2 with one line', async (t) => {
-  const port = await closedPort();
-  const activator = spawn(
-    'systemd-socket-activate',
-    [
-      '--listen',
-      `127.0.0.1:${port}`,
-      '--fdname=nope',
-      process.execPath,
-      BIN,
-      '--backend',
-      '127.0.0.1:9',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+/**
+ * systemd-socket-activate passing one socket to fulcrum `args`, listening: it starts the command
+ * on the first connection (or datagram). Killed when the test ends; `stderr()` is both's.
+ */
+async function activator(
+  t: { teardown(fn: () => unknown): void },
+  options: string[],
+  args: string[],
+): Promise<{ proc: ReturnType<typeof spawn>; stderr: () => string }> {
+  const proc = spawn('systemd-socket-activate', [...options, process.execPath, BIN, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stderr = '';
-  activator.stderr.on('data', (chunk: Buffer) => {
+  proc.stderr?.on('data', (chunk: Buffer) => {
     stderr += chunk.toString();
   });
   t.teardown(() => {
-    if (activator.exitCode === null) activator.kill('SIGKILL');
+    if (proc.exitCode === null) proc.kill('SIGKILL');
   });
   await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
+  return { proc, stderr: () => stderr };
+}
+
+/** fulcrum's own lines among what it and the activator wrote to stderr. */
+function fulcrumLines(stderr: string): string[] {
+  return stderr.split('\n').filter((l) => l.startsWith('fulcrum:'));
+}
+
+t.test('a passed socket named after no frontend is exit 2 with one line', async (t) => {
+  const port = await closedPort();
+  const { proc, stderr } = await activator(
+    t,
+    ['--listen', `127.0.0.1:${port}`, '--fdname=nope'],
+    ['--backend', '127.0.0.1:9'],
+  );
   // It starts the command on the first connection.
   const client = await connect(port);
   client.on('error', () => {});
-  const [code] = await once(activator, 'exit');
+  const [code] = await once(proc, 'exit');
   t.equal(code, 2);
-  const ours = stderr.split('\n').filter((l) => l.startsWith('fulcrum:'));
-  t.same(ours, [
+  t.same(fulcrumLines(stderr()), [
     `fulcrum: socket activation: 127.0.0.1:${port} is named "nope" (FileDescriptorName=), but no frontend is`,
   ]);
   client.destroy();
@@ -170,37 +181,19 @@ t.test('a datagram socket from systemd is exit 2 with one line, not a stack trac
   await new Promise<void>((resolve) => probe.bind(0, '127.0.0.1', resolve));
   const { port } = probe.address();
   await new Promise<void>((resolve) => probe.close(() => resolve()));
-  const activator = spawn(
-    'systemd-socket-activate',
-    [
-      '--datagram',
-      '--listen',
-      `127.0.0.1:${port}`,
-      process.execPath,
-      BIN,
-      '--listen',
-      `127.0.0.1:${port},udp`,
-      '--backend',
-      '127.0.0.1:9',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+  const { proc, stderr } = await activator(
+    t,
+    ['--datagram', '--listen', `127.0.0.1:${port}`],
+    ['--listen', `127.0.0.1:${port},udp`, '--backend', '127.0.0.1:9'],
   );
-  let stderr = '';
-  activator.stderr.on('data', (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  t.teardown(() => {
-    if (activator.exitCode === null) activator.kill('SIGKILL');
-  });
-  await waitFor(() => stderr.includes('Listening on'), 5000, 'systemd-socket-activate to listen');
   // It starts the command on the first datagram.
   const client = dgram.createSocket('udp4');
   client.send('x', port, '127.0.0.1');
-  const [code] = await once(activator, 'exit');
+  const [code] = await once(proc, 'exit');
   client.close();
   t.equal(code, 2);
-  const ours = stderr.split('\n').filter((l) => l.startsWith('fulcrum:'));
+  const ours = fulcrumLines(stderr());
   t.equal(ours.length, 1, ours.join('\n'));
   t.match(ours[0], /descriptor 3 is not a listening TCP socket/);
-  t.notMatch(stderr, /\n\s+at /, 'no stack trace');
+  t.notMatch(stderr(), /\n\s+at /, 'no stack trace');
 });
