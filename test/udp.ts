@@ -118,14 +118,25 @@ export function answeredBy(answer: Answer): string {
  * from the kernel's tables: a session fulcrum lost track of still holds its socket.
  */
 export function heldUdpSockets(pid: number): number {
+  return udpSockets(pid, (fields) => fields[3] === '01');
+}
+
+/** UDP sockets process `pid` holds bound to local `port` and not connected (its listeners). */
+export function listeningUdpSockets(pid: number, port: number): number {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return udpSockets(pid, (fields) => fields[3] === '07' && fields[1].endsWith(hex));
+}
+
+/** UDP sockets of process `pid` whose /proc/net/udp line (split in fields) `matches`. */
+function udpSockets(pid: number, matches: (fields: string[]) => boolean): number {
   const inodes = socketInodes(pid);
-  let held = 0;
+  let count = 0;
   for (const table of ['/proc/net/udp', '/proc/net/udp6']) {
     for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
       const fields = line.trim().split(/\s+/);
-      // fields[3] is the state (01: connected), fields[9] the inode.
-      if (fields.length > 9 && fields[3] === '01' && inodes.has(fields[9])) held++;
+      // fields[1] is the local address, [3] the state (01: connected, 07: not), [9] the inode.
+      if (fields.length > 9 && inodes.has(fields[9]) && matches(fields)) count++;
     }
   }
-  return held;
+  return count;
 }

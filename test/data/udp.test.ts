@@ -27,6 +27,7 @@ import {
   ask,
   askUntilAnswered,
   heldUdpSockets,
+  listeningUdpSockets,
   type UdpBackend,
   udpBackend,
   udpClient,
@@ -474,6 +475,8 @@ frontends:
   t.equal(upgraded.length, 100, 'every client answered through the successor');
   const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
   t.not(info.pid, fulcrum.proc.pid, 'the successor answers the stats socket');
+  // The sockets were handed over, one per worker, not opened again beside them.
+  t.equal(listeningUdpSockets(info.pid, port), 2, 'the successor holds two UDP sockets');
   await closeAll(clients);
   await eventually(
     async () => {
