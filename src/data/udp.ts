@@ -414,10 +414,6 @@ export class UdpSessions {
     if (ports === undefined || ports.get(session.port) !== session) return;
     ports.delete(session.port);
     if (ports.size === 0) session.listener.byAddress.delete(session.address);
-    // Nothing more to wait for: no reply is expected, or all are in.
-    if (this.frontend.config.udp.responses > 0 && session.pending <= 0) {
-      this.end(session, END.RESPONDED);
-    }
   }
 
   /** Ends a session, once: its socket closes, its place and counts are given back. */
