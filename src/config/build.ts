@@ -7,10 +7,10 @@
 import { BlockList } from 'node:net';
 import { MAX_BACKENDS } from '../shared/table.ts';
 import { backendFromObject } from './backend.ts';
-import { ConfigError, checkName, parseCidr } from './parse.ts';
+import { ConfigError, checkName, parseCidr, parsePath, parseServerName } from './parse.ts';
 import type { Scope, Setting } from './settings.ts';
 import { SETTINGS, settingsOf } from './settings.ts';
-import type { BackendConfig, Config, FrontendConfig } from './types.ts';
+import type { BackendConfig, Config, FrontendConfig, TlsCertificate, TlsConfig } from './types.ts';
 
 /** A value as written, and where: `--retries`, or `FILE: frontends[0].retries`. */
 export interface Input {
@@ -38,9 +38,12 @@ function settingValue(setting: Setting, input: Input | undefined): unknown {
     if (input === undefined) return [];
     return (input.value as readonly unknown[]).map((item, i) => {
       const where = itemWhere(input, i);
-      // A backend may be an object in the file: `{ address, weight, ... }`.
+      // A backend may be an object in the file: `{ address, weight, ... }`; a certificate is one.
       if (typeof item === 'object' && item !== null) {
-        return backendFromObject(item as Record<string, unknown>, (key) => `${where}.${key}`);
+        const at = (key: string) => `${where}.${key}`;
+        return setting.key === 'tlsCertificates'
+          ? certificateFromObject(item as Record<string, unknown>, at)
+          : backendFromObject(item as Record<string, unknown>, at);
       }
       return parse(String(item), where);
     });
@@ -96,6 +99,7 @@ export function buildFrontend(inputs: Inputs): FrontendConfig {
     health: { ...health, udp: protocol === 'udp' && udpProbe(health) },
   } as unknown as FrontendConfig;
   checkProtocol(frontend, inputs);
+  (frontend as { tls: TlsConfig }).tls = buildTls(built.tls as BuiltTls, inputs);
   if (frontend.sources.length > MAX_SOURCES) {
     throw new ConfigError(
       keyWhere(inputs, 'sources', 'sources'),
@@ -125,6 +129,93 @@ function udpProbe(health: FrontendConfig['health']): boolean {
   return !(health.port !== null && health.expect === null);
 }
 
+/** A certificate as the file writes it: `{ cert, key, names }` (checked in shape by the schema). */
+function certificateFromObject(
+  item: Record<string, unknown>,
+  where: (key: string) => string,
+): TlsCertificate {
+  const names = (item.names as string[] | undefined) ?? [];
+  return unread(
+    parsePath(String(item.cert), where('cert')),
+    parsePath(String(item.key), where('key')),
+    names.map((name, i) => parseServerName(name, `${where('names')}[${i}]`)),
+  );
+}
+
+/** A certificate whose files are still to be read (config/tls.ts reads them). */
+function unread(certFile: string, keyFile: string, names: readonly string[]): TlsCertificate {
+  return {
+    certFile,
+    keyFile,
+    names,
+    cert: '',
+    key: '',
+    serverNames: names,
+    serial: '',
+    subject: '',
+    notAfter: 0,
+    keyType: '',
+  };
+}
+
+/** The tls settings as the table puts them: --tls-key's files still apart from --tls-cert's. */
+type BuiltTls = Omit<TlsConfig, 'caPem' | 'crlPem' | 'ticketKeyBytes'> & {
+  keys: readonly string[];
+};
+
+/** Every tls setting that needs certificates to mean anything, by key. */
+const TLS_SETTINGS = [
+  'tlsKeys',
+  'tlsCa',
+  'tlsCrl',
+  'tlsVerify',
+  'tlsAlpn',
+  'tlsStrictSni',
+  'tlsMinVersion',
+  'tlsHandshakeTimeout',
+  'tlsTicketKeys',
+];
+
+/** The frontend's TLS: --tls-cert and --tls-key paired in order, and the settings that need
+ *  each other (a client certificate needs a CA to be checked against). */
+function buildTls(built: BuiltTls, inputs: Inputs): TlsConfig {
+  const { keys, ...rest } = built;
+  const certsWhere = keyWhere(inputs, 'tlsCertificates', '--tls-cert');
+  let certificates = built.certificates;
+  if (keys.length > 0 || certificates.some((c) => c.keyFile === '')) {
+    // From flags: the nth --tls-key is the nth --tls-cert's.
+    if (keys.length !== certificates.length) {
+      throw new ConfigError(
+        keys.length > certificates.length ? '--tls-key' : '--tls-cert',
+        `${certificates.length} --tls-cert and ${keys.length} --tls-key: give one key after each certificate`,
+      );
+    }
+    certificates = certificates.map((c, i) => unread(c.certFile, keys[i], c.names));
+  }
+  if (certificates.length === 0) {
+    const given = TLS_SETTINGS.find((key) => inputs.has(key));
+    if (given !== undefined) {
+      throw new ConfigError(
+        (inputs.get(given) as Input).where,
+        `needs a certificate to terminate TLS with (${settingName('tlsCertificates', certsWhere !== '--tls-cert')})`,
+      );
+    }
+  }
+  if (built.verify !== 'none' && built.ca === null) {
+    throw new ConfigError(
+      keyWhere(inputs, 'tlsVerify', '--tls-verify'),
+      `${built.verify} needs ${settingName('tlsCa', certsWhere !== '--tls-cert')} (the CA client certificates are checked against)`,
+    );
+  }
+  if (built.crl !== null && built.verify === 'none') {
+    throw new ConfigError(
+      keyWhere(inputs, 'tlsCrl', '--tls-crl'),
+      'means nothing without client certificates (tls verify optional or required)',
+    );
+  }
+  return { ...rest, certificates, caPem: null, crlPem: null, ticketKeyBytes: null };
+}
+
 /** Settings that mean something for TCP only, refused on a UDP frontend (by key). */
 const TCP_ONLY = [
   'serverNames',
@@ -139,6 +230,8 @@ const TCP_ONLY = [
   'retries',
   'maxConnsPerSource',
   'connRatePerSource',
+  'tlsCertificates',
+  ...TLS_SETTINGS,
 ];
 
 /** Settings that mean something for UDP only, refused on a TCP frontend. */
@@ -502,4 +595,10 @@ function checkShared(
       );
     }
   }
+}
+
+/** The config with its TLS files read (node:tls only loaded where a frontend terminates TLS). */
+export async function withTls(config: Config): Promise<Config> {
+  if (config.frontends.every((f) => f.tls.certificates.length === 0)) return config;
+  return (await import('./tls.ts')).loadTls(config);
 }

@@ -8,7 +8,7 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { OPTIONS } from './backend.ts';
 import type { Input, Inputs } from './build.ts';
-import { buildConfig } from './build.ts';
+import { buildConfig, withTls } from './build.ts';
 import { ConfigError } from './parse.ts';
 import { readTextFile } from './read.ts';
 
@@ -31,6 +31,13 @@ const backendObject = z.strictObject({
   ),
 });
 
+/** A certificate of `tls.certificates`: its files, and the names it is for if not its own. */
+const certificateObject = z.strictObject({
+  cert: z.string(),
+  key: z.string(),
+  names: z.union([z.string().transform((one) => [one]), z.array(z.string())]).optional(),
+});
+
 function valueSchema(setting: Setting): z.ZodType {
   if (setting.kind === 'switch') return z.boolean();
   if (setting.kind === 'value') {
@@ -38,9 +45,19 @@ function valueSchema(setting: Setting): z.ZodType {
     // A flag that may be given bare is `true` in the file.
     return bare === undefined ? scalar : z.union([scalar, z.literal(true).transform(() => bare)]);
   }
-  const item = setting.key === 'backends' ? z.union([z.string(), backendObject]) : z.string();
+  const item =
+    setting.key === 'backends'
+      ? z.union([z.string(), backendObject])
+      : setting.key === 'tlsCertificates'
+        ? certificateObject
+        : z.string();
   // A list of one may be written as that one item.
   return z.union([item.transform((one) => [one]), z.array(item)]);
+}
+
+/** A flag whose file form is a key of another setting's items (`tls.certificates[].key`). */
+function insideItems(setting: Setting): boolean {
+  return setting.file.includes('[]');
 }
 
 /** The schema of some scopes' settings at their file keys, groups nested, shorthands allowed. */
@@ -48,6 +65,7 @@ function scopeSchema(scopes: readonly Scope[], extra: Record<string, z.ZodType> 
   const top: Record<string, z.ZodType> = {};
   const groups = new Map<string, Record<string, z.ZodType>>();
   for (const setting of scopes.flatMap(settingsOf)) {
+    if (insideItems(setting)) continue;
     let type = valueSchema(setting);
     if (setting.required !== true) type = type.optional();
     const [first, second] = setting.file.split('.');
@@ -115,6 +133,7 @@ function inputsOf(
 ): Map<string, Input> {
   const inputs = new Map<string, Input>();
   for (const setting of scopes.flatMap(settingsOf)) {
+    if (insideItems(setting)) continue;
     let value: unknown = data;
     for (const key of setting.file.split('.')) {
       value = (value as Record<string, unknown> | undefined)?.[key];
@@ -173,5 +192,5 @@ export async function loadConfigFile(file: string, overrides: Inputs = new Map()
     where: `${file}: pools[${i}].name`,
     inputs: inputsOf(['pool'], p, `${file}: pools[${i}].`),
   }));
-  return buildConfig(top, frontends, `${file}: frontends`, pools);
+  return withTls(buildConfig(top, frontends, `${file}: frontends`, pools));
 }

@@ -5,7 +5,7 @@
 
 import { Command, Option } from 'commander';
 import type { Input, Inputs } from './build.ts';
-import { buildConfig } from './build.ts';
+import { buildConfig, withTls } from './build.ts';
 import { ConfigError } from './parse.ts';
 import type { Setting } from './settings.ts';
 import { SETTINGS } from './settings.ts';
@@ -74,7 +74,7 @@ export function configLoader(flags: FlagInputs, file: string | undefined): () =>
     if (!flags.frontend.has('listen') && process.env.LISTEN_FDS === undefined) {
       throw new ConfigError('--listen', 'at least one is required (or --config FILE)');
     }
-    return async () => buildConfig(flags.process, [flags.frontend], '--listen');
+    return async () => withTls(buildConfig(flags.process, [flags.frontend], '--listen'));
   }
   const [frontendFlag] = flags.frontend.values();
   if (frontendFlag !== undefined) {

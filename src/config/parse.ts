@@ -200,6 +200,14 @@ export function parseServerName(text: string, where: string): string {
   return name;
 }
 
+/** An ALPN protocol name: 1..255 printable ASCII bytes (`h2`, `http/1.1`). */
+export function parseAlpn(text: string, where: string): string {
+  if (!/^[\x21-\x7e]{1,255}$/.test(text)) {
+    throw new ConfigError(where, `"${text}" is not an ALPN protocol name (h2, http/1.1)`);
+  }
+  return text;
+}
+
 /** `auto` (one per available CPU) or a count. */
 export function parseWorkers(text: string, where: string): number {
   if (text === 'auto') return availableParallelism();

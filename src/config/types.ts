@@ -61,6 +61,61 @@ export interface UdpConfig {
   readonly maxDatagram: number;
 }
 
+/** Whether a terminating frontend asks its clients for a certificate, and what it does without
+ *  a valid one: `none` asks nothing; `optional` asks, and lets a client without one (or with one
+ *  the CA does not vouch for) in, unverified; `required` fails the handshake of such a client. */
+export const TLS_VERIFY = ['none', 'optional', 'required'] as const;
+export type TlsVerify = (typeof TLS_VERIFY)[number];
+
+export const TLS_VERSIONS = ['TLSv1.2', 'TLSv1.3'] as const;
+export type TlsVersion = (typeof TLS_VERSIONS)[number];
+
+/** One certificate of a terminating frontend: its files as written, then, once they are read
+ *  (config/tls.ts), what they hold. */
+export interface TlsCertificate {
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** The names it is chosen for, as given (`names:` in the file); empty: the certificate's own. */
+  readonly names: readonly string[];
+  /** The PEM texts ('' until read). */
+  readonly cert: string;
+  readonly key: string;
+  /** The names it serves: as given, else its subjectAltName DNS names (else its CN); lowercase,
+   *  `*.` wildcards over one label. */
+  readonly serverNames: readonly string[];
+  /** Hex, as openssl prints it. */
+  readonly serial: string;
+  readonly subject: string;
+  /** When it expires, ms since the epoch. */
+  readonly notAfter: number;
+  /** `ec` or `rsa` (or what else node:crypto calls its key). */
+  readonly keyType: string;
+}
+
+/** TLS a frontend terminates (`tls:`); no certificates: it does not (the bytes pass through). */
+export interface TlsConfig {
+  readonly certificates: readonly TlsCertificate[];
+  /** The CA file client certificates are checked against (and its PEM once read). */
+  readonly ca: string | null;
+  readonly caPem: string | null;
+  /** A CRL file (PEM) of revoked client certificates (and its text once read). */
+  readonly crl: string | null;
+  readonly crlPem: string | null;
+  readonly verify: TlsVerify;
+  /** Protocols offered by ALPN, the server's preference first; empty: no ALPN. */
+  readonly alpn: readonly string[];
+  /** A client whose server name no certificate covers (or that sends none) fails the
+   *  handshake, instead of getting the first certificate. */
+  readonly strictSni: boolean;
+  readonly minVersion: TlsVersion;
+  readonly handshakeTimeoutMs: number;
+  /** A file of session ticket keys shared by several fulcrum instances; null: the process's own,
+   *  rotated (see data/tls.ts). */
+  readonly ticketKeys: string | null;
+  /** The 48 bytes read from it, base64; null without the file. */
+  readonly ticketKeyBytes: string | null;
+}
+
 export const HASH_KEYS = ['source-ip', 'source-ip-port', 'sni'] as const;
 export type HashKey = (typeof HASH_KEYS)[number];
 
@@ -79,6 +134,8 @@ export interface FrontendConfig {
   /** What its listeners speak (from the listen addresses: `,udp` on every one, or on none). */
   readonly protocol: Protocol;
   readonly udp: UdpConfig;
+  /** The TLS it terminates (TCP only): certificates by server name, client certificates. */
+  readonly tls: TlsConfig;
   /** TLS server names it takes on a listen address it may share with other frontends: host
    *  names and `*.` wildcards over one label, lowercased; empty: clients no other frontend on
    *  the address takes (or, alone on it, every client). */

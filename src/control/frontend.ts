@@ -5,6 +5,8 @@
 // the per-backend counts and the waiting count belong to one pool, so a move gets new ones and
 // the connections the old pool holds keep counting there until they end.
 
+import { randomBytes } from 'node:crypto';
+import { TICKET_KEY_BYTES } from '../config/tls.ts';
 import type { FrontendConfig } from '../config/types.ts';
 import type { SharedCounters } from '../shared/counters.ts';
 import { allocateCounters } from '../shared/counters.ts';
@@ -12,6 +14,18 @@ import type { FrontendUpdate } from '../shared/messages.ts';
 import { allocateSources } from '../shared/sources.ts';
 import { TABLE_SLOTS } from '../shared/table.ts';
 import type { Pool } from './pool.ts';
+
+/**
+ * The process's TLS session ticket keys: one set for every frontend in every worker, so a ticket
+ * one worker sealed opens in any other. Made at start and replaced by rotateTicketKeys (the
+ * supervisor does every TICKET_ROTATE_MS, then publishes); a frontend with tls.ticketKeys uses
+ * its file's instead.
+ */
+let ticketKeys: Uint8Array = randomBytes(TICKET_KEY_BYTES);
+
+export function rotateTicketKeys(): void {
+  ticketKeys = randomBytes(TICKET_KEY_BYTES);
+}
 
 export class Frontend {
   config: FrontendConfig;
@@ -80,6 +94,7 @@ export class Frontend {
       sessions: this.sessions.buffer,
       members: this.pool.workerMembers(),
       sources: this.sources,
+      ticketKeys,
     };
   }
 }

@@ -32,7 +32,8 @@ import { Admin } from './admin.ts';
 import { AgentChecker } from './agent.ts';
 import { connectionBudget, descriptorLimit } from './descriptors.ts';
 import { Discovery } from './discovery.ts';
-import { Frontend } from './frontend.ts';
+import { TICKET_ROTATE_MS } from '../data/tls.ts';
+import { Frontend, rotateTicketKeys } from './frontend.ts';
 import { HealthChecker } from './health.ts';
 import {
   checkFree,
@@ -212,6 +213,7 @@ export class Supervisor {
     this.startWatchers();
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
+    setInterval(() => this.rotateTicketKeys(), TICKET_ROTATE_MS).unref();
     if (!hooked.every(Boolean)) {
       this.log.warn(
         'accept hook unavailable on this Node: the relay runs on the public API (more memory and CPU per connection)',
@@ -877,6 +879,17 @@ export class Supervisor {
       }
       this.localErrors = total;
     }
+  }
+
+  /** New session ticket keys for every terminating frontend without a key file of its own: a
+   *  ticket sealed with the old ones gets a full handshake from now on. */
+  private rotateTicketKeys(): void {
+    const tls = this.frontends.filter((f) => f.config.tls.certificates.length > 0);
+    if (this.stopping || tls.every((f) => f.config.tls.ticketKeys !== null)) return;
+    rotateTicketKeys();
+    void this.serially(() => this.publish()).catch((err) =>
+      this.log.error({ err }, 'TLS ticket keys: rotation failed'),
+    );
   }
 
   /** SIGTERM/SIGINT: stop accepting, let connections finish up to the drain timeout, exit 0. */

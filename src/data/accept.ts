@@ -32,6 +32,7 @@ import type { RawHandle } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import type { Route } from './routes.ts';
 import { Inspection } from './routes.ts';
+import { startTls } from './tls.ts';
 
 /** Counts a new client against the global limit; false if it must be refused. */
 function admit(frontend: Frontend, route: Route<Frontend>): boolean {
@@ -138,6 +139,10 @@ function start(frontend: Frontend, conn: Connection, route: Route<Frontend>): vo
     if (target !== null) pickFor(target, conn, peer.address, peer.port);
     return;
   }
+  if (frontend.tls !== null) {
+    startTls(conn, frontend.tls);
+    return;
+  }
   // The peer's address costs a getpeername() and a string: read it only for Maglev or the log.
   if (frontend.hashes || frontend.accessLog !== null) {
     const peer = clientEndpoint(conn);
@@ -149,9 +154,14 @@ function start(frontend: Frontend, conn: Connection, route: Route<Frontend>): vo
 
 /**
  * The client is known (its own address, or the one its PROXY header gave): hash it for Maglev,
- * keep it for the access log, and pick a backend.
+ * keep it for the access log, and pick a backend; on a frontend that terminates TLS, once the
+ * handshake is done (afterHandshake).
  */
 function pickFor(frontend: Frontend, conn: Connection, address: string, port: number): void {
+  if (frontend.tls !== null && conn.tls === null) {
+    startTls(conn, frontend.tls);
+    return;
+  }
   if (frontend.hashes) {
     conn.key = frontend.hashSni
       ? fnv1a(conn.serverName)
@@ -250,12 +260,23 @@ export function route(door: Frontend, conn: Connection, serverName: string | nul
   if (picked !== null) conn.inspection = null;
   const target = handOver(door, conn, picked, false);
   if (target === null) return;
-  if (!target.hashes && target.accessLog === null) {
+  if (!target.hashes && target.accessLog === null && target.tls === null) {
     connectBackend(conn);
     return;
   }
   const { address, port } = client ?? clientOf(conn);
   pickFor(target, conn, address, port);
+}
+
+/** A terminating frontend's client has finished its handshake: on to a backend, as any client
+ *  (Maglev may hash the server name it asked for). */
+export function afterHandshake(frontend: Frontend, conn: Connection): void {
+  if (!frontend.hashes && frontend.accessLog === null) {
+    connectBackend(conn);
+    return;
+  }
+  const { address, port } = clientOf(conn);
+  pickFor(frontend, conn, address, port);
 }
 
 /** The client: as its PROXY header names it, else the peer. */

@@ -51,9 +51,10 @@ import { deadline, now } from './clock.ts';
 import type { RawHandle, RawRequest } from './internals.ts';
 import { raw, UV_EOF } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
-import { buildV1, buildV2, parseProxyHeader } from './proxy-protocol.ts';
+import { buildV1, buildV2, parseProxyHeader, tlsTlvs } from './proxy-protocol.ts';
 import type { Linked, LinkedList } from './queue.ts';
 import type { Inspection, Route } from './routes.ts';
+import type { TlsSession, TlsTerminator } from './tls.ts';
 
 /**
  * Node emits 'drain' only after a write() that reached the high-water mark. A relay stops reading
@@ -71,6 +72,8 @@ export const QUEUED = 4;
 export const PROXY_HEADER = 5;
 /** On a route that reads the ClientHello: reading it, before any frontend is chosen. */
 export const INSPECT = 6;
+/** On a frontend that terminates TLS: the client's handshake, before any backend. */
+export const HANDSHAKE = 7;
 
 /** A socket of the public-API path (no raw handles): it knows its side; null once it no longer
  *  speaks for the connection. */
@@ -101,6 +104,12 @@ export interface ConnectionFrontend {
   readonly established: LinkedList<Connection>;
   /** null: no access log (no cost). */
   readonly accessLog: Logger | null;
+  /** Its TLS termination; null: the bytes pass through as they are. */
+  readonly tls: TlsTerminator | null;
+  /** This worker's TLS handshake times (a terminating frontend's). */
+  readonly handshakeTime: LatencyRecorder | null;
+  /** The client's TLS handshake is done: pick and connect a backend. */
+  afterHandshake(conn: Connection): void;
   /** Waits for a backend with room; false when waiting would not help. `yielding`: a frontend
    *  served first waits for the room there is. */
   enqueue(conn: Connection, yielding: boolean): boolean;
@@ -189,6 +198,8 @@ export class Connection implements Linked<Connection> {
   sourceRoute: Route | null = null;
   /** The TLS server name the client asked for; '' if none (or not read). */
   serverName = '';
+  /** The TLS a terminating frontend made with the client; null for every other connection. */
+  tls: TlsSession | null = null;
   phase = CONNECTING;
   /** An END reason, -1 until known. The first cause wins. */
   end = -1;
@@ -244,6 +255,12 @@ export function adoptClientSocket(conn: Connection, socket: net.Socket): void {
   s.side = conn.client;
   conn.client.socket = s;
   listen(s);
+}
+
+/** A terminating frontend's TLSSocket becomes the client's side (data/tls.ts made it). */
+export function adoptTlsSocket(conn: Connection, socket: PublicSocket): void {
+  conn.client.socket = socket;
+  listen(socket);
 }
 
 function listen(socket: PublicSocket): void {
@@ -555,7 +572,7 @@ const BACKEND_OPTIONS: net.SocketConstructorOpts = {
 };
 
 /** Connects to backend `i`, picked for this connection with a place taken on it (pickAndTake),
- *  the way its client came (raw or not). */
+ *  on a raw handle wherever Node has them (whatever the client's side is). */
 export function connectTo(conn: Connection, i: number): void {
   const frontend = conn.frontend;
   conn.acquired = true;
@@ -573,7 +590,7 @@ export function connectTo(conn: Connection, i: number): void {
   side.pendingWrites = 0;
   side.releases = 0;
   const address = frontend.backends[i] as BackendConfig;
-  if (conn.client.handle !== null && raw !== null) {
+  if (raw !== null) {
     const handle = raw.newSocket();
     handle.side = side;
     side.handle = handle;
@@ -661,7 +678,8 @@ function proxyHeader(conn: Connection, version: number): Buffer {
       destinationPort: local.port,
     };
   }
-  return version === 1 ? buildV1(addresses) : buildV2(addresses);
+  if (version === 1) return buildV1(addresses);
+  return buildV2(addresses, conn.tls === null ? null : tlsTlvs(conn.tls));
 }
 
 /** The connect attempt failed (refused, unreachable, timed out): retry elsewhere or give up. */
@@ -710,7 +728,7 @@ function gotEnd(side: Side): void {
   if (conn.phase === ESTABLISHED) {
     forwardEnd(side.peer);
     if (side.shutDone) close(side);
-  } else if (conn.phase === PROXY_HEADER || conn.phase === INSPECT) {
+  } else if (conn.phase === PROXY_HEADER || conn.phase === INSPECT || conn.phase === HANDSHAKE) {
     close(side); // gone before saying where it goes
   }
   // Connecting or queued: the FIN goes to the backend once it is connected (connected()).
@@ -790,6 +808,9 @@ function reset(side: Side): void {
     // Refused anyway (not expected after the checks above): Node will not close the handle
     // now; the side is counted closed so that the connection still finishes.
     if (handle.reset(onRawClosed) !== 0) closed(side);
+  } else if (side.isClient && side.conn.tls !== null) {
+    // A TLSSocket cannot reset: its TCP socket does, and the TLSSocket closes with it.
+    side.conn.tls.plain.resetAndDestroy();
   } else {
     side.socket?.resetAndDestroy();
   }
@@ -922,9 +943,23 @@ function logConnection(log: Logger, conn: Connection, reason: number, endedAt: n
       durationMs: Math.round((endedAt - conn.startedAt) * 1000) / 1000,
       attempts: conn.attempts,
       end: END_NAMES[reason],
+      ...(conn.tls === null ? null : tlsLog(conn.tls)),
     },
     'connection',
   );
+}
+
+/** What the access log says of a terminated TLS connection. */
+function tlsLog(session: TlsSession): Record<string, unknown> {
+  return {
+    tls: {
+      version: session.version || null,
+      alpn: session.alpn || null,
+      resumed: session.resumed,
+      clientCert: session.commonName || null,
+      clientVerified: (session.client & 0x06) !== 0 && session.verify === 0,
+    },
+  };
 }
 
 function giveBuffers(side: Side): void {

@@ -19,7 +19,7 @@ import { releaseSource } from '../shared/sources.ts';
 import type { BackendTable, SharedTable } from '../shared/table.ts';
 import { openTable, TABLE_SLOTS } from '../shared/table.ts';
 import { LatencyRecorder, METRIC_NAMES } from '../stats/latency.ts';
-import { admitProxied, route } from './accept.ts';
+import { admitProxied, afterHandshake, route } from './accept.ts';
 import { BUFFER_RELEASE_MS, deadline, now, TICK_MS } from './clock.ts';
 import {
   CONNECTING,
@@ -28,6 +28,7 @@ import {
   connectTo,
   cut,
   failConnect,
+  HANDSHAKE,
   INSPECT,
   kill,
   PROXY_HEADER,
@@ -38,6 +39,7 @@ import {
 import { Guard } from './guard.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import { LinkedList } from './queue.ts';
+import { fingerprintOf, handshakeTimedOut, TlsTerminator } from './tls.ts';
 import { UdpSessions } from './udp.ts';
 
 /** Most clients one worker holds in a frontend's queue; beyond, they are refused at once. */
@@ -111,6 +113,12 @@ export class Frontend {
   hashSni = false;
   /** One line per finished connection when --access-log is on; null (no cost) otherwise. */
   accessLog: Logger | null = null;
+  /** Its TLS termination (rebuilt when the certificates or settings change); null: none. */
+  tls: TlsTerminator | null = null;
+  /** The ticket keys its TLS seals sessions with now (the process's, from the update). */
+  private ticketKeys: Uint8Array | null = null;
+  /** This worker's TLS handshake times; made once the frontend first terminates TLS. */
+  handshakeTime: LatencyRecorder | null = null;
   /** Called after every finished connection; the worker uses it to notice it has drained. */
   onIdle: (this: Frontend) => void = () => {};
   /** Called when a client starts waiting: the worker serves the queues often while any waits. */
@@ -174,9 +182,32 @@ export class Frontend {
       this.context,
       this.config.hashBalanceFactor,
     );
+    this.applyTls(update.ticketKeys);
     this.hashPort = this.config.hashKey === 'source-ip-port';
     this.hashSni = this.config.hashKey === 'sni';
     this.hashes = this.config.algorithm === 'maglev';
+  }
+
+  /** Builds the TLS contexts anew when the config changed them (a reload re-read the files);
+   *  connections already made keep theirs. New ticket keys reach the contexts there are. */
+  private applyTls(ticketKeys: Uint8Array): void {
+    const config = this.config.tls;
+    if (config.certificates.length === 0) {
+      this.tls = null;
+      return;
+    }
+    this.handshakeTime ??= new LatencyRecorder();
+    if (this.tls === null || this.tls.fingerprint !== fingerprintOf(config)) {
+      this.tls = new TlsTerminator(config, Buffer.from(ticketKeys));
+    } else if (this.ticketKeys === null || !Buffer.from(ticketKeys).equals(this.ticketKeys)) {
+      this.tls.setTicketKeys(Buffer.from(ticketKeys));
+    }
+    this.ticketKeys = ticketKeys;
+  }
+
+  /** The client's TLS handshake is done: on to a backend. */
+  afterHandshake(conn: Connection): void {
+    afterHandshake(this, conn);
   }
 
   /** Where this worker's timings are, for the main thread to read: by slot, with its member. */
@@ -186,6 +217,7 @@ export class Frontend {
       metrics: this.latency.map((recorders) =>
         this.memberIds.map((id, i) => (id === 0 ? null : recorders[i].buffer)),
       ),
+      handshakeTime: this.handshakeTime?.buffer ?? null,
     };
   }
 
@@ -302,6 +334,9 @@ export class Frontend {
         } else if (conn.phase === INSPECT) {
           this.connecting.remove(conn);
           closeClient(conn, END.INSPECT_TIMEOUT);
+        } else if (conn.phase === HANDSHAKE) {
+          this.connecting.remove(conn);
+          handshakeTimedOut(conn);
         } else {
           failConnect(conn, true);
         }

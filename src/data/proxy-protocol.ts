@@ -188,16 +188,19 @@ export function buildV1(a: ProxyAddresses): Buffer {
   );
 }
 
-/** The v2 header for these addresses (TCP over IPv4 when both are IPv4, else IPv6). */
-export function buildV2(a: ProxyAddresses): Buffer {
+/** The v2 header for these addresses (TCP over IPv4 when both are IPv4, else IPv6), with
+ *  `tlvs` (already encoded, see tlsTlvs) after them. */
+export function buildV2(a: ProxyAddresses, tlvs: Buffer | null = null): Buffer {
   const source = plain(a.sourceAddress);
   const destination = plain(a.destinationAddress);
   const four = isIPv4(source) && isIPv4(destination);
-  const header = Buffer.alloc(16 + (four ? 12 : 36));
+  const extra = tlvs === null ? 0 : tlvs.length;
+  const header = Buffer.alloc(16 + (four ? 12 : 36) + extra);
   V2_SIGNATURE.copy(header, 0);
   header[12] = 0x21; // version 2, PROXY
   header[13] = four ? 0x11 : 0x21;
-  header.writeUInt16BE(four ? 12 : 36, 14);
+  header.writeUInt16BE((four ? 12 : 36) + extra, 14);
+  if (tlvs !== null) tlvs.copy(header, 16 + (four ? 12 : 36));
   if (four) {
     writeIPv4(header, 16, source);
     writeIPv4(header, 20, destination);
@@ -210,6 +213,59 @@ export function buildV2(a: ProxyAddresses): Buffer {
     header.writeUInt16BE(a.destinationPort, 50);
   }
   return header;
+}
+
+/** PROXY v2 TLV types and the SSL TLV's sub-types and client bits (the spec's section 2.2). */
+const PP2_TYPE_ALPN = 0x01;
+const PP2_TYPE_AUTHORITY = 0x02;
+const PP2_TYPE_SSL = 0x20;
+const PP2_SUBTYPE_SSL_VERSION = 0x21;
+const PP2_SUBTYPE_SSL_CN = 0x22;
+const PP2_SUBTYPE_SSL_CIPHER = 0x23;
+export const PP2_CLIENT_SSL = 0x01;
+export const PP2_CLIENT_CERT_CONN = 0x02;
+export const PP2_CLIENT_CERT_SESS = 0x04;
+
+/** What a terminated TLS connection tells its backend in a PROXY v2 header. */
+export interface TlsFacts {
+  readonly serverName: string;
+  readonly alpn: string;
+  readonly version: string;
+  readonly cipher: string;
+  /** PP2_CLIENT_* bits. */
+  readonly client: number;
+  /** 0 when the client certificate was verified (or none was asked for), else not 0. */
+  readonly verify: number;
+  /** The verified client certificate's subject CN; '' if none. */
+  readonly commonName: string;
+}
+
+function tlv(type: number, value: Buffer): Buffer {
+  const out = Buffer.alloc(3 + value.length);
+  out[0] = type;
+  out.writeUInt16BE(value.length, 1);
+  value.copy(out, 3);
+  return out;
+}
+
+/** The TLVs of a terminated TLS connection: ALPN and server name if any, and PP2_TYPE_SSL with
+ *  the version, cipher and client certificate CN. */
+export function tlsTlvs(facts: TlsFacts): Buffer {
+  const parts: Buffer[] = [];
+  if (facts.alpn !== '') parts.push(tlv(PP2_TYPE_ALPN, Buffer.from(facts.alpn, 'latin1')));
+  if (facts.serverName !== '') {
+    parts.push(tlv(PP2_TYPE_AUTHORITY, Buffer.from(facts.serverName, 'utf8')));
+  }
+  const head = Buffer.alloc(5);
+  head[0] = facts.client;
+  head.writeUInt32BE(facts.verify, 1);
+  const subs = [head, tlv(PP2_SUBTYPE_SSL_VERSION, Buffer.from(facts.version, 'latin1'))];
+  if (facts.commonName !== '') {
+    subs.push(tlv(PP2_SUBTYPE_SSL_CN, Buffer.from(facts.commonName, 'utf8')));
+  }
+  if (facts.cipher !== '') subs.push(tlv(PP2_SUBTYPE_SSL_CIPHER, Buffer.from(facts.cipher, 'latin1')));
+  parts.push(tlv(PP2_TYPE_SSL, Buffer.concat(subs)));
+  return Buffer.concat(parts);
 }
 
 /** An address in IPv6 form: IPv4 ones mapped (::ffff:a.b.c.d). */

@@ -28,6 +28,8 @@ export const END = {
   BACKEND_REFUSED: 19,
   /** UDP: its backend went down, was disabled or removed; the next datagram picks anew. */
   BACKEND_GONE: 20,
+  /** TLS termination: the client's handshake failed or timed out (why: TLS_FAIL). */
+  TLS_FAILED: 21,
 } as const;
 
 export const END_NAMES = [
@@ -52,7 +54,31 @@ export const END_NAMES = [
   'responded',
   'backend-refused',
   'backend-gone',
+  'tls-failed',
 ] as const;
+
+/** Why a client's TLS handshake failed, one counter each (a terminating frontend's). */
+export const TLS_FAIL_NAMES = [
+  'no-certificate',
+  'client-cert-missing',
+  'client-cert-invalid',
+  'protocol',
+  'timeout',
+  'aborted',
+] as const;
+export const TLS_FAIL = {
+  /** --tls-strict-sni: no certificate covers the name the client asked for (or it sent none). */
+  NO_CERTIFICATE: 0,
+  /** verify required: the client sent no certificate. */
+  CLIENT_CERT_MISSING: 1,
+  /** verify required: its certificate is not one the CA vouches for (or is revoked, expired). */
+  CLIENT_CERT_INVALID: 2,
+  /** No version, cipher or ALPN in common, or not TLS at all. */
+  PROTOCOL: 3,
+  TIMEOUT: 4,
+  /** The client closed or reset before the handshake finished. */
+  ABORTED: 5,
+} as const;
 
 /** UDP datagrams a frontend dropped, by reason (counted per datagram, not per session). */
 export const DROP_NAMES = [
@@ -87,7 +113,12 @@ export const BYTES_IN = DGRAMS_IN + 2;
 export const BYTES_OUT = DGRAMS_IN + 3;
 /** UDP: then one counter per drop reason (DROP). */
 export const DROP_BASE = DGRAMS_IN + 4;
-const FRONTEND_FIELDS = DROP_BASE + DROP_NAMES.length;
+/** TLS termination: handshakes done, and of those the resumed ones (a session ticket). */
+export const TLS_HANDSHAKES = DROP_BASE + DROP_NAMES.length;
+export const TLS_RESUMED = TLS_HANDSHAKES + 1;
+/** TLS termination: then one counter per failure reason (TLS_FAIL). */
+export const TLS_FAIL_BASE = TLS_HANDSHAKES + 2;
+const FRONTEND_FIELDS = TLS_FAIL_BASE + TLS_FAIL_NAMES.length;
 
 export const B_CONNECTIONS = 0;
 export const B_FAILURES = 1;

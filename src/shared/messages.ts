@@ -38,6 +38,8 @@ export interface FrontendUpdate {
   readonly members: readonly (PoolMember | null)[];
   /** The per-source table, once the frontend has a per-source limit (it is kept from then on). */
   readonly sources: SharedArrayBuffer | null;
+  /** The process's TLS session ticket keys (48 bytes), for a frontend that terminates TLS. */
+  readonly ticketKeys: Uint8Array;
 }
 
 /** One frontend's timings in one worker: [metric][slot] = the recorder's shared counts (read
@@ -46,6 +48,8 @@ export interface WorkerLatency {
   /** The member in each slot (0: free), so timings of a slot's earlier occupant are not mixed in. */
   readonly ids: number[];
   readonly metrics: Array<Array<SharedArrayBuffer | null>>;
+  /** Its TLS handshake times (a terminating frontend's; empty otherwise). */
+  readonly handshakeTime: SharedArrayBuffer | null;
 }
 
 /** A socket systemd passed, as one worker holds it: its own descriptor. */
