@@ -3,7 +3,7 @@
 // directory removed when the test ends.
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -74,7 +74,10 @@ export class TestCa {
     const key = `${base}.key`;
     const cert = `${base}.pem`;
     if (options.rsa === true) {
-      openssl(['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', key], this.dir);
+      openssl(
+        ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', key],
+        this.dir,
+      );
     } else {
       openssl(['ecparam', '-name', 'prime256v1', '-genkey', '-noout', '-out', key], this.dir);
     }
@@ -125,6 +128,16 @@ export class TestCa {
     const crl = join(this.dir, `${slug}.crl.pem`);
     openssl(['ca', ...common, '-gencrl', '-out', crl], this.dir);
     return crl;
+  }
+
+  /** The CA certificate's PEM, as a client trusts it. */
+  certPem(): string {
+    return readFileSync(this.cert, 'utf8');
+  }
+
+  /** A file of this CA's (a certificate or key it issued), as text. */
+  read(path: string): string {
+    return readFileSync(path, 'utf8');
   }
 
   cleanup(): void {

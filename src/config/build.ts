@@ -207,12 +207,6 @@ function buildTls(built: BuiltTls, inputs: Inputs): TlsConfig {
       `${built.verify} needs ${settingName('tlsCa', certsWhere !== '--tls-cert')} (the CA client certificates are checked against)`,
     );
   }
-  if (built.crl !== null && built.verify === 'none') {
-    throw new ConfigError(
-      keyWhere(inputs, 'tlsCrl', '--tls-crl'),
-      'means nothing without client certificates (tls verify optional or required)',
-    );
-  }
   return { ...rest, certificates, caPem: null, crlPem: null, ticketKeyBytes: null };
 }
 
@@ -597,8 +591,9 @@ function checkShared(
   }
 }
 
-/** The config with its TLS files read (node:tls only loaded where a frontend terminates TLS). */
-export async function withTls(config: Config): Promise<Config> {
+/** The config with its TLS files read, relative paths from `base` (node:tls only loaded where
+ *  a frontend terminates TLS). */
+export async function withTls(config: Config, base = process.cwd()): Promise<Config> {
   if (config.frontends.every((f) => f.tls.certificates.length === 0)) return config;
-  return (await import('./tls.ts')).loadTls(config);
+  return (await import('./tls.ts')).loadTls(config, base);
 }

@@ -4,6 +4,7 @@
 // and types, then the table's parsers check values exactly as they check flags. Loading never
 // binds or connects anything.
 
+import { dirname, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { OPTIONS } from './backend.ts';
@@ -192,5 +193,5 @@ export async function loadConfigFile(file: string, overrides: Inputs = new Map()
     where: `${file}: pools[${i}].name`,
     inputs: inputsOf(['pool'], p, `${file}: pools[${i}].`),
   }));
-  return withTls(buildConfig(top, frontends, `${file}: frontends`, pools));
+  return withTls(buildConfig(top, frontends, `${file}: frontends`, pools), dirname(resolve(file)));
 }

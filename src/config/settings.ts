@@ -369,7 +369,7 @@ export const SETTINGS: readonly Setting[] = [
     scope: 'frontend',
     kind: 'list',
     target: 'tls.certificates',
-    help: 'terminate TLS with this certificate (PEM, chain after the leaf); repeatable, each paired in order with a --tls-key. Chosen by the client\'s server name among the names each certificate has (its subjectAltName, exact or *.wildcard; in the file, names: [...] overrides them); the first is the default. In the file: a list of { cert, key, names }',
+    help: "terminate TLS with this certificate (PEM, chain after the leaf); repeatable, each paired in order with a --tls-key. Chosen by the client's server name among the names each certificate has (its subjectAltName, exact or *.wildcard; in the file, names: [...] overrides them); the first is the default. In the file: a list of { cert, key, names }",
     parse: (text, where) => ({ certFile: parsePath(text, where), keyFile: '', names: [] }),
   },
   {

@@ -6,6 +6,7 @@
 // a secure context, so a worker building its contexts from it cannot fail on a file.
 
 import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
 import { ConfigError, parseServerName } from './parse.ts';
 import { readTextFile } from './read.ts';
@@ -51,10 +52,16 @@ function ownNames(x509: X509Certificate): string[] {
 }
 
 async function loadCertificate(
-  c: TlsCertificate,
+  given: TlsCertificate,
   warnings: string[],
   frontend: string,
+  base: string,
 ): Promise<TlsCertificate> {
+  const c = {
+    ...given,
+    certFile: resolve(base, given.certFile),
+    keyFile: resolve(base, given.keyFile),
+  };
   const [cert, key] = await Promise.all([
     read(c.certFile, 'certificate'),
     read(c.keyFile, 'private key'),
@@ -98,10 +105,20 @@ async function loadCertificate(
   };
 }
 
-async function loadTlsOf(frontend: FrontendConfig, warnings: string[]): Promise<TlsConfig> {
-  const tls = frontend.tls;
+async function loadTlsOf(
+  frontend: FrontendConfig,
+  warnings: string[],
+  base: string,
+): Promise<TlsConfig> {
+  const at = (file: string | null) => (file === null ? null : resolve(base, file));
+  const tls = {
+    ...frontend.tls,
+    ca: at(frontend.tls.ca),
+    crl: at(frontend.tls.crl),
+    ticketKeys: at(frontend.tls.ticketKeys),
+  };
   const certificates = await Promise.all(
-    tls.certificates.map((c) => loadCertificate(c, warnings, frontend.name)),
+    tls.certificates.map((c) => loadCertificate(c, warnings, frontend.name, base)),
   );
   let caPem: string | null = null;
   if (tls.ca !== null) {
@@ -137,13 +154,14 @@ async function loadTlsOf(frontend: FrontendConfig, warnings: string[]): Promise<
   return { ...tls, certificates, caPem, crlPem, ticketKeyBytes };
 }
 
-/** The config with every terminating frontend's files read and checked (see the top). */
-export async function loadTls(config: Config): Promise<Config> {
+/** The config with every terminating frontend's files read and checked (see the top); a
+ *  relative path is from `base` (the config file's directory, or the working directory). */
+export async function loadTls(config: Config, base: string): Promise<Config> {
   if (config.frontends.every((f) => f.tls.certificates.length === 0)) return config;
   const warnings = [...config.warnings];
   const frontends = await Promise.all(
     config.frontends.map(async (f) =>
-      f.tls.certificates.length === 0 ? f : { ...f, tls: await loadTlsOf(f, warnings) },
+      f.tls.certificates.length === 0 ? f : { ...f, tls: await loadTlsOf(f, warnings, base) },
     ),
   );
   return { ...config, frontends, warnings };

@@ -21,6 +21,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { ConfigError } from '../config/parse.ts';
 import type { Config, FrontendConfig } from '../config/types.ts';
+import { TICKET_ROTATE_MS } from '../data/tls.ts';
 import type { Logger } from '../log.ts';
 import { addFrontendFields, END, END_BASE, summarize, sumSlots } from '../shared/counters.ts';
 import type { LatencyAnswer, ListenFailure, WorkerInit } from '../shared/messages.ts';
@@ -32,7 +33,6 @@ import { Admin } from './admin.ts';
 import { AgentChecker } from './agent.ts';
 import { connectionBudget, descriptorLimit } from './descriptors.ts';
 import { Discovery } from './discovery.ts';
-import { TICKET_ROTATE_MS } from '../data/tls.ts';
 import { Frontend, rotateTicketKeys } from './frontend.ts';
 import { HealthChecker } from './health.ts';
 import {

@@ -263,7 +263,8 @@ export function tlsTlvs(facts: TlsFacts): Buffer {
   if (facts.commonName !== '') {
     subs.push(tlv(PP2_SUBTYPE_SSL_CN, Buffer.from(facts.commonName, 'utf8')));
   }
-  if (facts.cipher !== '') subs.push(tlv(PP2_SUBTYPE_SSL_CIPHER, Buffer.from(facts.cipher, 'latin1')));
+  if (facts.cipher !== '')
+    subs.push(tlv(PP2_SUBTYPE_SSL_CIPHER, Buffer.from(facts.cipher, 'latin1')));
   parts.push(tlv(PP2_TYPE_SSL, Buffer.concat(subs)));
   return Buffer.concat(parts);
 }

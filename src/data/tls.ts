@@ -15,7 +15,13 @@ import { END, TLS_FAIL, TLS_FAIL_BASE, TLS_HANDSHAKES, TLS_RESUMED } from '../sh
 import type { LatencyRecorder } from '../stats/latency.ts';
 import { deadline } from './clock.ts';
 import type { Connection, PublicSocket, Side } from './connection.ts';
-import { adoptTlsSocket, CONNECTING, closeClient, HANDSHAKE } from './connection.ts';
+import {
+  adoptTlsSocket,
+  CONNECTING,
+  clientEndpoint,
+  closeClient,
+  HANDSHAKE,
+} from './connection.ts';
 import type { TlsFacts } from './proxy-protocol.ts';
 import { PP2_CLIENT_CERT_CONN, PP2_CLIENT_CERT_SESS, PP2_CLIENT_SSL } from './proxy-protocol.ts';
 
@@ -50,6 +56,8 @@ export class TlsSession implements TlsFacts {
   verify = 0;
   commonName = '';
   resumed = false;
+  /** Its handshake failed and that is counted (once). */
+  failed = false;
 
   constructor(plain: net.Socket) {
     this.plain = plain;
@@ -172,6 +180,11 @@ function selectContext(
  */
 export function startTls(conn: Connection, terminator: TlsTerminator): void {
   const side = conn.client;
+  // The peer's address is gone once the socket closes: a failed handshake is logged with it.
+  if (conn.frontend.accessLog !== null && conn.clientAddress === '') {
+    const peer = clientEndpoint(conn);
+    conn.clientAddress = `${peer.address}:${peer.port}`;
+  }
   let plain: net.Socket;
   const handle = side.handle;
   if (handle !== null) {
@@ -263,9 +276,17 @@ function onSecure(this: TlsClientSocket): void {
 
 /** Counts why the handshake failed and closes the client. */
 function fail(conn: Connection, reason: number): void {
+  (conn.tls as TlsSession).failed = true;
   conn.frontend.slot[TLS_FAIL_BASE + reason]++;
   closeClient(conn, END.TLS_FAILED);
 }
+
+/** What OpenSSL says when the context it was left with has no certificate. */
+const NO_CERTIFICATE_CODES = new Set([
+  'ERR_SSL_NO_SUITABLE_SIGNATURE_ALGORITHM',
+  'ERR_SSL_NO_SHARED_CIPHER',
+  'ERR_SSL_NO_CERTIFICATE_ASSIGNED',
+]);
 
 /** Why OpenSSL (or Node) failed a handshake, as one of TLS_FAIL. */
 function failureOf(err: NodeJS.ErrnoException, session: TlsSession, strict: boolean): number {
@@ -275,23 +296,27 @@ function failureOf(err: NodeJS.ErrnoException, session: TlsSession, strict: bool
   if (/CERTIFICATE|CERT_/.test(code) && code !== 'ERR_SSL_NO_CERTIFICATE_ASSIGNED') {
     return TLS_FAIL.CLIENT_CERT_INVALID;
   }
-  if (strict && !session.named) return TLS_FAIL.NO_CERTIFICATE;
+  // Strict SNI left the handshake without a certificate: OpenSSL finds nothing to sign with.
+  if (strict && !session.named && NO_CERTIFICATE_CODES.has(code)) return TLS_FAIL.NO_CERTIFICATE;
   return TLS_FAIL.PROTOCOL;
 }
 
 /** Before the relay's own error handler: a failure during the handshake is counted here. */
 function onTlsError(this: TlsClientSocket, err: NodeJS.ErrnoException): void {
   const conn = this.side?.conn;
-  if (conn === undefined || conn.phase !== HANDSHAKE || conn.end >= 0) return;
+  if (conn === undefined || conn.phase !== HANDSHAKE || (conn.tls as TlsSession).failed) return;
   const strict = conn.frontend.tls?.config.strictSni === true;
   conn.frontend.connecting.remove(conn);
   fail(conn, failureOf(err, conn.tls as TlsSession, strict));
 }
 
-/** Closed during the handshake without an error: the client went away. */
+/** Closed during the handshake with no failure counted: the client went away (its FIN or a
+ *  reset); the relay's own close handler, after this one, finishes the connection. */
 function onTlsClose(this: TlsClientSocket): void {
   const conn = this.side?.conn;
-  if (conn === undefined || conn.phase !== HANDSHAKE || conn.end >= 0) return;
+  const session = conn?.tls;
+  if (conn === undefined || !session || conn.phase !== HANDSHAKE || session.failed) return;
+  session.failed = true;
   conn.frontend.connecting.remove(conn);
   conn.frontend.slot[TLS_FAIL_BASE + TLS_FAIL.ABORTED]++;
   conn.end = END.TLS_FAILED;

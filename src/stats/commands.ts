@@ -6,13 +6,15 @@ import { BACKEND_GRAMMAR } from '../config/backend.ts';
 import type { StatsLevel } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { MAX_WEIGHT } from '../shared/table.ts';
-import type { BackendStat, FrontendStat, LatencyStat, StatsView } from './view.ts';
+import type { Percentiles } from './latency.ts';
+import type { BackendStat, FrontendLatency, FrontendStat, LatencyStat, StatsView } from './view.ts';
 
 const HELP = [
   'help                              this list',
   'show info [json]                  version, pid, uptime, workers, connections, rates',
   'show stat [json]                  one row per frontend and per backend of its pool (json: pools too)',
   'show latency [json]               connect, first-byte and duration percentiles, whole run and last minute',
+  'show tls [json]                   terminating frontends: certificates (names, serial, expiry), handshakes, resumptions, failures by reason',
   'show state                        runtime changes kept in the state file (added, deleted, weights, admin)',
   'enable POOL/BACKEND               admin: take new connections again',
   'disable POOL/BACKEND              admin: no new connections; live ones stay',
@@ -106,10 +108,19 @@ export async function execute(
           third === 'json' ? JSON.stringify({ frontends: latency }) : formatLatency(latency),
         );
       }
+      if (second === 'tls' && words.length <= 3 && (third === undefined || third === 'json')) {
+        const tls = (await view.stat()).frontends.filter((f) => f.tls !== null);
+        if (third === 'json') {
+          return ok(JSON.stringify({ frontends: tls.map((f) => ({ name: f.name, ...f.tls })) }));
+        }
+        return ok(tls.length === 0 ? 'no frontend terminates TLS' : formatTls(tls));
+      }
       if (second === 'state' && words.length === 2) {
         return ok(JSON.stringify(admin.showState(), null, 2));
       }
-      return error('usage: show info [json] | show stat [json] | show latency [json] | show state');
+      return error(
+        'usage: show info [json] | show stat [json] | show latency [json] | show tls [json] | show state',
+      );
     case 'enable':
     case 'disable':
     case 'drain':
@@ -274,11 +285,58 @@ function formatUdpStat(frontends: FrontendStat[]): string {
   return table(rows);
 }
 
+/** Terminating frontends: handshakes, resumed share, time, failures by reason. */
+function formatTlsStat(frontends: FrontendStat[]): string {
+  const rows: string[][] = [
+    ['TLS', 'HANDSHAKES', 'RESUMED', 'HANDSHAKE_P50', 'HANDSHAKE_P99', 'FAILED'],
+  ];
+  for (const frontend of frontends) {
+    const tls = frontend.tls;
+    if (tls === null) continue;
+    const failed = Object.entries(tls.failed)
+      .filter(([, n]) => n > 0)
+      .map(([reason, n]) => `${reason}=${n}`);
+    rows.push([
+      frontend.name,
+      String(tls.handshakes),
+      tls.handshakes === 0 ? '-' : `${Math.round((tls.resumed / tls.handshakes) * 100)}%`,
+      `${tls.handshakeMs.p50}ms`,
+      `${tls.handshakeMs.p99}ms`,
+      failed.length === 0 ? '0' : failed.join(' '),
+    ]);
+  }
+  return table(rows);
+}
+
+/** `show tls`: each terminating frontend's certificates, then the handshake table. */
+function formatTls(frontends: FrontendStat[]): string {
+  const rows: string[][] = [['FRONTEND', 'CERTIFICATE', 'NAMES', 'SERIAL', 'KEY', 'EXPIRES']];
+  for (const frontend of frontends) {
+    for (const c of frontend.tls?.certificates ?? []) {
+      const days = Math.floor(c.expiresInSeconds / 86400);
+      rows.push([
+        frontend.name,
+        c.file,
+        c.names.join(',') || '-',
+        c.serial,
+        c.keyType,
+        `${c.notAfter.slice(0, 10)} (${days < 0 ? 'EXPIRED' : `${days}d`})`,
+      ]);
+    }
+  }
+  return `${table(rows)}\n--\n${formatTlsStat(frontends)}`;
+}
+
+/** The TCP table, the TLS one, the UDP one: each that has rows, separated by a ruler (an empty
+ *  line would end the answer). */
 function formatStat(all: FrontendStat[]): string {
-  const frontends = all.filter((f) => f.protocol === 'tcp');
-  const udp = all.length > frontends.length ? formatUdpStat(all) : '';
-  if (frontends.length === 0) return udp;
-  return udp === '' ? formatTcpStat(frontends) : `${formatTcpStat(frontends)}\n\n${udp}`;
+  const tcp = all.filter((f) => f.protocol === 'tcp');
+  const tables = [
+    tcp.length > 0 ? formatTcpStat(tcp) : '',
+    tcp.some((f) => f.tls !== null) ? formatTlsStat(tcp) : '',
+    tcp.length < all.length ? formatUdpStat(all) : '',
+  ];
+  return tables.filter((text) => text !== '').join('\n--\n');
 }
 
 function formatTcpStat(frontends: FrontendStat[]): string {
@@ -349,32 +407,46 @@ function formatTcpStat(frontends: FrontendStat[]): string {
   return table(rows);
 }
 
-function formatLatency(frontends: Array<LatencyStat & { backends: LatencyStat[] }>): string {
+const PERCENTILE_HEADER = ['NAME', 'WINDOW', 'COUNT', 'P50', 'P90', 'P99', 'P99.9', 'MAX'];
+type Windows = { total: Percentiles; lastMinute: Percentiles };
+
+/** Two rows of percentiles: the whole run and the last minute. */
+function percentileRows(rows: string[][], name: string, windows: Windows): void {
+  for (const [window, p] of [
+    ['total', windows.total],
+    ['1m', windows.lastMinute],
+  ] as const) {
+    rows.push([
+      name,
+      window,
+      String(p.count),
+      ...[p.p50, p.p90, p.p99, p.p999, p.max].map((v) => `${v}ms`),
+    ]);
+  }
+}
+
+function formatLatency(frontends: FrontendLatency[]): string {
   const sections: string[] = [];
   for (const [metric, title] of [
     ['connectMs', 'connect time'],
     ['firstByteMs', "time to the backend's first byte"],
     ['durationMs', 'connection duration'],
   ] as const) {
-    const rows: string[][] = [['NAME', 'WINDOW', 'COUNT', 'P50', 'P90', 'P99', 'P99.9', 'MAX']];
-    const add = (name: string, stat: LatencyStat) => {
-      for (const [window, p] of [
-        ['total', stat[metric].total],
-        ['1m', stat[metric].lastMinute],
-      ] as const) {
-        rows.push([
-          name,
-          window,
-          String(p.count),
-          ...[p.p50, p.p90, p.p99, p.p999, p.max].map((v) => `${v}ms`),
-        ]);
-      }
-    };
+    const rows = [PERCENTILE_HEADER];
+    const add = (name: string, stat: LatencyStat) => percentileRows(rows, name, stat[metric]);
     for (const frontend of frontends) {
       add(frontend.name, frontend);
       for (const b of frontend.backends) add(`  ${frontend.name}/${b.name}`, b);
     }
     sections.push(`${title}\n${table(rows)}`);
+  }
+  const tls = frontends.filter((f) => f.handshakeMs !== null);
+  if (tls.length > 0) {
+    const rows = [PERCENTILE_HEADER];
+    for (const frontend of tls) {
+      percentileRows(rows, frontend.name, frontend.handshakeMs as Windows);
+    }
+    sections.push(`TLS handshake time\n${table(rows)}`);
   }
   // One blank-free answer: sections are separated by a ruler, not an empty line.
   return sections.join('\n--\n');

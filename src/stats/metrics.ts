@@ -14,22 +14,26 @@ import { Counter, Gauge, type Metric, Registry } from 'prom-client';
 import type { Endpoint } from '../config/types.ts';
 import { MAX_METRICS_CLIENTS } from '../control/descriptors.ts';
 import type { Logger } from '../log.ts';
-import { DROP_NAMES, END_BASE, END_NAMES, RETRIES } from '../shared/counters.ts';
+import { DROP_NAMES, END_BASE, END_NAMES, RETRIES, TLS_FAIL_NAMES } from '../shared/counters.ts';
 import type { MetricName, Percentiles } from './latency.ts';
 import type {
   BackendStat,
+  FrontendLatency,
   FrontendStat,
-  LatencyStat,
   PoolStat,
   StatsView,
+  TlsStat,
   UdpStat,
 } from './view.ts';
+
+/** A timing's percentiles over the whole run and the last minute. */
+type Windows = { total: Percentiles; lastMinute: Percentiles };
 
 /** One scrape's view of everything. */
 interface Snapshot {
   frontends: FrontendStat[];
   pools: PoolStat[];
-  latency: Array<LatencyStat & { backends: LatencyStat[] }>;
+  latency: FrontendLatency[];
   /** Per frontend: counters of how connections ended, and retries. */
   ends: Map<string, Float64Array>;
 }
@@ -59,13 +63,18 @@ class HdrSummary {
   readonly help: string;
   readonly type = 'summary';
   readonly aggregator = 'omit';
-  private readonly metric: MetricName;
+  private readonly windows: (s: Snapshot) => Array<[Record<string, string>, Windows]>;
   private readonly snapshot: () => Snapshot | null;
 
-  constructor(name: string, help: string, metric: MetricName, snapshot: () => Snapshot | null) {
+  constructor(
+    name: string,
+    help: string,
+    windows: (s: Snapshot) => Array<[Record<string, string>, Windows]>,
+    snapshot: () => Snapshot | null,
+  ) {
     this.name = name;
     this.help = help;
-    this.metric = metric;
+    this.windows = windows;
     this.snapshot = snapshot;
   }
 
@@ -75,23 +84,21 @@ class HdrSummary {
       value: number;
       metricName?: string;
     }> = [];
-    for (const frontend of this.snapshot()?.latency ?? []) {
-      for (const backend of frontend.backends) {
-        const labels = { frontend: frontend.name, backend: backend.name };
-        const minute = backend[this.metric].lastMinute;
-        const total = backend[this.metric].total;
-        for (const [quantile, key] of QUANTILES) {
-          // No connection in the last minute: no quantile to give (NaN, as prom-client does).
-          const value = minute.count === 0 ? Number.NaN : minute[key] / 1000;
-          values.push({ labels: { ...labels, quantile }, value });
-        }
-        values.push({
-          metricName: `${this.name}_sum`,
-          labels,
-          value: (total.mean * total.count) / 1000,
-        });
-        values.push({ metricName: `${this.name}_count`, labels, value: total.count });
+    const snapshot = this.snapshot();
+    for (const [labels, { lastMinute: minute, total }] of snapshot === null
+      ? []
+      : this.windows(snapshot)) {
+      for (const [quantile, key] of QUANTILES) {
+        // No connection in the last minute: no quantile to give (NaN, as prom-client does).
+        const value = minute.count === 0 ? Number.NaN : minute[key] / 1000;
+        values.push({ labels: { ...labels, quantile }, value });
       }
+      values.push({
+        metricName: `${this.name}_sum`,
+        labels,
+        value: (total.mean * total.count) / 1000,
+      });
+      values.push({ metricName: `${this.name}_count`, labels, value: total.count });
     }
     return {
       name: this.name,
@@ -398,6 +405,50 @@ export class MetricsServer {
           ),
         ),
     );
+    const tlsFrontends = (s: Snapshot) => s.frontends.filter((f) => f.tls !== null);
+    const perTls = (read: (t: TlsStat) => number) => (s: Snapshot) =>
+      tlsFrontends(s).map((f): Row => [{ frontend: f.name }, read(f.tls as TlsStat)]);
+    series(
+      'counter',
+      'fulcrum_tls_handshakes_total',
+      'TLS handshakes a terminating frontend finished (resumed ones included).',
+      FRONTEND,
+      perTls((t) => t.handshakes),
+    );
+    series(
+      'counter',
+      'fulcrum_tls_resumed_total',
+      'Of those, the handshakes that resumed a session (a ticket).',
+      FRONTEND,
+      perTls((t) => t.resumed),
+    );
+    series(
+      'counter',
+      'fulcrum_tls_handshake_failures_total',
+      'TLS handshakes that failed: no certificate for the name (strict SNI), client certificate missing or invalid, protocol (no version, cipher or ALPN in common, or not TLS), timeout, aborted (the client left).',
+      ['frontend', 'reason'],
+      (s) =>
+        tlsFrontends(s).flatMap((f) =>
+          TLS_FAIL_NAMES.map(
+            (reason): Row => [{ frontend: f.name, reason }, (f.tls as TlsStat).failed[reason]],
+          ),
+        ),
+    );
+    series(
+      'gauge',
+      'fulcrum_tls_certificate_expiry_seconds',
+      'When the certificate expires, in seconds since the Unix epoch (alert on it minus time()).',
+      ['frontend', 'certificate', 'serial'],
+      (s) =>
+        tlsFrontends(s).flatMap((f) =>
+          (f.tls as TlsStat).certificates.map(
+            (c): Row => [
+              { frontend: f.name, certificate: c.file, serial: c.serial },
+              Math.round(Date.parse(c.notAfter) / 1000),
+            ],
+          ),
+        ),
+    );
     const udpBackends = (s: Snapshot) => {
       const pools = new Set(udpFrontends(s).map((f) => f.pool));
       return backends(s).filter(([labels]) => pools.has(labels.pool));
@@ -531,8 +582,28 @@ export class MetricsServer {
       ['fulcrum_backend_connection_duration_seconds', 'How long connections lasted.', 'durationMs'],
     ];
     for (const [name, help, metric] of summaries) {
+      const windows = (s: Snapshot) =>
+        s.latency.flatMap((f) =>
+          f.backends.map((b): [Record<string, string>, Windows] => [
+            { frontend: f.name, backend: b.name },
+            b[metric],
+          ]),
+        );
       // Not one of prom-client's classes, but what its registry asks of a metric: get() and reset().
-      registry.registerMetric(new HdrSummary(name, help, metric, snap) as unknown as Metric);
+      registry.registerMetric(new HdrSummary(name, help, windows, snap) as unknown as Metric);
     }
+    const handshakes = (s: Snapshot) =>
+      s.latency.flatMap(
+        (f): Array<[Record<string, string>, Windows]> =>
+          f.handshakeMs === null ? [] : [[{ frontend: f.name }, f.handshakeMs]],
+      );
+    registry.registerMetric(
+      new HdrSummary(
+        'fulcrum_tls_handshake_seconds',
+        "Time from a client's first TLS byte to its finished handshake (a terminating frontend's).",
+        handshakes,
+        snap,
+      ) as unknown as Metric,
+    );
   }
 }

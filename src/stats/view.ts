@@ -24,9 +24,14 @@ import {
   END_BASE,
   END_NAMES,
   LIVE,
+  openSlot,
   QUEUED,
   RETRIES,
   sumSlots,
+  TLS_FAIL_BASE,
+  TLS_FAIL_NAMES,
+  TLS_HANDSHAKES,
+  TLS_RESUMED,
 } from '../shared/counters.ts';
 import type { LatencyAnswer } from '../shared/messages.ts';
 import type { BackendTable } from '../shared/table.ts';
@@ -40,6 +45,23 @@ export type LatencyStat = { name: string } & Record<
   MetricName,
   { total: Percentiles; lastMinute: Percentiles }
 >;
+
+/** A frontend's timings (all its backends), each backend's, and its TLS handshake times (null
+ *  where it terminates none). */
+export type FrontendLatency = LatencyStat & {
+  backends: LatencyStat[];
+  handshakeMs: { total: Percentiles; lastMinute: Percentiles } | null;
+};
+
+const EMPTY_PERCENTILES: Percentiles = {
+  p50: 0,
+  p90: 0,
+  p99: 0,
+  p999: 0,
+  max: 0,
+  mean: 0,
+  count: 0,
+};
 
 export interface BackendStat {
   name: string;
@@ -106,6 +128,8 @@ export interface FrontendStat {
   queued: number;
   /** UDP: datagrams and bytes each way, and datagrams dropped by reason; null for TCP. */
   udp: UdpStat | null;
+  /** TLS it terminates: handshakes, failures, certificates; null where it does not. */
+  tls: TlsStat | null;
   /** Its pool's backends, as this frontend sees them. */
   backends: BackendStat[];
 }
@@ -118,6 +142,61 @@ export interface UdpStat {
   bytesOut: number;
   /** By reason: no-backend, session-limit, too-large, backend-refused, denied, send-failed. */
   dropped: Record<(typeof DROP_NAMES)[number], number>;
+}
+
+export interface TlsStat {
+  /** Handshakes done, and of those resumed (a session ticket). */
+  handshakes: number;
+  resumed: number;
+  /** Handshakes failed, by reason (TLS_FAIL_NAMES). */
+  failed: Record<(typeof TLS_FAIL_NAMES)[number], number>;
+  /** Handshake time over the whole run (show latency has the last minute too). */
+  handshakeMs: Percentiles;
+  /** Handshakes and resumptions by worker thread: a ticket opens in any of them. */
+  workers: Array<{ handshakes: number; resumed: number }>;
+  certificates: CertificateStat[];
+}
+
+export interface CertificateStat {
+  file: string;
+  /** The server names it is chosen for. */
+  names: string[];
+  subject: string;
+  serial: string;
+  keyType: string;
+  /** When it expires (ISO 8601), and in how many seconds (negative: expired). */
+  notAfter: string;
+  expiresInSeconds: number;
+}
+
+/** A terminating frontend's TLS counts (sums and per worker), its certificates, its times. */
+export function tlsStat(front: Frontend, own: Float64Array, handshakeMs: Percentiles): TlsStat {
+  const failed = {} as TlsStat['failed'];
+  TLS_FAIL_NAMES.forEach((name, r) => {
+    failed[name] = own[TLS_FAIL_BASE + r];
+  });
+  const workers: TlsStat['workers'] = [];
+  for (let w = 0; w < front.counters.workers; w++) {
+    const slot = openSlot(front.counters, w);
+    workers.push({ handshakes: slot[TLS_HANDSHAKES], resumed: slot[TLS_RESUMED] });
+  }
+  const now = Date.now();
+  return {
+    handshakes: own[TLS_HANDSHAKES],
+    resumed: own[TLS_RESUMED],
+    failed,
+    handshakeMs,
+    workers,
+    certificates: front.config.tls.certificates.map((c) => ({
+      file: c.certFile,
+      names: [...c.serverNames],
+      subject: c.subject,
+      serial: c.serial,
+      keyType: c.keyType,
+      notAfter: new Date(c.notAfter).toISOString(),
+      expiresInSeconds: Math.round((c.notAfter - now) / 1000),
+    })),
+  };
 }
 
 /** The UDP counts of a frontend's counter sums. */
@@ -268,7 +347,7 @@ export class StatsView {
   }
 
   /** Every timing per frontend (all its backends) and per backend, merged over every worker. */
-  async latency(): Promise<Array<LatencyStat & { backends: LatencyStat[] }>> {
+  async latency(): Promise<FrontendLatency[]> {
     const answers = await this.latencies.get();
     return this.source.frontends().map((front) => {
       const pool = front.pool;
@@ -292,7 +371,16 @@ export class StatsView {
         });
         whole[metric] = frontend.read();
       });
-      return { ...whole, backends };
+      let handshakeMs: LatencyStat['connectMs'] | null = null;
+      if (front.config.tls.certificates.length > 0) {
+        const sum = new LatencySum();
+        for (const answer of answers) {
+          const buffer = answer.get(front.name)?.handshakeTime ?? null;
+          if (buffer !== null) sum.addRecorder(buffer);
+        }
+        handshakeMs = sum.read();
+      }
+      return { ...whole, backends, handshakeMs };
     });
   }
 
@@ -315,6 +403,10 @@ export class StatsView {
           live: own[LIVE],
           queued: own[QUEUED],
           udp: front.config.protocol === 'udp' ? udpStat(own) : null,
+          tls:
+            front.config.tls.certificates.length > 0
+              ? tlsStat(front, own, latency[f].handshakeMs?.total ?? EMPTY_PERCENTILES)
+              : null,
           backends: pool.members().map((member, b) => {
             const o = backendOffset(member.index);
             const { host, port } = member.config;

@@ -11,9 +11,37 @@ import { loadConfigFile } from '../../src/config/file.ts';
 import { loaderFromArgs } from '../../src/config/flags.ts';
 import { SETTINGS } from '../../src/config/settings.ts';
 import { README, withTable } from '../fixtures/readme-settings.ts';
+import { TestCa } from '../tls.ts';
 
-/** For every setting: a value that is not its default, and what it becomes in the Config. */
-const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
+// The TLS settings name files that are read when the config loads: real ones.
+const ca = new TestCa();
+t.teardown(() => ca.cleanup());
+const served = ca.issue('a.test', { names: ['a.test'] });
+const crl = ca.revoke(ca.issue('revoked', { client: true }));
+const ticketKeys = join(ca.dir, 'ticket.keys');
+writeFileSync(ticketKeys, `${'k'.repeat(64)}\n`);
+const TLS = ['--tls-cert', served.cert, '--tls-key', served.key];
+
+/** For every setting: a value that is not its default, and what it becomes in the Config (at
+ *  `path` when that is not its target; from `file` when a file writes it otherwise). */
+const SAMPLES: Record<
+  string,
+  { text: string | boolean; value: unknown; path?: string; file?: unknown }
+> = {
+  tlsCertificates: {
+    text: served.cert,
+    value: [{ certFile: served.cert, keyFile: served.key, serverNames: ['a.test'] }],
+    file: { cert: served.cert, key: served.key },
+  },
+  tlsKeys: { text: served.key, value: served.key, path: 'tls.certificates.0.keyFile' },
+  tlsCa: { text: ca.cert, value: ca.cert },
+  tlsCrl: { text: crl, value: crl },
+  tlsVerify: { text: 'optional', value: 'optional' },
+  tlsAlpn: { text: 'h2', value: ['h2'] },
+  tlsStrictSni: { text: true, value: true },
+  tlsMinVersion: { text: 'TLSv1.3', value: 'TLSv1.3' },
+  tlsHandshakeTimeout: { text: '4s', value: 4000 },
+  tlsTicketKeys: { text: ticketKeys, value: ticketKeys },
   name: { text: 'web', value: 'web' },
   pool: { text: 'replicas', value: 'replicas' },
   priority: { text: '-5', value: -5 },
@@ -96,6 +124,16 @@ const SAMPLES: Record<string, { text: string | boolean; value: unknown }> = {
 
 /** What a setting needs beside it to mean anything (`--health-host` is for `--health-http`). */
 const COMPANIONS: Record<string, string[]> = {
+  tlsCertificates: ['--tls-key', served.key],
+  tlsKeys: ['--tls-cert', served.cert],
+  tlsCa: TLS,
+  tlsCrl: [...TLS, '--tls-ca', ca.cert, '--tls-verify', 'optional'],
+  tlsVerify: [...TLS, '--tls-ca', ca.cert],
+  tlsAlpn: TLS,
+  tlsStrictSni: TLS,
+  tlsMinVersion: TLS,
+  tlsHandshakeTimeout: TLS,
+  tlsTicketKeys: TLS,
   healthHost: ['--health-http', '/ready'],
   healthExpectStatus: ['--health-http', '/ready'],
   healthSend: ['--health-expect', '+PONG'],
@@ -119,6 +157,11 @@ function at(object: unknown, path: string): unknown {
   let value = object;
   for (const key of path.split('.')) value = (value as Record<string, unknown>)[key];
   return value;
+}
+
+/** Where a setting's sample is read back in the Config. */
+function targetOf(setting: (typeof SETTINGS)[number]): string {
+  return SAMPLES[setting.key].path ?? setting.target;
 }
 
 function argv(key: string): string[] {
@@ -158,11 +201,11 @@ for (const setting of SETTINGS) {
             : MINIMAL;
     const config = await loaderFromArgs([...base, ...(COMPANIONS[setting.key] ?? []), ...args])();
     const scope = setting.scope === 'process' ? config : config.frontends[0];
-    t.match(at(scope, setting.target), SAMPLES[setting.key].value);
+    t.match(at(scope, targetOf(setting)), SAMPLES[setting.key].value);
 
     if (setting.scope === 'process') {
       const file = await loaderFromArgs(['--config', FILE, ...args])();
-      t.match(at(file, setting.target), SAMPLES[setting.key].value, 'next to --config: it wins');
+      t.match(at(file, targetOf(setting)), SAMPLES[setting.key].value, 'next to --config: it wins');
     } else {
       t.throws(() => loaderFromArgs(['--config', FILE, ...args]), {
         message: `${setting.flag}: cannot be used with --config (set it in the file, per frontend)`,
@@ -187,7 +230,9 @@ async function everyFileKey(t: Test, all: typeof SETTINGS, variant: string, name
   const frontend: Record<string, unknown> = {};
   const pool: Record<string, unknown> = { name: SAMPLES.pool.text };
   for (const setting of settings) {
-    const sample = SAMPLES[setting.key].text;
+    // A flag whose file form is inside another key's items (--tls-key: a certificate's key).
+    if (setting.file.includes('[]')) continue;
+    const sample = SAMPLES[setting.key].file ?? SAMPLES[setting.key].text;
     const [first, second] = setting.file.split('.');
     const into =
       setting.scope === 'process' ? top : setting.scope === 'pool' && named ? pool : frontend;
@@ -201,7 +246,7 @@ async function everyFileKey(t: Test, all: typeof SETTINGS, variant: string, name
   const config = await loadConfigFile(path);
   for (const setting of settings) {
     const scope = setting.scope === 'process' ? config : config.frontends[0];
-    t.match(at(scope, setting.target), SAMPLES[setting.key].value, setting.file);
+    t.match(at(scope, targetOf(setting)), SAMPLES[setting.key].value, setting.file);
   }
 }
 

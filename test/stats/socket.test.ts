@@ -208,9 +208,7 @@ t.test(
     const long = await raw(path, `show ${'x'.repeat(10_000)}`, 1);
     t.match(long, /line longer than 4096 bytes/);
     // Two hundred clients at once (three times MAX_CLIENTS): each is answered or told there are too many; none hangs.
-    const crowd = await Promise.all(
-      Array.from({ length: 200 }, () => raw(path, 'show info\n', 1)),
-    );
+    const crowd = await Promise.all(Array.from({ length: 200 }, () => raw(path, 'show info\n', 1)));
     t.ok(
       crowd.every((x) => x.startsWith('version: ') || x.startsWith('error: too many clients')),
       'every client got an answer or a clear refusal',

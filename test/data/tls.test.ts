@@ -1,0 +1,555 @@
+// TLS termination (issue 28): certificates chosen by server name (exact, wildcard, default,
+// strict), ALPN, client certificates (none, optional, required, revoked), resumption across
+// workers and across instances, a reload that swaps the certificate while older streams run on,
+// a file that does not load, handshake failures by reason. Real clients: node:tls, openssl
+// s_client and curl; real certificates from a test CA made here.
+
+import { execFile, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { copyFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { promisify } from 'node:util';
+import t from 'tap';
+import { query } from '../../src/stats/client.ts';
+import type { TlsStat } from '../../src/stats/view.ts';
+import {
+  type Backend,
+  BIN,
+  eventually,
+  type Fulcrum,
+  settled,
+  socketPath,
+  startBackend,
+  startFulcrum,
+  waitFor,
+  waitForLog,
+} from '../helpers.ts';
+import { type Issued, TestCa } from '../tls.ts';
+
+const run = promisify(execFile);
+
+const ca = new TestCa();
+const other = new TestCa('another CA');
+t.teardown(() => {
+  ca.cleanup();
+  other.cleanup();
+});
+const ecdsa = ca.issue('a.test', { names: ['a.test', '*.w.test'] });
+const rsa = ca.issue('b.test', { names: ['b.test'], rsa: true });
+const client = ca.issue('client-one', { client: true });
+const stranger = other.issue('stranger', { client: true });
+const revoked = ca.issue('client-revoked', { client: true });
+const crl = ca.revoke(revoked);
+
+/** An echo backend that answers an HTTP GET with `ok` (for curl); it ends when its client does. */
+function echoOrHttp(socket: net.Socket): void {
+  socket.once('end', () => socket.end());
+  socket.once('data', (first: Buffer) => {
+    if (first.subarray(0, 4).toString() === 'GET ') {
+      socket.end('HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok');
+      return;
+    }
+    socket.write(first);
+    socket.pipe(socket);
+  });
+  socket.on('error', () => {});
+}
+
+interface Shake {
+  socket: tls.TLSSocket;
+  serial: string;
+  alpn: string | false | null;
+  reused: boolean;
+}
+
+/** A TLS client of fulcrum: resolves once its handshake is done, rejects if it fails. */
+async function shake(port: number, options: tls.ConnectionOptions = {}): Promise<Shake> {
+  const socket = tls.connect({ host: '127.0.0.1', port, ca: [ca.certPem()], ...options });
+  socket.on('error', () => {});
+  await Promise.race([
+    once(socket, 'secureConnect'),
+    once(socket, 'close').then(() => {
+      throw new Error('closed before the handshake was done');
+    }),
+  ]);
+  return {
+    socket,
+    serial: socket.getPeerX509Certificate()?.serialNumber ?? '',
+    alpn: socket.alpnProtocol,
+    reused: socket.isSessionReused(),
+  };
+}
+
+/** Whether a client's handshake fails (and it gets no byte); with `send`, bytes it writes once
+ *  (its "handshake" is done) that must not reach anyone. */
+async function refused(port: number, options: tls.ConnectionOptions = {}): Promise<boolean> {
+  const socket = tls.connect({ host: '127.0.0.1', port, ca: [ca.certPem()], ...options });
+  let bytes = 0;
+  socket.on('data', (chunk: Buffer) => {
+    bytes += chunk.length;
+  });
+  socket.on('error', () => {});
+  // TLS 1.3: a client's handshake is done before the server has checked its certificate; what
+  // it writes then is never answered, and the server closes.
+  socket.on('secureConnect', () => socket.write('ping'));
+  await closed(socket);
+  return bytes === 0;
+}
+
+/** One byte there and back through an echo backend, then the client leaves: the handshake is
+ *  done on fulcrum's side too (a TLS 1.3 client finishes first). */
+async function roundTrip(s: Shake): Promise<void> {
+  await echoes(s.socket, 1);
+  s.socket.destroy();
+}
+
+/** Resolves when `socket` closes, whatever error came before (events.once would reject). */
+function closed(socket: net.Socket): Promise<void> {
+  return new Promise((resolve) => socket.once('close', () => resolve()));
+}
+
+/** Echoes `size` random bytes through a connection; true if every byte came back in order. */
+async function echoes(socket: tls.TLSSocket, size: number): Promise<boolean> {
+  const data = randomBytes(size);
+  const back = createHash('sha256');
+  let got = 0;
+  const done = new Promise<void>((resolve) => {
+    const take = (chunk: Buffer) => {
+      back.update(chunk);
+      got += chunk.length;
+      if (got < size) return;
+      socket.off('data', take);
+      resolve();
+    };
+    socket.on('data', take);
+  });
+  socket.write(data);
+  await done;
+  return back.digest('hex') === createHash('sha256').update(data).digest('hex');
+}
+
+async function tlsStat(stats: string): Promise<TlsStat> {
+  const answer = JSON.parse(await query(stats, 'show tls json')) as {
+    frontends: Array<TlsStat & { name: string }>;
+  };
+  return answer.frontends[0];
+}
+
+function openssl(args: string[], input = ''): Promise<string> {
+  return new Promise((resolve) => {
+    const child = execFile('openssl', args, { timeout: 10_000 }, (_err, stdout, stderr) =>
+      resolve(`${stdout}${stderr}`),
+    );
+    child.stdin?.end(input);
+  });
+}
+
+async function start(
+  t: { teardown(fn: () => unknown): void },
+  backend: Backend,
+  args: string[],
+): Promise<{ fulcrum: Fulcrum; stats: string }> {
+  const stats = socketPath();
+  const fulcrum = await startFulcrum([
+    '--stats-socket',
+    stats,
+    '--backend',
+    backend.address,
+    '--no-health-check',
+    ...args,
+  ]);
+  t.teardown(() => fulcrum.stop());
+  return { fulcrum, stats };
+}
+
+t.test('certificates by server name, ALPN, resumption across workers, three clients', async (t) => {
+  const backend = await startBackend(echoOrHttp);
+  t.teardown(() => backend.close());
+  const { fulcrum, stats } = await start(t, backend, [
+    '--workers',
+    '2',
+    '--tls-cert',
+    ecdsa.cert,
+    '--tls-key',
+    ecdsa.key,
+    '--tls-cert',
+    rsa.cert,
+    '--tls-key',
+    rsa.key,
+    '--tls-alpn',
+    'h2',
+    '--tls-alpn',
+    'http/1.1',
+  ]);
+  const port = fulcrum.port;
+  const byName = async (servername?: string) => {
+    // Only which certificate is served matters here, not whether it fits the name.
+    const s = await shake(port, {
+      checkServerIdentity: () => undefined,
+      ...(servername === undefined ? {} : { servername }),
+    });
+    await roundTrip(s);
+    return s.serial;
+  };
+  t.equal(await byName('b.test'), rsa.serial, 'b.test gets its RSA certificate');
+  t.equal(await byName('a.test'), ecdsa.serial, 'a.test gets the ECDSA one');
+  t.equal(await byName('x.w.test'), ecdsa.serial, 'x.w.test: the *.w.test wildcard');
+  t.equal(await byName('deep.x.w.test'), ecdsa.serial, 'a wildcard covers one label only...');
+  t.equal(await byName('nowhere.test'), ecdsa.serial, '...and an unknown name gets the first');
+  t.equal(await byName(), ecdsa.serial, 'so does a client without a name');
+
+  const h2 = await shake(port, { servername: 'a.test', ALPNProtocols: ['h2', 'http/1.1'] });
+  t.equal(h2.alpn, 'h2', 'ALPN: the server prefers h2');
+  t.ok(await echoes(h2.socket, 1024 * 1024), 'a MiB goes through and back byte for byte');
+  h2.socket.end();
+  const h1 = await shake(port, { servername: 'a.test', ALPNProtocols: ['http/1.1'] });
+  t.equal(h1.alpn, 'http/1.1', 'ALPN: http/1.1 when that is all the client speaks');
+  await roundTrip(h1);
+
+  // TLS 1.3 tickets: sixteen resumptions land on both workers (the kernel spreads them).
+  let session: Buffer | undefined;
+  const first = tls.connect({ host: '127.0.0.1', port, ca: [ca.certPem()], servername: 'a.test' });
+  first.on('session', (s: Buffer) => {
+    session = s;
+  });
+  await once(first, 'secureConnect');
+  await waitFor(() => session !== undefined, 5000, 'a session ticket');
+  first.destroy();
+  let reused = 0;
+  for (let i = 0; i < 16; i++) {
+    const again = await shake(port, { servername: 'a.test', session });
+    if (again.reused) reused++;
+    await roundTrip(again);
+  }
+  t.equal(reused, 16, 'every TLS 1.3 reconnection resumed');
+  const byWorker = (await tlsStat(stats)).workers;
+  t.ok(
+    byWorker.every((w) => w.resumed > 0),
+    `resumed in both workers: ${byWorker.map((w) => w.resumed).join(' ')}`,
+  );
+
+  const reconnect = await openssl(
+    [
+      's_client',
+      '-connect',
+      `127.0.0.1:${port}`,
+      '-servername',
+      'b.test',
+      '-CAfile',
+      ca.cert,
+      '-tls1_2',
+      '-reconnect',
+    ],
+    '',
+  );
+  t.match(reconnect, /subject=CN = b\.test/, 's_client sees the b.test certificate');
+  t.equal((reconnect.match(/^Reused, /gm) ?? []).length, 5, 's_client -reconnect: five reuses');
+
+  // curl offers h2 first; the backend here speaks HTTP/1.1 only.
+  const curl = await run('curl', [
+    '-s',
+    '--http1.1',
+    '--cacert',
+    ca.cert,
+    '--resolve',
+    `a.test:${port}:127.0.0.1`,
+    `https://a.test:${port}/`,
+  ]);
+  t.equal(curl.stdout, 'ok', 'curl verifies the certificate and gets its answer');
+
+  const tlsNow = await tlsStat(stats);
+  t.ok(tlsNow.handshakes >= 28, `handshakes counted: ${tlsNow.handshakes}`);
+  t.ok(tlsNow.resumed >= 21, `resumed counted: ${tlsNow.resumed}`);
+  t.ok(tlsNow.handshakeMs.count >= 28, 'handshake times recorded');
+  t.same(
+    tlsNow.certificates.map((c) => [c.serial, c.keyType, c.names.join(',')]),
+    [
+      [ecdsa.serial, 'ec', 'a.test,*.w.test'],
+      [rsa.serial, 'rsa', 'b.test'],
+    ],
+    'show tls: each certificate, its key type and names',
+  );
+  t.match(await query(stats, 'show tls'), /a\.test,\*\.w\.test/);
+  t.match(await query(stats, 'show latency'), /TLS handshake time/);
+  t.match(await query(stats, 'show stat'), /HANDSHAKES/);
+  await settled(stats, fulcrum);
+});
+
+t.test('strict SNI refuses unknown names and nameless clients; failures by reason', async (t) => {
+  const backend = await startBackend(echoOrHttp);
+  t.teardown(() => backend.close());
+  const { fulcrum, stats } = await start(t, backend, [
+    '--tls-cert',
+    ecdsa.cert,
+    '--tls-key',
+    ecdsa.key,
+    '--tls-strict-sni',
+    '--tls-handshake-timeout',
+    '300ms',
+    '--tls-min-version',
+    'TLSv1.3',
+  ]);
+  const port = fulcrum.port;
+  const ok = await shake(port, { servername: 'x.w.test' });
+  t.equal(ok.serial, ecdsa.serial, 'a name a certificate covers is served');
+  await roundTrip(ok);
+  t.ok(await refused(port, { servername: 'nowhere.test' }), 'an unknown name fails');
+  t.ok(await refused(port), 'so does a client without a name');
+  t.ok(
+    await refused(port, { servername: 'a.test', maxVersion: 'TLSv1.2' }),
+    'TLS 1.2 under a TLS 1.3 minimum fails',
+  );
+  const plain = net.connect(port, '127.0.0.1');
+  plain.on('error', () => {});
+  plain.write('GET / HTTP/1.1\r\n\r\n');
+  await closed(plain);
+  const silent = net.connect(port, '127.0.0.1');
+  silent.on('error', () => {});
+  await closed(silent);
+  const quitter = net.connect(port, '127.0.0.1');
+  await once(quitter, 'connect');
+  quitter.destroy();
+  let failed: TlsStat['failed'] | null = null;
+  await eventually(
+    async () => {
+      failed = (await tlsStat(stats)).failed;
+      return failed.aborted >= 1 && failed.timeout >= 1;
+    },
+    5000,
+    'the failures to be counted',
+  );
+  t.same(
+    failed,
+    {
+      'no-certificate': 2,
+      'client-cert-missing': 0,
+      'client-cert-invalid': 0,
+      protocol: 2,
+      timeout: 1,
+      aborted: 1,
+    },
+    'each failure under its reason',
+  );
+  const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
+  t.equal(info['ended_tls-failed'], 6, 'six connections ended tls-failed');
+  t.equal(backend.accepted, 1, 'only the good client reached the backend');
+  await settled(stats, fulcrum);
+});
+
+/** The SSL TLV of a PROXY v2 header: the client bits, verify, and the CN sub-TLV. */
+function sslTlv(header: Buffer): { client: number; verify: number; cn: string } | null {
+  const length = header.readUInt16BE(14);
+  let at = 16 + (header[13] === 0x11 ? 12 : 36);
+  const end = 16 + length;
+  while (at < end) {
+    const type = header[at];
+    const size = header.readUInt16BE(at + 1);
+    if (type === 0x20) {
+      let sub = at + 3 + 5;
+      let cn = '';
+      while (sub < at + 3 + size) {
+        const len = header.readUInt16BE(sub + 1);
+        if (header[sub] === 0x22) cn = header.subarray(sub + 3, sub + 3 + len).toString();
+        sub += 3 + len;
+      }
+      return { client: header[at + 3], verify: header.readUInt32BE(at + 4), cn };
+    }
+    at += 3 + size;
+  }
+  return null;
+}
+
+t.test('client certificates: required, optional and none, by reload; a CRL', async (t) => {
+  // A backend that reads the PROXY v2 header, keeps it, and answers "hi".
+  const headers: Buffer[] = [];
+  const backend = await startBackend((socket) => {
+    socket.once('data', (chunk: Buffer) => {
+      headers.push(chunk);
+      socket.end('hi');
+    });
+    socket.on('error', () => {});
+  });
+  t.teardown(() => backend.close());
+  const dir = ca.dir;
+  const file = join(dir, 'mtls.yaml');
+  const stats = socketPath();
+  const write = (verify: string) =>
+    writeFileSync(
+      file,
+      `statsSocket: ${stats}\nworkers: 1\nlog: { access: true }\nfrontends:\n  - name: mtls\n    listen: [127.0.0.1:0]\n    health: false\n    sendProxy: v2\n    backends: [${backend.address}]\n    tls:\n      certificates: [{ cert: ${ecdsa.cert}, key: ${ecdsa.key} }]\n      ca: ${ca.cert}\n      crl: ${crl}\n      verify: ${verify}\n`,
+    );
+  write('required');
+  const fulcrum = await startFulcrum(['--config', file]);
+  t.teardown(() => fulcrum.stop());
+  const port = fulcrum.port;
+  const answer = async (options: tls.ConnectionOptions) => {
+    const s = await shake(port, { servername: 'a.test', ...options });
+    s.socket.write('x');
+    let text = '';
+    s.socket.on('data', (chunk: Buffer) => {
+      text += chunk.toString();
+    });
+    await once(s.socket, 'end');
+    s.socket.destroy();
+    return text;
+  };
+  const pem = (issued: Issued) => ({
+    cert: ca.read(issued.cert),
+    key: ca.read(issued.key),
+  });
+
+  t.equal(await answer(pem(client)), 'hi', 'required: a client with a valid certificate is served');
+  t.same(
+    sslTlv(headers[0]),
+    { client: 0x03, verify: 0, cn: 'client-one' },
+    'its verified CN goes to the backend in the PROXY v2 SSL TLV',
+  );
+  t.ok(await refused(port, { servername: 'a.test' }), 'required: no certificate, no service');
+  t.ok(await refused(port, { servername: 'a.test', ...pem(stranger) }), 'another CA: refused');
+  t.ok(await refused(port, { servername: 'a.test', ...pem(revoked) }), 'revoked (CRL): refused');
+  let stat = await tlsStat(stats);
+  t.equal(stat.failed['client-cert-missing'], 1);
+  t.equal(stat.failed['client-cert-invalid'], 2);
+  t.equal(backend.accepted, 1, 'only the valid client reached the backend');
+  const logged = await waitForLog(
+    fulcrum,
+    (l) =>
+      l.msg === 'connection' &&
+      (l.tls as { clientCert?: string } | undefined)?.clientCert === 'client-one',
+    5000,
+    'the access log line of the verified client',
+  );
+  t.equal((logged.tls as { clientVerified: boolean }).clientVerified, true);
+
+  write('optional');
+  t.match(await query(stats, 'reload'), /^reloaded/);
+  t.equal(await answer({}), 'hi', 'optional: a client without a certificate is served');
+  t.same(sslTlv(headers[1]), { client: 0x01, verify: 1, cn: '' }, 'unverified, said so');
+  t.equal(await answer(pem(stranger)), 'hi', 'optional: an unverifiable one too');
+  t.same(sslTlv(headers[2]), { client: 0x03, verify: 1, cn: '' }, 'its CN is not passed on');
+
+  write('none');
+  t.match(await query(stats, 'reload'), /^reloaded/);
+  t.equal(await answer(pem(client)), 'hi', 'none: nothing is asked');
+  t.same(sslTlv(headers[3]), { client: 0x01, verify: 0, cn: '' });
+  stat = await tlsStat(stats);
+  t.equal(stat.handshakes, 4);
+  await settled(stats, fulcrum);
+});
+
+t.test('a reload swaps the certificate; a stream opened before runs on', async (t) => {
+  const backend = await startBackend(echoOrHttp);
+  t.teardown(() => backend.close());
+  const cert = join(ca.dir, 'live.pem');
+  const key = join(ca.dir, 'live.key');
+  const install = (issued: Issued) => {
+    copyFileSync(issued.cert, cert);
+    copyFileSync(issued.key, key);
+  };
+  const before = ca.issue('a.test', { names: ['a.test'] });
+  install(before);
+  const file = join(ca.dir, 'reload.yaml');
+  const stats = socketPath();
+  writeFileSync(
+    file,
+    `statsSocket: ${stats}\nworkers: 1\nfrontends:\n  - name: web\n    listen: [127.0.0.1:0]\n    health: false\n    backends: [${backend.address}]\n    tls: { certificates: [{ cert: ${cert}, key: ${key} }] }\n`,
+  );
+  const fulcrum = await startFulcrum(['--config', file]);
+  t.teardown(() => fulcrum.stop());
+  const old = await shake(fulcrum.port, { servername: 'a.test' });
+  t.equal(old.serial, before.serial);
+  t.ok(await echoes(old.socket, 256 * 1024), 'the stream runs');
+
+  const after = ca.issue('a.test', { names: ['a.test'] });
+  install(after);
+  t.match(await query(stats, 'reload'), /^reloaded/);
+  const fresh = await shake(fulcrum.port, { servername: 'a.test' });
+  t.equal(fresh.serial, after.serial, 'a new handshake gets the new certificate');
+  await roundTrip(fresh);
+  t.equal((await tlsStat(stats)).certificates[0].serial, after.serial, 'show tls: the new serial');
+  t.ok(await echoes(old.socket, 256 * 1024), 'the stream opened before still runs, byte for byte');
+
+  writeFileSync(cert, 'not a certificate\n');
+  const failed = await query(stats, 'reload');
+  t.match(failed, new RegExp(`${cert}: not a PEM certificate`), 'a bad file fails the reload');
+  const still = await shake(fulcrum.port, { servername: 'a.test' });
+  t.equal(still.serial, after.serial, 'and the certificate in use stays');
+  await roundTrip(still);
+  old.socket.end();
+  await closed(old.socket);
+  await settled(stats, fulcrum);
+});
+
+t.test('a certificate that does not load: one line, exit 2, at start and at check', async (t) => {
+  const garbage = join(ca.dir, 'garbage.pem');
+  writeFileSync(garbage, 'nothing here\n');
+  const cases: Array<[string[], RegExp]> = [
+    [['--tls-cert', garbage, '--tls-key', ecdsa.key], /garbage\.pem: not a PEM certificate/],
+    [['--tls-cert', ecdsa.cert, '--tls-key', rsa.key], /is not the private key of/],
+    [['--tls-cert', ecdsa.cert], /1 --tls-cert and 0 --tls-key/],
+    [
+      ['--tls-cert', join(ca.dir, 'missing.pem'), '--tls-key', ecdsa.key],
+      /cannot read the certificate \(ENOENT\)/,
+    ],
+    [
+      ['--tls-verify', 'required', '--tls-cert', ecdsa.cert, '--tls-key', ecdsa.key],
+      /--tls-verify: required needs --tls-ca/,
+    ],
+  ];
+  for (const [args, message] of cases) {
+    const result = spawnSync(
+      process.execPath,
+      [BIN, '--listen', '127.0.0.1:0', '--backend', '127.0.0.1:1', ...args],
+      {
+        encoding: 'utf8',
+        timeout: 10_000,
+      },
+    );
+    t.equal(result.status, 2, `${args.join(' ')}: exit 2`);
+    t.match(result.stderr, message);
+    t.equal(result.stderr.trim().split('\n').length, 1, 'one line');
+  }
+  const file = join(ca.dir, 'bad.yaml');
+  writeFileSync(
+    file,
+    `frontends:\n  - name: web\n    listen: [127.0.0.1:0]\n    backends: [127.0.0.1:1]\n    tls: { certificates: [{ cert: ${garbage}, key: ${ecdsa.key} }] }\n`,
+  );
+  const check = spawnSync(process.execPath, [BIN, 'check', '--config', file], { encoding: 'utf8' });
+  t.equal(check.status, 2);
+  t.match(check.stderr, /garbage\.pem: not a PEM certificate/);
+  t.equal(check.stderr.trim().split('\n').length, 1);
+});
+
+t.test('tls.ticketKeys: a session from one instance resumes on another', async (t) => {
+  const backend = await startBackend(echoOrHttp);
+  t.teardown(() => backend.close());
+  const keys = join(ca.dir, 'ticket.keys');
+  writeFileSync(keys, `${randomBytes(48).toString('base64')}\n`);
+  const common = ['--tls-cert', ecdsa.cert, '--tls-key', ecdsa.key];
+  const one = await start(t, backend, [...common, '--tls-ticket-keys', keys]);
+  const two = await start(t, backend, [...common, '--tls-ticket-keys', keys]);
+  const alone = await start(t, backend, common);
+  let session: Buffer | undefined;
+  const first = tls.connect({
+    host: '127.0.0.1',
+    port: one.fulcrum.port,
+    ca: [ca.certPem()],
+    servername: 'a.test',
+  });
+  first.on('session', (s: Buffer) => {
+    session = s;
+  });
+  await once(first, 'secureConnect');
+  await waitFor(() => session !== undefined, 5000, 'a session ticket');
+  first.destroy();
+  const there = await shake(two.fulcrum.port, { servername: 'a.test', session });
+  t.ok(there.reused, 'resumed on the other instance with the same key file');
+  await roundTrip(there);
+  const elsewhere = await shake(alone.fulcrum.port, { servername: 'a.test', session });
+  t.notOk(elsewhere.reused, 'not on an instance with keys of its own');
+  await roundTrip(elsewhere);
+  for (const { stats, fulcrum } of [one, two, alone]) await settled(stats, fulcrum);
+});
