@@ -13,6 +13,7 @@ import {
   parseEndpoint,
   parsePort,
   parseProxyVersion,
+  parseServerName,
 } from './parse.ts';
 import type { BackendConfig, Endpoint } from './types.ts';
 import { PROXY_VERSIONS } from './types.ts';
@@ -28,6 +29,8 @@ type OptionField =
   | 'slowstartMs'
   | 'sendProxy'
   | 'agentPort'
+  | 'tls'
+  | 'sni'
   | 'name';
 
 /** One backend option: `key=VALUE` in a spec, `fileKey: VALUE` in a file object. */
@@ -101,6 +104,24 @@ export const OPTIONS: readonly BackendOption[] = [
     format: (v) => (v === null ? null : String(v)),
   },
   {
+    key: 'tls',
+    fileKey: 'tls',
+    arg: null,
+    field: 'tls',
+    help: "speak TLS to it (its certificate verified as the pool's backendTls says)",
+    parse: () => true,
+    format: (v) => (v === true ? '' : null),
+  },
+  {
+    key: 'sni',
+    fileKey: 'sni',
+    arg: 'NAME|client',
+    field: 'sni',
+    help: "with tls: the server name to send it and verify its certificate against (client: the client's own)",
+    parse: parseSni,
+    format: (v) => (v === null ? null : String(v)),
+  },
+  {
     key: 'name',
     fileKey: 'name',
     arg: 'NAME',
@@ -110,6 +131,11 @@ export const OPTIONS: readonly BackendOption[] = [
     format: (v, b) => (v === b.text ? null : String(v)),
   },
 ];
+
+/** A server name to send a TLS backend, or `client`: the one the client sent. */
+export function parseSni(text: string, where: string): string {
+  return text === 'client' ? text : parseServerName(text, where);
+}
 
 /** The spec grammar, for help texts and usage lines. */
 export const BACKEND_GRAMMAR = `HOST:PORT|srv+NAME${OPTIONS.map((o) => `[,${o.key}${o.arg === null ? '' : `=${o.arg}`}]`).join('')}`;
@@ -141,6 +167,8 @@ function withDefaults(endpoint: Endpoint): BackendConfig {
     sendProxy: -1,
     srv: endpoint.port === 0,
     agentPort: null,
+    tls: false,
+    sni: null,
   };
 }
 

@@ -10,7 +10,14 @@ import { backendFromObject } from './backend.ts';
 import { ConfigError, checkName, parseCidr, parsePath, parseServerName } from './parse.ts';
 import type { Scope, Setting } from './settings.ts';
 import { SETTINGS, settingsOf } from './settings.ts';
-import type { BackendConfig, Config, FrontendConfig, TlsCertificate, TlsConfig } from './types.ts';
+import type {
+  BackendConfig,
+  BackendTlsConfig,
+  Config,
+  FrontendConfig,
+  TlsCertificate,
+  TlsConfig,
+} from './types.ts';
 
 /** A value as written, and where: `--retries`, or `FILE: frontends[0].retries`. */
 export interface Input {
@@ -100,6 +107,10 @@ export function buildFrontend(inputs: Inputs): FrontendConfig {
   } as unknown as FrontendConfig;
   checkProtocol(frontend, inputs);
   (frontend as { tls: TlsConfig }).tls = buildTls(built.tls as BuiltTls, inputs);
+  (frontend as { backendTls: BackendTlsConfig }).backendTls = buildBackendTls(
+    frontend.backendTls,
+    inputs,
+  );
   if (frontend.sources.length > MAX_SOURCES) {
     throw new ConfigError(
       keyWhere(inputs, 'sources', 'sources'),
@@ -135,7 +146,7 @@ function certificateFromObject(
   where: (key: string) => string,
 ): TlsCertificate {
   const names = (item.names as string[] | undefined) ?? [];
-  return unread(
+  return unreadCertificate(
     parsePath(String(item.cert), where('cert')),
     parsePath(String(item.key), where('key')),
     names.map((name, i) => parseServerName(name, `${where('names')}[${i}]`)),
@@ -143,7 +154,11 @@ function certificateFromObject(
 }
 
 /** A certificate whose files are still to be read (config/tls.ts reads them). */
-function unread(certFile: string, keyFile: string, names: readonly string[]): TlsCertificate {
+export function unreadCertificate(
+  certFile: string,
+  keyFile: string,
+  names: readonly string[],
+): TlsCertificate {
   return {
     certFile,
     keyFile,
@@ -190,7 +205,7 @@ function buildTls(built: BuiltTls, inputs: Inputs): TlsConfig {
         `${certificates.length} --tls-cert and ${keys.length} --tls-key: give one key after each certificate`,
       );
     }
-    certificates = certificates.map((c, i) => unread(c.certFile, keys[i], c.names));
+    certificates = certificates.map((c, i) => unreadCertificate(c.certFile, keys[i], c.names));
   }
   if (certificates.length === 0) {
     const given = TLS_SETTINGS.find((key) => inputs.has(key));
@@ -210,6 +225,20 @@ function buildTls(built: BuiltTls, inputs: Inputs): TlsConfig {
   return { ...rest, certificates, caPem: null, crlPem: null, ticketKeyBytes: null };
 }
 
+/** A pool's TLS towards its backends: a client certificate comes with its key. */
+function buildBackendTls(built: BackendTlsConfig, inputs: Inputs): BackendTlsConfig {
+  if ((built.cert === null) !== (built.key === null)) {
+    const given = built.cert === null ? 'backendTlsKey' : 'backendTlsCert';
+    const missing = built.cert === null ? 'backendTlsCert' : 'backendTlsKey';
+    const file = (inputs.get(given) as Input).indexed;
+    throw new ConfigError(
+      (inputs.get(given) as Input).where,
+      `needs ${settingName(missing, file)} beside it`,
+    );
+  }
+  return { ...built, caPem: null, certPem: null, keyPem: null };
+}
+
 /** Settings that mean something for TCP only, refused on a UDP frontend (by key). */
 const TCP_ONLY = [
   'serverNames',
@@ -226,6 +255,12 @@ const TCP_ONLY = [
   'connRatePerSource',
   'tlsCertificates',
   ...TLS_SETTINGS,
+  'backendTls',
+  'backendTlsVerify',
+  'backendTlsCa',
+  'backendTlsSni',
+  'backendTlsCert',
+  'backendTlsKey',
 ];
 
 /** Settings that mean something for UDP only, refused on a TCP frontend. */
@@ -257,12 +292,16 @@ function checkProtocol(frontend: FrontendConfig, inputs: Inputs): void {
       `sni is for TLS over TCP; ${frontend.name} is a UDP frontend (hash source-ip or source-ip-port)`,
     );
   }
-  const proxied = frontend.backends.findIndex((b) => b.sendProxy > 0);
-  if (proxied >= 0) {
+  for (const [option, has] of [
+    ['send-proxy', (b: BackendConfig) => b.sendProxy > 0],
+    ['tls', (b: BackendConfig) => b.tls || b.sni !== null],
+  ] as const) {
+    const at = frontend.backends.findIndex(has);
+    if (at < 0) continue;
     const backends = inputs.get('backends');
     throw new ConfigError(
-      backends === undefined ? '--backend' : itemWhere(backends, proxied),
-      `send-proxy is for TCP; ${frontend.name} is a UDP frontend`,
+      backends === undefined ? '--backend' : itemWhere(backends, at),
+      `${option} is for TCP; ${frontend.name} is a UDP frontend`,
     );
   }
 }
@@ -594,6 +633,13 @@ function checkShared(
 /** The config with its TLS files read, relative paths from `base` (node:tls only loaded where
  *  a frontend terminates TLS). */
 export async function withTls(config: Config, base = process.cwd()): Promise<Config> {
-  if (config.frontends.every((f) => f.tls.certificates.length === 0)) return config;
+  if (!config.frontends.some(readsTlsFiles)) return config;
   return (await import('./tls.ts')).loadTls(config, base);
+}
+
+/** Whether a frontend names TLS files: certificates to terminate with, or its pool's backend
+ *  TLS CA or client certificate. */
+export function readsTlsFiles(f: FrontendConfig): boolean {
+  const b = f.backendTls;
+  return f.tls.certificates.length > 0 || b.ca !== null || b.cert !== null;
 }

@@ -5,7 +5,7 @@
 // by a test). Invariant: adding a setting is one entry here plus the code that uses its value.
 
 import { ALGORITHMS } from '../core/scheduler.ts';
-import { BACKEND_GRAMMAR, parseBackend } from './backend.ts';
+import { BACKEND_GRAMMAR, parseBackend, parseSni } from './backend.ts';
 import {
   checkCidr,
   checkName,
@@ -34,6 +34,7 @@ import {
   positiveDuration,
 } from './parse.ts';
 import {
+  BACKEND_TLS_VERIFY,
   HASH_KEYS,
   LOG_FORMATS,
   LOG_LEVELS,
@@ -200,6 +201,73 @@ export const SETTINGS: readonly Setting[] = [
     target: 'backends',
     help: `a backend, ${BACKEND_GRAMMAR}; repeatable. srv+NAME follows a DNS SRV name, a hostname every address it has; weight 0..256 (0 = never picked); backup: used only when no other can take a connection; maxconn: most live connections, more wait in the queue; slowstart: its weight ramps up over this long after it comes up; send-proxy: a PROXY header for it; name: how stats call it`,
     parse: parseBackend,
+  },
+  {
+    key: 'backendTls',
+    flag: '--backend-tls',
+    file: 'backendTls.enabled',
+    scope: 'pool',
+    kind: 'switch',
+    target: 'backendTls.enabled',
+    default: false,
+    help: 'speak TLS to every backend of the pool (one backend: its tls option), verifying their certificates',
+  },
+  {
+    key: 'backendTlsVerify',
+    flag: '--backend-tls-verify',
+    arg: '<mode>',
+    file: 'backendTls.verify',
+    scope: 'pool',
+    kind: 'value',
+    target: 'backendTls.verify',
+    default: 'required',
+    choices: BACKEND_TLS_VERIFY,
+    help: 'required: a backend whose certificate the CA does not vouch for, or that is not for its name, is refused and counted as failing; none: anything goes (say so only on a network you trust)',
+    parse: choice(BACKEND_TLS_VERIFY, 'mode'),
+  },
+  {
+    key: 'backendTlsCa',
+    flag: '--backend-tls-ca',
+    arg: '<file>',
+    file: 'backendTls.ca',
+    scope: 'pool',
+    kind: 'value',
+    target: 'backendTls.ca',
+    help: "CA certificates (PEM) backends' certificates are checked against (default: Node's bundled roots)",
+    parse: parsePath,
+  },
+  {
+    key: 'backendTlsSni',
+    flag: '--backend-tls-sni',
+    arg: '<name>',
+    file: 'backendTls.sni',
+    scope: 'pool',
+    kind: 'value',
+    target: 'backendTls.sni',
+    help: "the server name sent to backends, and their certificates' name checked against it; client: the client's own (a terminating frontend's); default: each backend's host (a backend's sni= option wins)",
+    parse: parseSni,
+  },
+  {
+    key: 'backendTlsCert',
+    flag: '--backend-tls-cert',
+    arg: '<file>',
+    file: 'backendTls.cert',
+    scope: 'pool',
+    kind: 'value',
+    target: 'backendTls.cert',
+    help: 'a client certificate (PEM) shown to backends that ask for one (with --backend-tls-key)',
+    parse: parsePath,
+  },
+  {
+    key: 'backendTlsKey',
+    flag: '--backend-tls-key',
+    arg: '<file>',
+    file: 'backendTls.key',
+    scope: 'pool',
+    kind: 'value',
+    target: 'backendTls.key',
+    help: 'the private key of --backend-tls-cert',
+    parse: parsePath,
   },
   {
     key: 'algorithm',

@@ -8,9 +8,16 @@
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { resolve } from 'node:path';
 import { createSecureContext } from 'node:tls';
+import { unreadCertificate } from './build.ts';
 import { ConfigError, parseServerName } from './parse.ts';
 import { readTextFile } from './read.ts';
-import type { Config, FrontendConfig, TlsCertificate, TlsConfig } from './types.ts';
+import type {
+  BackendTlsConfig,
+  Config,
+  FrontendConfig,
+  TlsCertificate,
+  TlsConfig,
+} from './types.ts';
 
 /** The largest certificate, key, CA or CRL file read (a CA bundle is a few hundred KB). */
 const MAX_PEM_BYTES = 4 * 1024 * 1024;
@@ -27,6 +34,18 @@ function read(file: string, what: string): Promise<string> {
 function reason(err: unknown): string {
   const message = (err as Error).message.split('\n')[0];
   return message.replace(/^error:[0-9A-F]+:[^:]*:[^:]*:/, '').trim() || 'cannot be loaded';
+}
+
+/** A CA file's PEM, proven to hold a certificate a context takes. */
+async function readCa(file: string): Promise<string> {
+  const pem = await read(file, 'CA file');
+  try {
+    new X509Certificate(pem);
+    createSecureContext({ ca: pem });
+  } catch (err) {
+    throw new ConfigError(file, `not a PEM CA certificate (${reason(err)})`);
+  }
+  return pem;
 }
 
 /** The names a certificate serves: its subjectAltName DNS names, else its CN. */
@@ -120,16 +139,7 @@ async function loadTlsOf(
   const certificates = await Promise.all(
     tls.certificates.map((c) => loadCertificate(c, warnings, frontend.name, base)),
   );
-  let caPem: string | null = null;
-  if (tls.ca !== null) {
-    caPem = await read(tls.ca, 'CA file');
-    try {
-      new X509Certificate(caPem);
-      createSecureContext({ ca: caPem });
-    } catch (err) {
-      throw new ConfigError(tls.ca, `not a PEM CA certificate (${reason(err)})`);
-    }
-  }
+  const caPem = tls.ca === null ? null : await readCa(tls.ca);
   let crlPem: string | null = null;
   if (tls.crl !== null) {
     crlPem = await read(tls.crl, 'CRL');
@@ -154,15 +164,34 @@ async function loadTlsOf(
   return { ...tls, certificates, caPem, crlPem, ticketKeyBytes };
 }
 
-/** The config with every terminating frontend's files read and checked (see the top); a
+/** A pool's backend TLS files: the CA backends are checked against, a client certificate. */
+async function loadBackendTls(tls: BackendTlsConfig, base: string): Promise<BackendTlsConfig> {
+  const at = (file: string | null) => (file === null ? null : resolve(base, file));
+  const ca = at(tls.ca);
+  const cert = at(tls.cert);
+  const key = at(tls.key);
+  const caPem = ca === null ? null : await readCa(ca);
+  let certPem: string | null = null;
+  let keyPem: string | null = null;
+  if (cert !== null && key !== null) {
+    const loaded = await loadCertificate(unreadCertificate(cert, key, []), [], 'backend', base);
+    certPem = loaded.cert;
+    keyPem = loaded.key;
+  }
+  return { ...tls, ca, cert, key, caPem, certPem, keyPem };
+}
+
+/** The config with every TLS file its frontends name read and checked (see the top); a
  *  relative path is from `base` (the config file's directory, or the working directory). */
 export async function loadTls(config: Config, base: string): Promise<Config> {
-  if (config.frontends.every((f) => f.tls.certificates.length === 0)) return config;
   const warnings = [...config.warnings];
   const frontends = await Promise.all(
-    config.frontends.map(async (f) =>
-      f.tls.certificates.length === 0 ? f : { ...f, tls: await loadTlsOf(f, warnings, base) },
-    ),
+    config.frontends.map(async (f) => {
+      const tls = f.tls.certificates.length === 0 ? f.tls : await loadTlsOf(f, warnings, base);
+      const b = f.backendTls;
+      const backendTls = b.ca === null && b.cert === null ? b : await loadBackendTls(b, base);
+      return { ...f, tls, backendTls };
+    }),
   );
   return { ...config, frontends, warnings };
 }

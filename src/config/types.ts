@@ -35,6 +35,34 @@ export interface BackendConfig extends Endpoint {
   readonly srv: boolean;
   /** Port of its agent (HAProxy's agent protocol); null: the frontend's --agent-port, if any. */
   readonly agentPort: number | null;
+  /** Speak TLS to it (as its pool's backendTls says; that may turn TLS on for all). */
+  readonly tls: boolean;
+  /** The server name its TLS sends and its certificate is checked against; `client`: the
+   *  client's own; null: the pool's (backendTls.sni). */
+  readonly sni: string | null;
+}
+
+export const BACKEND_TLS_VERIFY = ['required', 'none'] as const;
+export type BackendTlsVerify = (typeof BACKEND_TLS_VERIFY)[number];
+
+/** How a pool speaks TLS to its backends (each backend with `tls`, or all when enabled). */
+export interface BackendTlsConfig {
+  /** Every backend of the pool speaks TLS. */
+  readonly enabled: boolean;
+  /** `required`: a backend whose certificate the CA does not vouch for (or whose name does not
+   *  match) is refused, like a backend that refuses the connection; `none` must be written. */
+  readonly verify: BackendTlsVerify;
+  /** The CA file backends' certificates are checked against; null: Node's bundled roots. */
+  readonly ca: string | null;
+  /** The server name sent and verified; `client`: the client's own; null: the backend's host. */
+  readonly sni: string | null;
+  /** A client certificate and key to show backends that ask for one. */
+  readonly cert: string | null;
+  readonly key: string | null;
+  /** The files' PEM texts, read with the config (config/tls.ts). */
+  readonly caPem: string | null;
+  readonly certPem: string | null;
+  readonly keyPem: string | null;
 }
 
 /** A listen address; `acceptProxy`: clients arrive behind a balancer that sends a PROXY header;
@@ -157,6 +185,8 @@ export interface FrontendConfig {
    *  percent of the (weighted) average; 0: off. */
   readonly hashBalanceFactor: number;
   readonly backends: readonly BackendConfig[];
+  /** TLS towards the backends of its pool. */
+  readonly backendTls: BackendTlsConfig;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
   /** How long a client may wait for a backend with room when every one is at its maxconn. */

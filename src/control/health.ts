@@ -4,6 +4,8 @@
 // logged, once each; a probe never touches a client; every backend's last probe result is kept
 // on its member for the stats.
 
+import net from 'node:net';
+import tls from 'node:tls';
 import type { HealthConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { B_CONNECTIONS, B_FAILURES, backendOffset, sumSlots } from '../shared/counters.ts';
@@ -109,7 +111,8 @@ export class HealthChecker {
     b.busy = true;
     const started = performance.now();
     const { host, port } = b.member.config;
-    probe({ host, port: b.health.port ?? port }, b.health, (ok, result) => {
+    const target = { host, port: b.health.port ?? port, tls: tlsProbe(b.pool, b.member) };
+    probe(target, b.health, (ok, result) => {
       b.busy = false;
       if (ok === null) {
         this.localTrouble(result);
@@ -199,4 +202,26 @@ export class HealthChecker {
       this.log.error({ frontend: b.pool.name }, 'no backend available: new clients are closed');
     }
   }
+}
+
+/**
+ * How a TLS backend is probed: as its clients' connections reach it (the pool's CA, client
+ * certificate and verification; its SNI, where that is a fixed name). null: plain TCP, or a
+ * probe of another port (health.port: a plain health endpoint).
+ */
+function tlsProbe(pool: Pool, member: Member): tls.ConnectionOptions | null {
+  const settings = pool.config.backendTls;
+  if (!(settings.enabled || member.config.tls) || pool.config.health.port !== null) return null;
+  const sni = member.config.sni ?? settings.sni;
+  const name = sni === null || sni === 'client' ? member.config.host : sni;
+  // With sni=client the name is each client's: a probe has none, so only the chain is checked.
+  const named = settings.verify === 'required' && sni !== 'client';
+  return {
+    servername: net.isIP(name) === 0 ? name : undefined,
+    ca: settings.caPem ?? undefined,
+    cert: settings.certPem ?? undefined,
+    key: settings.keyPem ?? undefined,
+    rejectUnauthorized: settings.verify === 'required',
+    checkServerIdentity: named ? tls.checkServerIdentity : () => undefined,
+  };
 }

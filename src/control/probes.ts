@@ -8,6 +8,7 @@
 import dgram from 'node:dgram';
 import { createRequire } from 'node:module';
 import net from 'node:net';
+import tls from 'node:tls';
 import { printableText } from '../config/parse.ts';
 import type { HealthConfig } from '../config/types.ts';
 import { isLocalError } from '../shared/errors.ts';
@@ -43,6 +44,9 @@ export type ProbeDone = (ok: boolean | null, result: string) => void;
 export interface ProbeTarget {
   readonly host: string;
   readonly port: number;
+  /** A backend that speaks TLS: a TCP probe is a TLS handshake, its certificate verified as
+   *  clients' connections verify it; null: plain TCP. */
+  readonly tls?: tls.ConnectionOptions | null;
 }
 
 /** Starts a probe of `target`; `done` gets its verdict, once. */
@@ -103,10 +107,33 @@ function verdict(timeoutMs: number, done: ProbeDone, cleanup: () => void) {
 }
 
 function probeTcp(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
+  if (target.tls !== undefined && target.tls !== null) {
+    probeTls(target, target.tls, health, done);
+    return;
+  }
   const socket = net.connect({ host: target.host, port: target.port });
   const v = verdict(health.timeoutMs, done, () => socket.destroy());
   socket.once('connect', () => v.finish(true, 'connect ok'));
   socket.once('error', (err: NodeJS.ErrnoException) => v.failed(err, 'connect reset'));
+}
+
+/** A TLS backend's probe: connect and finish the handshake (`tls ok`), or say why not. */
+function probeTls(
+  target: ProbeTarget,
+  options: tls.ConnectionOptions,
+  health: HealthConfig,
+  done: ProbeDone,
+): void {
+  const socket = tls.connect({ ...options, host: target.host, port: target.port });
+  const v = verdict(health.timeoutMs, done, () => socket.destroy());
+  socket.once('connect', () => {
+    v.state.connected = true;
+    v.lateIs('tls handshake timeout');
+  });
+  socket.once('secureConnect', () => v.finish(true, 'tls ok'));
+  socket.once('error', (err: NodeJS.ErrnoException) =>
+    v.failed(err, `tls ${err.code ?? err.message}`),
+  );
 }
 
 /** `[::1]` for an IPv6 address in a URL or a Host header. */

@@ -14,6 +14,7 @@
 // connection only has to close one of its sockets.
 
 import net from 'node:net';
+import tls from 'node:tls';
 import { getSystemErrorName } from 'node:util';
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
 import type { Scheduler } from '../core/scheduler.ts';
@@ -32,6 +33,7 @@ import {
   END_NAMES,
   LIVE,
   RETRIES,
+  TLS_BACKEND_FAILED,
 } from '../shared/counters.ts';
 import { isLocalError } from '../shared/errors.ts';
 import type { BackendTable } from '../shared/table.ts';
@@ -106,6 +108,8 @@ export interface ConnectionFrontend {
   readonly accessLog: Logger | null;
   /** Its TLS termination; null: the bytes pass through as they are. */
   readonly tls: TlsTerminator | null;
+  /** The secure context its pool's TLS backends are connected with; null: none speaks TLS. */
+  readonly backendContext: tls.SecureContext | null;
   /** This worker's TLS handshake times (a terminating frontend's). */
   readonly handshakeTime: LatencyRecorder | null;
   /** The client's TLS handshake is done: pick and connect a backend. */
@@ -564,6 +568,9 @@ export function pickAndTake(frontend: ConnectionFrontend, conn: Connection): num
   return -1;
 }
 
+/** What a failed TLS handshake with a backend says (OpenSSL's codes, Node's certificate checks). */
+const TLS_FAILURE = /^(ERR_SSL|ERR_TLS|UNABLE_|CERT_|DEPTH_ZERO|SELF_SIGNED|HOSTNAME_MISMATCH)/;
+
 /** `writableHighWaterMark` reaches the Duplex constructor; Node's types just omit it here. */
 const BACKEND_OPTIONS: net.SocketConstructorOpts = {
   allowHalfOpen: true,
@@ -590,6 +597,10 @@ export function connectTo(conn: Connection, i: number): void {
   side.pendingWrites = 0;
   side.releases = 0;
   const address = frontend.backends[i] as BackendConfig;
+  if (address.tls || frontend.config.backendTls.enabled) {
+    connectTls(conn, address);
+    return;
+  }
   if (raw !== null) {
     const handle = raw.newSocket();
     handle.side = side;
@@ -612,6 +623,35 @@ export function connectTo(conn: Connection, i: number): void {
   socket.connect({ host: address.host, port: address.port });
 }
 
+/** A backend that speaks TLS: the public path's TLSSocket, connected once its handshake is done
+ *  and its certificate verified (as the pool's backendTls says). */
+function connectTls(conn: Connection, address: BackendConfig): void {
+  const frontend = conn.frontend;
+  const settings = frontend.config.backendTls;
+  const sni = address.sni ?? settings.sni;
+  const name = sni === 'client' ? conn.serverName : (sni ?? address.host);
+  const socket = tls.connect({
+    host: address.host,
+    port: address.port,
+    // No SNI for an IP address (RFC 6066); its certificate is still checked against it.
+    servername: name === '' || net.isIP(name) !== 0 ? undefined : name,
+    // Verified: the certificate must be for the name sent, else for the address (Node's check).
+    checkServerIdentity: settings.verify === 'none' ? skipIdentity : tls.checkServerIdentity,
+    secureContext: frontend.backendContext ?? undefined,
+    rejectUnauthorized: settings.verify === 'required',
+    // These reach the socket; Node's types omit them here.
+    ...{ allowHalfOpen: true, noDelay: true, highWaterMark: PEER_HIGH_WATER_MARK },
+  }) as unknown as PublicSocket;
+  socket.side = conn.backend;
+  conn.backend.socket = socket;
+  socket.on('secureConnect', onSocketConnect);
+  listen(socket);
+}
+
+function skipIdentity(): undefined {
+  return undefined;
+}
+
 function onRawConnect(this: RawRequest, status: number, handle: RawHandle): void {
   const side = handle.side as Side | null;
   if (side === null || side.closing) return; // let go of: timed out, or the client left
@@ -620,6 +660,9 @@ function onRawConnect(this: RawRequest, status: number, handle: RawHandle): void
 }
 
 function connectError(conn: Connection, code: string): void {
+  if (conn.backend.socket !== null && TLS_FAILURE.test(code)) {
+    conn.frontend.slot[TLS_BACKEND_FAILED]++;
+  }
   if (isLocalError(code)) {
     // Out of descriptors or local ports: our trouble, not the backend's. No failure is
     // counted against it, and no retry (another backend would meet the same shortage).

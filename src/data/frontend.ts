@@ -6,6 +6,7 @@
 // a waiting sibling with a lower one (wherever that one's clients wait: the waiting counts are
 // shared by every worker). Invariant: nothing here runs per chunk, and nothing is logged.
 
+import tls from 'node:tls';
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
 import { fnv1a } from '../core/hash.ts';
 import { createLatencyState } from '../core/peak-ewma.ts';
@@ -113,6 +114,10 @@ export class Frontend {
   hashSni = false;
   /** One line per finished connection when --access-log is on; null (no cost) otherwise. */
   accessLog: Logger | null = null;
+  /** The context TLS backends are connected with (their CA, a client certificate), rebuilt
+   *  when those change; null while no backend of its pool speaks TLS. */
+  backendContext: tls.SecureContext | null = null;
+  private backendTlsFingerprint = '';
   /** Its TLS termination (rebuilt when the certificates or settings change); null: none. */
   tls: TlsTerminator | null = null;
   /** The ticket keys its TLS seals sessions with now (the process's, from the update). */
@@ -183,6 +188,7 @@ export class Frontend {
       this.config.hashBalanceFactor,
     );
     this.applyTls(update.ticketKeys);
+    this.applyBackendTls();
     this.hashPort = this.config.hashKey === 'source-ip-port';
     this.hashSni = this.config.hashKey === 'sni';
     this.hashes = this.config.algorithm === 'maglev';
@@ -203,6 +209,24 @@ export class Frontend {
       this.tls.setTicketKeys(Buffer.from(ticketKeys));
     }
     this.ticketKeys = ticketKeys;
+  }
+
+  /** The secure context for TLS backends, built once per change of the pool's settings. */
+  private applyBackendTls(): void {
+    const settings = this.config.backendTls;
+    if (!settings.enabled && !this.config.backends.some((b) => b.tls)) {
+      this.backendContext = null;
+      this.backendTlsFingerprint = '';
+      return;
+    }
+    const fingerprint = JSON.stringify(settings);
+    if (fingerprint === this.backendTlsFingerprint) return;
+    this.backendTlsFingerprint = fingerprint;
+    this.backendContext = tls.createSecureContext({
+      ca: settings.caPem ?? undefined,
+      cert: settings.certPem ?? undefined,
+      key: settings.keyPem ?? undefined,
+    });
   }
 
   /** The client's TLS handshake is done: on to a backend. */

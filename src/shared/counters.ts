@@ -118,7 +118,10 @@ export const TLS_HANDSHAKES = DROP_BASE + DROP_NAMES.length;
 export const TLS_RESUMED = TLS_HANDSHAKES + 1;
 /** TLS termination: then one counter per failure reason (TLS_FAIL). */
 export const TLS_FAIL_BASE = TLS_HANDSHAKES + 2;
-const FRONTEND_FIELDS = TLS_FAIL_BASE + TLS_FAIL_NAMES.length;
+/** TLS to backends: connect attempts whose handshake failed (a certificate not verified, a
+ *  backend that speaks no TLS), each also a failed connect of its backend. */
+export const TLS_BACKEND_FAILED = TLS_FAIL_BASE + TLS_FAIL_NAMES.length;
+const FRONTEND_FIELDS = TLS_BACKEND_FAILED + 1;
 
 export const B_CONNECTIONS = 0;
 export const B_FAILURES = 1;

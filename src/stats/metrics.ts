@@ -435,6 +435,13 @@ export class MetricsServer {
         ),
     );
     series(
+      'counter',
+      'fulcrum_tls_backend_handshake_failures_total',
+      "Connect attempts to TLS backends whose handshake failed: the backend's certificate not verified (another CA, not for its name, expired) or no TLS spoken.",
+      FRONTEND,
+      perFrontend((f) => f.backendTlsFailures),
+    );
+    series(
       'gauge',
       'fulcrum_tls_certificate_expiry_seconds',
       'When the certificate expires, in seconds since the Unix epoch (alert on it minus time()).',

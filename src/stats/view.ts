@@ -28,6 +28,7 @@ import {
   QUEUED,
   RETRIES,
   sumSlots,
+  TLS_BACKEND_FAILED,
   TLS_FAIL_BASE,
   TLS_FAIL_NAMES,
   TLS_HANDSHAKES,
@@ -130,6 +131,8 @@ export interface FrontendStat {
   udp: UdpStat | null;
   /** TLS it terminates: handshakes, failures, certificates; null where it does not. */
   tls: TlsStat | null;
+  /** Connect attempts to TLS backends whose handshake failed (a certificate not verified). */
+  backendTlsFailures: number;
   /** Its pool's backends, as this frontend sees them. */
   backends: BackendStat[];
 }
@@ -407,6 +410,7 @@ export class StatsView {
             front.config.tls.certificates.length > 0
               ? tlsStat(front, own, latency[f].handshakeMs?.total ?? EMPTY_PERCENTILES)
               : null,
+          backendTlsFailures: own[TLS_BACKEND_FAILED],
           backends: pool.members().map((member, b) => {
             const o = backendOffset(member.index);
             const { host, port } = member.config;

@@ -12,6 +12,8 @@ const SAMPLES: Record<string, string> = {
   slowstart: 'slowstart=30s',
   'send-proxy': 'send-proxy=v2',
   agent: 'agent=9777',
+  tls: 'tls',
+  sni: 'sni=api.internal',
   name: 'name=spare',
 };
 

@@ -21,6 +21,7 @@ import {
   eventually,
   type Fulcrum,
   settled,
+  showStat,
   socketPath,
   startBackend,
   startFulcrum,
@@ -116,12 +117,15 @@ async function echoes(socket: tls.TLSSocket, size: number): Promise<boolean> {
   const data = randomBytes(size);
   const back = createHash('sha256');
   let got = 0;
-  const done = new Promise<void>((resolve) => {
+  const done = new Promise<void>((resolve, reject) => {
+    const gone = () => reject(new Error(`closed after ${got} of ${size} bytes`));
+    socket.once('close', gone);
     const take = (chunk: Buffer) => {
       back.update(chunk);
       got += chunk.length;
       if (got < size) return;
       socket.off('data', take);
+      socket.off('close', gone);
       resolve();
     };
     socket.on('data', take);
@@ -553,3 +557,130 @@ t.test('tls.ticketKeys: a session from one instance resumes on another', async (
   await roundTrip(elsewhere);
   for (const { stats, fulcrum } of [one, two, alone]) await settled(stats, fulcrum);
 });
+
+/** A TLS echo backend with `issued`'s certificate; it records the server name each client sent. */
+async function tlsBackend(
+  t: { teardown(fn: () => unknown): void },
+  issued: Issued,
+): Promise<{ address: string; names: Array<string | false | null>; accepted: () => number }> {
+  const names: Array<string | false | null> = [];
+  const open = new Set<net.Socket>();
+  const server = tls.createServer(
+    { cert: ca.read(issued.cert), key: ca.read(issued.key), allowHalfOpen: true },
+    (socket) => {
+      names.push(socket.servername);
+      socket.on('error', () => {});
+      socket.on('end', () => socket.end());
+      socket.pipe(socket);
+    },
+  );
+  server.on('tlsClientError', () => {});
+  // Every TCP connection, its handshake done or not, so the teardown can close them all.
+  server.on('connection', (socket: net.Socket) => {
+    open.add(socket);
+    socket.on('close', () => open.delete(socket));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const socket of open) socket.destroy();
+      }),
+  );
+  let accepted = 0;
+  server.on('secureConnection', () => accepted++);
+  return {
+    address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    names,
+    accepted: () => accepted,
+  };
+}
+
+t.test(
+  'TLS to backends: verified against the CA, sni=client, verify none spelled out',
+  async (t) => {
+    // sni=client: its certificate is checked against the client's name, so it covers those.
+    const trusted = await tlsBackend(t, ca.issue('backend.test', { names: ['*.w.test'] }));
+    const untrusted = await tlsBackend(t, other.issue('backend.test', { names: ['backend.test'] }));
+    const file = join(ca.dir, 'backend-tls.yaml');
+    const stats = socketPath();
+    writeFileSync(
+      file,
+      [
+        `statsSocket: ${stats}`,
+        'workers: 1',
+        'frontends:',
+        // Terminates TLS, and passes the client's server name on to a backend that speaks TLS.
+        '  - name: front',
+        '    listen: [127.0.0.1:0]',
+        '    health: { interval: 200ms, fall: 1, rise: 1 }',
+        `    backends: ["${trusted.address},tls,sni=client"]`,
+        `    backendTls: { ca: ${ca.cert} }`,
+        `    tls: { certificates: [{ cert: ${ecdsa.cert}, key: ${ecdsa.key} }] }`,
+        // Plain clients to a backend whose certificate comes from another CA (no probes: the
+        // client's own connect meets the refusal), and that backend's probe.
+        '  - name: mistrust',
+        '    listen: [127.0.0.1:0]',
+        '    retries: 0',
+        '    health: false',
+        `    backends: ["${untrusted.address},sni=backend.test"]`,
+        `    backendTls: { enabled: true, ca: ${ca.cert} }`,
+        '  - name: probed',
+        '    listen: [127.0.0.1:0]',
+        '    health: { interval: 200ms, fall: 1, rise: 1 }',
+        `    backends: ["${untrusted.address},tls,sni=backend.test"]`,
+        `    backendTls: { ca: ${ca.cert} }`,
+        '  - name: anything',
+        '    listen: [127.0.0.1:0]',
+        '    health: false',
+        `    backends: ["${untrusted.address},tls"]`,
+        '    backendTls: { verify: none }',
+        '',
+      ].join('\n'),
+    );
+    const fulcrum = await startFulcrum(['--config', file]);
+    t.teardown(() => fulcrum.stop());
+
+    const through = await shake(fulcrum.ports.front[0], { servername: 'x.w.test' });
+    t.ok(await echoes(through.socket, 256 * 1024), 'TLS both ways, byte for byte');
+    through.socket.end();
+    await closed(through.socket);
+    t.equal(trusted.names.at(-1), 'x.w.test', "sni=client: the backend got the client's name");
+
+    await eventually(
+      async () =>
+        (await showStat(stats)).find((f) => f.name === 'probed')?.backends[0].up === false,
+      5000,
+      'the probe to find the untrusted backend down',
+    );
+    const [probed] = (await showStat(stats)).filter((f) => f.name === 'probed');
+    t.match(
+      probed.backends[0].check?.result,
+      /^tls /,
+      `probe: ${probed.backends[0].check?.result}`,
+    );
+    const plain = net.connect(fulcrum.ports.mistrust[0], '127.0.0.1');
+    let bytes = 0;
+    plain.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+    });
+    plain.on('error', () => {});
+    plain.write('hello');
+    await closed(plain);
+    t.equal(bytes, 0, 'a backend from another CA: the client gets no byte');
+    t.equal(untrusted.accepted(), 0, 'no handshake with it ever finished');
+
+    const loose = net.connect(fulcrum.ports.anything[0], '127.0.0.1');
+    loose.write('hi');
+    const [echoed] = (await once(loose, 'data')) as [Buffer];
+    t.equal(echoed.toString(), 'hi', 'verify: none lets it through');
+    loose.end();
+    await closed(loose);
+    const stat = await showStat(stats);
+    const failures = stat.find((f) => f.name === 'mistrust')?.backendTlsFailures ?? 0;
+    t.ok(failures >= 1, `backend TLS failures counted: ${failures}`);
+    await settled(stats, fulcrum);
+  },
+);
