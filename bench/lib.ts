@@ -76,8 +76,8 @@ export function stopAll(): void {
 process.on('exit', stopAll);
 
 /** The test certificate (example.com, *.example.com, localhost is not in it: wrk does not check). */
-const CERT = fileURLToPath(new URL('../test/fixtures/tls/cert.pem', import.meta.url));
-const KEY = fileURLToPath(new URL('../test/fixtures/tls/key.pem', import.meta.url));
+export const CERT = fileURLToPath(new URL('../test/fixtures/tls/cert.pem', import.meta.url));
+export const KEY = fileURLToPath(new URL('../test/fixtures/tls/key.pem', import.meta.url));
 
 /** nginx with one worker serving `files` on each of `ports`, and over TLS on each of `tlsPorts`. */
 export async function startNginx(

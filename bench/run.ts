@@ -19,6 +19,7 @@ import {
   stopAll,
   workDir,
 } from './lib.ts';
+import { terminationRows } from './tls.ts';
 
 const { values } = parseArgs({
   options: {
@@ -136,6 +137,7 @@ for (const scenario of scenarios) {
   );
 }
 rows.push(...(await serverNames()));
+rows.push(...(await terminationRows(dir, backends, seconds)));
 console.log(`\nsummary\n  ${rows.join('\n  ')}`);
 stopAll();
 process.exit(0);

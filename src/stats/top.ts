@@ -97,19 +97,29 @@ export function render(now: Snapshot, previous: Snapshot | null): string[] {
     const udp = frontend.udp;
     const old = before?.udp ?? null;
     const dropped = udp === null ? 0 : Object.values(udp.dropped).reduce((a, b) => a + b, 0);
+    // A terminating frontend: CONN/S its handshakes a second, TOTAL and FAIL its handshakes done
+    // and failed, CONNECT their times, FIRST BYTE the resumed share.
+    const tls = frontend.tls;
+    const failed = tls === null ? 0 : Object.values(tls.failed).reduce((a, b) => a + b, 0);
+    const resumed =
+      tls === null || tls.handshakes === 0 ? 0 : Math.round((tls.resumed / tls.handshakes) * 100);
     rows.push([
-      `${frontend.name} ${frontend.listen.join(',')}${pool}${classes} ${frontend.algorithm}`,
+      `${frontend.name} ${frontend.listen.join(',')}${pool}${classes} ${frontend.algorithm}${tls === null ? '' : ' tls'}`,
       '',
       '',
       String(frontend.live),
       frontend.queued > 0 ? `${frontend.queued} waiting` : '',
-      udp === null ? '' : rate(frontend.accepted, before?.accepted).toFixed(1),
-      udp === null ? '' : String(frontend.accepted),
-      udp === null ? '' : `${dropped} dropped`,
+      udp !== null
+        ? rate(frontend.accepted, before?.accepted).toFixed(1)
+        : tls !== null
+          ? rate(tls.handshakes, before?.tls?.handshakes).toFixed(1)
+          : '',
+      udp !== null ? String(frontend.accepted) : tls !== null ? String(tls.handshakes) : '',
+      udp !== null ? `${dropped} dropped` : tls !== null ? `${failed} failed` : '',
       udp === null ? '' : `${rate(udp.datagramsIn, old?.datagramsIn).toFixed(0)} dg/s`,
       udp === null ? '' : `${rate(udp.datagramsOut, old?.datagramsOut).toFixed(0)} dg/s`,
-      '',
-      '',
+      tls === null ? '' : `${tls.handshakeMs.p50}/${tls.handshakeMs.p99}ms handshake`,
+      tls === null ? '' : `${resumed}% resumed`,
       '',
       '',
     ]);

@@ -279,6 +279,11 @@ t.test('certificates by server name, ALPN, resumption across workers, three clie
   t.match(await query(stats, 'show tls'), /a\.test,\*\.w\.test/);
   t.match(await query(stats, 'show latency'), /TLS handshake time/);
   t.match(await query(stats, 'show stat'), /HANDSHAKES/);
+  const top = spawnSync(process.execPath, [BIN, 'top', '--socket', stats, '-n', '1'], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  t.match(top.stdout, /% resumed/, 'fulcrum top: handshakes, their times, the resumed share');
   await settled(stats, fulcrum);
 });
 
