@@ -2,12 +2,14 @@
 // --workers 1, then 2) terminating the same ECDSA P-256 certificate in front of the same plain
 // nginx backends. Full TLS 1.3 handshakes per second (a new connection per request; neither
 // resumes: wrk keeps no session), and bulk 1 MiB responses over kept-alive TLS connections.
-// Ratios to HAProxy's, and the CPU each spends per handshake (from /proc). With --profile, a CPU
-// profile of fulcrum's worker during the handshake run: where the time goes, by function.
+// Ratios to HAProxy's, and the CPU each spends per handshake (from /proc). With --profile, `perf
+// record` samples fulcrum (one worker) and HAProxy during the handshake run: where the time goes,
+// grouped (the handshake's own crypto, the rest of OpenSSL, malloc, the kernel, V8 and our
+// JavaScript), and the top symbols. Needs perf (apt-get install -y linux-perf).
 // Run alone: npm run bench:tls [-- --seconds 8 --profile]; `npm run bench` runs it too.
 
-import type { ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Load } from './lib.ts';
@@ -25,8 +27,22 @@ import {
   workDir,
 } from './lib.ts';
 
-/** The fulcrum run under --cpu-prof, stopped politely at the end so it writes its profiles. */
-let profiled: ChildProcess | null = null;
+/** Where samples of a TLS terminator go, by symbol: first match wins. */
+const GROUPS: Array<[string, RegExp]> = [
+  ['kernel', /\[k\]/],
+  [
+    'handshake crypto (X25519, P-256, SHA, AES-GCM)',
+    /x25519|fe_|fe64|ecp_nistz256|sha\d+_block|aes|gcm|ghash|bn_|BN_|ecdsa|ec_GFp|cmov|poly1305|chacha/i,
+  ],
+  ['JavaScript (fulcrum and node:tls, net)', /JS:|\[JIT\]|Builtins_|LazyCompile/],
+  ['V8 runtime and GC', /v8::|Scavenger|Heap|heap_|Isolate/],
+  ['malloc and copies', /malloc|free|_int_|memmove|memset|memcpy|consolidate|unlink_chunk/],
+  [
+    'OpenSSL bookkeeping (state machine, lookups, BIO)',
+    /ossl|OPENSSL|CRYPTO|EVP|SSL|ssl|tls|BIO|ERR|OBJ|X509|ASN1|strcmp|lh_|sa_get/,
+  ],
+  ['libuv and node', /uv_|node::|epoll/],
+];
 
 /** CPU seconds a process has used (user + system), from /proc. */
 function cpuSeconds(pid: number): number {
@@ -38,6 +54,54 @@ interface Target {
   name: string;
   port: number;
   pid: number;
+}
+
+/** perf's samples of `pid` for `seconds`, by symbol (percent of all). */
+async function perfRecord(
+  pid: number,
+  seconds: number,
+  file: string,
+): Promise<Map<string, number>> {
+  await new Promise<void>((resolve) => {
+    const child = spawn(
+      'perf',
+      ['record', '-F', '999', '-p', String(pid), '-o', file, '--', 'sleep', String(seconds)],
+      {
+        stdio: 'ignore',
+      },
+    );
+    child.once('exit', () => resolve());
+  });
+  const out = spawnSync(
+    'perf',
+    ['report', '-i', file, '--no-children', '--sort', 'sym', '--stdio'],
+    {
+      encoding: 'utf8',
+      maxBuffer: 64 * 1024 * 1024,
+    },
+  ).stdout;
+  const symbols = new Map<string, number>();
+  for (const line of out.split('\n')) {
+    const m = /^\s+([\d.]+)%\s+(.*)$/.exec(line);
+    if (m !== null) symbols.set(m[2].trim(), Number(m[1]));
+  }
+  return symbols;
+}
+
+/** A perf breakdown: shares by group, then the top symbols. */
+function breakdown(name: string, symbols: Map<string, number>): string {
+  const groups = new Map<string, number>();
+  for (const [symbol, share] of symbols) {
+    const group = GROUPS.find(([, pattern]) => pattern.test(symbol))?.[0] ?? 'other';
+    groups.set(group, (groups.get(group) ?? 0) + share);
+  }
+  const top = [...symbols]
+    .slice(0, 10)
+    .map(([s, p]) => `${p.toFixed(1)}%  ${s.replace(/^\[\.\] /, '')}`);
+  return `${name}, where a handshake's CPU goes (perf):\n    ${[...groups]
+    .sort((a, b) => b[1] - a[1])
+    .map(([g, p]) => `${p.toFixed(1).padStart(5)}%  ${g}`)
+    .join('\n    ')}\n  top symbols:\n    ${top.join('\n    ')}`;
 }
 
 async function haproxy(dir: string, backends: number[]): Promise<Target> {
@@ -89,9 +153,9 @@ async function fulcrum(
     KEY,
   ];
   for (const b of backends) args.push('--backend', `127.0.0.1:${b}`);
-  const flags = profileDir === null ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`];
+  // JIT frames named in perf's report.
+  const flags = profileDir === null ? [] : ['--perf-basic-prof'];
   const child = launch(process.execPath, [...flags, ...args]);
-  if (profileDir !== null) profiled = child;
   await waitForPort(port);
   return { name: `fulcrum x${workers}`, port, pid: child.pid as number };
 }
@@ -107,26 +171,35 @@ export async function terminationRows(
     console.error('bench: TLS termination needs wrk and haproxy (apt-get install -y wrk haproxy)');
     return [];
   }
-  const targets = [
-    await haproxy(dir, backends),
-    await fulcrum(backends, 1, profileDir),
-    await fulcrum(backends, 2, null),
-  ];
+  // A profile is of the handshake run alone, one worker: what one full handshake costs.
+  const targets = [await haproxy(dir, backends), await fulcrum(backends, 1, profileDir)];
+  if (profileDir === null) targets.push(await fulcrum(backends, 2, null));
   for (const target of targets) await load(`https://localhost:${target.port}/small`, 10, 2, true);
   const scenarios = [
     { name: 'TLS termination, full handshake per request', path: '/small', close: true, c: 50 },
     { name: 'TLS termination, bulk 1 MiB responses', path: '/bulk', close: false, c: 8 },
-  ];
+  ].slice(0, profileDir === null ? 2 : 1);
   console.log('\nTLS termination (ECDSA P-256, TLS 1.3) vs HAProxy bind ssl crt, nbthread 1:');
   const rows: string[] = [];
   for (const scenario of scenarios) {
     const results = new Map<string, { load: Load; cpu: number }>();
+    const profiles: string[] = [];
     for (const target of targets) {
       const before = cpuSeconds(target.pid);
       const url = `https://localhost:${target.port}${scenario.path}`;
+      const recording =
+        profileDir === null
+          ? null
+          : perfRecord(
+              target.pid,
+              Math.max(1, seconds - 2),
+              join(profileDir, `${target.port}.perf`),
+            );
       const result = await load(url, scenario.c, seconds, scenario.close);
       results.set(target.name, { load: result, cpu: cpuSeconds(target.pid) - before });
+      if (recording !== null) profiles.push(breakdown(target.name, await recording));
     }
+    for (const profile of profiles) console.log(`\n${profile}\n`);
     const value = (r: Load) => (scenario.close ? r.requestsPerSec : r.bytesPerSec);
     const reference = results.get('haproxy') as { load: Load; cpu: number };
     console.log(`${scenario.name} (${scenario.close ? 'handshakes/s' : 'throughput'}):`);
@@ -137,33 +210,15 @@ export async function terminationRows(
         `  ${name.padEnd(11)} ${(value(r.load) / value(reference.load)).toFixed(2)}x   p99 ${r.load.p99Ms.toFixed(2)} ms   CPU ${perRequest.toFixed(0)} µs per ${scenario.close ? 'handshake' : 'response'}${r.load.errors ? `   errors ${r.load.errors}` : ''}`,
       );
     }
-    const ratio = (name: string) =>
-      (value((results.get(name) as { load: Load }).load) / value(reference.load)).toFixed(2);
+    const ratio = (name: string) => {
+      const r = results.get(name);
+      return r === undefined ? '-' : (value(r.load) / value(reference.load)).toFixed(2);
+    };
     rows.push(
       `${scenario.name}: fulcrum/haproxy ${ratio('fulcrum x1')}x (one worker), ${ratio('fulcrum x2')}x (two workers)`,
     );
   }
   return rows;
-}
-
-/** The profile's self time by function, the top `n`, as percent of all samples. */
-function topFunctions(file: string, n: number): string[] {
-  const profile = JSON.parse(readFileSync(file, 'utf8')) as {
-    nodes: Array<{ id: number; callFrame: { functionName: string; url: string } }>;
-    samples: number[];
-  };
-  const byId = new Map(profile.nodes.map((node) => [node.id, node.callFrame]));
-  const counts = new Map<string, number>();
-  for (const id of profile.samples) {
-    const frame = byId.get(id);
-    const where = frame?.url.split('/').slice(-2).join('/') ?? '';
-    const key = `${frame?.functionName || '(anonymous)'} ${where}`.trim();
-    counts.set(key, (counts.get(key) ?? 0) + 1);
-  }
-  return [...counts]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, n)
-    .map(([name, count]) => `${((count / profile.samples.length) * 100).toFixed(1)}%  ${name}`);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
@@ -179,26 +234,9 @@ if (import.meta.url === `file://${process.argv[1]}`) {
     small: Buffer.from('ok\n'.padEnd(100, '.')),
     bulk: Buffer.alloc(1024 * 1024, 'x'),
   });
-  const profileDir = values.profile ? join(dir, 'profile') : null;
+  const profileDir = values.profile ? dir : null;
   const rows = await terminationRows(dir, backends, Number(values.seconds), profileDir);
   console.log(`\nsummary\n  ${rows.join('\n  ')}`);
-  // Assigned while the runs started it (TypeScript cannot see that).
-  const child = profiled as ChildProcess | null;
-  if (child !== null) {
-    // Node writes each thread's profile as it exits: a drain and a clean exit, not a kill.
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGTERM');
-    await exited;
-  }
   stopAll();
-  if (profileDir !== null) {
-    const files = readdirSync(profileDir).map((f) => join(profileDir, f));
-    const largest = files
-      .map((f) => ({ f, size: readFileSync(f).length }))
-      .sort((a, b) => b.size - a.size);
-    for (const { f } of largest.slice(0, 2)) {
-      console.log(`\nprofile ${f} (self time, top 12):\n  ${topFunctions(f, 12).join('\n  ')}`);
-    }
-  }
   process.exit(0);
 }

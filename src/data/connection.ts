@@ -352,7 +352,14 @@ function received(side: Side, data: Buffer, nread: number): void {
     data === IDLE ? copyOut(nread) : nread === data.length ? data : data.subarray(0, nread),
   );
   if (status === WRITE_PENDING) {
-    if (data === IDLE) side.inflight = lendOut();
+    if (data === IDLE) {
+      side.inflight = lendOut();
+      // A full read towards a public socket (TLS): its writes always pend, so the growth below
+      // would never be reached, and a stream would go on in reads (and TLS records) of 1 KiB.
+      if (nread === SMALL_SIZE && peer.handle === null && side.handle !== null) {
+        side.buffer = takeLarge();
+      }
+    }
     side.stalled = true;
     pause(side);
     return;
