@@ -101,7 +101,13 @@ t.test(
         (l) => l.msg === 'ready' && l.pid === next,
         15_000,
         `pid ${next} to be ready (old one killed after ${ms} ms)`,
-      );
+      ).catch((err: Error) => {
+        // Seen twice in full runs under load, never alone: what the successor said last.
+        const said = fulcrum.logs.filter((l) => l.pid === next).slice(-6);
+        throw new Error(
+          `${err.message}; alive: ${alive(next)}; its last lines: ${JSON.stringify(said)}`,
+        );
+      });
       await waitFor(() => existsSync(stats), 5000, 'the stats socket');
       t.equal(Number((await info(stats)).pid), next, `${ms} ms: the stats socket answers`);
       process.kill(next, 'SIGHUP');
