@@ -204,7 +204,7 @@ export class Frontend {
     }
     this.handshakeTime ??= new LatencyRecorder();
     if (this.tls === null || this.tls.fingerprint !== fingerprintOf(config)) {
-      this.tls = new TlsTerminator(config, Buffer.from(ticketKeys));
+      this.tls = new TlsTerminator(this.config.name, config, Buffer.from(ticketKeys));
     } else if (this.ticketKeys === null || !Buffer.from(ticketKeys).equals(this.ticketKeys)) {
       this.tls.setTicketKeys(Buffer.from(ticketKeys));
     }

@@ -8,6 +8,7 @@
 // reason counted; session tickets are sealed with the process's keys (or the shared file's), the
 // same in every worker, so a client resumes whichever worker takes it.
 
+import { createHash } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { TlsConfig } from '../config/types.ts';
@@ -85,7 +86,7 @@ export class TlsTerminator {
   private readonly wildcard = new Map<string, tls.SecureContext>();
   readonly options: tls.TLSSocketOptions;
 
-  constructor(config: TlsConfig, ticketKeys: Buffer) {
+  constructor(frontend: string, config: TlsConfig, ticketKeys: Buffer) {
     this.config = config;
     this.fingerprint = fingerprintOf(config);
     const common = {
@@ -93,6 +94,7 @@ export class TlsTerminator {
       ca: config.caPem ?? undefined,
       crl: config.crlPem ?? undefined,
       sessionTimeout: TICKET_LIFETIME_S,
+      sessionIdContext: sessionContext(frontend, config),
     };
     const served: Served[] = config.certificates.map((c) => ({
       context: tls.createSecureContext({ ...common, cert: c.cert, key: c.key }),
@@ -140,6 +142,20 @@ export class TlsTerminator {
     const use = own === null ? keys : Buffer.from(own, 'base64');
     for (const context of this.contexts) context.context.setTicketKeys(use);
   }
+}
+
+/**
+ * The session ID context: a session resumes only where it was made with the same one. Every
+ * frontend seals tickets with the same keys, so this is what keeps a ticket from a frontend that
+ * asks for no client certificate from resuming, without one, on one that requires it; and
+ * OpenSSL refuses to resume any session of a context that verifies clients without it. Derived
+ * from what a client was trusted with, so instances sharing ticket keys derive the same.
+ */
+function sessionContext(frontend: string, config: TlsConfig): string {
+  return createHash('sha256')
+    .update(`${frontend}\n${config.verify}\n${config.caPem ?? ''}\n${config.crlPem ?? ''}`)
+    .digest('hex')
+    .slice(0, 32);
 }
 
 /** What makes two configs build the same contexts. */

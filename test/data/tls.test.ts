@@ -387,20 +387,28 @@ t.test('client certificates: required, optional and none, by reload; a CRL', asy
     socket.on('error', () => {});
   });
   t.teardown(() => backend.close());
+  const plain = await startBackend(echoOrHttp);
+  t.teardown(() => plain.close());
   const dir = ca.dir;
   const file = join(dir, 'mtls.yaml');
   const stats = socketPath();
   const write = (verify: string) =>
     writeFileSync(
       file,
-      `statsSocket: ${stats}\nworkers: 1\nlog: { access: true }\nfrontends:\n  - name: mtls\n    listen: [127.0.0.1:0]\n    health: false\n    sendProxy: v2\n    backends: [${backend.address}]\n    tls:\n      certificates: [{ cert: ${ecdsa.cert}, key: ${ecdsa.key} }]\n      ca: ${ca.cert}\n      crl: ${crl}\n      verify: ${verify}\n`,
+      `statsSocket: ${stats}\nworkers: 1\nlog: { access: true }\nfrontends:\n  - name: mtls\n    listen: [127.0.0.1:0]\n    health: false\n    sendProxy: v2\n    backends: [${backend.address}]\n    tls:\n      certificates: [{ cert: ${ecdsa.cert}, key: ${ecdsa.key} }]\n      ca: ${ca.cert}\n      crl: ${crl}\n      verify: ${verify}\n  - name: open\n    listen: [127.0.0.1:0]\n    health: false\n    backends: [${plain.address}]\n    tls: { certificates: [{ cert: ${ecdsa.cert}, key: ${ecdsa.key} }] }\n`,
     );
   write('required');
   const fulcrum = await startFulcrum(['--config', file]);
   t.teardown(() => fulcrum.stop());
-  const port = fulcrum.port;
+  const port = fulcrum.ports.mtls[0];
+  let session: Buffer | undefined;
+  let resumed = false;
   const answer = async (options: tls.ConnectionOptions) => {
     const s = await shake(port, { servername: 'a.test', ...options });
+    resumed = s.reused;
+    s.socket.on('session', (ticket: Buffer) => {
+      session = ticket;
+    });
     s.socket.write('x');
     let text = '';
     s.socket.on('data', (chunk: Buffer) => {
@@ -438,6 +446,31 @@ t.test('client certificates: required, optional and none, by reload; a CRL', asy
   );
   t.equal((logged.tls as { clientVerified: boolean }).clientVerified, true);
 
+  // Its ticket resumes, still verified (the certificate is the session's).
+  t.ok(session !== undefined, 'a ticket came');
+  t.equal(await answer({ ...pem(client), session }), 'hi', 'the verified client resumes');
+  t.ok(resumed, 'resumed, not a full handshake');
+  t.same(
+    sslTlv(headers[1]),
+    { client: 0x05, verify: 0, cn: 'client-one' },
+    'its session is verified',
+  );
+  headers.splice(1, 1);
+  // A ticket from a frontend that asks for no certificate does not open this one.
+  const open = tls.connect({
+    host: '127.0.0.1',
+    port: fulcrum.ports.open[0],
+    ca: [ca.certPem()],
+    servername: 'a.test',
+  });
+  const ticket = await new Promise<Buffer>((resolve) => open.once('session', resolve));
+  open.destroy();
+  t.ok(
+    await refused(port, { servername: 'a.test', session: ticket }),
+    "another frontend's ticket: refused",
+  );
+  t.equal(backend.accepted, 2, 'nobody else reached the backend');
+
   write('optional');
   t.match(await query(stats, 'reload'), /^reloaded/);
   t.equal(await answer({}), 'hi', 'optional: a client without a certificate is served');
@@ -450,7 +483,7 @@ t.test('client certificates: required, optional and none, by reload; a CRL', asy
   t.equal(await answer(pem(client)), 'hi', 'none: nothing is asked');
   t.same(sslTlv(headers[3]), { client: 0x01, verify: 0, cn: '' });
   stat = await tlsStat(stats);
-  t.equal(stat.handshakes, 4);
+  t.equal(stat.handshakes, 5);
   await settled(stats, fulcrum);
 });
 
