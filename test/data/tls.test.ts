@@ -18,6 +18,7 @@ import type { TlsStat } from '../../src/stats/view.ts';
 import {
   type Backend,
   BIN,
+  closedPort,
   eventually,
   type Fulcrum,
   settled,
@@ -724,6 +725,85 @@ t.test(
     const stat = await showStat(stats);
     const failures = stat.find((f) => f.name === 'mistrust')?.backendTlsFailures ?? 0;
     t.ok(failures >= 1, `backend TLS failures counted: ${failures}`);
+    await settled(stats, fulcrum);
+  },
+);
+
+t.test(
+  'a terminating frontend on an address shared by serverNames, and behind a PROXY header',
+  async (t) => {
+    const backend = await startBackend(echoOrHttp);
+    t.teardown(() => backend.close());
+    const passthrough = await tlsBackend(t, rsa);
+    const file = join(ca.dir, 'shared.yaml');
+    const stats = socketPath();
+    // Port 0 is never shared: a free port, for both.
+    const shared = await closedPort();
+    writeFileSync(
+      file,
+      [
+        `statsSocket: ${stats}`,
+        'workers: 1',
+        'metrics: 127.0.0.1:0',
+        'frontends:',
+        '  - name: terminated',
+        `    listen: [127.0.0.1:${shared}]`,
+        '    serverNames: [a.test]',
+        '    health: false',
+        `    backends: [${backend.address}]`,
+        `    tls: { certificates: [{ cert: ${ecdsa.cert}, key: ${ecdsa.key} }] }`,
+        '  - name: passed',
+        `    listen: [127.0.0.1:${shared}]`,
+        '    serverNames: [b.test]',
+        '    health: false',
+        `    backends: [${passthrough.address}]`,
+        '  - name: proxied',
+        '    listen: ["127.0.0.1:0,accept-proxy"]',
+        '    health: false',
+        `    backends: [${backend.address}]`,
+        `    tls: { certificates: [{ cert: ${ecdsa.cert}, key: ${ecdsa.key} }] }`,
+        '',
+      ].join('\n'),
+    );
+    const fulcrum = await startFulcrum(['--config', file]);
+    t.teardown(() => fulcrum.stop());
+
+    const ours = await shake(shared, { servername: 'a.test' });
+    t.equal(ours.serial, ecdsa.serial, 'a.test: terminated here, with our certificate');
+    t.ok(await echoes(ours.socket, 64 * 1024), 'and relayed in the clear to its backend');
+    await roundTrip(ours);
+    const theirs = await shake(shared, { servername: 'b.test' });
+    t.equal(theirs.serial, rsa.serial, "b.test: passed through, the backend's own certificate");
+    await roundTrip(theirs);
+
+    // A PROXY v1 header, then TLS on the same connection.
+    const raw = net.connect(fulcrum.ports.proxied[0], '127.0.0.1');
+    await once(raw, 'connect');
+    raw.write('PROXY TCP4 192.0.2.7 127.0.0.1 40000 443\r\n');
+    const behind = tls.connect({ socket: raw, ca: [ca.certPem()], servername: 'a.test' });
+    await once(behind, 'secureConnect');
+    t.ok(await echoes(behind, 1024), 'behind a PROXY header: terminated and relayed');
+    behind.destroy();
+
+    const url = String(fulcrum.logs.find((l) => l.msg === 'metrics')?.url);
+    const metrics = (await (await fetch(url)).text()).split('\n');
+    t.ok(
+      metrics.some((l) => l.startsWith('fulcrum_tls_handshakes_total{frontend="terminated"} ')),
+      '/metrics: handshakes per frontend',
+    );
+    const expiry = metrics.find((l) =>
+      l.startsWith('fulcrum_tls_certificate_expiry_seconds{frontend="terminated"'),
+    );
+    const notAfter = Number(expiry?.split(' ').at(-1));
+    t.ok(
+      notAfter > Date.now() / 1000 && notAfter < Date.now() / 1000 + 31 * 86400,
+      `/metrics: ${expiry}`,
+    );
+    t.ok(
+      metrics.some((l) =>
+        l.startsWith('fulcrum_tls_handshake_seconds_count{frontend="terminated"}'),
+      ),
+    );
     await settled(stats, fulcrum);
   },
 );
