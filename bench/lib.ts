@@ -133,14 +133,15 @@ defaults
   timeout client 5m
   timeout server 5m`;
 
-/** HAProxy in mode tcp, one thread, leastconn over `backends`. */
-export async function startHaproxy(dir: string, port: number, backends: number[]) {
-  const conf = join(dir, 'haproxy.cfg');
+/** HAProxy in mode tcp, one thread, leastconn over `backends`; `ssl`: a PEM (certificate and
+ *  key) to terminate TLS with (`bind ... ssl crt PEM`). */
+export async function startHaproxy(dir: string, port: number, backends: number[], ssl = '') {
+  const conf = join(dir, ssl === '' ? 'haproxy.cfg' : 'haproxy-tls.cfg');
   writeFileSync(
     conf,
     `${HAPROXY_HEAD}
 frontend fe
-  bind 127.0.0.1:${port}
+  bind 127.0.0.1:${port}${ssl === '' ? '' : ` ssl crt ${ssl}`}
   default_backend be
 backend be
   balance leastconn

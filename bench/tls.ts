@@ -21,6 +21,7 @@ import {
   KEY,
   launch,
   load,
+  startHaproxy,
   startNginx,
   stopAll,
   waitForPort,
@@ -108,28 +109,7 @@ async function haproxy(dir: string, backends: number[]): Promise<Target> {
   const port = await freePort();
   const pem = join(dir, 'haproxy-tls.pem');
   writeFileSync(pem, readFileSync(CERT, 'utf8') + readFileSync(KEY, 'utf8'));
-  const conf = join(dir, 'haproxy-tls.cfg');
-  writeFileSync(
-    conf,
-    `global
-  nbthread 1
-  maxconn 9000
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-  mode tcp
-  timeout connect 3s
-  timeout client 5m
-  timeout server 5m
-frontend fe
-  bind 127.0.0.1:${port} ssl crt ${pem}
-  default_backend be
-backend be
-  balance leastconn
-${backends.map((p, i) => `  server s${i} 127.0.0.1:${p}`).join('\n')}
-`,
-  );
-  const child = launch('haproxy', ['-f', conf, '-db']);
-  await waitForPort(port);
+  const child = await startHaproxy(dir, port, backends, pem);
   return { name: 'haproxy', port, pid: child.pid as number };
 }
 
