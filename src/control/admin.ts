@@ -43,6 +43,7 @@ export interface AdminContext {
   kill(pool: Pool, slot: number): Promise<number>;
   reload(source: string): Promise<Outcome>;
   upgrade(source: string): Promise<Outcome>;
+  rotateTicketKeys(): Promise<Outcome>;
 }
 
 export class Admin implements AdminInterface {
@@ -58,6 +59,10 @@ export class Admin implements AdminInterface {
 
   upgrade(): Promise<Outcome> {
     return this.control.upgrade('stats socket');
+  }
+
+  rotateTicketKeys(): Promise<Outcome> {
+    return this.control.rotateTicketKeys();
   }
 
   showState(): unknown {

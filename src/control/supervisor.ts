@@ -213,7 +213,11 @@ export class Supervisor {
     this.startWatchers();
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
-    setInterval(() => this.rotateTicketKeys(), TICKET_ROTATE_MS).unref();
+    setInterval(() => {
+      this.rotateTicketKeys().catch((err) =>
+        this.log.error({ err }, 'TLS ticket keys: rotation failed'),
+      );
+    }, TICKET_ROTATE_MS).unref();
     if (!hooked.every(Boolean)) {
       this.log.warn(
         'accept hook unavailable on this Node: the relay runs on the public API (more memory and CPU per connection)',
@@ -535,6 +539,7 @@ export class Supervisor {
       kill: (pool, slot) => this.kill(pool, slot),
       reload: (source) => this.reload(source),
       upgrade: (source) => this.upgrade(source),
+      rotateTicketKeys: () => this.rotateTicketKeys(),
     });
   }
 
@@ -883,13 +888,23 @@ export class Supervisor {
 
   /** New session ticket keys for every terminating frontend without a key file of its own: a
    *  ticket sealed with the old ones gets a full handshake from now on. */
-  private rotateTicketKeys(): void {
+  private async rotateTicketKeys(): Promise<Outcome> {
     const tls = this.frontends.filter((f) => f.config.tls.certificates.length > 0);
-    if (this.stopping || tls.every((f) => f.config.tls.ticketKeys !== null)) return;
+    const own = tls.filter((f) => f.config.tls.ticketKeys === null);
+    if (this.stopping) return { ok: false, message: 'stopping' };
+    if (own.length === 0) {
+      return {
+        ok: false,
+        message:
+          tls.length === 0
+            ? 'no frontend terminates TLS'
+            : 'every terminating frontend has tls.ticketKeys: rotate by writing the file, then reload',
+      };
+    }
     rotateTicketKeys();
-    void this.serially(() => this.publish()).catch((err) =>
-      this.log.error({ err }, 'TLS ticket keys: rotation failed'),
-    );
+    await this.serially(() => this.publish());
+    this.log.info({ frontends: own.map((f) => f.name) }, 'TLS ticket keys rotated');
+    return { ok: true, message: `rotated (${own.map((f) => f.name).join(', ')})` };
   }
 
   /** SIGTERM/SIGINT: stop accepting, let connections finish up to the drain timeout, exit 0. */

@@ -26,6 +26,7 @@ const HELP = [
   '                                  (POOL: a pool of pools:, or a frontend that lists its own backends)',
   'reset counters                    admin: zero the cumulative counters',
   'reload                            admin: re-read the config file, as SIGHUP does',
+  'rotate tls-keys                   admin: new TLS session ticket keys now, as every hour (tickets sealed before get a full handshake)',
   'upgrade                           admin: start a new fulcrum (a new version) that takes over every listener, as SIGUSR2 does',
   'quit                              close this connection',
 ].join('\n');
@@ -47,6 +48,8 @@ export interface AdminInterface {
   setAdmin(ref: string, admin: AdminChoice): Promise<Outcome>;
   setWeight(ref: string, weight: number): Promise<Outcome>;
   resetCounters(): Outcome;
+  /** New TLS session ticket keys now (as the hourly rotation makes them). */
+  rotateTicketKeys(): Promise<Outcome>;
   /** What the state file holds (or would hold, without --state-file). */
   showState(): unknown;
 }
@@ -135,6 +138,13 @@ export async function execute(
       if (words.length !== 1) return error('usage: reload');
       log.info({ command: 'reload' }, 'admin command');
       return answer(await admin.reload());
+    }
+    case 'rotate': {
+      if (level !== 'admin')
+        return error('"rotate" needs the admin level; this socket is read-only');
+      if (words.length !== 2 || second !== 'tls-keys') return error('usage: rotate tls-keys');
+      log.info({ command: 'rotate tls-keys' }, 'admin command');
+      return answer(await admin.rotateTicketKeys());
     }
     case 'upgrade': {
       if (level !== 'admin')
