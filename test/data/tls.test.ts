@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import t from 'tap';
+import { loaderFromArgs } from '../../src/config/flags.ts';
 import { query } from '../../src/stats/client.ts';
 import type { TlsStat } from '../../src/stats/view.ts';
 import {
@@ -553,19 +554,20 @@ t.test('a certificate that does not load: one line, exit 2, at start and at chec
       /--tls-verify: required needs --tls-ca/,
     ],
   ];
+  // Each through the loader a start uses (one ConfigError, its message the line printed);
+  // the first also as a real start: the line, and exit 2.
   for (const [args, message] of cases) {
-    const result = spawnSync(
-      process.execPath,
-      [BIN, '--listen', '127.0.0.1:0', '--backend', '127.0.0.1:1', ...args],
-      {
-        encoding: 'utf8',
-        timeout: 10_000,
-      },
-    );
-    t.equal(result.status, 2, `${args.join(' ')}: exit 2`);
-    t.match(result.stderr, message);
-    t.equal(result.stderr.trim().split('\n').length, 1, 'one line');
+    const loader = loaderFromArgs(['--listen', '127.0.0.1:0', '--backend', '127.0.0.1:1', ...args]);
+    await t.rejects(loader(), { code: 'FULCRUM_BAD_CONFIG', message }, args.join(' '));
   }
+  const result = spawnSync(
+    process.execPath,
+    [BIN, '--listen', '127.0.0.1:0', '--backend', '127.0.0.1:1', ...cases[0][0]],
+    { encoding: 'utf8', timeout: 10_000 },
+  );
+  t.equal(result.status, 2, 'a start: exit 2');
+  t.match(result.stderr, cases[0][1]);
+  t.equal(result.stderr.trim().split('\n').length, 1, 'one line');
   const file = join(ca.dir, 'bad.yaml');
   writeFileSync(
     file,
