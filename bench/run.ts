@@ -137,7 +137,7 @@ for (const scenario of scenarios) {
   );
 }
 rows.push(...(await serverNames()));
-rows.push(...(await terminationRows(dir, backends, seconds)));
+rows.push(...(await terminationRows(dir, backends, seconds, null, runs)));
 console.log(`\nsummary\n  ${rows.join('\n  ')}`);
 stopAll();
 process.exit(0);
