@@ -9,6 +9,7 @@
 // Run alone: npm run bench:tls [-- --seconds 8 --runs 3 --profile]; `npm run bench` runs it too.
 
 import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -224,7 +225,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const backends = [await freePort(), await freePort()];
   await startNginx(dir, backends, {
     small: Buffer.from('ok\n'.padEnd(100, '.')),
-    bulk: Buffer.alloc(1024 * 1024, 'x'),
+    bulk: randomBytes(1024 * 1024),
   });
   const profileDir = values.profile ? dir : null;
   const runs = Math.max(1, Number(values.runs));
