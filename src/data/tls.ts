@@ -251,7 +251,12 @@ function onSecure(this: TlsClientSocket): void {
   const terminator = frontend.tls as TlsTerminator;
   frontend.connecting.remove(conn);
   session.resumed = this.isSessionReused();
-  if (terminator.config.strictSni && !session.named) {
+  // A resumed handshake chooses no certificate, so SNI was not asked: its name is the one the
+  // session was made for (under strict SNI, a name a certificate covers).
+  if (session.resumed && session.serverName === '') {
+    session.serverName = typeof this.servername === 'string' ? this.servername.toLowerCase() : '';
+  }
+  if (terminator.config.strictSni && !session.named && !session.resumed) {
     fail(conn, TLS_FAIL.NO_CERTIFICATE);
     return;
   }

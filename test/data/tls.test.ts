@@ -27,7 +27,6 @@ import {
   socketPath,
   startBackend,
   startFulcrum,
-  waitFor,
   waitForLog,
 } from '../helpers.ts';
 import { type Issued, TestCa } from '../tls.ts';
@@ -100,6 +99,19 @@ async function refused(port: number, options: tls.ConnectionOptions = {}): Promi
   socket.on('secureConnect', () => socket.write('ping'));
   await closed(socket);
   return bytes === 0;
+}
+
+/** A session ticket from a full handshake with `port` (the server sends it once its side of the
+ *  handshake is done); the connection is then dropped. */
+async function ticketFrom(port: number, servername = 'a.test'): Promise<Buffer> {
+  const socket = tls.connect({ host: '127.0.0.1', port, ca: [ca.certPem()], servername });
+  socket.on('error', () => {});
+  const ticket = await new Promise<Buffer>((resolve, reject) => {
+    socket.once('session', resolve);
+    socket.once('close', () => reject(new Error('closed before a session ticket came')));
+  });
+  socket.destroy();
+  return ticket;
 }
 
 /** One byte there and back through an echo backend, then the client leaves: the handshake is
@@ -223,14 +235,7 @@ t.test('certificates by server name, ALPN, resumption across workers, three clie
   await roundTrip(h1);
 
   // TLS 1.3 tickets: sixteen resumptions land on both workers (the kernel spreads them).
-  let session: Buffer | undefined;
-  const first = tls.connect({ host: '127.0.0.1', port, ca: [ca.certPem()], servername: 'a.test' });
-  first.on('session', (s: Buffer) => {
-    session = s;
-  });
-  await once(first, 'secureConnect');
-  await waitFor(() => session !== undefined, 5000, 'a session ticket');
-  first.destroy();
+  const session = await ticketFrom(port);
   let reused = 0;
   for (let i = 0; i < 16; i++) {
     const again = await shake(port, { servername: 'a.test', session });
@@ -318,6 +323,13 @@ t.test('strict SNI refuses unknown names and nameless clients; failures by reaso
   const ok = await shake(port, { servername: 'x.w.test' });
   t.equal(ok.serial, ecdsa.serial, 'a name a certificate covers is served');
   await roundTrip(ok);
+  // A resumed handshake chooses no certificate (the session has one): strict SNI lets it by.
+  const again = await shake(port, {
+    servername: 'x.w.test',
+    session: await ticketFrom(port, 'x.w.test'),
+  });
+  t.ok(again.reused, 'a ticket of a named handshake resumes under strict SNI');
+  await roundTrip(again);
   t.ok(await refused(port, { servername: 'nowhere.test' }), 'an unknown name fails');
   t.ok(await refused(port), 'so does a client without a name');
   t.ok(
@@ -357,7 +369,11 @@ t.test('strict SNI refuses unknown names and nameless clients; failures by reaso
   );
   const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
   t.equal(info['ended_tls-failed'], 6, 'six connections ended tls-failed');
-  t.equal(backend.accepted, 1, 'only the good client reached the backend');
+  t.equal(
+    backend.accepted,
+    3,
+    'only the good clients (named, its ticket, resumed) reached the backend',
+  );
   await settled(stats, fulcrum);
 });
 
@@ -465,14 +481,7 @@ t.test('client certificates: required, optional and none, by reload; a CRL', asy
   );
   headers.splice(1, 1);
   // A ticket from a frontend that asks for no certificate does not open this one.
-  const open = tls.connect({
-    host: '127.0.0.1',
-    port: fulcrum.ports.open[0],
-    ca: [ca.certPem()],
-    servername: 'a.test',
-  });
-  const ticket = await new Promise<Buffer>((resolve) => open.once('session', resolve));
-  open.destroy();
+  const ticket = await ticketFrom(fulcrum.ports.open[0]);
   t.ok(
     await refused(port, { servername: 'a.test', session: ticket }),
     "another frontend's ticket: refused",
@@ -588,19 +597,7 @@ t.test('tls.ticketKeys: a session from one instance resumes on another', async (
   const one = await start(t, backend, [...common, '--tls-ticket-keys', keys]);
   const two = await start(t, backend, [...common, '--tls-ticket-keys', keys]);
   const alone = await start(t, backend, common);
-  let session: Buffer | undefined;
-  const first = tls.connect({
-    host: '127.0.0.1',
-    port: one.fulcrum.port,
-    ca: [ca.certPem()],
-    servername: 'a.test',
-  });
-  first.on('session', (s: Buffer) => {
-    session = s;
-  });
-  await once(first, 'secureConnect');
-  await waitFor(() => session !== undefined, 5000, 'a session ticket');
-  first.destroy();
+  const session = await ticketFrom(one.fulcrum.port);
   const there = await shake(two.fulcrum.port, { servername: 'a.test', session });
   t.ok(there.reused, 'resumed on the other instance with the same key file');
   await roundTrip(there);
