@@ -53,7 +53,14 @@ import { deadline, now } from './clock.ts';
 import type { RawHandle, RawRequest } from './internals.ts';
 import { raw, UV_EOF } from './internals.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
-import { buildV1, buildV2, parseProxyHeader, tlsTlvs } from './proxy-protocol.ts';
+import {
+  buildV1,
+  buildV2,
+  PP2_CLIENT_CERT_CONN,
+  PP2_CLIENT_CERT_SESS,
+  parseProxyHeader,
+  tlsTlvs,
+} from './proxy-protocol.ts';
 import type { Linked, LinkedList } from './queue.ts';
 import type { Inspection, Route } from './routes.ts';
 import type { TlsSession, TlsTerminator } from './tls.ts';
@@ -1007,7 +1014,9 @@ function tlsLog(session: TlsSession): Record<string, unknown> {
       alpn: session.alpn || null,
       resumed: session.resumed,
       clientCert: session.commonName || null,
-      clientVerified: (session.client & 0x06) !== 0 && session.verify === 0,
+      clientVerified:
+        (session.client & (PP2_CLIENT_CERT_CONN | PP2_CLIENT_CERT_SESS)) !== 0 &&
+        session.verify === 0,
     },
   };
 }

@@ -13,7 +13,6 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { TlsConfig } from '../config/types.ts';
 import { END, TLS_FAIL, TLS_FAIL_BASE, TLS_HANDSHAKES, TLS_RESUMED } from '../shared/counters.ts';
-import type { LatencyRecorder } from '../stats/latency.ts';
 import { deadline } from './clock.ts';
 import type { Connection, PublicSocket, Side } from './connection.ts';
 import {
@@ -22,6 +21,7 @@ import {
   clientEndpoint,
   closeClient,
   HANDSHAKE,
+  PEER_HIGH_WATER_MARK,
 } from './connection.ts';
 import type { TlsFacts } from './proxy-protocol.ts';
 import { PP2_CLIENT_CERT_CONN, PP2_CLIENT_CERT_SESS, PP2_CLIENT_SSL } from './proxy-protocol.ts';
@@ -32,15 +32,6 @@ export const TICKET_LIFETIME_S = 300;
  *  the old keys then gets a full handshake instead, so at most TICKET_LIFETIME_S of tickets are
  *  lost at each change. */
 export const TICKET_ROTATE_MS = 60 * 60 * 1000;
-
-/** What a terminating frontend needs of its frontend while a client shakes hands. */
-export interface TlsFrontend {
-  readonly slot: Float64Array;
-  /** The handshake-time histogram of this worker. */
-  readonly handshakeTime: LatencyRecorder;
-  /** The handshake is done: pick and connect a backend. */
-  afterHandshake(conn: Connection): void;
-}
 
 /** A connection's TLS once its handshake is done (or while it is being done). */
 export class TlsSession implements TlsFacts {
@@ -110,7 +101,7 @@ export class TlsTerminator {
       }
     }
     this.base = config.strictSni ? tls.createSecureContext(common) : served[0].context;
-    this.contexts.push(this.base);
+    if (config.strictSni) this.contexts.push(this.base);
     this.setTicketKeys(ticketKeys);
     const verify = config.verify !== 'none';
     this.options = {
@@ -119,10 +110,11 @@ export class TlsTerminator {
       SNICallback: selectContext,
       requestCert: verify,
       rejectUnauthorized: config.verify === 'required',
-      ALPNProtocols: config.alpn.length > 0 ? [...config.alpn] : undefined,
-      // A relay stops reading on any pending write: 'drain' must follow every one (see
-      // PEER_HIGH_WATER_MARK in connection.ts). Node passes it to the socket; its types omit it.
-      ...{ highWaterMark: 1 },
+      // In ALPN's wire form once, not converted again for every client.
+      ALPNProtocols: config.alpn.length > 0 ? alpnWire(config.alpn) : undefined,
+      // A relay stops reading on any pending write: 'drain' must follow every one. Node passes
+      // it to the socket; its types omit it.
+      ...{ highWaterMark: PEER_HIGH_WATER_MARK },
     };
   }
 
@@ -156,6 +148,16 @@ function sessionContext(frontend: string, config: TlsConfig): string {
     .update(`${frontend}\n${config.verify}\n${config.caPem ?? ''}\n${config.crlPem ?? ''}`)
     .digest('hex')
     .slice(0, 32);
+}
+
+/** ALPN protocol names as the protocol lists them: each a length byte, then its bytes. */
+function alpnWire(protocols: readonly string[]): Buffer {
+  return Buffer.concat(
+    protocols.map((p) => {
+      const name = Buffer.from(p, 'latin1');
+      return Buffer.concat([Buffer.of(name.length), name]);
+    }),
+  );
 }
 
 /** What makes two configs build the same contexts. */
@@ -226,7 +228,6 @@ export function startTls(conn: Connection, terminator: TlsTerminator): void {
   }
   side.reading = false;
   conn.tls = new TlsSession(plain);
-  conn.serverName = '';
   conn.phase = HANDSHAKE;
   conn.deadline = deadline(terminator.config.handshakeTimeoutMs);
   conn.frontend.connecting.add(conn);
@@ -290,7 +291,7 @@ function onSecure(this: TlsClientSocket): void {
   slot[TLS_HANDSHAKES]++;
   if (session.resumed) slot[TLS_RESUMED]++;
   frontend.handshakeTime?.record((performance.now() - session.startedAt) * 1000);
-  if (conn.serverName === '') conn.serverName = session.serverName;
+  conn.serverName = session.serverName;
   conn.phase = CONNECTING; // from here on, as any connection
   frontend.afterHandshake(conn);
 }
