@@ -639,7 +639,7 @@ export async function withTls(config: Config, base = process.cwd()): Promise<Con
 
 /** Whether a frontend names TLS files: certificates to terminate with, or its pool's backend
  *  TLS CA or client certificate. */
-export function readsTlsFiles(f: FrontendConfig): boolean {
+function readsTlsFiles(f: FrontendConfig): boolean {
   const b = f.backendTls;
   return f.tls.certificates.length > 0 || b.ca !== null || b.cert !== null;
 }

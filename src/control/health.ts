@@ -6,7 +6,7 @@
 
 import net from 'node:net';
 import tls from 'node:tls';
-import type { HealthConfig } from '../config/types.ts';
+import type { BackendTlsConfig, HealthConfig } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { B_CONNECTIONS, B_FAILURES, backendOffset, sumSlots } from '../shared/counters.ts';
 import { UP } from '../shared/table.ts';
@@ -218,10 +218,29 @@ function tlsProbe(pool: Pool, member: Member): tls.ConnectionOptions | null {
   const named = settings.verify === 'required' && sni !== 'client';
   return {
     servername: net.isIP(name) === 0 ? name : undefined,
-    ca: settings.caPem ?? undefined,
-    cert: settings.certPem ?? undefined,
-    key: settings.keyPem ?? undefined,
+    secureContext: probeContext(settings),
     rejectUnauthorized: settings.verify === 'required',
-    checkServerIdentity: named ? tls.checkServerIdentity : () => undefined,
+    checkServerIdentity: named ? tls.checkServerIdentity : anyIdentity,
   };
+}
+
+function anyIdentity(): undefined {
+  return undefined;
+}
+
+/** Probes' secure contexts, one per pool's settings (a reload makes new ones): a CA bundle is
+ *  parsed once, not at every probe. */
+const probeContexts = new WeakMap<BackendTlsConfig, tls.SecureContext>();
+
+function probeContext(settings: BackendTlsConfig): tls.SecureContext {
+  let context = probeContexts.get(settings);
+  if (context === undefined) {
+    context = tls.createSecureContext({
+      ca: settings.caPem ?? undefined,
+      cert: settings.certPem ?? undefined,
+      key: settings.keyPem ?? undefined,
+    });
+    probeContexts.set(settings, context);
+  }
+  return context;
 }
