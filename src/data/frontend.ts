@@ -214,7 +214,8 @@ export class Frontend {
   /** The secure context for TLS backends, built once per change of the pool's settings. */
   private applyBackendTls(): void {
     const settings = this.config.backendTls;
-    if (!settings.enabled && !this.config.backends.some((b) => b.tls)) {
+    // Its backends by slot: those added at runtime too, which the config does not list.
+    if (!settings.enabled && !this.backends.some((b) => b?.tls === true)) {
       this.backendContext = null;
       this.backendTlsFingerprint = '';
       return;

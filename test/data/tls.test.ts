@@ -691,6 +691,12 @@ t.test(
         '    health: false',
         `    backends: ["${untrusted.address},tls"]`,
         '    backendTls: { verify: none }',
+        // Its TLS backend comes at runtime (add backend): the pool's CA must still be used.
+        '  - name: added',
+        '    listen: [127.0.0.1:0]',
+        '    health: false',
+        `    backends: ["127.0.0.1:${await closedPort()}"]`,
+        `    backendTls: { ca: ${ca.cert} }`,
         '',
       ].join('\n'),
     );
@@ -732,6 +738,19 @@ t.test(
     t.equal(echoed.toString(), 'hi', 'verify: none lets it through');
     loose.end();
     await closed(loose);
+
+    const [closedOne] = (await showStat(stats)).find((f) => f.name === 'added')?.backends ?? [];
+    t.match(await query(stats, `add backend added ${trusted.address},tls,sni=x.w.test`), /^added/);
+    t.match(await query(stats, `disable added/${closedOne.name}`), /disabled/);
+    const late = net.connect(fulcrum.ports.added[0], '127.0.0.1');
+    late.on('error', () => {});
+    late.write('hi');
+    const reply = await new Promise<string>((resolve) => {
+      late.once('data', (chunk: Buffer) => resolve(String(chunk)));
+      late.once('close', () => resolve('closed'));
+    });
+    t.equal(reply, 'hi', "a TLS backend added at runtime is verified against the pool's CA");
+    late.destroy();
     const stat = await showStat(stats);
     const failures = stat.find((f) => f.name === 'mistrust')?.backendTlsFailures ?? 0;
     t.ok(failures >= 1, `backend TLS failures counted: ${failures}`);
