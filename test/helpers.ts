@@ -356,11 +356,20 @@ export async function waitForLog(
   return fulcrum.logs.find(match)!;
 }
 
-/** Resolves when `check` holds, polling; rejects after `ms`. */
-export async function waitFor(check: () => boolean, ms: number, what: string): Promise<void> {
+/**
+ * Resolves when `check` holds, polling; rejects after `ms`. `what` may be a function, to say in
+ * the failure how far things got.
+ */
+export async function waitFor(
+  check: () => boolean,
+  ms: number,
+  what: string | (() => string),
+): Promise<void> {
   const until = Date.now() + ms;
   while (!check()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > until) {
+      throw new Error(`timed out waiting for ${typeof what === 'string' ? what : what()}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
 }

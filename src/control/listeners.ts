@@ -49,6 +49,9 @@ export class Listeners {
    *  descriptor at HANDED_FDS_START + its index, to be listened on by one worker (spread). */
   private inherited: InheritedListener[] = [];
 
+  /** Ports picked for `:0` addresses, held until the workers have bound them (`release`). */
+  private held = new Map<string, Held>();
+
   /**
    * Takes the sockets systemd passed, or those the process this one replaces handed over, and
    * gives systemd's to frontends. A systemd socket is one kernel socket every worker listens on
@@ -132,8 +135,8 @@ export class Listeners {
   /**
    * Port 0 means "any free port", but each worker binding port 0 would get a different one. Pick
    * the port here, once, and give every worker the same; a reload keeps the port picked before.
-   * (Another process could take it between this check and the workers' bind; the workers' bind
-   * then fails with a clear error.)
+   * The picked port stays held (a socket with SO_REUSEPORT, which the workers bind beside) until
+   * `release`, once the workers have bound it: no other process can take it in between.
    */
   async fixPorts(config: Config): Promise<Config> {
     const bound = new Map<string, Endpoint>();
@@ -146,7 +149,15 @@ export class Listeners {
         if (activated.some((s) => s.host === endpoint.host && s.port === endpoint.port)) continue;
         const key = `${frontend.name} ${endpoint.text}`;
         let fixed = this.bound.get(key) ?? endpoint;
-        if (fixed.port === 0) fixed = await withFreePort(endpoint, endpoint.udp);
+        if (fixed.port === 0) {
+          const held = await reserve(endpoint, endpoint.udp);
+          this.held.set(`${endpoint.udp ? 'udp' : 'tcp'} ${endpoint.host} ${held.port}`, held);
+          fixed = {
+            text: `${hostText(endpoint.host)}:${held.port}`,
+            host: endpoint.host,
+            port: held.port,
+          };
+        }
         bound.set(key, fixed);
         listen.push({ ...fixed, acceptProxy: endpoint.acceptProxy, udp: endpoint.udp });
       }
@@ -154,6 +165,18 @@ export class Listeners {
     }
     this.bound = bound;
     return { ...config, frontends };
+  }
+
+  /** Whether `endpoint`'s port is one `fixPorts` picked and holds: free of others already. */
+  reserved(endpoint: ListenEndpoint): boolean {
+    return this.held.has(`${endpoint.udp ? 'udp' : 'tcp'} ${endpoint.host} ${endpoint.port}`);
+  }
+
+  /** Lets go of the ports `fixPorts` picked, once the workers have bound them (or failed to). */
+  async release(): Promise<void> {
+    const held = [...this.held.values()];
+    this.held.clear();
+    await Promise.all(held.map((h) => h.close()));
   }
 }
 
@@ -179,11 +202,15 @@ export function spread(
 }
 
 /** Binds each listener `next` adds to `current`, once, to find a taken port before changing
- *  anything. */
-export async function checkNewListeners(current: Config, next: Config): Promise<void> {
+ *  anything; ports `fixPorts` picked and holds are free of others already. */
+export async function checkNewListeners(
+  current: Config,
+  next: Config,
+  reserved: (endpoint: ListenEndpoint) => boolean,
+): Promise<void> {
   const key = (l: ListenEndpoint) => `${l.udp ? 'udp' : 'tcp'} ${l.text}`;
   const open = new Set(current.frontends.flatMap((f) => f.listen.map(key)));
-  await checkFree(next, (endpoint) => open.has(key(endpoint)));
+  await checkFree(next, (endpoint) => open.has(key(endpoint)) || reserved(endpoint));
 }
 
 /**
@@ -239,11 +266,45 @@ async function bindOnce(
   }
 }
 
-async function withFreePort(endpoint: Endpoint, udp: boolean): Promise<Endpoint> {
-  const probe = await bindOnce(endpoint, 0, udp);
-  await probe.close();
-  const port = probe.port;
-  return { text: `${hostText(endpoint.host)}:${port}`, host: endpoint.host, port };
+interface Held {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * A free port for `endpoint`, held by a socket with SO_REUSEPORT: the workers' sockets (same
+ * user, SO_REUSEPORT too) bind beside it, any other is refused. The TCP one listens (Node binds
+ * only to listen) but takes no connection: nobody knows the port before the listening line, and
+ * one that came would be dropped. The UDP one likewise reads nothing.
+ */
+async function reserve(endpoint: Endpoint, udp: boolean): Promise<Held> {
+  try {
+    if (udp) {
+      const type = endpoint.host.includes(':') ? 'udp6' : 'udp4';
+      const socket = dgram.createSocket({ type, reusePort: true });
+      await new Promise<void>((resolve, reject) => {
+        socket.once('error', reject);
+        socket.bind({ address: endpoint.host, port: 0, exclusive: true }, () => resolve());
+      });
+      return {
+        port: socket.address().port,
+        close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
+      };
+    }
+    const holder = net.createServer({ pauseOnConnect: true }, (socket) => socket.destroy());
+    holder.listen({ host: endpoint.host, port: 0, reusePort: true, exclusive: true, backlog: 1 });
+    await once(holder, 'listening');
+    return {
+      port: (holder.address() as net.AddressInfo).port,
+      close: async () => {
+        holder.close();
+        await once(holder, 'close');
+      },
+    };
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new ListenError(endpoint.text, listenReason(e.code, e.message));
+  }
 }
 
 /**

@@ -169,7 +169,10 @@ export class Supervisor {
     // Every address not handed over (systemd's are not in `listen`) must be free of others.
     const kind = (udp: boolean | undefined) => (udp === true ? 'udp' : 'tcp');
     const handed = new Set(this.handover?.sockets.map((s) => `${kind(s.udp)} ${s.host} ${s.port}`));
-    await checkFree(config, (e) => handed.has(`${kind(e.udp)} ${e.host} ${e.port}`));
+    await checkFree(
+      config,
+      (e) => handed.has(`${kind(e.udp)} ${e.host} ${e.port}`) || this.listeners.reserved(e),
+    );
     this.config = config;
     this.arrange(config.frontends, true);
     for (const pool of this.pools) this.applyAdminState(pool);
@@ -209,6 +212,8 @@ export class Supervisor {
     } catch (err) {
       this.stats?.close();
       throw err;
+    } finally {
+      await this.listeners.release();
     }
     this.startWatchers();
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
@@ -631,6 +636,8 @@ export class Supervisor {
       this.log.error({ source, err }, 'reload failed: internal error');
       return { ok: false, message: `reload failed: ${(err as Error).message}` };
     } finally {
+      // Ports picked for new `:0` addresses are bound by the workers now, or never will be.
+      await this.listeners.release();
       await notify(this.log, 'READY=1', `STATUS=${this.status()}`);
     }
   }
@@ -648,7 +655,7 @@ export class Supervisor {
         if (refused !== null) throw new ConfigError('reload', refused);
       }
       this.loaded = loaded;
-      await checkNewListeners(this.config, next);
+      await checkNewListeners(this.config, next, (e) => this.listeners.reserved(e));
     } catch (err) {
       if (!(err instanceof ConfigError) && !(err instanceof ListenError)) throw err;
       this.log.error({ source, error: err.message }, 'reload failed: the running config stays');
@@ -657,12 +664,6 @@ export class Supervisor {
     this.warnFixed(next);
     const listening = new Map(this.frontends.map((f) => [f.name, f.config.listen]));
     const { changes, removed } = this.arrange(next.frontends, false);
-    for (const frontend of next.frontends) {
-      const before = listening.get(frontend.name);
-      if (before?.map((l) => l.text).join() !== frontend.listen.map((l) => l.text).join()) {
-        this.logListening(frontend);
-      }
-    }
     this.config = {
       ...next,
       // Fixed for the life of the process (see warnFixed).
@@ -677,6 +678,15 @@ export class Supervisor {
     this.log.level = next.logLevel;
     for (const pool of this.pools) this.applyAdminState(pool);
     const failures = await this.publish();
+    // The workers have bound the new addresses: the ports picked for them are theirs alone, and
+    // only now are they said (a client that came before would have found nothing, or the hold).
+    await this.listeners.release();
+    for (const frontend of next.frontends) {
+      const before = listening.get(frontend.name);
+      if (before?.map((l) => l.text).join() !== frontend.listen.map((l) => l.text).join()) {
+        this.logListening(frontend);
+      }
+    }
     const seen = new Set<string>();
     for (const failure of failures) {
       if (seen.has(failure.endpoint)) continue;

@@ -147,7 +147,11 @@ frontends:
 
     t.test('1,000 client ports spread over the backends', async (t) => {
       const clients = await Promise.all(Array.from({ length: 1000 }, () => udpClient()));
-      const answers = await Promise.all(clients.map((c, k) => ask(c, v4, `c${k}`, 5000)));
+      // Asked again after a second without an answer, as a resolver does: a thousand datagrams at
+      // once can overflow a socket's receive queue on a loaded machine, and UDP drops them.
+      const answers = await Promise.all(
+        clients.map((c, k) => askUntilAnswered(c, v4, `c${k}`, 5, 1000)),
+      );
       const by = new Map<string, number>();
       for (const answer of answers)
         by.set(answeredBy(answer), (by.get(answeredBy(answer)) ?? 0) + 1);
@@ -166,18 +170,27 @@ frontends:
       await settledUdp(stats, fulcrum);
       // The access log is written by the worker as the sessions end: its lines may trail the
       // counters by a moment.
+      // As many sessions as the counter says started: a client of the spreading test may draw
+      // the port a closed client of the test before had while its session still lived, and so
+      // join that session rather than start one.
+      const [{ accepted }] = (await showStat(stats)).filter((f) => f.name === 'main');
+      t.ok(accepted >= 1001, `sessions started (${accepted})`);
       const main = () => fulcrum.logs.filter((l) => l.msg === 'session' && l.frontend === 'main');
-      await waitFor(() => main().length >= 1002, 3000, 'a line for every session');
+      await waitFor(
+        () => main().length >= accepted,
+        3000,
+        () => `a line for every session (${main().length} of ${accepted})`,
+      );
       const ends = new Map<unknown, number>();
       for (const l of main()) {
         ends.set(l.end, (ends.get(l.end) ?? 0) + 1);
       }
-      t.same(Object.fromEntries(ends), { timeout: 1002 }, 'every session ended by the timeout');
+      t.same(Object.fromEntries(ends), { timeout: accepted }, 'every session ended by the timeout');
       const line = main()[0];
       t.match(line, { protocol: 'udp', frontend: 'main', datagramsIn: Number, bytesOut: Number });
       t.ok(Number(line.durationMs) >= 600, `ended after the idle timeout (${line.durationMs} ms)`);
       const info = JSON.parse(await query(stats, 'show info json')) as Record<string, number>;
-      t.ok(info.ended_timeout >= 1002, 'ended_timeout in show info');
+      t.ok(info.ended_timeout >= accepted, 'ended_timeout in show info');
     });
 
     t.test('--udp-responses 1: the session ends at its reply, both of two in flight', async (t) => {
