@@ -266,7 +266,7 @@ vrrp_instance fulcrum {
 }
 
 t.test(
-  'VRRP, active-passive: keepalived moves the address when the active fulcrum dies, and a planned stop with --grace loses no connection',
+  'VRRP, active-passive: keepalived moves the address when the active fulcrum dies, and a planned stop with --grace loses none but one caught mid-handshake as it moves',
   async (t) => {
     if (skipUnlessAble(t, ['keepalived'])) return;
     const lab = new Lab();
@@ -304,6 +304,8 @@ t.test(
     });
     const balancers: Record<string, { proc: ChildProcess; stats: string }> = {};
     const vrrpLog: string[] = [];
+    /** When each balancer's keepalived said it became master, by when its line arrived here. */
+    const masterAt: Record<string, number[]> = { lb1: [], lb2: [] };
     for (const host of ['lb1', 'lb2'])
       balancers[host] = await startBalancer(lab, host, configFor(host));
     // Not ready (or dead): the script fails and the master goes FAULT, telling the backup with a
@@ -329,7 +331,11 @@ t.test(
         `${run}-vrrp.pid`,
       ]);
       for (const stream of [keepalived.stdout, keepalived.stderr]) {
-        stream?.on('data', (chunk: Buffer) => vrrpLog.push(`${host}: ${chunk.toString().trim()}`));
+        stream?.on('data', (chunk: Buffer) => {
+          const text = chunk.toString();
+          if (text.includes('Entering MASTER STATE')) masterAt[host].push(Date.now());
+          vrrpLog.push(`${host}: ${text.trim()}`);
+        });
       }
     }
     t.teardown(() => {
@@ -403,13 +409,25 @@ t.test(
     const attempts = probes.lines.filter((l) => 'ok' in l && (l.at as number) >= stopAt);
     const lost = attempts.filter((l) => l.ok === false);
     const slowest = Math.max(...attempts.map((l) => l.ms as number));
+    // The one loss a planned stop cannot prevent: a connection mid-handshake when the address
+    // moves. Its next packet (the client's ACK) reaches lb2, whose kernel knows no such
+    // connection and resets it; only connection-state sync (conntrackd) would save it. Any other
+    // failure (refused, timed out, or reset away from the switch) is the balancer's fault.
+    const switched = masterAt.lb2.find((at) => at >= stopAt);
+    t.ok(switched !== undefined, 'lb2 said it became master after the stop');
+    const atSwitch = (l: Record<string, unknown>) =>
+      l.name === 'ECONNRESET' &&
+      (l.at as number) <= (switched as number) + 250 &&
+      (l.at as number) + (l.ms as number) >= (switched as number) - 250;
+    const inFlight = lost.filter(atSwitch);
     t.comment(
-      `VRRP planned stop (SIGTERM, --grace 3s): ${attempts.length} new connections, ${lost.length} failed, slowest ${slowest} ms`,
+      `VRRP planned stop (SIGTERM, --grace 3s): ${attempts.length} new connections, ${lost.length} failed (${inFlight.length} mid-handshake as the address moved), slowest ${slowest} ms`,
     );
-    t.equal(
-      lost.length,
-      0,
-      `a planned stop with --grace 3s: ${attempts.length} new connections, none failed ${JSON.stringify(lost.slice(0, 3))}`,
+    t.same(
+      lost.filter((l) => !atSwitch(l)),
+      [],
+      `a planned stop with --grace 3s: of ${attempts.length} new connections, none failed but one caught mid-handshake by the address moving`,
     );
+    t.ok(inFlight.length <= 2, `at most a couple caught by the move (${inFlight.length})`);
   },
 );
