@@ -1,6 +1,7 @@
 // One health probe of one backend, of the kind its frontend asks for: a TCP connect, an HTTP
-// GET, a send/expect exchange, gRPC's standard health check, or a datagram to a UDP backend. Each ends in a verdict and a few
-// words a person can act on (`HTTP 503`, `expect timeout`, `connect refused`).
+// GET, a send/expect exchange, gRPC's standard health check, or a datagram to a UDP backend;
+// over TLS for a backend that speaks it. Each ends in a verdict and a few words a person can act
+// on (`HTTP 503`, `expect timeout`, `connect refused`, `tls CERT_HAS_EXPIRED`).
 // Invariants: `done` is called exactly once; the whole probe (connect, request, reply) is over by
 // the health timeout, whatever the backend trickles; no more than MAX_PROBE_REPLY bytes of a
 // reply are ever kept; every socket and session is destroyed when the verdict is in.
@@ -17,8 +18,10 @@ import { isLocalError } from '../shared/errors.ts';
 // start otherwise, for frontends that mostly probe with a TCP connect).
 const require = createRequire(import.meta.url);
 let httpModule: typeof import('node:http') | null = null;
+let httpsModule: typeof import('node:https') | null = null;
 let http2Module: typeof import('node:http2') | null = null;
 const http = () => (httpModule ??= require('node:http') as typeof import('node:http'));
+const https = () => (httpsModule ??= require('node:https') as typeof import('node:https'));
 const http2 = () => (http2Module ??= require('node:http2') as typeof import('node:http2'));
 
 /** The most of a reply a probe reads: a readiness answer is a few bytes, not a memory sink. */
@@ -44,9 +47,23 @@ export type ProbeDone = (ok: boolean | null, result: string) => void;
 export interface ProbeTarget {
   readonly host: string;
   readonly port: number;
-  /** A backend that speaks TLS: a TCP probe is a TLS handshake, its certificate verified as
-   *  clients' connections verify it; null: plain TCP. */
+  /** A backend that speaks TLS: every probe runs over TLS, its certificate verified as clients'
+   *  connections verify it (a TCP probe is the handshake alone); null: plain TCP. */
   readonly tls?: tls.ConnectionOptions | null;
+}
+
+/** The TLS options of a target that speaks TLS, or null. */
+function tlsOf(target: ProbeTarget): tls.ConnectionOptions | null {
+  return target.tls ?? null;
+}
+
+/**
+ * Why a probe over TLS failed before its handshake was done: a refused or unreachable connect in
+ * the usual words, anything else is the handshake's (`tls UNABLE_TO_VERIFY_LEAF_SIGNATURE`).
+ */
+function handshakeFailure(err: NodeJS.ErrnoException): string {
+  const words = connectFailure(err);
+  return words.startsWith('connect error ') ? `tls ${err.code ?? err.message}` : words;
 }
 
 /** Starts a probe of `target`; `done` gets its verdict, once. */
@@ -78,9 +95,14 @@ export function connectFailure(err: NodeJS.ErrnoException): string {
 function verdict(timeoutMs: number, done: ProbeDone, cleanup: () => void) {
   let over = false;
   let late = 'timeout';
-  const state = { connected: false };
+  // secured: the TLS handshake is done (at once for a plain probe: it has none).
+  const state = { connected: false, secured: true };
   const timer = setTimeout(
-    () => finish(false, state.connected ? late : 'connect timeout'),
+    () =>
+      finish(
+        false,
+        !state.connected ? 'connect timeout' : state.secured ? late : 'tls handshake timeout',
+      ),
     timeoutMs,
   );
   timer.unref();
@@ -93,7 +115,9 @@ function verdict(timeoutMs: number, done: ProbeDone, cleanup: () => void) {
   };
   const failed = (err: NodeJS.ErrnoException, after: string) => {
     if (isLocalError(err.code)) finish(null, `probe failed: ${err.code}`);
-    else finish(false, state.connected ? after : connectFailure(err));
+    else if (!state.connected) finish(false, connectFailure(err));
+    else if (!state.secured) finish(false, handshakeFailure(err));
+    else finish(false, after);
   };
   return {
     state,
@@ -166,7 +190,11 @@ export function httpGet(
   done: (outcome: HttpOutcome) => void,
   onBody: ((chunk: Buffer) => boolean) | null = null,
 ): void {
-  const request = http().request({
+  const secure = tlsOf(target);
+  const request = (secure === null ? http() : https()).request({
+    ...secure,
+    // No server name unless one was set: https would take it from the Host header.
+    ...(secure === null ? {} : { servername: secure.servername ?? '' }),
     host: target.host,
     port: target.port,
     method: 'GET',
@@ -189,9 +217,13 @@ export function httpGet(
     () => request.destroy(),
   );
   v.lateIs('HTTP timeout');
+  v.state.secured = secure === null;
   request.on('socket', (socket) => {
     socket.once('connect', () => {
       v.state.connected = true;
+    });
+    socket.once('secureConnect', () => {
+      v.state.secured = true;
     });
   });
   request.on('error', (err: NodeJS.ErrnoException) =>
@@ -240,14 +272,24 @@ function excerpt(bytes: string): string {
 
 function probeExpect(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
   const expect = health.expect as string;
-  const socket = net.connect({ host: target.host, port: target.port });
+  const secure = tlsOf(target);
+  const socket =
+    secure === null
+      ? net.connect({ host: target.host, port: target.port })
+      : tls.connect({ ...secure, host: target.host, port: target.port });
   const v = verdict(health.timeoutMs, done, () => socket.destroy());
   v.lateIs('expect timeout');
+  v.state.secured = secure === null;
   let reply = '';
+  const send = () => {
+    v.state.secured = true;
+    if (health.send !== null) socket.write(Buffer.from(health.send, 'latin1'));
+  };
   socket.once('connect', () => {
     v.state.connected = true;
-    if (health.send !== null) socket.write(Buffer.from(health.send, 'latin1'));
+    if (secure === null) send();
   });
+  if (secure !== null) socket.once('secureConnect', send);
   socket.on('data', (chunk: Buffer) => {
     // The first MAX_PROBE_REPLY bytes are searched, however the reply is split into reads.
     reply += chunk.toString('latin1', 0, MAX_PROBE_REPLY - reply.length);
@@ -368,16 +410,29 @@ const PROBES: Record<ProbeKind, typeof probe> = {
 };
 
 function probeGrpc(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
-  const session = http2().connect(`http://${hostText(target.host, target.port)}`, {
+  const secure = tlsOf(target);
+  const authority = hostText(target.host, target.port);
+  const session = http2().connect(`${secure === null ? 'http' : 'https'}://${authority}`, {
+    ...secure,
+    // No server name unless one was set: http2 would take the address from the authority.
+    ...(secure === null ? {} : { servername: secure.servername ?? '' }),
     maxSessionMemory: 1,
     maxHeaderListPairs: 64,
     settings: { maxHeaderListSize: MAX_PROBE_REPLY, enablePush: false },
   });
   const v = verdict(health.timeoutMs, done, () => session.destroy());
   v.lateIs('gRPC timeout');
+  v.state.secured = secure === null;
   session.on('error', (err: NodeJS.ErrnoException) => v.failed(err, 'gRPC connection error'));
+  // Over TLS, the session connects once its handshake is done; the TCP connect comes before.
+  if (secure !== null) {
+    session.socket?.once('connect', () => {
+      v.state.connected = true;
+    });
+  }
   session.once('connect', () => {
     v.state.connected = true;
+    v.state.secured = true;
   });
   const stream = session.request({
     ':method': 'POST',

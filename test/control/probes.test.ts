@@ -45,11 +45,11 @@ const HEALTH: HealthConfig = {
   udp: false,
 };
 
-/** One probe's verdict, awaited. */
-function probeOnce(port: number, health: Partial<HealthConfig>) {
+/** One probe's verdict, awaited; `tls`: the backend speaks TLS. */
+function probeOnce(port: number, health: Partial<HealthConfig>, tls: object | null = null) {
   return new Promise<{ ok: boolean | null; result: string; ms: number }>((resolve) => {
     const started = performance.now();
-    probe({ host: '127.0.0.1', port }, { ...HEALTH, ...health }, (ok, result) =>
+    probe({ host: '127.0.0.1', port, tls }, { ...HEALTH, ...health }, (ok, result) =>
       resolve({ ok, result, ms: performance.now() - started }),
     );
   });
@@ -526,4 +526,31 @@ t.test('UDP probes: a reply with the text, silence, and a refusal', async (t) =>
   // Without expect: healthy unless refused (a datagram service need not answer).
   t.match(await probeOnce(silent.address().port, udp), { ok: true, result: 'udp: no refusal' });
   t.match(await probeOnce(closedPort, udp), { ok: false, result: 'udp refused' });
+});
+
+t.test('probes over TLS say where they stopped: connect, handshake, or the exchange', async (t) => {
+  // Accepts, and never says a word: a TLS client waits for the server's hello forever.
+  const silent = net.createServer((socket) => socket.on('error', () => {}));
+  silent.listen(0, '127.0.0.1');
+  await once(silent, 'listening');
+  t.teardown(() => silent.close());
+  const port = (silent.address() as net.AddressInfo).port;
+  const secure = { rejectUnauthorized: false };
+  const kinds: Array<[string, Partial<HealthConfig>]> = [
+    ['HTTP', { http: '/healthz' }],
+    ['send/expect', { send: 'PING\r\n', expect: '+PONG' }],
+    ['gRPC', { grpc: '' }],
+  ];
+  for (const [kind, health] of kinds) {
+    t.match(
+      await probeOnce(port, { ...health, timeoutMs: 300 }, secure),
+      { ok: false, result: 'tls handshake timeout' },
+      `${kind}: a backend that never answers the handshake`,
+    );
+    t.match(
+      await probeOnce(await closedPort(), { ...health, timeoutMs: 300 }, secure),
+      { ok: false, result: 'connect refused' },
+      `${kind}: a refused connect is one still`,
+    );
+  }
 });

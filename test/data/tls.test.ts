@@ -8,6 +8,8 @@ import { execFile, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { copyFileSync, writeFileSync } from 'node:fs';
+import http2 from 'node:http2';
+import https from 'node:https';
 import net from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
@@ -651,6 +653,109 @@ async function tlsBackend(
     accepted: () => accepted,
   };
 }
+
+/** Closes `server` at teardown, and every socket it accepted (a probe's may linger). */
+async function listening(
+  t: { teardown(fn: () => unknown): void },
+  server: net.Server,
+): Promise<string> {
+  const open = new Set<net.Socket>();
+  server.on('connection', (socket: net.Socket) => {
+    open.add(socket);
+    socket.on('close', () => open.delete(socket));
+  });
+  server.on('tlsClientError', () => {});
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(
+    () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const socket of open) socket.destroy();
+      }),
+  );
+  return `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+}
+
+t.test('health probes of TLS backends speak TLS: HTTP, gRPC and send/expect', async (t) => {
+  const issued = ca.issue('backend.test', { names: ['backend.test'] });
+  const stranger = other.issue('backend.test', { names: ['backend.test'] });
+  const keys = (i: Issued) => ({ cert: ca.read(i.cert), key: ca.read(i.key) });
+  const served: string[] = [];
+  const web = (i: Issued) =>
+    https.createServer(keys(i), (request, response) => {
+      served.push(`${(request.socket as tls.TLSSocket).servername} ${request.url}`);
+      response.writeHead(request.url === '/healthz' ? 200 : 404).end('ok');
+    });
+  const grpc = http2.createSecureServer(keys(issued));
+  grpc.on('stream', (stream) => {
+    stream.on('data', () => {});
+    stream.on('end', () => {
+      stream.respond(
+        { ':status': 200, 'content-type': 'application/grpc' },
+        { waitForTrailers: true },
+      );
+      stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+      stream.end(Buffer.from([0, 0, 0, 0, 2, 0x08, 1])); // SERVING
+    });
+  });
+  const pong = tls.createServer(keys(issued), (socket) => {
+    socket.on('error', () => {});
+    socket.on('data', (chunk: Buffer) => {
+      if (chunk.toString() === 'PING\r\n') socket.write('+PONG\r\n');
+    });
+  });
+  const addresses = {
+    web: await listening(t, web(issued)),
+    strange: await listening(t, web(stranger)),
+    grpc: await listening(t, grpc),
+    pong: await listening(t, pong),
+  };
+  const stats = socketPath();
+  const file = join(ca.dir, 'tls-probes.yaml');
+  const frontend = (name: string, health: string, backend: string) => [
+    `  - name: ${name}`,
+    '    listen: [127.0.0.1:0]',
+    `    health: { interval: 200ms, fall: 1, rise: 1, ${health} }`,
+    `    backends: ["${backend},tls,sni=backend.test"]`,
+    `    backendTls: { ca: ${ca.cert} }`,
+  ];
+  writeFileSync(
+    file,
+    [
+      `statsSocket: ${stats}`,
+      'workers: 1',
+      'frontends:',
+      ...frontend('web', 'http: /healthz', addresses.web),
+      ...frontend('strange', 'http: /healthz', addresses.strange),
+      ...frontend('grpc', "grpc: ''", addresses.grpc),
+      ...frontend('pong', 'send: "PING\\r\\n", expect: "+PONG"', addresses.pong),
+      '',
+    ].join('\n'),
+  );
+  const fulcrum = await startFulcrum(['--config', file]);
+  t.teardown(() => fulcrum.stop());
+  const results = async () =>
+    Object.fromEntries(
+      (await showStat(stats)).map((f) => [f.name, f.backends[0].check?.result ?? 'none']),
+    );
+  await eventually(
+    async () => Object.values(await results()).every((r) => r !== 'none'),
+    5000,
+    'a probe of every backend',
+  );
+  const words = await results();
+  t.same(
+    { web: words.web, grpc: words.grpc, pong: words.pong },
+    { web: 'HTTP 200', grpc: 'gRPC SERVING', pong: 'expect ok' },
+    'each kind of probe answered over TLS',
+  );
+  t.match(words.strange, /^tls \w+/, `a certificate from another CA: ${words.strange}`);
+  t.ok(served.includes('backend.test /healthz'), 'the HTTP probe sent the backend its name');
+  const up = Object.fromEntries((await showStat(stats)).map((f) => [f.name, f.backends[0].up]));
+  t.same(up, { web: true, strange: false, grpc: true, pong: true });
+  await settled(stats, fulcrum);
+});
 
 t.test(
   'TLS to backends: verified against the CA, sni=client, verify none spelled out',
