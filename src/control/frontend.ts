@@ -17,14 +17,28 @@ import type { Pool } from './pool.ts';
 
 /**
  * The process's TLS session ticket keys: one set for every frontend in every worker, so a ticket
- * one worker sealed opens in any other. Made at start and replaced by rotateTicketKeys (the
- * supervisor does every TICKET_ROTATE_MS, then publishes); a frontend with tls.ticketKeys uses
- * its file's instead.
+ * one worker sealed opens in any other. Made at start (or taken from the process this one
+ * upgrades, with their age) and replaced by rotateTicketKeys (the supervisor does once they are
+ * TICKET_ROTATE_MS old, then publishes); a frontend with tls.ticketKeys uses its file's instead.
  */
 let ticketKeys: Uint8Array = randomBytes(TICKET_KEY_BYTES);
+/** When they were made (Date.now()). */
+let ticketKeysMadeAt = Date.now();
 
 export function rotateTicketKeys(): void {
   ticketKeys = randomBytes(TICKET_KEY_BYTES);
+  ticketKeysMadeAt = Date.now();
+}
+
+/** The keys in use and when they were made: what a successor inherits. */
+export function currentTicketKeys(): { keys: Uint8Array; madeAt: number } {
+  return { keys: ticketKeys, madeAt: ticketKeysMadeAt };
+}
+
+/** Uses the keys the process this one upgrades had, so its clients' tickets still open. */
+export function adoptTicketKeys(keys: Uint8Array, madeAt: number): void {
+  ticketKeys = keys;
+  ticketKeysMadeAt = madeAt;
 }
 
 export class Frontend {

@@ -33,7 +33,7 @@ import { Admin } from './admin.ts';
 import { AgentChecker } from './agent.ts';
 import { connectionBudget, descriptorLimit } from './descriptors.ts';
 import { Discovery } from './discovery.ts';
-import { Frontend, rotateTicketKeys } from './frontend.ts';
+import { adoptTicketKeys, currentTicketKeys, Frontend, rotateTicketKeys } from './frontend.ts';
 import { HealthChecker } from './health.ts';
 import {
   checkFree,
@@ -55,6 +55,7 @@ import {
   nextMessage,
   reserveSockets,
   startSuccessor,
+  takeTicketKeys,
   tell,
   uniqueSockets,
 } from './upgrade.ts';
@@ -64,6 +65,8 @@ export { ListenError };
 
 /** How often removed backends are checked for their last connection. */
 const SWEEP_MS = 100;
+/** How often the age of the TLS ticket keys is looked at (they are rotated at TICKET_ROTATE_MS). */
+const TICKET_CHECK_MS = 60_000;
 
 /** Local resource errors are logged at most this often (they come in floods). */
 const LOCAL_ERROR_LOG_MS = 10_000;
@@ -161,6 +164,11 @@ export class Supervisor {
 
   /** Starts every worker and resolves once all listeners are open in all of them. */
   async start(): Promise<void> {
+    if (this.handover !== null) {
+      const handed = takeTicketKeys(this.handover);
+      if (handed !== null) adoptTicketKeys(handed.keys, handed.madeAt);
+      else this.log.warn('upgrade: no TLS ticket keys came from the old process; new ones made');
+    }
     await this.state.load();
     this.config = await this.effective(this.loaded, true);
     await this.listeners.activate(this.config.workers, this.config.frontends, this.handover);
@@ -218,11 +226,14 @@ export class Supervisor {
     this.startWatchers();
     this.sweeper = setInterval(() => this.sweep(), SWEEP_MS);
     this.sweeper.unref();
+    // Keys are rotated once they are TICKET_ROTATE_MS old, however they came: made here,
+    // inherited from the process this one upgrades, or rotated by an operator.
     setInterval(() => {
+      if (Date.now() - currentTicketKeys().madeAt < TICKET_ROTATE_MS) return;
       this.rotateTicketKeys().catch((err) =>
         this.log.error({ err }, 'TLS ticket keys: rotation failed'),
       );
-    }, TICKET_ROTATE_MS).unref();
+    }, TICKET_CHECK_MS).unref();
     if (!hooked.every(Boolean)) {
       this.log.warn(
         'accept hook unavailable on this Node: the relay runs on the public API (more memory and CPU per connection)',
@@ -382,6 +393,7 @@ export class Supervisor {
         ({ child, ready } = startSuccessor(
           handover,
           sockets.map((s) => s.fd),
+          currentTicketKeys(),
           this.log,
         ));
       } catch (err) {

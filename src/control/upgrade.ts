@@ -5,12 +5,15 @@
 // everything, runs its first health checks and says it is ready; only then does the old process
 // give up its metrics port and stats socket path, and drain. Invariants: until the successor is
 // ready nothing of the old process changes; an upgrade that fails leaves it serving; the two
-// talk only over the IPC channel (fd 3) and the FULCRUM_UPGRADE variable; each kernel socket is
+// talk only over the IPC channel (fd 3), the FULCRUM_UPGRADE variable and a pipe that carries the
+// TLS ticket keys (secrets stay out of the environment, which /proc shows for the process's
+// life); each kernel socket is
 // handed over once (so descriptors stay flat across any number of upgrades), and the old process
 // keeps a descriptor of each until it exits, to take the listeners back if its successor dies.
 
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, fstatSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, readFileSync } from 'node:fs';
+import { TICKET_KEY_BYTES } from '../config/tls.ts';
 import type { Endpoint } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import type { InheritedListener, OpenListener } from '../shared/messages.ts';
@@ -38,6 +41,40 @@ export interface Handover {
   readonly sockets: readonly HandedSocket[];
   /** `FRONTEND ADDRESS` as written -> as bound: a `:0` listener keeps the port it has. */
   readonly bound: ReadonlyArray<readonly [string, Endpoint]>;
+  /** The descriptor the TLS ticket keys come on (after the sockets): the keys, then when they
+   *  were made (a double, ms since the epoch). */
+  readonly ticketKeysFd?: number;
+}
+
+/** Ticket keys handed on: the keys, and when they were made. */
+export interface HandedKeys {
+  keys: Uint8Array;
+  madeAt: number;
+}
+
+/**
+ * The ticket keys the old process wrote on its pipe, read to its end (it writes them at once and
+ * closes); null when none came (it died first), and this process keeps keys of its own.
+ */
+export function takeTicketKeys(handover: Handover): HandedKeys | null {
+  const fd = handover.ticketKeysFd;
+  if (fd === undefined) return null;
+  try {
+    const data = readFileSync(fd);
+    if (data.length !== TICKET_KEY_BYTES + 8) return null;
+    return {
+      keys: new Uint8Array(data.subarray(0, TICKET_KEY_BYTES)),
+      madeAt: data.readDoubleBE(TICKET_KEY_BYTES),
+    };
+  } catch {
+    return null;
+  } finally {
+    try {
+      closeSync(fd);
+    } catch {
+      // not open: nothing to give back
+    }
+  }
 }
 
 /** Messages between the two processes. */
@@ -119,14 +156,26 @@ export function tell(target: NodeJS.Process | ChildProcess, message: UpgradeMess
 export function startSuccessor(
   handover: Handover,
   fds: readonly number[],
+  keys: HandedKeys,
   log: Logger,
 ): { child: ChildProcess; ready: Promise<void> } {
   const node = existsSync(process.execPath) ? process.execPath : 'node';
+  const ticketKeysFd = HANDED_FDS_START + fds.length;
   // Some failures (E2BIG, ENOMEM) throw rather than emit 'error': the caller catches them.
   const child = spawn(node, [...process.execArgv, ...process.argv.slice(1)], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...fds],
-    env: { ...process.env, [UPGRADE_ENV]: JSON.stringify(handover) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc', ...fds, 'pipe'],
+    env: { ...process.env, [UPGRADE_ENV]: JSON.stringify({ ...handover, ticketKeysFd }) },
   });
+  const pipe = child.stdio[ticketKeysFd];
+  if (pipe !== null && pipe !== undefined && 'end' in pipe) {
+    const data = Buffer.alloc(TICKET_KEY_BYTES + 8);
+    data.set(keys.keys);
+    data.writeDoubleBE(keys.madeAt, TICKET_KEY_BYTES);
+    // A successor gone before it read them: its failure is told elsewhere. Once written, this
+    // end closes (the bytes wait in the successor's end): no descriptor kept per upgrade.
+    pipe.on('error', () => {});
+    pipe.end(data, () => pipe.destroy());
+  }
   log.info({ newPid: child.pid, node }, 'upgrade: started the new process');
   const ready = new Promise<void>((resolve, reject) => {
     let failure = '';

@@ -7,7 +7,7 @@
 import { execFile, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import https from 'node:https';
 import net from 'node:net';
@@ -506,48 +506,86 @@ t.test('client certificates: required, optional and none, by reload; a CRL', asy
   await settled(stats, fulcrum);
 });
 
-t.test('a reload swaps the certificate; a stream opened before runs on', async (t) => {
-  const backend = await startBackend(echoOrHttp);
-  t.teardown(() => backend.close());
-  const cert = join(ca.dir, 'live.pem');
-  const key = join(ca.dir, 'live.key');
-  const install = (issued: Issued) => {
-    copyFileSync(issued.cert, cert);
-    copyFileSync(issued.key, key);
-  };
-  const before = ca.issue('a.test', { names: ['a.test'] });
-  install(before);
-  const file = join(ca.dir, 'reload.yaml');
-  const stats = socketPath();
-  writeFileSync(
-    file,
-    `statsSocket: ${stats}\nworkers: 1\nfrontends:\n  - name: web\n    listen: [127.0.0.1:0]\n    health: false\n    backends: [${backend.address}]\n    tls: { certificates: [{ cert: ${cert}, key: ${key} }] }\n`,
-  );
-  const fulcrum = await startFulcrum(['--config', file]);
-  t.teardown(() => fulcrum.stop());
-  const old = await shake(fulcrum.port, { servername: 'a.test' });
-  t.equal(old.serial, before.serial);
-  t.ok(await echoes(old.socket, 256 * 1024), 'the stream runs');
+t.test(
+  'a reload swaps the certificate, a stream opened before runs on; an upgrade keeps the ticket keys',
+  async (t) => {
+    const backend = await startBackend(echoOrHttp);
+    t.teardown(() => backend.close());
+    const cert = join(ca.dir, 'live.pem');
+    const key = join(ca.dir, 'live.key');
+    const install = (issued: Issued) => {
+      copyFileSync(issued.cert, cert);
+      copyFileSync(issued.key, key);
+    };
+    const before = ca.issue('a.test', { names: ['a.test'] });
+    install(before);
+    const file = join(ca.dir, 'reload.yaml');
+    const stats = socketPath();
+    writeFileSync(
+      file,
+      `statsSocket: ${stats}\nworkers: 1\nfrontends:\n  - name: web\n    listen: [127.0.0.1:0]\n    health: false\n    backends: [${backend.address}]\n    tls: { certificates: [{ cert: ${cert}, key: ${key} }] }\n`,
+    );
+    const fulcrum = await startFulcrum(['--config', file]);
+    t.teardown(() => fulcrum.stop());
+    const old = await shake(fulcrum.port, { servername: 'a.test' });
+    t.equal(old.serial, before.serial);
+    t.ok(await echoes(old.socket, 256 * 1024), 'the stream runs');
 
-  const after = ca.issue('a.test', { names: ['a.test'] });
-  install(after);
-  t.match(await query(stats, 'reload'), /^reloaded/);
-  const fresh = await shake(fulcrum.port, { servername: 'a.test' });
-  t.equal(fresh.serial, after.serial, 'a new handshake gets the new certificate');
-  await roundTrip(fresh);
-  t.equal((await tlsStat(stats)).certificates[0].serial, after.serial, 'show tls: the new serial');
-  t.ok(await echoes(old.socket, 256 * 1024), 'the stream opened before still runs, byte for byte');
+    const after = ca.issue('a.test', { names: ['a.test'] });
+    install(after);
+    t.match(await query(stats, 'reload'), /^reloaded/);
+    const fresh = await shake(fulcrum.port, { servername: 'a.test' });
+    t.equal(fresh.serial, after.serial, 'a new handshake gets the new certificate');
+    await roundTrip(fresh);
+    t.equal(
+      (await tlsStat(stats)).certificates[0].serial,
+      after.serial,
+      'show tls: the new serial',
+    );
+    t.ok(
+      await echoes(old.socket, 256 * 1024),
+      'the stream opened before still runs, byte for byte',
+    );
 
-  writeFileSync(cert, 'not a certificate\n');
-  const failed = await query(stats, 'reload');
-  t.match(failed, new RegExp(`${cert}: not a PEM certificate`), 'a bad file fails the reload');
-  const still = await shake(fulcrum.port, { servername: 'a.test' });
-  t.equal(still.serial, after.serial, 'and the certificate in use stays');
-  await roundTrip(still);
-  old.socket.end();
-  await closed(old.socket);
-  await settled(stats, fulcrum);
-});
+    writeFileSync(cert, 'not a certificate\n');
+    const failed = await query(stats, 'reload');
+    t.match(failed, new RegExp(`${cert}: not a PEM certificate`), 'a bad file fails the reload');
+    const still = await shake(fulcrum.port, { servername: 'a.test' });
+    t.equal(still.serial, after.serial, 'and the certificate in use stays');
+    await roundTrip(still);
+    old.socket.end();
+    await closed(old.socket);
+    await settled(stats, fulcrum);
+
+    // An upgrade hands the ticket keys on (not through the environment, which outlives them): a
+    // client's ticket from before resumes on the successor instead of a full handshake each.
+    install(after);
+    const ticket = await ticketFrom(fulcrum.port);
+    const answer = await query(stats, 'upgrade');
+    const next = Number(/pid (\d+) serves now/.exec(answer)?.[1]);
+    t.ok(next > 0 && next !== fulcrum.proc.pid, answer.trim());
+    t.teardown(() => {
+      try {
+        process.kill(next, 'SIGTERM');
+      } catch {
+        // gone already
+      }
+    });
+    const resumed = await shake(fulcrum.port, { servername: 'a.test', session: ticket });
+    t.ok(resumed.reused, 'a ticket sealed before the upgrade resumes after it');
+    await roundTrip(resumed);
+    t.equal(Number(JSON.parse(await query(stats, 'show info json')).pid), next, 'the successor');
+    const handover = readFileSync(`/proc/${next}/environ`, 'latin1')
+      .split('\0')
+      .find((v) => v.startsWith('FULCRUM_UPGRADE='));
+    t.same(
+      Object.keys(JSON.parse(handover?.slice('FULCRUM_UPGRADE='.length) ?? '{}')).sort(),
+      ['bound', 'sockets', 'ticketKeysFd'],
+      'no key in its environment: only where they come from',
+    );
+    await settled(stats);
+  },
+);
 
 t.test('a certificate that does not load: one line, exit 2, at start and at check', async (t) => {
   const garbage = join(ca.dir, 'garbage.pem');
