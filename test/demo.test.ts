@@ -1,5 +1,6 @@
 // The README's quick start: `npm run demo` must work on a fresh clone. Runs the same script.
 
+import './children.ts';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';

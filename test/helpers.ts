@@ -1,6 +1,7 @@
 // Shared test fixtures: real backends on loopback with ephemeral ports, and fulcrum itself run as
 // a real process through bin/fulcrum, the way users run it.
 
+import './children.ts';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';

@@ -3,6 +3,7 @@
 // Runs the picks in a child Node with --expose-gc so the heap starts clean and nothing else in
 // the process allocates meanwhile.
 
+import '../children.ts';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';

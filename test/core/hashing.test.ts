@@ -2,6 +2,7 @@
 // its small remapping when a backend leaves, its stickiness; peak-EWMA shedding a slow backend
 // and taking it back, on a clock the test drives.
 
+import '../children.ts';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';

@@ -2,6 +2,7 @@
 // answer for random IPv4 and IPv6 addresses and networks (compressed, IPv4-mapped, IPv4 tails,
 // zones), text that is no address refused, and no allocation per match.
 
+import '../children.ts';
 import { spawnSync } from 'node:child_process';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';

@@ -3,6 +3,7 @@
 // the listening socket) allocates nothing. Run in a child Node with --expose-gc, over real
 // loopback sockets (see test/fixtures/udp-gc-probe.ts for what is and is not in the count).
 
+import '../children.ts';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';

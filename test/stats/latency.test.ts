@@ -2,6 +2,7 @@
 // last-minute window forgets what is older, and another thread reads a recorder's counts where
 // they are (shared memory), while its owner keeps recording.
 
+import '../children.ts';
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
