@@ -2,16 +2,19 @@
 // --workers 1, then 2) terminating the same ECDSA P-256 certificate in front of the same plain
 // nginx backends. Full TLS 1.3 handshakes per second (a new connection per request; neither
 // resumes: wrk keeps no session), and bulk 1 MiB responses over kept-alive TLS connections.
-// Ratios to HAProxy's, and the CPU each spends per handshake (from /proc). With --profile, `perf
-// record` samples fulcrum (one worker) and HAProxy during the handshake run: where the time goes,
-// grouped (the handshake's own crypto, the rest of OpenSSL, malloc, the kernel, V8 and our
-// JavaScript), and the top symbols. Needs perf (apt-get install -y linux-perf).
+// Ratios to HAProxy's, and the CPU each spends per handshake (from /proc). Beside them in the
+// handshake run, node:tls answering by itself (bench/tls-alone.ts): the ceiling for fulcrum.
+// With --profile, `perf record` samples fulcrum (one worker) and HAProxy during the handshake
+// run: where the time goes, grouped (the handshake's own crypto, the rest of OpenSSL, malloc,
+// the kernel, V8 and our JavaScript), and the top symbols. Needs perf (apt-get install -y
+// linux-perf).
 // Run alone: npm run bench:tls [-- --seconds 8 --runs 3 --profile]; `npm run bench` runs it too.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { Load } from './lib.ts';
 import {
@@ -56,6 +59,8 @@ interface Target {
   name: string;
   port: number;
   pid: number;
+  /** Runs the handshake scenario only (it serves no /bulk). */
+  handshakesOnly?: boolean;
 }
 
 /** perf's samples of `pid` for `seconds`, by symbol (percent of all). */
@@ -141,6 +146,15 @@ async function fulcrum(
   return { name: `fulcrum x${workers}`, port, pid: child.pid as number };
 }
 
+/** bench/tls-alone.ts: node:tls answering by itself, the ceiling of a node:tls terminator. */
+async function alone(): Promise<Target> {
+  const port = await freePort();
+  const script = fileURLToPath(new URL('./tls-alone.ts', import.meta.url));
+  const child = launch(process.execPath, [script, String(port), CERT, KEY]);
+  await waitForPort(port);
+  return { name: 'node:tls alone', port, pid: child.pid as number, handshakesOnly: true };
+}
+
 /** The handshake and bulk runs against each target; returns the summary rows. */
 export async function terminationRows(
   dir: string,
@@ -155,7 +169,7 @@ export async function terminationRows(
   }
   // A profile is of the handshake run alone, one worker: what one full handshake costs.
   const targets = [await haproxy(dir, backends), await fulcrum(backends, 1, profileDir)];
-  if (profileDir === null) targets.push(await fulcrum(backends, 2, null));
+  if (profileDir === null) targets.push(await fulcrum(backends, 2, null), await alone());
   for (const target of targets) await load(`https://localhost:${target.port}/small`, 10, 2, true);
   const scenarios = [
     { name: 'TLS termination, full handshake per request', path: '/small', close: true, c: 50 },
@@ -170,6 +184,7 @@ export async function terminationRows(
     const profiles: string[] = [];
     for (let run = 0; run < runs; run++) {
       for (const target of targets) {
+        if (target.handshakesOnly === true && !scenario.close) continue;
         const before = cpuSeconds(target.pid);
         const url = `https://localhost:${target.port}${scenario.path}`;
         const recording =
@@ -199,15 +214,18 @@ export async function terminationRows(
       const done = r.load.requestsPerSec * seconds;
       const perRequest = done > 0 ? (r.cpu / done) * 1e6 : 0;
       console.log(
-        `  ${name.padEnd(11)} ${(value(r.load) / value(reference.load)).toFixed(2)}x   p99 ${r.load.p99Ms.toFixed(2)} ms   CPU ${perRequest.toFixed(0)} µs per ${scenario.close ? 'handshake' : 'response'}${r.load.errors ? `   errors ${r.load.errors}` : ''}`,
+        `  ${name.padEnd(14)} ${(value(r.load) / value(reference.load)).toFixed(2)}x   p99 ${r.load.p99Ms.toFixed(2)} ms   CPU ${perRequest.toFixed(0)} µs per ${scenario.close ? 'handshake' : 'response'}${r.load.errors ? `   errors ${r.load.errors}` : ''}`,
       );
     }
     const ratio = (name: string) => {
       const r = results.get(name);
       return r === undefined ? '-' : (value(r.load) / value(reference.load)).toFixed(2);
     };
+    const ceiling = scenario.close
+      ? `; node:tls alone (no backend) ${ratio('node:tls alone')}x`
+      : '';
     rows.push(
-      `${scenario.name}: fulcrum/haproxy ${ratio('fulcrum x1')}x (one worker), ${ratio('fulcrum x2')}x (two workers)`,
+      `${scenario.name}: fulcrum/haproxy ${ratio('fulcrum x1')}x (one worker), ${ratio('fulcrum x2')}x (two workers)${ceiling}`,
     );
   }
   return rows;

@@ -232,15 +232,22 @@ export async function checkFree(
   }
 }
 
-/** A socket bound once, without SO_REUSEPORT (TCP listening, or UDP), to try an address. */
+/**
+ * A socket bound to `endpoint` at `port` (TCP listening, or UDP), to try an address or to hold
+ * one. Without `share`, no SO_REUSEPORT: it fails where any other socket is bound, ours included.
+ * With it, SO_REUSEPORT: the workers' sockets (same user, SO_REUSEPORT too) bind beside it, any
+ * other is refused. It takes no connection (one that came would be dropped) and reads nothing.
+ */
 async function bindOnce(
   endpoint: Endpoint,
   port: number,
   udp: boolean,
-): Promise<{ port: number; close(): Promise<void> }> {
+  share = false,
+): Promise<Held> {
   try {
     if (udp) {
-      const socket = dgram.createSocket(endpoint.host.includes(':') ? 'udp6' : 'udp4');
+      const type = endpoint.host.includes(':') ? 'udp6' : 'udp4';
+      const socket = dgram.createSocket({ type, reusePort: share });
       await new Promise<void>((resolve, reject) => {
         socket.once('error', reject);
         socket.bind({ address: endpoint.host, port, exclusive: true }, () => resolve());
@@ -250,8 +257,8 @@ async function bindOnce(
         close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
       };
     }
-    const probe = net.createServer();
-    probe.listen({ host: endpoint.host, port, exclusive: true });
+    const probe = net.createServer({ pauseOnConnect: true }, (socket) => socket.destroy());
+    probe.listen({ host: endpoint.host, port, exclusive: true, reusePort: share, backlog: 1 });
     await once(probe, 'listening');
     return {
       port: (probe.address() as net.AddressInfo).port,
@@ -266,45 +273,18 @@ async function bindOnce(
   }
 }
 
+/** A socket bound, or a port held. */
 interface Held {
   port: number;
   close(): Promise<void>;
 }
 
 /**
- * A free port for `endpoint`, held by a socket with SO_REUSEPORT: the workers' sockets (same
- * user, SO_REUSEPORT too) bind beside it, any other is refused. The TCP one listens (Node binds
- * only to listen) but takes no connection: nobody knows the port before the listening line, and
- * one that came would be dropped. The UDP one likewise reads nothing.
+ * A free port for `endpoint`, held by a socket the workers bind beside (see bindOnce) until they
+ * have: nobody knows the port before the listening line, so nobody is turned away meanwhile.
  */
-async function reserve(endpoint: Endpoint, udp: boolean): Promise<Held> {
-  try {
-    if (udp) {
-      const type = endpoint.host.includes(':') ? 'udp6' : 'udp4';
-      const socket = dgram.createSocket({ type, reusePort: true });
-      await new Promise<void>((resolve, reject) => {
-        socket.once('error', reject);
-        socket.bind({ address: endpoint.host, port: 0, exclusive: true }, () => resolve());
-      });
-      return {
-        port: socket.address().port,
-        close: () => new Promise<void>((resolve) => socket.close(() => resolve())),
-      };
-    }
-    const holder = net.createServer({ pauseOnConnect: true }, (socket) => socket.destroy());
-    holder.listen({ host: endpoint.host, port: 0, reusePort: true, exclusive: true, backlog: 1 });
-    await once(holder, 'listening');
-    return {
-      port: (holder.address() as net.AddressInfo).port,
-      close: async () => {
-        holder.close();
-        await once(holder, 'close');
-      },
-    };
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    throw new ListenError(endpoint.text, listenReason(e.code, e.message));
-  }
+function reserve(endpoint: Endpoint, udp: boolean): Promise<Held> {
+  return bindOnce(endpoint, 0, udp, true);
 }
 
 /**

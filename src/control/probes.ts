@@ -52,11 +52,6 @@ export interface ProbeTarget {
   readonly tls?: tls.ConnectionOptions | null;
 }
 
-/** The TLS options of a target that speaks TLS, or null. */
-function tlsOf(target: ProbeTarget): tls.ConnectionOptions | null {
-  return target.tls ?? null;
-}
-
 /**
  * Why a probe over TLS failed before its handshake was done: a refused or unreachable connect in
  * the usual words, anything else is the handshake's (`tls UNABLE_TO_VERIFY_LEAF_SIGNATURE`).
@@ -190,7 +185,7 @@ export function httpGet(
   done: (outcome: HttpOutcome) => void,
   onBody: ((chunk: Buffer) => boolean) | null = null,
 ): void {
-  const secure = tlsOf(target);
+  const secure = target.tls ?? null;
   const request = (secure === null ? http() : https()).request({
     ...secure,
     // No server name unless one was set: https would take it from the Host header.
@@ -272,7 +267,7 @@ function excerpt(bytes: string): string {
 
 function probeExpect(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
   const expect = health.expect as string;
-  const secure = tlsOf(target);
+  const secure = target.tls ?? null;
   const socket =
     secure === null
       ? net.connect({ host: target.host, port: target.port })
@@ -410,7 +405,7 @@ const PROBES: Record<ProbeKind, typeof probe> = {
 };
 
 function probeGrpc(target: ProbeTarget, health: HealthConfig, done: ProbeDone): void {
-  const secure = tlsOf(target);
+  const secure = target.tls ?? null;
   const authority = hostText(target.host, target.port);
   const session = http2().connect(`${secure === null ? 'http' : 'https'}://${authority}`, {
     ...secure,

@@ -7,9 +7,9 @@
 // ready nothing of the old process changes; an upgrade that fails leaves it serving; the two
 // talk only over the IPC channel (fd 3), the FULCRUM_UPGRADE variable and a pipe that carries the
 // TLS ticket keys (secrets stay out of the environment, which /proc shows for the process's
-// life); each kernel socket is
-// handed over once (so descriptors stay flat across any number of upgrades), and the old process
-// keeps a descriptor of each until it exits, to take the listeners back if its successor dies.
+// life); each kernel socket is handed over once (so descriptors stay flat across any number of
+// upgrades), and the old process keeps a descriptor of each until it exits, to take the
+// listeners back if its successor dies.
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { closeSync, existsSync, fstatSync, readFileSync } from 'node:fs';
