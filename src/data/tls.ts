@@ -104,10 +104,13 @@ export class TlsTerminator {
     if (config.strictSni) this.contexts.push(this.base);
     this.setTicketKeys(ticketKeys);
     const verify = config.verify !== 'none';
+    // One certificate and no strict SNI: there is nothing to choose, so no SNI callback (each
+    // costs a call into JavaScript in the middle of every handshake); the name is read after.
+    const choose = config.strictSni || served.length > 1;
     this.options = {
       isServer: true,
       secureContext: this.base,
-      SNICallback: selectContext,
+      SNICallback: choose ? selectContext : undefined,
       requestCert: verify,
       rejectUnauthorized: config.verify === 'required',
       // In ALPN's wire form once, not converted again for every client.
@@ -252,9 +255,10 @@ function onSecure(this: TlsClientSocket): void {
   const terminator = frontend.tls as TlsTerminator;
   frontend.connecting.remove(conn);
   session.resumed = this.isSessionReused();
-  // A resumed handshake chooses no certificate, so SNI was not asked: its name is the one the
-  // session was made for (under strict SNI, a name a certificate covers).
-  if (session.resumed && session.serverName === '') {
+  // Where SNI was not asked (one certificate; or a resumed handshake, which chooses none), the
+  // name is the one the client sent, or the session was made for (under strict SNI, a name a
+  // certificate covers).
+  if (session.serverName === '') {
     session.serverName = typeof this.servername === 'string' ? this.servername.toLowerCase() : '';
   }
   if (terminator.config.strictSni && !session.named && !session.resumed) {

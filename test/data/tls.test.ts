@@ -402,6 +402,17 @@ function sslTlv(header: Buffer): { client: number; verify: number; cn: string } 
   return null;
 }
 
+/** The PP2_TYPE_AUTHORITY TLV of a PROXY v2 header (the server name), or null. */
+function authorityTlv(header: Buffer): string | null {
+  const end = 16 + header.readUInt16BE(14);
+  for (let at = 16 + (header[13] === 0x11 ? 12 : 36); at < end; ) {
+    const size = header.readUInt16BE(at + 1);
+    if (header[at] === 0x02) return header.subarray(at + 3, at + 3 + size).toString();
+    at += 3 + size;
+  }
+  return null;
+}
+
 t.test('client certificates: required, optional and none, by reload; a CRL', async (t) => {
   // A backend that reads the PROXY v2 header, keeps it, and answers "hi".
   const headers: Buffer[] = [];
@@ -454,6 +465,11 @@ t.test('client certificates: required, optional and none, by reload; a CRL', asy
     sslTlv(headers[0]),
     { client: 0x03, verify: 0, cn: 'client-one' },
     'its verified CN goes to the backend in the PROXY v2 SSL TLV',
+  );
+  t.equal(
+    authorityTlv(headers[0]),
+    'a.test',
+    'and the name it asked for in PP2_TYPE_AUTHORITY (one certificate: no SNI callback asked)',
   );
   t.ok(await refused(port, { servername: 'a.test' }), 'required: no certificate, no service');
   t.ok(await refused(port, { servername: 'a.test', ...pem(stranger) }), 'another CA: refused');
