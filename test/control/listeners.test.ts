@@ -9,10 +9,13 @@ import t from 'tap';
 import { loaderFromArgs } from '../../src/config/flags.ts';
 import { checkFree, Listeners } from '../../src/control/listeners.ts';
 
-/** Binds `port` as another process would (no SO_REUSEPORT); the error code, or 'bound'. */
-async function bindAsStranger(udp: boolean, port: number): Promise<string> {
+/**
+ * Binds `port` as another process would (no SO_REUSEPORT), or as a worker does (`reusePort`),
+ * and closes it again: the error code, or 'bound'.
+ */
+async function bindAs(udp: boolean, port: number, reusePort = false): Promise<string> {
   if (udp) {
-    const socket = dgram.createSocket('udp4');
+    const socket = dgram.createSocket({ type: 'udp4', reusePort });
     return new Promise((resolve) => {
       socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
       socket.bind({ address: '127.0.0.1', port }, () => socket.close(() => resolve('bound')));
@@ -21,23 +24,7 @@ async function bindAsStranger(udp: boolean, port: number): Promise<string> {
   const server = net.createServer();
   return new Promise((resolve) => {
     server.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
-    server.listen({ host: '127.0.0.1', port }, () => server.close(() => resolve('bound')));
-  });
-}
-
-/** Binds `port` as a worker does (SO_REUSEPORT); closes it again. */
-async function bindAsWorker(udp: boolean, port: number): Promise<string> {
-  if (udp) {
-    const socket = dgram.createSocket({ type: 'udp4', reusePort: true });
-    return new Promise((resolve) => {
-      socket.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
-      socket.bind({ address: '127.0.0.1', port }, () => socket.close(() => resolve('bound')));
-    });
-  }
-  const server = net.createServer();
-  return new Promise((resolve) => {
-    server.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? err.message));
-    server.listen({ host: '127.0.0.1', port, reusePort: true }, () =>
+    server.listen({ host: '127.0.0.1', port, reusePort }, () =>
       server.close(() => resolve('bound')),
     );
   });
@@ -53,12 +40,12 @@ for (const udp of [false, true]) {
     const fixed = await listeners.fixPorts(config);
     const [endpoint] = fixed.frontends[0].listen;
     t.not(endpoint.port, 0, `picked ${endpoint.port}`);
-    t.equal(await bindAsStranger(udp, endpoint.port), 'EADDRINUSE', 'another process is refused');
+    t.equal(await bindAs(udp, endpoint.port), 'EADDRINUSE', 'another process is refused');
     await checkFree(fixed, (e) => listeners.reserved(e));
-    t.equal(await bindAsWorker(udp, endpoint.port), 'bound', 'a worker binds beside it');
+    t.equal(await bindAs(udp, endpoint.port, true), 'bound', 'a worker binds beside it');
     const again = await listeners.fixPorts(config);
     t.equal(again.frontends[0].listen[0].port, endpoint.port, 'a reload keeps the port');
     await listeners.release();
-    t.equal(await bindAsStranger(udp, endpoint.port), 'bound', 'free once released');
+    t.equal(await bindAs(udp, endpoint.port), 'bound', 'free once released');
   });
 }

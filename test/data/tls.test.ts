@@ -668,46 +668,6 @@ t.test('tls.ticketKeys: a session from one instance resumes on another', async (
   for (const { stats, fulcrum } of [one, two, alone]) await settled(stats, fulcrum);
 });
 
-/** A TLS echo backend with `issued`'s certificate; it records the server name each client sent. */
-async function tlsBackend(
-  t: { teardown(fn: () => unknown): void },
-  issued: Issued,
-): Promise<{ address: string; names: Array<string | false | null>; accepted: () => number }> {
-  const names: Array<string | false | null> = [];
-  const open = new Set<net.Socket>();
-  const server = tls.createServer(
-    { cert: ca.read(issued.cert), key: ca.read(issued.key), allowHalfOpen: true },
-    (socket) => {
-      names.push(socket.servername);
-      socket.on('error', () => {});
-      socket.on('end', () => socket.end());
-      socket.pipe(socket);
-    },
-  );
-  server.on('tlsClientError', () => {});
-  // Every TCP connection, its handshake done or not, so the teardown can close them all.
-  server.on('connection', (socket: net.Socket) => {
-    open.add(socket);
-    socket.on('close', () => open.delete(socket));
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.teardown(
-    () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const socket of open) socket.destroy();
-      }),
-  );
-  let accepted = 0;
-  server.on('secureConnection', () => accepted++);
-  return {
-    address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`,
-    names,
-    accepted: () => accepted,
-  };
-}
-
 /** Closes `server` at teardown, and every socket it accepted (a probe's may linger). */
 async function listening(
   t: { teardown(fn: () => unknown): void },
@@ -729,6 +689,27 @@ async function listening(
       }),
   );
   return `127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+}
+
+/** A TLS echo backend with `issued`'s certificate; it records the server name each client sent. */
+async function tlsBackend(
+  t: { teardown(fn: () => unknown): void },
+  issued: Issued,
+): Promise<{ address: string; names: Array<string | false | null>; accepted: () => number }> {
+  const names: Array<string | false | null> = [];
+  const server = tls.createServer(
+    { cert: ca.read(issued.cert), key: ca.read(issued.key), allowHalfOpen: true },
+    (socket) => {
+      names.push(socket.servername);
+      socket.on('error', () => {});
+      socket.on('end', () => socket.end());
+      socket.pipe(socket);
+    },
+  );
+  const address = await listening(t, server);
+  let accepted = 0;
+  server.on('secureConnection', () => accepted++);
+  return { address, names, accepted: () => accepted };
 }
 
 t.test('health probes of TLS backends speak TLS: HTTP, gRPC and send/expect', async (t) => {
