@@ -540,7 +540,7 @@ export const SETTINGS: readonly Setting[] = [
     scope: 'frontend',
     kind: 'value',
     target: 'tls.ticketKeys',
-    help: 'session ticket keys shared by several fulcrum instances (48 random bytes in base64: openssl rand -base64 48), read again on reload, so a client resumes through any of them; without it each process makes its own and replaces it every hour',
+    help: 'session ticket keys shared by several fulcrum instances (48 random bytes in base64: openssl rand -base64 48), read again on reload, so a client resumes through any of them; without it each process makes its own (handed on to the new process at an upgrade) and replaces them every hour',
     parse: parsePath,
   },
   {
