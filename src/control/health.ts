@@ -7,6 +7,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { BackendTlsConfig, HealthConfig } from '../config/types.ts';
+import { backendContextOf } from '../data/tls.ts';
 import type { Logger } from '../log.ts';
 import { B_CONNECTIONS, B_FAILURES, backendOffset, sumSlots } from '../shared/counters.ts';
 import { UP } from '../shared/table.ts';
@@ -235,11 +236,7 @@ const probeContexts = new WeakMap<BackendTlsConfig, tls.SecureContext>();
 function probeContext(settings: BackendTlsConfig): tls.SecureContext {
   let context = probeContexts.get(settings);
   if (context === undefined) {
-    context = tls.createSecureContext({
-      ca: settings.caPem ?? undefined,
-      cert: settings.certPem ?? undefined,
-      key: settings.keyPem ?? undefined,
-    });
+    context = backendContextOf(settings);
     probeContexts.set(settings, context);
   }
   return context;

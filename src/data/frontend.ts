@@ -6,7 +6,7 @@
 // a waiting sibling with a lower one (wherever that one's clients wait: the waiting counts are
 // shared by every worker). Invariant: nothing here runs per chunk, and nothing is logged.
 
-import tls from 'node:tls';
+import type tls from 'node:tls';
 import type { BackendConfig, FrontendConfig } from '../config/types.ts';
 import { fnv1a } from '../core/hash.ts';
 import { createLatencyState } from '../core/peak-ewma.ts';
@@ -40,7 +40,7 @@ import {
 import { Guard } from './guard.ts';
 import type { ProxyAddresses } from './proxy-protocol.ts';
 import { LinkedList } from './queue.ts';
-import { fingerprintOf, handshakeTimedOut, TlsTerminator } from './tls.ts';
+import { backendContextOf, fingerprintOf, handshakeTimedOut, TlsTerminator } from './tls.ts';
 import { UdpSessions } from './udp.ts';
 
 /** Most clients one worker holds in a frontend's queue; beyond, they are refused at once. */
@@ -223,11 +223,7 @@ export class Frontend {
     const fingerprint = JSON.stringify(settings);
     if (fingerprint === this.backendTlsFingerprint) return;
     this.backendTlsFingerprint = fingerprint;
-    this.backendContext = tls.createSecureContext({
-      ca: settings.caPem ?? undefined,
-      cert: settings.certPem ?? undefined,
-      key: settings.keyPem ?? undefined,
-    });
+    this.backendContext = backendContextOf(settings);
   }
 
   /** The client's TLS handshake is done: on to a backend. */

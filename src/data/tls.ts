@@ -11,7 +11,7 @@
 import { createHash } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
-import type { TlsConfig } from '../config/types.ts';
+import type { BackendTlsConfig, TlsConfig } from '../config/types.ts';
 import { END, TLS_FAIL, TLS_FAIL_BASE, TLS_HANDSHAKES, TLS_RESUMED } from '../shared/counters.ts';
 import { deadline } from './clock.ts';
 import type { Connection, PublicSocket, Side } from './connection.ts';
@@ -161,6 +161,16 @@ function alpnWire(protocols: readonly string[]): Buffer {
       return Buffer.concat([Buffer.of(name.length), name]);
     }),
   );
+}
+
+/** The context TLS backends are reached with, by connections and probes alike: the pool's CA
+ *  (Node's bundled roots without one) and its client certificate, if any. */
+export function backendContextOf(settings: BackendTlsConfig): tls.SecureContext {
+  return tls.createSecureContext({
+    ca: settings.caPem ?? undefined,
+    cert: settings.certPem ?? undefined,
+    key: settings.keyPem ?? undefined,
+  });
 }
 
 /** What makes two configs build the same contexts. */
